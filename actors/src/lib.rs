@@ -1,0 +1,9 @@
+//! The FlowMason execution engine: plans as DAGs, one `RunActor` per run and one `StageActor` per stage
+//! attempt, with parallelism, retries, timeouts and cancellation. Every transition is appended to the
+//! event log before it is acted on. Knows nothing of Kubernetes.
+
+pub mod component;
+pub mod plan;
+
+pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
+pub use plan::{Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};

@@ -1,0 +1,310 @@
+//! The events of a run: the only record of what happened to it.
+//!
+//! Everything else (the engine's view of a run on resume, `PipelineRun.status`, history answers) is a fold
+//! over these events (see [`crate::fold`]). Payloads that belong to other layers (the execution plan, stage
+//! outputs) are plain JSON here: the store keeps them and never interprets them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Identifies one run; a UUIDv7, so run ids sort by creation time.
+pub type RunId = Uuid;
+
+/// One appended event: its position in the run's stream, when it was appended, and what happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the run's stream, starting at 0, without gaps.
+    pub seq: u64,
+    /// Unix time of the append, in microseconds.
+    pub at: i64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What caused a run to start; kept in the summary index so history can filter on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    #[default]
+    Manual,
+    Cron,
+    Webhook,
+    Pubsub,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 4] = [Trigger::Manual, Trigger::Cron, Trigger::Webhook, Trigger::Pubsub];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Cron => "cron",
+            Trigger::Webhook => "webhook",
+            Trigger::Pubsub => "pubsub",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Trigger::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown trigger {s:?} (expected manual, cron, webhook or pubsub)"))
+    }
+}
+
+/// The phase of a run, as FlowMason's models name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub enum RunPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl RunPhase {
+    pub const ALL: [RunPhase; 6] = [
+        RunPhase::Pending,
+        RunPhase::Running,
+        RunPhase::Succeeded,
+        RunPhase::Failed,
+        RunPhase::Cancelled,
+        RunPhase::TimedOut,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunPhase::Pending => "Pending",
+            RunPhase::Running => "Running",
+            RunPhase::Succeeded => "Succeeded",
+            RunPhase::Failed => "Failed",
+            RunPhase::Cancelled => "Cancelled",
+            RunPhase::TimedOut => "TimedOut",
+        }
+    }
+}
+
+impl fmt::Display for RunPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RunPhase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunPhase::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown phase {s:?} (expected Pending, Running, Succeeded, Failed, Cancelled or TimedOut)")
+            })
+    }
+}
+
+/// How an error is classed; the class decides whether a retry may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorClass {
+    /// The stage's configuration is wrong (bad field, bad type); retrying cannot help.
+    Config,
+    /// A template did not resolve; retrying cannot help.
+    Template,
+    /// The attempt ran past its timeout.
+    Timeout,
+    /// A transient failure (connection refused, 5xx, 408, 429); worth retrying.
+    Transient,
+    /// The remote side refused the request (4xx other than 408/429); retrying cannot help.
+    Client,
+    /// The component failed in a way it does not classify further.
+    Internal,
+    /// The attempt was cancelled (run cancelled or timed out).
+    Cancelled,
+}
+
+impl ErrorClass {
+    /// Whether an error of this class is retried when the policy does not say otherwise.
+    pub fn retryable_by_default(self) -> bool {
+        matches!(self, ErrorClass::Timeout | ErrorClass::Transient | ErrorClass::Internal)
+    }
+}
+
+/// Why a stage attempt failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageError {
+    pub message: String,
+    pub class: ErrorClass,
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunError {
+    pub message: String,
+    /// The stage whose failure ended the run, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+}
+
+/// Why a stage did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SkipReason {
+    /// A branching stage (router, conditional) chose another branch.
+    BranchNotTaken,
+    /// A stage it depends on failed for good.
+    UpstreamFailed,
+    /// The run ended (failed, cancelled, timed out) before the stage could start.
+    RunEnded,
+}
+
+/// Everything that can happen to a run. Serialized with an explicit `type` tag so that records stay
+/// readable across releases; new variants may be added, existing ones keep their names and fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EventKind {
+    /// The run was accepted: what to run and with what. Always the first event of a run.
+    RunAccepted {
+        pipeline: String,
+        namespace: String,
+        /// `metadata.generation` of the Pipeline this run uses.
+        #[serde(default)]
+        generation: i64,
+        #[serde(default)]
+        trigger: Trigger,
+        /// Name of the PipelineRun object, when the run has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_name: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+        /// The execution plan, as the engine serialized it.
+        plan: Value,
+        inputs: Value,
+    },
+    /// The first stage started: the run is running.
+    RunStarted,
+    StageStarted {
+        stage: String,
+        attempt: u32,
+    },
+    StageSucceeded {
+        stage: String,
+        attempt: u32,
+        output: Value,
+        /// Stages the branching decision of this stage left out (router, conditional).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skip: Vec<String>,
+    },
+    StageFailed {
+        stage: String,
+        attempt: u32,
+        error: StageError,
+    },
+    /// A failed attempt will be followed by attempt `attempt` at Unix time `at` (microseconds).
+    StageRetryScheduled {
+        stage: String,
+        attempt: u32,
+        at: i64,
+    },
+    StageSkipped {
+        stage: String,
+        reason: SkipReason,
+    },
+    /// A line a stage logged (the `logger` component, or a component's own diagnostics).
+    StageLog {
+        stage: String,
+        attempt: u32,
+        level: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        data: Value,
+    },
+    RunSucceeded {
+        output: Value,
+    },
+    RunFailed {
+        error: RunError,
+    },
+    RunCancelled {
+        #[serde(default)]
+        reason: String,
+    },
+    RunTimedOut {
+        #[serde(default)]
+        message: String,
+    },
+}
+
+impl EventKind {
+    /// The phase a run is in right after this event, when the event changes it.
+    pub fn run_phase(&self) -> Option<RunPhase> {
+        match self {
+            EventKind::RunAccepted { .. } => Some(RunPhase::Pending),
+            EventKind::RunStarted => Some(RunPhase::Running),
+            EventKind::RunSucceeded { .. } => Some(RunPhase::Succeeded),
+            EventKind::RunFailed { .. } => Some(RunPhase::Failed),
+            EventKind::RunCancelled { .. } => Some(RunPhase::Cancelled),
+            EventKind::RunTimedOut { .. } => Some(RunPhase::TimedOut),
+            _ => None,
+        }
+    }
+
+    /// Whether this event ends the run. A terminal event is durable before it is reported.
+    pub fn is_terminal(&self) -> bool {
+        self.run_phase().is_some_and(RunPhase::is_terminal)
+    }
+
+    /// The name of the variant, as written in the `type` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::RunAccepted { .. } => "RunAccepted",
+            EventKind::RunStarted => "RunStarted",
+            EventKind::StageStarted { .. } => "StageStarted",
+            EventKind::StageSucceeded { .. } => "StageSucceeded",
+            EventKind::StageFailed { .. } => "StageFailed",
+            EventKind::StageRetryScheduled { .. } => "StageRetryScheduled",
+            EventKind::StageSkipped { .. } => "StageSkipped",
+            EventKind::StageLog { .. } => "StageLog",
+            EventKind::RunSucceeded { .. } => "RunSucceeded",
+            EventKind::RunFailed { .. } => "RunFailed",
+            EventKind::RunCancelled { .. } => "RunCancelled",
+            EventKind::RunTimedOut { .. } => "RunTimedOut",
+        }
+    }
+
+    /// The stage this event is about, if any.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            EventKind::StageStarted { stage, .. }
+            | EventKind::StageSucceeded { stage, .. }
+            | EventKind::StageFailed { stage, .. }
+            | EventKind::StageRetryScheduled { stage, .. }
+            | EventKind::StageSkipped { stage, .. }
+            | EventKind::StageLog { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+}
