@@ -346,7 +346,7 @@ mod tests {
         let plan = Plan::build(spec(vec![stage("c", &["a"]), stage("a", &[]), stage("b", &[]), stage("d", &["b", "c"])]))
             .expect("valid plan");
         let ids: Vec<&str> = plan.order().iter().map(|&i| plan.stage(i).id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert_eq!(ids, ["a", "c", "b", "d"]);
         assert_eq!(plan.sinks(), vec![3]);
         assert!(plan.is_upstream(1, 3));
         assert!(!plan.is_upstream(2, 0));
