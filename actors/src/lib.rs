@@ -4,6 +4,7 @@
 
 pub mod component;
 pub mod plan;
+pub mod template;
 
 pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
 pub use plan::{Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
