@@ -26,7 +26,9 @@ pub struct Event {
 }
 
 /// What caused a run to start; kept in the summary index so history can filter on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     #[default]
@@ -37,7 +39,12 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 4] = [Trigger::Manual, Trigger::Cron, Trigger::Webhook, Trigger::Pubsub];
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Manual,
+        Trigger::Cron,
+        Trigger::Webhook,
+        Trigger::Pubsub,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,12 +68,16 @@ impl std::str::FromStr for Trigger {
         Trigger::ALL
             .into_iter()
             .find(|t| t.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown trigger {s:?} (expected manual, cron, webhook or pubsub)"))
+            .ok_or_else(|| {
+                format!("unknown trigger {s:?} (expected manual, cron, webhook or pubsub)")
+            })
     }
 }
 
 /// The phase of a run, as FlowMason's models name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 pub enum RunPhase {
     #[default]
     Pending,
@@ -88,7 +99,10 @@ impl RunPhase {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut)
+        matches!(
+            self,
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -144,7 +158,10 @@ pub enum ErrorClass {
 impl ErrorClass {
     /// Whether an error of this class is retried when the policy does not say otherwise.
     pub fn retryable_by_default(self) -> bool {
-        matches!(self, ErrorClass::Timeout | ErrorClass::Transient | ErrorClass::Internal)
+        matches!(
+            self,
+            ErrorClass::Timeout | ErrorClass::Transient | ErrorClass::Internal
+        )
     }
 }
 
@@ -227,6 +244,9 @@ pub enum EventKind {
     StageRetryScheduled {
         stage: String,
         attempt: u32,
+        /// Serialized as `retry_at`: inside an [`Event`] (which flattens its kind) a field named `at` would
+        /// collide with [`Event::at`] and the JSON would not read back.
+        #[serde(rename = "retry_at", alias = "at")]
         at: i64,
     },
     StageSkipped {
@@ -306,5 +326,73 @@ impl EventKind {
             | EventKind::StageLog { stage, .. } => Some(stage),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_event_round_trips_as_json() {
+        let kinds = vec![
+            EventKind::RunStarted,
+            EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 1,
+            },
+            EventKind::StageRetryScheduled {
+                stage: "a".into(),
+                attempt: 2,
+                at: 99,
+            },
+            EventKind::RunCancelled {
+                reason: String::new(),
+            },
+        ];
+        for kind in kinds {
+            let event = Event {
+                seq: 4,
+                at: 1234,
+                kind,
+            };
+            let text = serde_json::to_string(&event).unwrap();
+            let back: Event = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(back, event, "{text}");
+        }
+    }
+
+    #[test]
+    fn phases_and_names() {
+        let accepted = EventKind::RunAccepted {
+            pipeline: "p".into(),
+            namespace: "ns".into(),
+            generation: 1,
+            trigger: Trigger::Cron,
+            run_name: None,
+            labels: BTreeMap::new(),
+            plan: json!({}),
+            inputs: json!({}),
+        };
+        assert_eq!(accepted.run_phase(), Some(RunPhase::Pending));
+        assert!(!accepted.is_terminal());
+        assert!(
+            EventKind::RunTimedOut {
+                message: String::new()
+            }
+            .is_terminal()
+        );
+        assert_eq!(
+            EventKind::StageSkipped {
+                stage: "x".into(),
+                reason: SkipReason::RunEnded
+            }
+            .stage(),
+            Some("x")
+        );
+        assert_eq!("pubsub".parse::<Trigger>(), Ok(Trigger::Pubsub));
+        assert_eq!("timedout".parse::<RunPhase>(), Ok(RunPhase::TimedOut));
+        assert!("nope".parse::<RunPhase>().unwrap_err().contains("nope"));
     }
 }

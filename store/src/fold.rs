@@ -26,7 +26,13 @@ pub enum StagePhase {
 
 impl StagePhase {
     pub fn is_terminal(self) -> bool {
-        matches!(self, StagePhase::Succeeded | StagePhase::Failed | StagePhase::Skipped | StagePhase::Cancelled)
+        matches!(
+            self,
+            StagePhase::Succeeded
+                | StagePhase::Failed
+                | StagePhase::Skipped
+                | StagePhase::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -88,11 +94,19 @@ pub struct StageState {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
     #[error("run {run}: event {seq} ({event}) comes before RunAccepted")]
-    NotAccepted { run: RunId, seq: u64, event: &'static str },
+    NotAccepted {
+        run: RunId,
+        seq: u64,
+        event: &'static str,
+    },
     #[error("run {run}: event {seq} is out of order (expected sequence {expected})")]
     OutOfOrder { run: RunId, seq: u64, expected: u64 },
     #[error("run {run}: event {seq} ({event}) follows the terminal event of the run")]
-    AfterTerminal { run: RunId, seq: u64, event: &'static str },
+    AfterTerminal {
+        run: RunId,
+        seq: u64,
+        event: &'static str,
+    },
     #[error("run {run}: event {seq} is a second RunAccepted")]
     DuplicateAccepted { run: RunId, seq: u64 },
 }
@@ -131,7 +145,10 @@ pub struct RunState {
 
 impl RunState {
     /// Folds a whole stream. The stream must start with `RunAccepted` at sequence 0.
-    pub fn fold<'a>(run_id: RunId, events: impl IntoIterator<Item = &'a Event>) -> Result<Option<RunState>, FoldError> {
+    pub fn fold<'a>(
+        run_id: RunId,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Option<RunState>, FoldError> {
         let mut state: Option<RunState> = None;
         for event in events {
             RunState::apply_to(&mut state, run_id, event)?;
@@ -140,7 +157,11 @@ impl RunState {
     }
 
     /// Folds one event into an optional state; the first event must be `RunAccepted`.
-    pub fn apply_to(state: &mut Option<RunState>, run_id: RunId, event: &Event) -> Result<(), FoldError> {
+    pub fn apply_to(
+        state: &mut Option<RunState>,
+        run_id: RunId,
+        event: &Event,
+    ) -> Result<(), FoldError> {
         match state {
             Some(s) => s.apply(event),
             None => match &event.kind {
@@ -148,14 +169,31 @@ impl RunState {
                     *state = Some(RunState::accepted(run_id, event));
                     Ok(())
                 }
-                EventKind::RunAccepted { .. } => Err(FoldError::OutOfOrder { run: run_id, seq: event.seq, expected: 0 }),
-                other => Err(FoldError::NotAccepted { run: run_id, seq: event.seq, event: other.name() }),
+                EventKind::RunAccepted { .. } => Err(FoldError::OutOfOrder {
+                    run: run_id,
+                    seq: event.seq,
+                    expected: 0,
+                }),
+                other => Err(FoldError::NotAccepted {
+                    run: run_id,
+                    seq: event.seq,
+                    event: other.name(),
+                }),
             },
         }
     }
 
     fn accepted(run_id: RunId, event: &Event) -> RunState {
-        let EventKind::RunAccepted { pipeline, namespace, generation, trigger, run_name, labels, plan, inputs } = &event.kind
+        let EventKind::RunAccepted {
+            pipeline,
+            namespace,
+            generation,
+            trigger,
+            run_name,
+            labels,
+            plan,
+            inputs,
+        } = &event.kind
         else {
             unreachable!("accepted() is called with RunAccepted only")
         };
@@ -184,15 +222,26 @@ impl RunState {
     pub fn apply(&mut self, event: &Event) -> Result<(), FoldError> {
         let expected = self.last_seq + 1;
         if event.seq != expected {
-            return Err(FoldError::OutOfOrder { run: self.run_id, seq: event.seq, expected });
+            return Err(FoldError::OutOfOrder {
+                run: self.run_id,
+                seq: event.seq,
+                expected,
+            });
         }
         if self.phase.is_terminal() {
-            return Err(FoldError::AfterTerminal { run: self.run_id, seq: event.seq, event: event.kind.name() });
+            return Err(FoldError::AfterTerminal {
+                run: self.run_id,
+                seq: event.seq,
+                event: event.kind.name(),
+            });
         }
         let at = event.at;
         match &event.kind {
             EventKind::RunAccepted { .. } => {
-                return Err(FoldError::DuplicateAccepted { run: self.run_id, seq: event.seq });
+                return Err(FoldError::DuplicateAccepted {
+                    run: self.run_id,
+                    seq: event.seq,
+                });
             }
             EventKind::RunStarted => {
                 self.phase = RunPhase::Running;
@@ -204,9 +253,19 @@ impl RunState {
                 s.attempts = *attempt;
                 s.started_at.get_or_insert(at);
                 s.retry_at = None;
-                s.attempt_history.push(AttemptState { attempt: *attempt, started_at: at, finished_at: None, error: None });
+                s.attempt_history.push(AttemptState {
+                    attempt: *attempt,
+                    started_at: at,
+                    finished_at: None,
+                    error: None,
+                });
             }
-            EventKind::StageSucceeded { stage, attempt, output, skip } => {
+            EventKind::StageSucceeded {
+                stage,
+                attempt,
+                output,
+                skip,
+            } => {
                 let s = self.stages.entry(stage.clone()).or_default();
                 s.phase = StagePhase::Succeeded;
                 s.finished_at = Some(at);
@@ -215,7 +274,11 @@ impl RunState {
                 s.error = None;
                 finish_attempt(s, *attempt, at, None);
             }
-            EventKind::StageFailed { stage, attempt, error } => {
+            EventKind::StageFailed {
+                stage,
+                attempt,
+                error,
+            } => {
                 let s = self.stages.entry(stage.clone()).or_default();
                 s.phase = StagePhase::Failed;
                 s.finished_at = Some(at);
@@ -246,13 +309,29 @@ impl RunState {
                 self.finish(RunPhase::Failed, at);
             }
             EventKind::RunCancelled { reason } => {
-                let message = if reason.is_empty() { "run cancelled".to_string() } else { reason.clone() };
-                self.error = Some(RunError { message, stage: None, details: Value::Null });
+                let message = if reason.is_empty() {
+                    "run cancelled".to_string()
+                } else {
+                    reason.clone()
+                };
+                self.error = Some(RunError {
+                    message,
+                    stage: None,
+                    details: Value::Null,
+                });
                 self.finish(RunPhase::Cancelled, at);
             }
             EventKind::RunTimedOut { message } => {
-                let message = if message.is_empty() { "run timed out".to_string() } else { message.clone() };
-                self.error = Some(RunError { message, stage: None, details: Value::Null });
+                let message = if message.is_empty() {
+                    "run timed out".to_string()
+                } else {
+                    message.clone()
+                };
+                self.error = Some(RunError {
+                    message,
+                    stage: None,
+                    details: Value::Null,
+                });
                 self.finish(RunPhase::TimedOut, at);
             }
         }
@@ -288,7 +367,12 @@ impl RunState {
 }
 
 fn finish_attempt(s: &mut StageState, attempt: u32, at: i64, error: Option<StageError>) {
-    if let Some(a) = s.attempt_history.iter_mut().rev().find(|a| a.attempt == attempt) {
+    if let Some(a) = s
+        .attempt_history
+        .iter_mut()
+        .rev()
+        .find(|a| a.attempt == attempt)
+    {
         a.finished_at = Some(at);
         a.error = error;
     }

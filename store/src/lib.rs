@@ -1,8 +1,25 @@
 //! The FlowMason event log: append-only per-run event streams in sled, the fold that turns them into run
 //! state, and the indexes behind history queries. Knows nothing of actors or Kubernetes.
+//!
+//! - [`event`]: what can happen to a run; [`fold`]: run state as a pure fold over those events.
+//! - [`EventStore`]: appends (with the stream rules and per-policy durability), reads, history queries,
+//!   deletion. Layout of the records: see the `keys` module.
 
+mod codec;
+mod config;
+mod error;
 pub mod event;
+mod flusher;
 pub mod fold;
+mod keys;
+mod query;
+mod store;
+mod summary;
 
+pub use config::{Durability, StoreConfig};
+pub use error::StoreError;
 pub use event::*;
 pub use fold::*;
+pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
+pub use store::{Appended, EventStore};
+pub use summary::RunSummary;

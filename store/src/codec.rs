@@ -1,0 +1,178 @@
+//! Versioned encoding of the stored records.
+//!
+//! Every value starts with a format version byte so that a later release can change the encoding and still
+//! read (or at least recognise) old records. Version 1 is JSON: readable with any tool, and the event
+//! payloads (plans, outputs) are JSON already. The sequence number of an event is in its key, not its value.
+
+use serde::{Deserialize, Serialize};
+use sled::IVec;
+
+use crate::error::StoreError;
+use crate::event::{Event, EventKind, RunId};
+use crate::keys;
+use crate::summary::RunSummary;
+
+/// The format version this build writes, and the only one it reads.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    at: i64,
+    kind: &'a EventKind,
+}
+
+#[derive(Deserialize)]
+struct Record {
+    at: i64,
+    kind: EventKind,
+}
+
+thread_local! {
+    /// Reused encode buffer: an append allocates only the value sled keeps.
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
+
+/// Encodes an event value (`seq` is only for the error message).
+pub(crate) fn encode_event(
+    run: RunId,
+    seq: u64,
+    at: i64,
+    kind: &EventKind,
+) -> Result<IVec, StoreError> {
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.push(FORMAT_VERSION);
+        serde_json::to_writer(&mut *buf, &RecordRef { at, kind }).map_err(|e| {
+            StoreError::Encode {
+                run,
+                seq,
+                reason: e.to_string(),
+            }
+        })?;
+        let value = IVec::from(buf.as_slice());
+        // Do not keep a huge buffer alive after one huge event.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::with_capacity(512);
+        }
+        Ok(value)
+    })
+}
+
+/// Decodes the event stored under `key` for `run`.
+pub(crate) fn decode_event(run: RunId, key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
+    let seq = keys::event_seq(key).ok_or_else(|| StoreError::Corrupt {
+        run,
+        seq: 0,
+        reason: format!("malformed event key of {} bytes", key.len()),
+    })?;
+    match value.split_first() {
+        None => Err(StoreError::Corrupt {
+            run,
+            seq,
+            reason: "empty record".into(),
+        }),
+        Some((&FORMAT_VERSION, json)) => {
+            let Record { at, kind } =
+                serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
+                    run,
+                    seq,
+                    reason: e.to_string(),
+                })?;
+            Ok(Event { seq, at, kind })
+        }
+        Some((&version, _)) => Err(StoreError::UnsupportedVersion { run, seq, version }),
+    }
+}
+
+pub(crate) fn encode_summary(summary: &RunSummary) -> Result<IVec, StoreError> {
+    let mut buf = Vec::with_capacity(256);
+    buf.push(FORMAT_VERSION);
+    serde_json::to_writer(&mut buf, summary).map_err(|e| StoreError::CorruptSummary {
+        run: summary.run_id,
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(IVec::from(buf))
+}
+
+pub(crate) fn decode_summary(run: RunId, value: &[u8]) -> Result<RunSummary, StoreError> {
+    match value.split_first() {
+        None => Err(StoreError::CorruptSummary {
+            run,
+            reason: "empty record".into(),
+        }),
+        Some((&FORMAT_VERSION, json)) => {
+            let summary: RunSummary =
+                serde_json::from_slice(json).map_err(|e| StoreError::CorruptSummary {
+                    run,
+                    reason: e.to_string(),
+                })?;
+            if summary.run_id != run {
+                return Err(StoreError::CorruptSummary {
+                    run,
+                    reason: format!("record names run {}", summary.run_id),
+                });
+            }
+            Ok(summary)
+        }
+        Some((&version, _)) => Err(StoreError::CorruptSummary {
+            run,
+            reason: format!("unsupported format version {version}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trips() {
+        let run = RunId::from_u128(9);
+        let kind = EventKind::StageRetryScheduled {
+            stage: "a".into(),
+            attempt: 2,
+            at: 77,
+        };
+        let value = encode_event(run, 3, 1234, &kind).unwrap();
+        assert_eq!(value[0], FORMAT_VERSION);
+        let event = decode_event(run, &keys::event_key(run, 3), &value).unwrap();
+        assert_eq!(
+            event,
+            Event {
+                seq: 3,
+                at: 1234,
+                kind
+            }
+        );
+    }
+
+    #[test]
+    fn bad_records_name_run_and_seq() {
+        let run = RunId::from_u128(9);
+        let key = keys::event_key(run, 7);
+        let err = decode_event(run, &key, b"\x01{not json").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { seq: 7, .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("run {run}: event 7 is corrupt: ")),
+            "{err}"
+        );
+        let err = decode_event(run, &key, br#"{"at":1,"kind":{"type":"Nope"}}"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnsupportedVersion {
+                    seq: 7,
+                    version: b'{',
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = decode_event(run, &key, b"").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { seq: 7, .. }), "{err:?}");
+        let err = decode_event(run, &key[..10], b"\x01{}").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+}
