@@ -69,6 +69,11 @@ impl Flusher {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::SeqCst)
+    }
+
     /// Queues a flush request; the receiver resolves after a flush that started after this call.
     pub(crate) fn request(&self) -> Result<oneshot::Receiver<Result<(), sled::Error>>, StoreError> {
         let (reply, rx) = oneshot::channel();

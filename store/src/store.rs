@@ -477,6 +477,11 @@ impl EventStore {
 }
 
 impl Inner {
+    #[cfg(test)]
+    pub(crate) fn flusher_is_dirty(&self) -> bool {
+        self.flusher.is_dirty()
+    }
+
     pub(crate) fn summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
         match self.tree.get(keys::summary_key(run))? {
             Some(v) => Ok(Some(codec::decode_summary(run, &v)?)),
@@ -502,5 +507,540 @@ impl Inner {
                     reason: format!("malformed index key of {} bytes", key.len()),
                 }
             })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::{RunError, Trigger};
+    use crate::query::RunQuery;
+
+    pub(crate) fn config(durability: Durability) -> StoreConfig {
+        StoreConfig {
+            durability,
+            flush_interval: Duration::from_millis(5),
+            cache_capacity_bytes: 16 << 20,
+        }
+    }
+
+    pub(crate) fn accepted(pipeline: &str, namespace: &str) -> EventKind {
+        accepted_with(pipeline, namespace, Trigger::Manual, &[])
+    }
+
+    pub(crate) fn accepted_with(
+        pipeline: &str,
+        namespace: &str,
+        trigger: Trigger,
+        labels: &[(&str, &str)],
+    ) -> EventKind {
+        EventKind::RunAccepted {
+            pipeline: pipeline.into(),
+            namespace: namespace.into(),
+            generation: 3,
+            trigger,
+            run_name: Some(format!("{pipeline}-run")),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            plan: json!({"stages": ["a", "b"]}),
+            inputs: json!({"x": 1}),
+        }
+    }
+
+    pub(crate) fn started(stage: &str) -> EventKind {
+        EventKind::StageStarted {
+            stage: stage.into(),
+            attempt: 1,
+        }
+    }
+
+    pub(crate) fn succeeded(stage: &str) -> EventKind {
+        EventKind::StageSucceeded {
+            stage: stage.into(),
+            attempt: 1,
+            output: json!({"ok": stage}),
+            skip: vec![],
+        }
+    }
+
+    pub(crate) fn run_succeeded() -> EventKind {
+        EventKind::RunSucceeded { output: json!(42) }
+    }
+
+    /// Appends and returns the events, for tests that do not wait on the receipt.
+    pub(crate) fn put(store: &EventStore, run: RunId, kinds: Vec<EventKind>) -> Vec<Event> {
+        store.append(run, kinds).unwrap().events
+    }
+
+    pub(crate) fn new_run() -> RunId {
+        RunId::now_v7()
+    }
+
+    #[test]
+    fn append_assigns_consecutive_seqs_and_reads_back_in_order() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let run = new_run();
+        let a = store
+            .append(run, vec![accepted("p", "ns"), EventKind::RunStarted])
+            .unwrap();
+        assert_eq!(a.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
+        assert!(!a.must_wait());
+        for i in 0..300u64 {
+            let e = store.append(run, vec![started(&format!("s{i}"))]).unwrap();
+            assert_eq!(e.events[0].seq, i + 2);
+        }
+        let events = store.events(run).unwrap();
+        assert_eq!(events.len(), 302);
+        assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+        assert!(events.windows(2).all(|w| w[0].at <= w[1].at));
+        assert_eq!(events[0].kind, accepted("p", "ns"));
+        assert_eq!(store.events_from(run, 300).unwrap().len(), 2);
+        assert_eq!(store.events_from(run, 400).unwrap(), vec![]);
+        assert_eq!(store.events(new_run()).unwrap(), vec![]);
+        assert_eq!(store.fold(new_run()).unwrap(), None);
+        // Another run's events never mix in.
+        let other = new_run();
+        put(&store, other, vec![accepted("q", "ns")]);
+        assert_eq!(store.events(run).unwrap().len(), 302);
+        assert_eq!(store.events(other).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn seqs_summaries_and_indexes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = new_run();
+        let done = new_run();
+        let before;
+        {
+            let store = EventStore::open(dir.path(), config(Durability::Batch)).unwrap();
+            put(
+                &store,
+                run,
+                vec![accepted("p", "ns"), EventKind::RunStarted, started("a")],
+            );
+            put(
+                &store,
+                done,
+                vec![accepted("p", "ns"), EventKind::RunStarted, run_succeeded()],
+            );
+            before = (
+                store.fold(run).unwrap(),
+                store.summary(run).unwrap(),
+                store.fold(done).unwrap(),
+            );
+            assert!(before.0.is_some());
+        }
+        let store = EventStore::open(dir.path(), config(Durability::Batch)).unwrap();
+        assert_eq!(
+            (
+                store.fold(run).unwrap(),
+                store.summary(run).unwrap(),
+                store.fold(done).unwrap()
+            ),
+            before
+        );
+        // The sequence continues where it stopped.
+        let next = store.append(run, vec![succeeded("a")]).unwrap();
+        assert_eq!(next.events[0].seq, 3);
+        // The ended run stays ended.
+        let err = store.append(done, vec![started("x")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::RunEnded {
+                    event: "StageStarted",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(store.unfinished_runs().unwrap(), vec![run]);
+        let page = store.query(&RunQuery::default()).unwrap();
+        assert_eq!(
+            page.runs.iter().map(|s| s.run_id).collect::<Vec<_>>(),
+            vec![done, run]
+        );
+    }
+
+    #[test]
+    fn run_accepted_only_first_and_nothing_after_the_end() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let run = new_run();
+        let err = store.append(run, vec![started("a")]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotAccepted { run: r } if r == run),
+            "{err:?}"
+        );
+        assert_eq!(store.events(run).unwrap(), vec![]);
+
+        put(&store, run, vec![accepted("p", "ns")]);
+        let err = store.append(run, vec![accepted("p", "ns")]).unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyAccepted { .. }), "{err:?}");
+        assert!(err.to_string().contains(&run.to_string()), "{err}");
+        // A rejected batch writes nothing, not even its valid prefix.
+        let err = store
+            .append(run, vec![EventKind::RunStarted, accepted("p", "ns")])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyAccepted { .. }), "{err:?}");
+        assert_eq!(store.events(run).unwrap().len(), 1);
+        assert_eq!(
+            store.summary(run).unwrap().unwrap().phase,
+            RunPhase::Pending
+        );
+
+        let fail = EventKind::RunFailed {
+            error: RunError {
+                message: "boom".into(),
+                stage: None,
+                details: json!(null),
+            },
+        };
+        put(&store, run, vec![EventKind::RunStarted, fail]);
+        for kind in [
+            run_succeeded(),
+            EventKind::RunCancelled {
+                reason: String::new(),
+            },
+            started("b"),
+        ] {
+            let name = kind.name();
+            let err = store.append(run, vec![kind]).unwrap_err();
+            assert!(
+                matches!(err, StoreError::RunEnded { event, .. } if event == name),
+                "{err:?}"
+            );
+        }
+        // Terminal then more in one batch is refused too.
+        let other = new_run();
+        let err = store
+            .append(
+                other,
+                vec![accepted("p", "ns"), run_succeeded(), started("a")],
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::RunEnded { .. }), "{err:?}");
+        assert_eq!(store.summary(other).unwrap(), None);
+        let state = store.fold(run).unwrap().unwrap();
+        assert_eq!(state.phase, RunPhase::Failed);
+        assert_eq!(state.last_seq, 2);
+        // Ended runs are dropped from the cursor cache.
+        assert!(
+            store
+                .inner
+                .cursors
+                .iter()
+                .all(|s| s.lock().unwrap().get(&run).is_none())
+        );
+        assert!(store.append(run, vec![]).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn summary_follows_phase_changes_atomically() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let run = new_run();
+        let a = store
+            .append(
+                run,
+                vec![accepted_with("p", "ns", Trigger::Webhook, &[("team", "x")])],
+            )
+            .unwrap();
+        let s = store.summary(run).unwrap().unwrap();
+        assert_eq!(s.phase, RunPhase::Pending);
+        assert_eq!(s.accepted_at, a.events[0].at);
+        assert_eq!(
+            (
+                s.pipeline.as_str(),
+                s.namespace.as_str(),
+                s.trigger,
+                s.generation
+            ),
+            ("p", "ns", Trigger::Webhook, 3)
+        );
+        assert_eq!(s.run_name.as_deref(), Some("p-run"));
+        assert_eq!(s.labels.get("team").map(String::as_str), Some("x"));
+
+        put(&store, run, vec![EventKind::RunStarted]);
+        put(&store, run, vec![started("a")]);
+        let s = store.summary(run).unwrap().unwrap();
+        assert_eq!((s.phase, s.last_seq), (RunPhase::Running, 1));
+        assert!(s.started_at.is_some());
+        // Stage events do not rewrite the summary.
+        put(&store, run, vec![succeeded("a")]);
+        assert_eq!(store.summary(run).unwrap().unwrap(), s);
+
+        put(
+            &store,
+            run,
+            vec![EventKind::RunTimedOut {
+                message: String::new(),
+            }],
+        );
+        let s = store.summary(run).unwrap().unwrap();
+        let state = store.fold(run).unwrap().unwrap();
+        assert_eq!(s.phase, state.phase);
+        assert_eq!(s.phase, RunPhase::TimedOut);
+        assert_eq!(s.last_seq, state.last_seq);
+        assert_eq!(s.finished_at, state.finished_at);
+        assert_eq!(s.error.as_deref(), Some("run timed out"));
+        // Exactly one phase index entry.
+        let phase_keys: usize = RunPhase::ALL
+            .iter()
+            .map(|p| {
+                store
+                    .inner
+                    .tree
+                    .scan_prefix(Index::Phase(*p).prefix())
+                    .count()
+            })
+            .sum();
+        assert_eq!(phase_keys, 1);
+        assert_eq!(
+            store
+                .inner
+                .tree
+                .scan_prefix(Index::Phase(RunPhase::TimedOut).prefix())
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn unfinished_runs_lists_pending_and_running_oldest_first() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let runs: Vec<RunId> = (0..5).map(|_| new_run()).collect();
+        for run in &runs {
+            put(&store, *run, vec![accepted("p", "ns")]);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        put(&store, runs[1], vec![EventKind::RunStarted]);
+        put(
+            &store,
+            runs[2],
+            vec![EventKind::RunStarted, run_succeeded()],
+        );
+        put(
+            &store,
+            runs[4],
+            vec![EventKind::RunCancelled {
+                reason: "user".into(),
+            }],
+        );
+        assert_eq!(
+            store.unfinished_runs().unwrap(),
+            vec![runs[0], runs[1], runs[3]]
+        );
+        assert_eq!(
+            store.summary(runs[4]).unwrap().unwrap().error.as_deref(),
+            Some("user")
+        );
+    }
+
+    #[test]
+    fn delete_run_removes_everything_and_refuses_runs_in_flight() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let keep = new_run();
+        put(&store, keep, vec![accepted("p", "ns")]);
+        let before: Vec<_> = store.inner.tree.iter().keys().map(Result::unwrap).collect();
+
+        let run = new_run();
+        put(
+            &store,
+            run,
+            vec![
+                accepted_with("p", "ns", Trigger::Cron, &[("a", "b")]),
+                EventKind::RunStarted,
+            ],
+        );
+        put(&store, run, vec![started("a"), succeeded("a")]);
+        let err = store.delete_run(run).unwrap_err();
+        assert!(
+            matches!(err, StoreError::RunInFlight { run: r } if r == run),
+            "{err:?}"
+        );
+        assert_eq!(store.events(run).unwrap().len(), 4);
+
+        put(&store, run, vec![run_succeeded()]);
+        assert!(store.delete_run(run).unwrap());
+        // Every key of the run is gone: the tree is as it was before the run.
+        let after: Vec<_> = store.inner.tree.iter().keys().map(Result::unwrap).collect();
+        assert_eq!(after, before);
+        assert_eq!(store.summary(run).unwrap(), None);
+        assert_eq!(store.events(run).unwrap(), vec![]);
+        assert!(!store.delete_run(run).unwrap());
+        assert!(!store.delete_run(new_run()).unwrap());
+        assert_eq!(store.query(&RunQuery::default()).unwrap().runs.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_and_unknown_version_records_name_run_and_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path(), config(Durability::Batch)).unwrap();
+        let run = new_run();
+        put(
+            &store,
+            run,
+            vec![
+                accepted("p", "ns"),
+                EventKind::RunStarted,
+                started("a"),
+                succeeded("a"),
+            ],
+        );
+        let tree = &store.inner.tree;
+
+        tree.insert(
+            keys::event_key(run, 2),
+            &b"\x01{\"at\":1,\"kind\":{\"type\":\"NoSuchEvent\"}}"[..],
+        )
+        .unwrap();
+        let err = store.events(run).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { run: r, seq: 2, .. } if r == run),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("run {run}: event 2 is corrupt: "))
+                && msg.contains("NoSuchEvent"),
+            "{msg}"
+        );
+        assert!(matches!(
+            store.fold(run).unwrap_err(),
+            StoreError::Corrupt { seq: 2, .. }
+        ));
+
+        tree.insert(keys::event_key(run, 2), &b"\x01not json at all"[..])
+            .unwrap();
+        assert!(matches!(
+            store.events(run).unwrap_err(),
+            StoreError::Corrupt { seq: 2, .. }
+        ));
+
+        tree.insert(keys::event_key(run, 3), &b"\x07{}"[..])
+            .unwrap();
+        let err = store.events_from(run, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnsupportedVersion {
+                    seq: 3,
+                    version: 7,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("run {run}: event 3 has unsupported format version 7")
+        );
+
+        tree.insert(keys::summary_key(run), &b"\x01[]"[..]).unwrap();
+        let err = store.summary(run).unwrap_err();
+        assert!(
+            matches!(err, StoreError::CorruptSummary { run: r, .. } if r == run),
+            "{err:?}"
+        );
+        // A corrupt summary is reported by queries too, never a panic.
+        assert!(matches!(
+            store.query(&RunQuery::default()).unwrap_err(),
+            StoreError::CorruptSummary { .. }
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn always_durable_appends_from_100_tasks_all_complete() {
+        // sled#1308: 100 concurrent insert + flush_async hung; here they share group-committed flushes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path(), config(Durability::Always)).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let run = new_run();
+                let receipt = store.append(run, vec![accepted("p", "ns")]).unwrap();
+                assert!(receipt.must_wait());
+                receipt.durable().await.unwrap();
+                for i in 0..5 {
+                    let events = store
+                        .append_durable(run, vec![started(&format!("s{i}"))])
+                        .await
+                        .unwrap();
+                    assert_eq!(events[0].seq, i + 1);
+                }
+                run
+            }));
+        }
+        let all = tokio::time::timeout(Duration::from_secs(60), futures_join(tasks))
+            .await
+            .expect("appenders hung");
+        assert_eq!(all.len(), 100);
+        store.sync().await.unwrap();
+        drop(store);
+        let store = EventStore::open(dir.path(), config(Durability::Always)).unwrap();
+        for run in all {
+            assert_eq!(store.events(run).unwrap().len(), 6);
+        }
+    }
+
+    async fn futures_join(tasks: Vec<tokio::task::JoinHandle<RunId>>) -> Vec<RunId> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receipts_wait_as_the_policy_says() {
+        for (durability, stage_waits, terminal_waits) in [
+            (Durability::Always, true, true),
+            (Durability::Batch, false, true),
+            (Durability::Never, false, false),
+        ] {
+            let store = EventStore::temporary(config(durability)).unwrap();
+            assert_eq!(store.durability(), durability);
+            let run = new_run();
+            store
+                .append_durable(run, vec![accepted("p", "ns")])
+                .await
+                .unwrap();
+            let r = store.append(run, vec![started("a")]).unwrap();
+            assert_eq!(r.must_wait(), stage_waits, "{durability}");
+            assert_eq!(r.durable().await.unwrap().len(), 1);
+            let r = store.append(run, vec![run_succeeded()]).unwrap();
+            assert_eq!(r.must_wait(), terminal_waits, "{durability}");
+            r.durable().await.unwrap();
+            store.sync().await.unwrap();
+            store.flush().unwrap();
+        }
+    }
+
+    #[test]
+    fn batch_policy_flushes_in_the_background_and_the_flusher_stops_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = new_run();
+        let store = EventStore::open(dir.path(), config(Durability::Batch)).unwrap();
+        put(&store, run, vec![accepted("p", "ns")]);
+        // The dirty flag is cleared by the background flush within a few intervals.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.inner.flusher_is_dirty() {
+            assert!(std::time::Instant::now() < deadline, "no background flush");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let clone = store.clone();
+        drop(store);
+        assert_eq!(clone.events(run).unwrap().len(), 1);
+        drop(clone);
+        // Dropping the last handle joined the flusher and closed sled: the directory opens again at once.
+        let store = EventStore::open(dir.path(), config(Durability::Batch)).unwrap();
+        assert_eq!(store.events(run).unwrap().len(), 1);
     }
 }
