@@ -3,8 +3,12 @@
 //! event log before it is acted on. Knows nothing of Kubernetes.
 
 pub mod component;
+pub mod engine;
 pub mod plan;
 pub mod template;
+mod run_actor;
+mod stage_actor;
 
 pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
+pub use engine::{Engine, EngineConfig, EngineError, EnvResolver, RunHandle, RunRequest};
 pub use plan::{Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};

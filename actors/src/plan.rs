@@ -32,6 +32,10 @@ pub struct PlanSpec {
     /// The stage whose output is the run's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_stage: Option<String>,
+    /// Environment entries with literal values (`env[].value`). Secret-sourced entries are resolved when
+    /// the run starts or resumes and never appear here, since the plan is recorded in the event log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_parallelism() -> usize {
@@ -338,7 +342,14 @@ mod tests {
     }
 
     fn spec(stages: Vec<StagePlan>) -> PlanSpec {
-        PlanSpec { stages, parallelism: 4, timeout_ms: None, retry: RetryPolicy::default(), output_stage: None }
+        PlanSpec {
+            stages,
+            parallelism: 4,
+            timeout_ms: None,
+            retry: RetryPolicy::default(),
+            output_stage: None,
+            env: BTreeMap::new(),
+        }
     }
 
     #[test]

@@ -1,0 +1,344 @@
+//! The engine's front door: accepts runs, resumes unfinished ones after a restart, cancels on request.
+//!
+//! An `Engine` is created inside an actix `System`; its handle is `Send + Sync` and may be used from any
+//! thread or tokio task. Each run is a `RunActor` on one of the engine's arbiters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use flowmason_store::{
+    Event, EventKind, EventStore, RunError, RunId, RunState, StoreError, Trigger,
+};
+
+use crate::component::{Component, Registry};
+use crate::plan::{Plan, PlanError, PlanSpec};
+use crate::run_actor::{CancelRun, RunActor, RunSetup};
+
+/// Resolves a run's environment (`{{env.NAME}}`) when it starts or resumes. Values are never recorded in
+/// events, so a resumed run asks again.
+pub type EnvResolver = Arc<dyn Fn(&RunState) -> Result<BTreeMap<String, String>, String> + Send + Sync>;
+
+/// Why the engine could not accept, resume or finish a run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid plan: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidPlan(Vec<PlanError>),
+    #[error("stages[{index}].componentType: unknown component {component:?}")]
+    UnknownComponent { index: usize, component: String },
+    #[error("run {run}: {source}")]
+    Store { run: RunId, source: StoreError },
+    #[error("event log: {0}")]
+    Log(#[from] StoreError),
+    #[error("run {run}: the plan cannot be encoded: {reason}")]
+    Encode { run: RunId, reason: String },
+    #[error("run {run}: the engine stopped before the run ended")]
+    Lost { run: RunId },
+}
+
+/// Settings of an engine.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Arbiters (threads) that host run actors; runs are spread over them round-robin. 0 uses the arbiter
+    /// of the thread that creates the engine.
+    pub workers: usize,
+    pub env: EnvResolver,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { workers: 0, env: Arc::new(|_| Ok(BTreeMap::new())) }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The run's id; a fresh UUIDv7 when absent.
+    pub run_id: Option<RunId>,
+    pub pipeline: String,
+    pub namespace: String,
+    pub generation: i64,
+    pub trigger: Trigger,
+    pub run_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub plan: PlanSpec,
+    pub inputs: Value,
+    /// Resolved environment; never written to the event log.
+    pub env: BTreeMap<String, String>,
+}
+
+impl RunRequest {
+    pub fn new(pipeline: impl Into<String>, plan: PlanSpec, inputs: Value) -> RunRequest {
+        RunRequest {
+            run_id: None,
+            pipeline: pipeline.into(),
+            namespace: "default".into(),
+            generation: 0,
+            trigger: Trigger::Manual,
+            run_name: None,
+            labels: BTreeMap::new(),
+            plan,
+            inputs,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// A run in progress: its id, its end, and (when asked for) its events as they are appended.
+pub struct RunHandle {
+    pub run_id: RunId,
+    outcome: oneshot::Receiver<Result<RunState, EngineError>>,
+    /// Every event of the run as it is appended (when the run was started with `observe`).
+    pub events: Option<mpsc::UnboundedReceiver<Event>>,
+}
+
+impl RunHandle {
+    /// Waits for the run to end; the state is the fold of all its events.
+    pub async fn finished(self) -> Result<RunState, EngineError> {
+        let run = self.run_id;
+        self.outcome.await.unwrap_or(Err(EngineError::Lost { run }))
+    }
+
+    /// Splits off the event stream, leaving a handle that only waits for the end.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.events.take()
+    }
+}
+
+pub(crate) struct Inner {
+    store: EventStore,
+    registry: Arc<Registry>,
+    env: EnvResolver,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    runs: Mutex<HashMap<RunId, Addr<RunActor>>>,
+}
+
+/// The engine handle; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Creates an engine. Must be called from a thread running an actix `System`.
+    pub fn new(store: EventStore, registry: Registry, config: EngineConfig) -> Engine {
+        let arbiters = if config.workers == 0 {
+            vec![Arbiter::current()]
+        } else {
+            (0..config.workers).map(|_| Arbiter::new().handle()).collect()
+        };
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                registry: Arc::new(registry),
+                env: config.env,
+                arbiters,
+                next_arbiter: AtomicUsize::new(0),
+                runs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Checks a plan against the DAG rules and the registry, without running anything.
+    pub fn check(&self, spec: PlanSpec) -> Result<Plan, EngineError> {
+        let plan = Plan::build(spec).map_err(EngineError::InvalidPlan)?;
+        self.components(&plan)?;
+        Ok(plan)
+    }
+
+    /// The component of each stage, by plan index.
+    fn components(&self, plan: &Plan) -> Result<Vec<Arc<dyn Component>>, EngineError> {
+        (0..plan.len())
+            .map(|index| {
+                let component = &plan.stage(index).component;
+                self.inner
+                    .registry
+                    .get(component)
+                    .ok_or_else(|| EngineError::UnknownComponent { index, component: component.clone() })
+            })
+            .collect()
+    }
+
+    /// Accepts a run: records `RunAccepted` (durably, as the policy says) and starts its actor.
+    pub async fn start(&self, request: RunRequest) -> Result<RunHandle, EngineError> {
+        self.start_inner(request, false).await
+    }
+
+    /// Like `start`, with every appended event also sent to `RunHandle::events`.
+    pub async fn start_observed(&self, request: RunRequest) -> Result<RunHandle, EngineError> {
+        self.start_inner(request, true).await
+    }
+
+    async fn start_inner(&self, request: RunRequest, observe: bool) -> Result<RunHandle, EngineError> {
+        let plan = self.check(request.plan.clone())?;
+        let run_id = request.run_id.unwrap_or_else(uuid::Uuid::now_v7);
+        let plan_value = serde_json::to_value(plan.spec())
+            .map_err(|e| EngineError::Encode { run: run_id, reason: e.to_string() })?;
+        let accepted = EventKind::RunAccepted {
+            pipeline: request.pipeline,
+            namespace: request.namespace,
+            generation: request.generation,
+            trigger: request.trigger,
+            run_name: request.run_name,
+            labels: request.labels,
+            plan: plan_value,
+            inputs: request.inputs,
+        };
+        let events = self
+            .inner
+            .store
+            .append(run_id, vec![accepted])
+            .map_err(|source| EngineError::Store { run: run_id, source })?
+            .durable()
+            .await
+            .map_err(|source| EngineError::Store { run: run_id, source })?;
+        let state = RunState::fold(run_id, &events)
+            .map_err(|e| EngineError::Store { run: run_id, source: StoreError::Fold(e) })?
+            .ok_or(EngineError::Lost { run: run_id })?;
+        self.spawn(plan, state, request.env, observe, events)
+    }
+
+    /// Resumes every run the log holds that has not ended, as after a restart. A run whose record cannot
+    /// be used (unreadable plan, unknown component) is ended `Failed` with the reason.
+    pub async fn resume_all(&self) -> Result<Vec<RunHandle>, EngineError> {
+        let mut handles = Vec::new();
+        for run in self.inner.store.unfinished_runs()? {
+            if self.inner.runs.lock().map(|r| r.contains_key(&run)).unwrap_or(false) {
+                continue;
+            }
+            if let Some(handle) = self.resume(run, false).await? {
+                handles.push(handle);
+            }
+        }
+        Ok(handles)
+    }
+
+    /// Resumes one unfinished run from its events; `None` when it has already ended or does not exist.
+    pub async fn resume(&self, run: RunId, observe: bool) -> Result<Option<RunHandle>, EngineError> {
+        let store = &self.inner.store;
+        let state = match store.fold(run) {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::error!(%run, error = %e, "cannot resume run");
+                self.fail_unusable(run, format!("the run's events cannot be read: {e}")).await?;
+                return Ok(None);
+            }
+        };
+        if state.phase.is_terminal() {
+            return Ok(None);
+        }
+        let plan = match serde_json::from_value::<PlanSpec>(state.plan.clone()) {
+            Ok(spec) => match self.check(spec) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    self.fail_unusable(run, format!("the run's plan cannot run: {e}")).await?;
+                    return Ok(None);
+                }
+            },
+            Err(e) => {
+                self.fail_unusable(run, format!("the run's plan cannot be read: {e}")).await?;
+                return Ok(None);
+            }
+        };
+        let env = match (self.inner.env)(&state) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fail_unusable(run, format!("environment: {e}")).await?;
+                return Ok(None);
+            }
+        };
+        self.spawn(plan, state, env, observe, Vec::new()).map(Some)
+    }
+
+    async fn fail_unusable(&self, run: RunId, message: String) -> Result<(), EngineError> {
+        let error = RunError { message, stage: None, details: Value::Null };
+        match self.inner.store.append_durable(run, vec![EventKind::RunFailed { error }]).await {
+            Ok(_) | Err(StoreError::RunEnded { .. }) => Ok(()),
+            Err(source) => Err(EngineError::Store { run, source }),
+        }
+    }
+
+    fn spawn(
+        &self,
+        plan: Plan,
+        state: RunState,
+        env: BTreeMap<String, String>,
+        observe: bool,
+        already: Vec<Event>,
+    ) -> Result<RunHandle, EngineError> {
+        let run_id = state.run_id;
+        let components = self.components(&plan)?;
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let (observer, events) = if observe {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for event in already {
+                let _ = tx.send(event);
+            }
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let setup = RunSetup {
+            plan: Arc::new(plan),
+            state,
+            env,
+            store: self.inner.store.clone(),
+            components,
+            observer,
+            outcome: outcome_tx,
+            engine: Arc::downgrade(&self.inner),
+        };
+        let arbiter = {
+            let i = self.inner.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.inner.arbiters.len();
+            &self.inner.arbiters[i]
+        };
+        // Registered under the lock so that a run ending at once cannot deregister before it is registered.
+        let mut runs = self.inner.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let addr = RunActor::start_in_arbiter(arbiter, move |_| RunActor::new(setup));
+        runs.insert(run_id, addr);
+        Ok(RunHandle { run_id, outcome: outcome_rx, events })
+    }
+
+    /// Asks a run to stop; it ends `Cancelled`. Returns false when the run is not running here.
+    pub fn cancel(&self, run: RunId, reason: impl Into<String>) -> bool {
+        let addr = self.inner.runs.lock().ok().and_then(|runs| runs.get(&run).cloned());
+        match addr {
+            Some(addr) => {
+                addr.do_send(CancelRun { reason: reason.into() });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs currently executing in this engine.
+    pub fn running(&self) -> usize {
+        self.inner.runs.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+/// Called by a run actor when it stops.
+pub(crate) fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
+    if let Some(inner) = engine.upgrade()
+        && let Ok(mut runs) = inner.runs.lock()
+    {
+        runs.remove(&run);
+    }
+}
+
+pub(crate) type EngineRef = std::sync::Weak<Inner>;

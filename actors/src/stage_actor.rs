@@ -1,0 +1,102 @@
+//! `StageActor`: one attempt of one stage. It runs the component under the attempt's time limit and reports
+//! the result to its run; stopping it cancels the component.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use flowmason_store::ErrorClass;
+
+use crate::component::{Component, ComponentError, ComponentOutput, StageContext};
+
+/// The attempt ended: how, and which attempt it was.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StageDone {
+    pub index: usize,
+    pub attempt: u32,
+    pub result: Result<ComponentOutput, ComponentError>,
+}
+
+/// Stop the attempt now; its result, if any comes later, is dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CancelStage;
+
+pub(crate) struct StageActor {
+    pub index: usize,
+    pub attempt: u32,
+    pub component: Arc<dyn Component>,
+    pub input: Option<Value>,
+    pub context: Option<StageContext>,
+    pub timeout: Option<Duration>,
+    pub cancel: CancellationToken,
+    pub report: Recipient<StageDone>,
+}
+
+impl Actor for StageActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (Some(input), Some(context)) = (self.input.take(), self.context.take()) else {
+            ctx.stop();
+            return;
+        };
+        let work = AssertUnwindSafe(self.component.execute(input, context)).catch_unwind();
+        let timeout = self.timeout;
+        let attempt = async move {
+            let outcome = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, work).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        return Err(ComponentError::new(
+                            ErrorClass::Timeout,
+                            format!("attempt timed out after {}", humanize(limit)),
+                        ));
+                    }
+                },
+                None => work.await,
+            };
+            outcome.unwrap_or_else(|panic| Err(ComponentError::internal(format!("component panicked: {}", panic_message(&panic)))))
+        };
+        ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
+            act.report.do_send(StageDone { index: act.index, attempt: act.attempt, result });
+            ctx.stop();
+        }));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Whatever the component started outside its future (tasks, requests) learns that it must stop.
+        self.cancel.cancel();
+    }
+}
+
+impl Handler<CancelStage> for StageActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CancelStage, ctx: &mut Self::Context) {
+        self.cancel.cancel();
+        ctx.stop();
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// `1.5s`, `250ms`: how users wrote the limit.
+pub(crate) fn humanize(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+}
