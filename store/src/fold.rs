@@ -377,3 +377,209 @@ fn finish_attempt(s: &mut StageState, attempt: u32, at: i64, error: Option<Stage
         a.error = error;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::ErrorClass;
+
+    fn run() -> RunId {
+        RunId::from_u128(42)
+    }
+
+    fn stream(kinds: Vec<EventKind>) -> Vec<Event> {
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Event {
+                seq: i as u64,
+                at: 100 + i as i64,
+                kind,
+            })
+            .collect()
+    }
+
+    fn accepted() -> EventKind {
+        EventKind::RunAccepted {
+            pipeline: "p".into(),
+            namespace: "ns".into(),
+            generation: 2,
+            trigger: Trigger::Webhook,
+            run_name: None,
+            labels: BTreeMap::new(),
+            plan: json!({}),
+            inputs: json!({"a": 1}),
+        }
+    }
+
+    fn failed(stage: &str, attempt: u32) -> EventKind {
+        EventKind::StageFailed {
+            stage: stage.into(),
+            attempt,
+            error: StageError {
+                message: "503".into(),
+                class: ErrorClass::Transient,
+                retryable: true,
+                details: Value::Null,
+            },
+        }
+    }
+
+    #[test]
+    fn retry_counts_attempts() {
+        let events = stream(vec![
+            accepted(),
+            EventKind::RunStarted,
+            EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 1,
+            },
+            failed("a", 1),
+            EventKind::StageRetryScheduled {
+                stage: "a".into(),
+                attempt: 2,
+                at: 5_000,
+            },
+            EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 2,
+            },
+            EventKind::StageSucceeded {
+                stage: "a".into(),
+                attempt: 2,
+                output: json!(7),
+                skip: vec![],
+            },
+            EventKind::RunSucceeded { output: json!(7) },
+        ]);
+        let partial = RunState::fold(run(), &events[..5]).unwrap().unwrap();
+        assert_eq!(partial.stage("a").phase, StagePhase::Retrying);
+        assert_eq!(partial.stage("a").retry_at, Some(5_000));
+        let state = RunState::fold(run(), &events).unwrap().unwrap();
+        let a = state.stage("a");
+        assert_eq!(a.phase, StagePhase::Succeeded);
+        assert_eq!(a.attempts, 2);
+        assert_eq!(a.attempt_history.len(), 2);
+        assert!(a.attempt_history[0].error.is_some());
+        assert_eq!(a.attempt_history[1].finished_at, Some(106));
+        assert_eq!((a.error, a.retry_at, a.started_at), (None, None, Some(102)));
+        assert_eq!(state.phase, RunPhase::Succeeded);
+        assert_eq!(state.output, Some(json!(7)));
+        assert_eq!((state.last_seq, state.duration_micros()), (7, Some(6)));
+        assert_eq!(state.stage("never").phase, StagePhase::Pending);
+    }
+
+    #[test]
+    fn cancel_marks_running_stages_cancelled() {
+        let events = stream(vec![
+            accepted(),
+            EventKind::RunStarted,
+            EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 1,
+            },
+            EventKind::StageStarted {
+                stage: "b".into(),
+                attempt: 1,
+            },
+            EventKind::StageSucceeded {
+                stage: "b".into(),
+                attempt: 1,
+                output: json!(null),
+                skip: vec![],
+            },
+            EventKind::StageStarted {
+                stage: "c".into(),
+                attempt: 1,
+            },
+            failed("c", 1),
+            EventKind::StageRetryScheduled {
+                stage: "c".into(),
+                attempt: 2,
+                at: 9,
+            },
+            EventKind::StageSkipped {
+                stage: "d".into(),
+                reason: SkipReason::RunEnded,
+            },
+            EventKind::RunCancelled {
+                reason: String::new(),
+            },
+        ]);
+        let state = RunState::fold(run(), &events).unwrap().unwrap();
+        assert_eq!(state.phase, RunPhase::Cancelled);
+        assert_eq!(
+            state.error.as_ref().map(|e| e.message.as_str()),
+            Some("run cancelled")
+        );
+        let a = state.stage("a");
+        assert_eq!((a.phase, a.finished_at), (StagePhase::Cancelled, Some(109)));
+        assert_eq!(a.attempt_history[0].finished_at, Some(109));
+        assert_eq!(state.stage("b").phase, StagePhase::Succeeded);
+        assert_eq!(
+            (state.stage("c").phase, state.stage("c").retry_at),
+            (StagePhase::Cancelled, None)
+        );
+        assert_eq!(state.stage("d").phase, StagePhase::Skipped);
+    }
+
+    #[test]
+    fn malformed_streams_are_errors() {
+        let mut events = stream(vec![
+            accepted(),
+            EventKind::RunStarted,
+            EventKind::RunStarted,
+        ]);
+        events[2].seq = 5;
+        assert_eq!(
+            RunState::fold(run(), &events).unwrap_err(),
+            FoldError::OutOfOrder {
+                run: run(),
+                seq: 5,
+                expected: 2
+            }
+        );
+        let events = stream(vec![EventKind::RunStarted]);
+        assert_eq!(
+            RunState::fold(run(), &events).unwrap_err(),
+            FoldError::NotAccepted {
+                run: run(),
+                seq: 0,
+                event: "RunStarted"
+            }
+        );
+        let events = stream(vec![accepted(), accepted()]);
+        assert_eq!(
+            RunState::fold(run(), &events).unwrap_err(),
+            FoldError::DuplicateAccepted { run: run(), seq: 1 }
+        );
+        let events = stream(vec![
+            accepted(),
+            EventKind::RunSucceeded { output: json!(1) },
+            EventKind::RunStarted,
+        ]);
+        let err = RunState::fold(run(), &events).unwrap_err();
+        assert_eq!(
+            err,
+            FoldError::AfterTerminal {
+                run: run(),
+                seq: 2,
+                event: "RunStarted"
+            }
+        );
+        assert!(err.to_string().contains("event 2"), "{err}");
+        let mut late = stream(vec![accepted()]);
+        late[0].seq = 1;
+        assert_eq!(
+            RunState::fold(run(), &late).unwrap_err(),
+            FoldError::OutOfOrder {
+                run: run(),
+                seq: 1,
+                expected: 0
+            }
+        );
+        assert_eq!(RunState::fold(run(), &[]).unwrap(), None);
+    }
+}

@@ -214,7 +214,285 @@ impl EventStore {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::Durability;
+    use crate::event::{EventKind, RunId};
+    use crate::store::tests::{accepted, accepted_with, config, new_run, put, run_succeeded};
+
+    fn ids(page: &RunPage) -> Vec<RunId> {
+        page.runs.iter().map(|s| s.run_id).collect()
+    }
+
+    /// A test run: pipeline, namespace, trigger, labels, and the events after `RunAccepted`.
+    type Spec = (
+        &'static str,
+        &'static str,
+        Trigger,
+        &'static [(&'static str, &'static str)],
+        Vec<EventKind>,
+    );
+
+    /// Six runs, oldest first: (pipeline, namespace, trigger, labels, final phase).
+    fn fixture(store: &EventStore) -> Vec<(RunId, i64)> {
+        let specs: [Spec; 6] = [
+            ("build", "ci", Trigger::Manual, &[("team", "a")], vec![]),
+            (
+                "build",
+                "ci",
+                Trigger::Cron,
+                &[("team", "b")],
+                vec![EventKind::RunStarted],
+            ),
+            (
+                "deploy",
+                "ci",
+                Trigger::Webhook,
+                &[("team", "a")],
+                vec![EventKind::RunStarted, run_succeeded()],
+            ),
+            (
+                "build",
+                "prod",
+                Trigger::Pubsub,
+                &[],
+                vec![EventKind::RunCancelled {
+                    reason: String::new(),
+                }],
+            ),
+            (
+                "build",
+                "ci",
+                Trigger::Cron,
+                &[("team", "a"), ("tier", "1")],
+                vec![EventKind::RunStarted],
+            ),
+            ("deploy", "prod", Trigger::Manual, &[], vec![]),
+        ];
+        let mut out = Vec::new();
+        for (pipeline, namespace, trigger, labels, more) in specs {
+            let run = new_run();
+            let at = put(
+                store,
+                run,
+                vec![accepted_with(pipeline, namespace, trigger, labels)],
+            )[0]
+            .at;
+            if !more.is_empty() {
+                put(store, run, more);
+            }
+            out.push((run, at));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        out
+    }
+
+    fn query(store: &EventStore, q: RunQuery) -> Vec<RunId> {
+        ids(&store.query(&q).unwrap())
+    }
+
+    #[test]
+    fn query_filters_and_lists_newest_first() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let f = fixture(&store);
+        let r = |i: usize| f[i].0;
+        assert_eq!(
+            query(&store, RunQuery::default()),
+            [r(5), r(4), r(3), r(2), r(1), r(0)]
+        );
+        let pipeline = |ns: Option<&str>| RunQuery {
+            pipeline: Some("build".into()),
+            namespace: ns.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(query(&store, pipeline(Some("ci"))), [r(4), r(1), r(0)]);
+        assert_eq!(query(&store, pipeline(None)), [r(4), r(3), r(1), r(0)]);
+        assert_eq!(
+            query(
+                &store,
+                RunQuery {
+                    namespace: Some("prod".into()),
+                    ..Default::default()
+                }
+            ),
+            [r(5), r(3)]
+        );
+        let phases = |p: &[RunPhase]| RunQuery {
+            phases: p.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(query(&store, phases(&[RunPhase::Running])), [r(4), r(1)]);
+        assert_eq!(
+            query(&store, phases(&[RunPhase::Pending, RunPhase::Running])),
+            [r(5), r(4), r(1), r(0)]
+        );
+        assert_eq!(
+            query(
+                &store,
+                phases(&[
+                    RunPhase::Cancelled,
+                    RunPhase::Succeeded,
+                    RunPhase::Pending,
+                    RunPhase::Pending
+                ])
+            ),
+            [r(5), r(3), r(2), r(0)]
+        );
+        assert_eq!(query(&store, phases(&[RunPhase::Failed])), [] as [RunId; 0]);
+        // Pipeline index plus phase filter.
+        let q = RunQuery {
+            phases: vec![RunPhase::Pending],
+            ..pipeline(Some("ci"))
+        };
+        assert_eq!(query(&store, q), [r(0)]);
+        assert_eq!(
+            query(
+                &store,
+                RunQuery {
+                    trigger: Some(Trigger::Cron),
+                    ..Default::default()
+                }
+            ),
+            [r(4), r(1)]
+        );
+        let labels = |l: &[(&str, &str)]| RunQuery {
+            labels: l
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(query(&store, labels(&[("team", "a")])), [r(4), r(2), r(0)]);
+        assert_eq!(
+            query(&store, labels(&[("team", "a"), ("tier", "1")])),
+            [r(4)]
+        );
+        // since inclusive, until exclusive, on accepted_at.
+        let range = |since: Option<i64>, until: Option<i64>| RunQuery {
+            since,
+            until,
+            ..Default::default()
+        };
+        assert_eq!(
+            query(&store, range(Some(f[2].1), None)),
+            [r(5), r(4), r(3), r(2)]
+        );
+        assert_eq!(query(&store, range(None, Some(f[2].1))), [r(1), r(0)]);
+        assert_eq!(
+            query(&store, range(Some(f[1].1), Some(f[4].1))),
+            [r(3), r(2), r(1)]
+        );
+        assert_eq!(
+            query(&store, range(Some(f[4].1), Some(f[1].1))),
+            [] as [RunId; 0]
+        );
+        assert_eq!(query(&store, range(None, Some(0))), [] as [RunId; 0]);
+        let q = RunQuery {
+            since: Some(f[1].1),
+            until: Some(f[5].1),
+            ..phases(&[RunPhase::Running, RunPhase::Pending])
+        };
+        assert_eq!(query(&store, q), [r(4), r(1)]);
+        let page = store.query(&RunQuery::default()).unwrap();
+        assert_eq!(page.continue_token, None);
+        assert_eq!(page.runs[0].pipeline, "deploy");
+    }
+
+    #[test]
+    fn pages_never_repeat_or_miss_runs_while_new_runs_arrive() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        let mut original = Vec::new();
+        for _ in 0..25 {
+            let run = new_run();
+            put(&store, run, vec![accepted("p", "ns")]);
+            original.push(run);
+        }
+        assert_eq!(original.len(), 25);
+        for q in [
+            RunQuery {
+                limit: 4,
+                ..Default::default()
+            },
+            RunQuery {
+                limit: 4,
+                pipeline: Some("p".into()),
+                ..Default::default()
+            },
+            RunQuery {
+                limit: 3,
+                phases: vec![RunPhase::Pending, RunPhase::Succeeded],
+                ..Default::default()
+            },
+        ] {
+            // What exists when the listing starts, newest first.
+            let expected = ids(&store
+                .query(&RunQuery {
+                    limit: 100_000,
+                    ..q.clone()
+                })
+                .unwrap());
+            assert!(expected.len() >= 25);
+            let mut seen = Vec::new();
+            let mut q = q;
+            let mut pages = 0;
+            loop {
+                let page = store.query(&q).unwrap();
+                assert!(page.runs.len() <= q.limit);
+                seen.extend(ids(&page));
+                // New runs arrive between pages.
+                for _ in 0..3 {
+                    put(&store, new_run(), vec![accepted("p", "ns")]);
+                }
+                pages += 1;
+                match page.continue_token {
+                    Some(t) => q.continue_token = Some(t),
+                    None => break,
+                }
+            }
+            let unique: HashSet<_> = seen.iter().collect();
+            assert_eq!(unique.len(), seen.len(), "a run was repeated");
+            assert_eq!(
+                seen, expected,
+                "pages must list exactly the runs that existed, newest first"
+            );
+            assert!(pages >= 7, "{pages}");
+        }
+        // A full last page has no token when nothing follows.
+        let page = store
+            .query(&RunQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.continue_token, None);
+        let err = store
+            .query(&RunQuery {
+                continue_token: Some("nope".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BadContinueToken(_)), "{err:?}");
+    }
+
+    #[test]
+    fn default_limit_applies() {
+        let store = EventStore::temporary(config(Durability::Never)).unwrap();
+        for _ in 0..DEFAULT_QUERY_LIMIT + 1 {
+            put(&store, new_run(), vec![accepted("p", "ns")]);
+        }
+        let page = store.query(&RunQuery::default()).unwrap();
+        assert_eq!(page.runs.len(), DEFAULT_QUERY_LIMIT);
+        let rest = store
+            .query(&RunQuery {
+                continue_token: page.continue_token,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rest.runs.len(), 1);
+        assert_eq!(rest.continue_token, None);
+    }
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {
