@@ -1,1 +1,22 @@
-fn main(){}
+//! `fm`: the FlowMason engine's command line.
+
+use clap::Parser;
+use flowmason::cli::{self, Cli, EXIT_INVALID};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            EXIT_INVALID
+        }
+    };
+    std::process::exit(code);
+}

@@ -86,10 +86,15 @@ pub(crate) struct RunActor {
     /// Attempt to start next per stage (set when a stage becomes ready).
     next_attempt: Vec<u32>,
     position: Vec<usize>,
+    /// Whether a stage's input needs rendering (it has templates or an input mapping).
+    templated: Vec<bool>,
     running: Vec<Option<(u32, Addr<StageActor>)>>,
     running_count: usize,
     ending: Option<Ending>,
     finished: bool,
+    /// Something recorded since the last `commit` must be durable before it is acted on.
+    must_sync: bool,
+    store_error: Option<StoreError>,
 }
 
 impl RunActor {
@@ -107,6 +112,13 @@ impl RunActor {
             "generation": setup.state.generation,
             "trigger": setup.state.trigger.as_str(),
         });
+        let templated = setup
+            .plan
+            .spec()
+            .stages
+            .iter()
+            .map(|s| !s.input_mapping.is_empty() || template::has_templates(&s.config))
+            .collect();
         let mut env = setup.plan.spec().env.clone();
         env.extend(setup.env);
         RunActor {
@@ -124,37 +136,54 @@ impl RunActor {
             excluded: HashSet::new(),
             ready: BTreeSet::new(),
             next_attempt: vec![1; n],
+            templated,
             position,
             running: (0..n).map(|_| None).collect(),
             running_count: 0,
             ending: None,
             finished: false,
+            must_sync: false,
+            store_error: None,
         }
     }
 
-    /// Appends `kinds` to the log, folds them into the state, then (once durable, as the policy requires)
-    /// carries out `effects`.
-    fn commit(&mut self, kinds: Vec<EventKind>, effects: Vec<Effect>, ctx: &mut Context<Self>) {
-        if kinds.is_empty() {
-            self.apply_effects(effects, ctx);
+    /// Appends `kinds` to the log and folds them into the state. Decisions are recorded as they are taken,
+    /// so that later decisions in the same turn (rendering a stage's input from an output just recorded)
+    /// see them; the first store error is kept for `commit` to act on.
+    fn record(&mut self, kinds: Vec<EventKind>) {
+        if kinds.is_empty() || self.store_error.is_some() {
             return;
         }
         let appended = match self.store.append(self.state.run_id, kinds) {
             Ok(appended) => appended,
-            Err(e) => return self.abandon(e, ctx),
+            Err(e) => {
+                self.store_error = Some(e);
+                return;
+            }
         };
+        self.must_sync |= appended.must_wait();
         for event in &appended.events {
             if let Err(e) = self.state.apply(event) {
-                return self.abandon(StoreError::Fold(e), ctx);
+                self.store_error = Some(StoreError::Fold(e));
+                return;
             }
             if let Some(observer) = &self.observer {
                 let _ = observer.send(event.clone());
             }
         }
-        if appended.must_wait() {
-            let durable = appended.durable();
-            ctx.wait(durable.into_actor(self).map(move |result, act, ctx| match result {
-                Ok(_) => act.apply_effects(effects, ctx),
+    }
+
+    /// Records `kinds`, then carries out `effects` once everything recorded is as durable as the policy
+    /// requires: nothing is acted on before it is in the log.
+    fn commit(&mut self, kinds: Vec<EventKind>, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        self.record(kinds);
+        if let Some(error) = self.store_error.take() {
+            return self.abandon(error, ctx);
+        }
+        if std::mem::take(&mut self.must_sync) {
+            let store = self.store.clone();
+            ctx.wait(async move { store.sync().await }.into_actor(self).map(move |result, act, ctx| match result {
+                Ok(()) => act.apply_effects(effects, ctx),
                 Err(e) => act.abandon(e, ctx),
             }));
         } else {
@@ -303,6 +332,8 @@ impl RunActor {
         if self.finished {
             return;
         }
+        // Stage inputs are rendered from the folded state: what was decided so far must be in it.
+        self.record(std::mem::take(kinds));
         let cap = self.plan.spec().parallelism.max(1);
         while self.ending.is_none() && self.running_count < cap {
             let Some((_, index)) = self.ready.pop_first() else { break };
@@ -333,6 +364,9 @@ impl RunActor {
 
     fn render_input(&self, index: usize, attempt: u32) -> Result<Value, StageError> {
         let stage = self.plan.stage(index);
+        if !self.templated[index] {
+            return Ok(stage.config.clone());
+        }
         let mut context = self.context.clone();
         if let Value::Object(map) = &mut context {
             map.insert("stageId".into(), Value::String(stage.id.clone()));

@@ -1,0 +1,107 @@
+//! The `fm` command line: argument definitions and dispatch. Each verb lives in its own file.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flowmason_store::{Durability, EventStore, StoreConfig};
+
+mod bench;
+mod history;
+mod inputs;
+mod progress;
+mod resume;
+mod run;
+mod validate;
+
+/// Exit code of a run that did not succeed (failed, cancelled, timed out).
+pub const EXIT_RUN_FAILED: i32 = 1;
+/// Exit code of bad input: an invalid pipeline file, bad arguments, an unusable data dir.
+pub const EXIT_INVALID: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "fm", version, about = "FlowMason engine: run, validate and inspect FlowMason pipelines")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one pipeline in-process and print its output as JSON.
+    Run(run::RunArgs),
+    /// Check a pipeline file and print every problem found.
+    Validate(validate::ValidateArgs),
+    /// Print the CustomResourceDefinitions of Pipeline and PipelineRun as YAML.
+    Crds,
+    /// Query the run history kept in the data dir.
+    History(history::HistoryArgs),
+    /// Finish every run in the data dir that has not ended (after a crash or a kill).
+    Resume(resume::ResumeArgs),
+    /// Load harnesses measuring the engine end to end.
+    Bench(bench::BenchArgs),
+}
+
+/// Where runs are recorded.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Directory holding the event log (default: $FM_DATA_DIR, else ~/.local/share/flowmason).
+    #[arg(long, env = "FM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When appended events reach the disk: always, batch (group commit; terminal events always durable)
+    /// or never.
+    #[arg(long, default_value = "batch")]
+    pub durability: Durability,
+}
+
+impl StoreArgs {
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let home = std::env::var_os("HOME").context("--data-dir is not given and HOME is not set")?;
+        Ok(PathBuf::from(home).join(".local/share/flowmason"))
+    }
+
+    /// Opens (creating if needed) the event log under the data dir.
+    pub fn open(&self) -> anyhow::Result<EventStore> {
+        let dir = self.data_dir()?;
+        let path = dir.join("events");
+        std::fs::create_dir_all(&path).with_context(|| format!("cannot create data dir {}", path.display()))?;
+        EventStore::open(&path, StoreConfig { durability: self.durability, ..StoreConfig::default() })
+            .with_context(|| format!("cannot open the event log in {} (is another fm using it?)", path.display()))
+    }
+}
+
+/// How results are printed.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate(args) => validate::validate(args),
+        Command::Crds => {
+            print!("{}---\n{}", crate::model::pipeline_crd_yaml(), crate::model::pipelinerun_crd_yaml());
+            Ok(0)
+        }
+        Command::History(args) => history::history(args),
+        Command::Resume(args) => resume::resume(args),
+        Command::Bench(args) => bench::bench(args),
+    }
+}
+
+/// Prints a value as pretty JSON or YAML.
+pub fn print_structured(value: &impl serde::Serialize, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(value).context("cannot render YAML")?),
+        _ => println!("{}", serde_json::to_string_pretty(value).context("cannot render JSON")?),
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `fm resume`: finishes every run the data dir holds that has not ended, as `fm serve` does on start.
+
+use anyhow::Context as _;
+use clap::Args;
+use flowmason_actors::{Engine, EngineConfig};
+
+use super::StoreArgs;
+use crate::components::builtin_registry;
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
+    let store = args.store.open()?;
+    crate::runtime::block_on(move || async move {
+        let engine = Engine::new(store.clone(), builtin_registry(), EngineConfig::default());
+        let handles = engine.resume_all().await.context("cannot resume runs")?;
+        if handles.is_empty() {
+            eprintln!("no unfinished runs");
+        }
+        let mut lost = 0;
+        for handle in handles {
+            let run = handle.run_id;
+            match handle.finished().await {
+                Ok(state) => println!("{run} {} {}", state.pipeline, state.phase),
+                Err(e) => {
+                    lost += 1;
+                    eprintln!("{run}: {e}");
+                }
+            }
+        }
+        store.flush().context("cannot flush the event log")?;
+        Ok(if lost == 0 { 0 } else { super::EXIT_RUN_FAILED })
+    })?
+}

@@ -1,0 +1,106 @@
+//! `fm run FILE`: one pipeline, in-process, no server. Progress on stderr, the run's output as JSON on stdout,
+//! exit code 0 only when the run succeeded.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use flowmason_actors::{Engine, EngineConfig, RunRequest};
+use flowmason_store::RunPhase;
+use serde_json::Value;
+
+use super::progress::Progress;
+use super::{EXIT_INVALID, EXIT_RUN_FAILED, StoreArgs, inputs};
+use crate::components::builtin_registry;
+use crate::model;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON).
+    pub file: PathBuf,
+    /// A run input, `key=value`; the value is parsed as JSON when it is JSON. Repeatable.
+    #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+    pub input: Vec<String>,
+    /// A JSON or YAML file holding an object of inputs (`--input` pairs override its keys).
+    #[arg(long, value_name = "FILE")]
+    pub inputs: Option<PathBuf>,
+    /// How to print the run's output: compact JSON, or indented.
+    #[arg(long, short = 'o', default_value = "pretty")]
+    pub output: RunOutput,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutput {
+    Json,
+    Pretty,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let loaded = model::load_pipeline_file(&args.file)?;
+    let registry = builtin_registry();
+    let problems = model::validate(&loaded.spec, &|name| registry.contains(name));
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{}: {problem}", args.file.display());
+        }
+        eprintln!("{}: {} problem(s); nothing was run", args.file.display(), problems.len());
+        return Ok(EXIT_INVALID);
+    }
+    let plan = model::to_plan(&loaded.spec).map_err(|problems| {
+        anyhow::anyhow!(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
+    let inputs = inputs::parse(&args.input, args.inputs.as_deref())?
+        .or_else(|| loaded.sample_input.clone())
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let store = args.store.open()?;
+    let mut request = RunRequest::new(loaded.name.clone(), plan, inputs);
+    request.namespace = loaded.namespace.clone().unwrap_or_else(|| "default".into());
+    let output_format = args.output;
+
+    crate::runtime::block_on(move || async move {
+        let engine = Engine::new(store.clone(), registry, EngineConfig::default());
+        let mut handle = engine.start_observed(request).await.context("cannot start the run")?;
+        let run_id = handle.run_id;
+        eprintln!("run {run_id} of {}", loaded.name);
+        let mut events = handle.take_events();
+        let mut progress = Progress::for_stderr();
+        let finished = handle.finished();
+        tokio::pin!(finished);
+        let mut interrupted = false;
+        let state = loop {
+            tokio::select! {
+                state = &mut finished => break state?,
+                Some(event) = async { match events.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    progress.show(&event);
+                }
+                _ = tokio::signal::ctrl_c(), if !interrupted => {
+                    interrupted = true;
+                    engine.cancel(run_id, "interrupted (Ctrl-C)");
+                }
+            }
+        };
+        if let Some(rx) = events.as_mut() {
+            while let Ok(event) = rx.try_recv() {
+                progress.show(&event);
+            }
+        }
+        progress.finish();
+        store.flush().context("cannot flush the event log")?;
+        let output = match state.phase {
+            RunPhase::Succeeded => state.output.clone().unwrap_or(Value::Null),
+            _ => serde_json::json!({
+                "runId": run_id.to_string(),
+                "phase": state.phase,
+                "error": state.error,
+            }),
+        };
+        let text = match output_format {
+            RunOutput::Json => serde_json::to_string(&output)?,
+            RunOutput::Pretty => serde_json::to_string_pretty(&output)?,
+        };
+        println!("{text}");
+        Ok(if state.phase == RunPhase::Succeeded { 0 } else { EXIT_RUN_FAILED })
+    })?
+}

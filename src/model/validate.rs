@@ -1,0 +1,883 @@
+//! Validation of `Pipeline` and `PipelineRun` specs, and their conversion into the engine's `PlanSpec`.
+//!
+//! Validation happens before anything runs and reports every problem at once, each as one message that
+//! names the field path and the offending value (`stages[2].id: duplicate stage id "fetch"`), so that an
+//! invalid Pipeline gets `Ready=False` with a reason a user can act on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use serde_json::Value;
+
+use flowmason_actors::plan::{
+    DEFAULT_PARALLELISM, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
+};
+
+use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
+use super::duration::DurationSpec;
+use super::policy::{ParallelismSpec, RetrySpec};
+
+/// One problem with a spec: the field path (`stages[1].dependsOn`) and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The engine's structural errors already read "field: message"; split them so callers get one shape.
+impl From<PlanError> for ValidationError {
+    fn from(err: PlanError) -> Self {
+        let text = err.to_string();
+        match text.split_once(": ") {
+            Some((field, message)) => ValidationError::new(field, message),
+            None => ValidationError::new("", text),
+        }
+    }
+}
+
+/// Formats a list of problems one per line, for CLI output and condition messages.
+pub struct ValidationReport<'a>(pub &'a [ValidationError]);
+
+impl fmt::Display for ValidationReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Component names of the original FlowMason, offered as suggestions when a `componentType` is unknown
+/// (only those the registry knows are listed).
+const SUGGESTED_COMPONENTS: &[&str] = &[
+    "http_request",
+    "json_transform",
+    "generator",
+    "filter",
+    "logger",
+    "schema_validate",
+    "router",
+    "conditional",
+    "foreach",
+    "aggregate",
+    "variable_set",
+    "noop",
+    "echo",
+    "delay",
+];
+
+/// Every problem of a Pipeline spec. `known_components` answers whether a component type is
+/// registered; a spec that only passes this check can be turned into a plan with [`to_plan`].
+pub fn validate(
+    spec: &PipelineSpec,
+    known_components: &dyn Fn(&str) -> bool,
+) -> Vec<ValidationError> {
+    let mut errors = Vec::new();
+    for (i, stage) in spec.stages.iter().enumerate() {
+        check_component(i, stage, known_components, &mut errors);
+    }
+    if let Err(more) = to_plan(spec) {
+        errors.extend(more);
+    }
+    errors
+}
+
+fn check_component(
+    i: usize,
+    stage: &StageSpec,
+    known: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<ValidationError>,
+) {
+    let field = format!("stages[{i}].componentType");
+    let name = stage.component_type.as_str();
+    if name.is_empty() {
+        errors.push(ValidationError::new(
+            field,
+            format!("required (stage {:?})", stage.id),
+        ));
+        return;
+    }
+    if known(name) {
+        return;
+    }
+    let normalised = name.trim().to_ascii_lowercase().replace('-', "_");
+    let mut message = format!("unknown component {name:?}");
+    if normalised != name && known(&normalised) {
+        message.push_str(&format!(" (did you mean {normalised:?}?)"));
+    } else {
+        let listed: Vec<&str> = SUGGESTED_COMPONENTS
+            .iter()
+            .copied()
+            .filter(|c| known(c))
+            .take(6)
+            .collect();
+        if !listed.is_empty() {
+            message.push_str(&format!(
+                " (known components include {})",
+                listed.join(", ")
+            ));
+        }
+    }
+    errors.push(ValidationError::new(field, message));
+}
+
+/// The engine's plan for a spec: durations in milliseconds, retries as policies (a stage's own
+/// override the pipeline's), parallelism (default [`DEFAULT_PARALLELISM`]) and the output stage.
+/// Fails with every problem except unknown component types, which need a registry (see [`validate`]).
+pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
+    let mut errors = Vec::new();
+    let timeout_ms = duration_ms("timeout", spec.timeout.as_ref(), &mut errors);
+    let retry = retry_policy("retries", spec.retries.as_ref(), &mut errors).unwrap_or_default();
+    let parallelism =
+        parallelism("parallelism", spec.parallelism, &mut errors).unwrap_or(DEFAULT_PARALLELISM);
+    check_optional_fields(spec, &mut errors);
+
+    let mut stages = Vec::with_capacity(spec.stages.len());
+    for (i, stage) in spec.stages.iter().enumerate() {
+        if stage.id.is_empty() {
+            errors.push(ValidationError::new(format!("stages[{i}].id"), "required"));
+        } else if !valid_id(&stage.id) {
+            errors.push(ValidationError::new(
+                format!("stages[{i}].id"),
+                format!(
+                    "invalid stage id {:?} (letters, digits, '_' and '-' only)",
+                    stage.id
+                ),
+            ));
+        }
+        let timeout_ms = duration_ms(
+            &format!("stages[{i}].timeout"),
+            stage.timeout.as_ref(),
+            &mut errors,
+        );
+        let retry = retry_policy(
+            &format!("stages[{i}].retries"),
+            stage.retries.as_ref(),
+            &mut errors,
+        );
+        stages.push(StagePlan {
+            id: stage.id.clone(),
+            component: stage.component_type.clone(),
+            depends_on: stage.depends_on.clone(),
+            config: stage
+                .config
+                .clone()
+                .map(Value::Object)
+                .unwrap_or(Value::Null),
+            input_mapping: stage.input_mapping.clone(),
+            timeout_ms,
+            retry,
+        });
+    }
+    check_templates(spec, &mut errors);
+
+    // Literal values only: secret-sourced entries are resolved when a run starts and never enter the plan,
+    // which the event log records.
+    let env = spec
+        .env
+        .iter()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    let plan = PlanSpec {
+        stages,
+        parallelism,
+        timeout_ms,
+        retry,
+        output_stage: spec.output_stage_id.clone(),
+        env,
+    };
+    if let Err(plan_errors) = Plan::build(plan.clone()) {
+        let from_source = spec.source.is_some();
+        errors.extend(
+            plan_errors
+                .into_iter()
+                // Stages may come from `source` (a ConfigMap) instead; that is resolved before planning.
+                .filter(|e| !(from_source && matches!(e, PlanError::Empty)))
+                .map(ValidationError::from),
+        );
+    }
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Every problem of a PipelineRun spec (on its own; the Pipeline it names is checked separately).
+pub fn validate_run(run: &PipelineRunSpec) -> Vec<ValidationError> {
+    let mut errors = Vec::new();
+    if run.pipeline_ref.trim().is_empty() {
+        errors.push(ValidationError::new(
+            "pipelineRef",
+            "required: the name of the Pipeline to run",
+        ));
+    }
+    duration_ms("timeout", run.timeout.as_ref(), &mut errors);
+    retry_policy("retries", run.retries.as_ref(), &mut errors);
+    parallelism("parallelism", run.parallelism, &mut errors);
+    check_env(&run.env, &mut errors);
+    errors
+}
+
+/// Applies a run's overrides to its pipeline's plan: the run's `timeout` replaces the pipeline's, its
+/// `retries` replaces the pipeline's and every stage's own, its `parallelism` replaces the pipeline's,
+/// and its `env` entries replace the pipeline's of the same name.
+/// Nothing is changed when any override is invalid; the problems are returned instead.
+pub fn apply_run_overrides(
+    plan: &mut PlanSpec,
+    run: &PipelineRunSpec,
+) -> Result<(), Vec<ValidationError>> {
+    let mut errors = Vec::new();
+    let timeout_ms = duration_ms("timeout", run.timeout.as_ref(), &mut errors);
+    let retry = retry_policy("retries", run.retries.as_ref(), &mut errors);
+    let parallelism = parallelism("parallelism", run.parallelism, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if timeout_ms.is_some() {
+        plan.timeout_ms = timeout_ms;
+    }
+    if let Some(retry) = retry {
+        plan.retry = retry;
+        for stage in &mut plan.stages {
+            stage.retry = None;
+        }
+    }
+    if let Some(p) = parallelism {
+        plan.parallelism = p;
+    }
+    // Literal values only: secret- and ConfigMap-sourced entries are resolved when the run starts.
+    for var in &run.env {
+        match &var.value {
+            Some(value) => {
+                plan.env.insert(var.name.clone(), value.clone());
+            }
+            None => {
+                plan.env.remove(&var.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_id(id: &str) -> bool {
+    id.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn duration_ms(
+    field: &str,
+    value: Option<&DurationSpec>,
+    errors: &mut Vec<ValidationError>,
+) -> Option<u64> {
+    match value?.millis() {
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            errors.push(ValidationError::new(field, e.to_string()));
+            None
+        }
+    }
+}
+
+fn retry_policy(
+    field: &str,
+    value: Option<&RetrySpec>,
+    errors: &mut Vec<ValidationError>,
+) -> Option<RetryPolicy> {
+    match value?.to_policy() {
+        Ok(p) => Some(p),
+        Err(problems) => {
+            errors.extend(
+                problems
+                    .into_iter()
+                    .map(|p| ValidationError::new(format!("{field}{}", p.field), p.message)),
+            );
+            None
+        }
+    }
+}
+
+fn parallelism(
+    field: &str,
+    value: Option<ParallelismSpec>,
+    errors: &mut Vec<ValidationError>,
+) -> Option<usize> {
+    match value?.to_limit() {
+        Ok(n) => Some(n),
+        Err(message) => {
+            errors.push(ValidationError::new(field, message));
+            None
+        }
+    }
+}
+
+/// Checks of fields that do not shape the plan: schedule knobs, env, providers, triggers.
+fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    let non_negative = [
+        ("startingDeadlineSeconds", spec.starting_deadline_seconds),
+        (
+            "successfulRunsHistoryLimit",
+            spec.successful_runs_history_limit.map(i64::from),
+        ),
+        (
+            "failedRunsHistoryLimit",
+            spec.failed_runs_history_limit.map(i64::from),
+        ),
+    ];
+    for (field, value) in non_negative {
+        if let Some(v) = value
+            && v < 0
+        {
+            errors.push(ValidationError::new(
+                field,
+                format!("must not be negative, got {v}"),
+            ));
+        }
+    }
+    if let Some(source) = &spec.source
+        && source.name.trim().is_empty()
+    {
+        errors.push(ValidationError::new(
+            "source.name",
+            "required: the ConfigMap holding the pipeline",
+        ));
+    }
+    check_env(&spec.env, errors);
+    if let Some(providers) = &spec.providers
+        && let Some(default) = &providers.default
+        && !matches!(default.as_str(), "anthropic" | "openai")
+    {
+        errors.push(ValidationError::new(
+            "providers.default",
+            format!("unknown provider {default:?} (anthropic or openai)"),
+        ));
+    }
+    if let Some(triggers) = &spec.triggers {
+        if let Some(webhook) = &triggers.webhook
+            && let Some(path) = &webhook.path
+            && !path.starts_with('/')
+        {
+            errors.push(ValidationError::new(
+                "triggers.webhook.path",
+                format!("must start with '/', got {path:?}"),
+            ));
+        }
+        if let Some(pubsub) = &triggers.pubsub
+            && pubsub.topic.trim().is_empty()
+        {
+            errors.push(ValidationError::new(
+                "triggers.pubsub.topic",
+                "required: the NATS subject to listen on",
+            ));
+        }
+    }
+}
+
+fn check_env(env: &[EnvVarSpec], errors: &mut Vec<ValidationError>) {
+    let mut seen = BTreeSet::new();
+    for (i, var) in env.iter().enumerate() {
+        if var.name.trim().is_empty() {
+            errors.push(ValidationError::new(format!("env[{i}].name"), "required"));
+        } else if !seen.insert(var.name.as_str()) {
+            errors.push(ValidationError::new(
+                format!("env[{i}].name"),
+                format!("duplicate variable {:?}", var.name),
+            ));
+        }
+        match (&var.value, &var.value_from) {
+            (Some(_), Some(_)) => errors.push(ValidationError::new(
+                format!("env[{i}]"),
+                format!(
+                    "variable {:?} has both value and valueFrom; set one",
+                    var.name
+                ),
+            )),
+            (None, Some(from)) => match (&from.secret_key_ref, &from.config_map_key_ref) {
+                (None, None) => errors.push(ValidationError::new(
+                    format!("env[{i}].valueFrom"),
+                    "needs secretKeyRef or configMapKeyRef".to_string(),
+                )),
+                (Some(_), Some(_)) => errors.push(ValidationError::new(
+                    format!("env[{i}].valueFrom"),
+                    "set only one of secretKeyRef and configMapKeyRef".to_string(),
+                )),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Stage ids upstream of each stage (transitively through `dependsOn`); unknown ids and cycles are
+/// tolerated here because they are reported by the plan check.
+fn upstream_sets(stages: &[StageSpec]) -> HashMap<&str, BTreeSet<&str>> {
+    let deps: HashMap<&str, &[String]> = stages
+        .iter()
+        .map(|s| (s.id.as_str(), s.depends_on.as_slice()))
+        .collect();
+    let mut out = HashMap::new();
+    for stage in stages {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&str> = stage.depends_on.iter().map(String::as_str).collect();
+        while let Some(next) = todo.pop() {
+            if seen.insert(next)
+                && let Some(more) = deps.get(next)
+            {
+                todo.extend(more.iter().map(String::as_str));
+            }
+        }
+        seen.remove(stage.id.as_str());
+        out.insert(stage.id.as_str(), seen);
+    }
+    out
+}
+
+/// Templates in `config` and `inputMapping` must be well formed and may only read stages that exist
+/// and are upstream of the stage (otherwise their output cannot be there when the stage starts).
+fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    use flowmason_actors::template::{Root, references_at};
+
+    let ids: BTreeSet<&str> = spec.stages.iter().map(|s| s.id.as_str()).collect();
+    let upstream = upstream_sets(&spec.stages);
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let mut values: Vec<(String, Value)> = Vec::new();
+        if let Some(config) = &stage.config {
+            values.push((format!("stages[{i}].config"), Value::Object(config.clone())));
+        }
+        if !stage.input_mapping.is_empty() {
+            let mapping: serde_json::Map<String, Value> = stage
+                .input_mapping
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            values.push((format!("stages[{i}].inputMapping"), Value::Object(mapping)));
+        }
+        for (field, value) in values {
+            let refs = match references_at(&value, &field) {
+                Ok(refs) => refs,
+                Err(e) => {
+                    errors.push(ValidationError::new(
+                        e.field(),
+                        strip_field(&e.to_string(), e.field()),
+                    ));
+                    continue;
+                }
+            };
+            let mut reported: BTreeMap<(String, String), ()> = BTreeMap::new();
+            for r in refs {
+                let Root::Upstream(target) = &r.root else {
+                    continue;
+                };
+                if reported
+                    .insert((r.field.clone(), target.clone()), ())
+                    .is_some()
+                {
+                    continue;
+                }
+                if !ids.contains(target.as_str()) {
+                    errors.push(ValidationError::new(
+                        r.field.clone(),
+                        format!("template references unknown stage {target:?}"),
+                    ));
+                } else if !upstream
+                    .get(stage.id.as_str())
+                    .is_some_and(|up| up.contains(target.as_str()))
+                {
+                    errors.push(ValidationError::new(
+                        r.field.clone(),
+                        format!(
+                            "template references stage {target:?}, which is not upstream of {:?} (add it to dependsOn)",
+                            stage.id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A template error's message without its leading "field: ", which `ValidationError` carries separately.
+fn strip_field(text: &str, field: &str) -> String {
+    text.strip_prefix(field)
+        .and_then(|t| t.strip_prefix(": "))
+        .unwrap_or(text)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::crd::{
+        EnvVarSource, KeySelector, ProvidersSpec, TriggersSpec, WebhookTrigger,
+    };
+    use crate::model::policy::RetryPolicySpec;
+    use flowmason_store::ErrorClass;
+    use serde_json::json;
+
+    fn known(name: &str) -> bool {
+        matches!(
+            name,
+            "http_request" | "json_transform" | "generator" | "noop"
+        )
+    }
+
+    fn stage(id: &str, component: &str, deps: &[&str]) -> StageSpec {
+        StageSpec {
+            id: id.into(),
+            component_type: component.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            ..StageSpec::default()
+        }
+    }
+
+    fn spec(stages: Vec<StageSpec>) -> PipelineSpec {
+        PipelineSpec {
+            stages,
+            ..PipelineSpec::default()
+        }
+    }
+
+    fn messages(errors: &[ValidationError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn valid_spec_has_no_errors() {
+        let s = spec(vec![
+            stage("fetch", "http_request", &[]),
+            stage("process", "json_transform", &["fetch"]),
+        ]);
+        assert_eq!(validate(&s, &known), vec![]);
+    }
+
+    #[test]
+    fn duplicate_ids() {
+        let s = spec(vec![
+            stage("fetch", "noop", &[]),
+            stage("b", "noop", &[]),
+            stage("fetch", "noop", &[]),
+        ]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec!["stages[2].id: duplicate stage id \"fetch\""]
+        );
+    }
+
+    #[test]
+    fn unknown_dependency() {
+        let s = spec(vec![stage("a", "noop", &["x"])]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec!["stages[0].dependsOn: stage \"a\" depends on unknown stage \"x\""]
+        );
+    }
+
+    #[test]
+    fn cycle_names_its_stages() {
+        let s = spec(vec![stage("a", "noop", &["b"]), stage("b", "noop", &["a"])]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec!["stages: dependency cycle a -> b -> a"]
+        );
+    }
+
+    #[test]
+    fn unknown_component_lists_known_ones_or_suggests() {
+        let s = spec(vec![
+            stage("a", "htp", &[]),
+            stage("b", "http-request", &[]),
+            stage("c", "", &[]),
+        ]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "stages[0].componentType: unknown component \"htp\" (known components include http_request, json_transform, generator, noop)",
+                "stages[1].componentType: unknown component \"http-request\" (did you mean \"http_request\"?)",
+                "stages[2].componentType: required (stage \"c\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_stage_ids() {
+        let s = spec(vec![stage("", "noop", &[]), stage("a.b", "noop", &[])]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "stages[0].id: required",
+                "stages[1].id: invalid stage id \"a.b\" (letters, digits, '_' and '-' only)"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_durations() {
+        let mut s = spec(vec![stage("a", "noop", &[])]);
+        s.timeout = Some(DurationSpec::Text("5 minutes".into()));
+        s.stages[0].timeout = Some(DurationSpec::Seconds(-3));
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "timeout: invalid duration \"5 minutes\": expected a number followed by a unit (ms, s, m, h, d), e.g. \"90s\" or \"1h30m\"",
+                "stages[0].timeout: invalid duration -3: must not be negative",
+            ]
+        );
+    }
+
+    #[test]
+    fn parallelism_below_one() {
+        let mut s = spec(vec![stage("a", "noop", &[])]);
+        s.parallelism = Some(ParallelismSpec::Count(0));
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec!["parallelism: must be at least 1, got 0"]
+        );
+    }
+
+    #[test]
+    fn negative_retries() {
+        let mut s = spec(vec![stage("a", "noop", &[])]);
+        s.retries = Some(RetrySpec::Count(-1));
+        s.stages[0].retries = Some(RetrySpec::Policy(RetryPolicySpec {
+            limit: Some(-2),
+            ..Default::default()
+        }));
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "retries: must not be negative, got -1",
+                "stages[0].retries.limit: must not be negative, got -2"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_output_stage_and_empty_pipeline() {
+        let mut s = spec(vec![]);
+        s.output_stage_id = Some("out".into());
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "stages: a pipeline needs at least one stage",
+                "outputStageId: unknown stage \"out\""
+            ]
+        );
+    }
+
+    #[test]
+    fn optional_field_checks() {
+        let mut s = spec(vec![stage("a", "noop", &[])]);
+        s.starting_deadline_seconds = Some(-1);
+        s.env = vec![
+            EnvVarSpec {
+                name: "A".into(),
+                value: Some("1".into()),
+                value_from: Some(EnvVarSource::default()),
+            },
+            EnvVarSpec {
+                name: "A".into(),
+                value: None,
+                value_from: Some(EnvVarSource::default()),
+            },
+            EnvVarSpec {
+                name: "".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(KeySelector {
+                        name: "s".into(),
+                        key: "k".into(),
+                        optional: None,
+                    }),
+                    config_map_key_ref: Some(KeySelector {
+                        name: "c".into(),
+                        key: "k".into(),
+                        optional: None,
+                    }),
+                }),
+            },
+        ];
+        s.providers = Some(ProvidersSpec {
+            default: Some("gemini".into()),
+            ..Default::default()
+        });
+        s.triggers = Some(TriggersSpec {
+            webhook: Some(WebhookTrigger {
+                path: Some("hooks".into()),
+                ..Default::default()
+            }),
+            pubsub: None,
+        });
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "startingDeadlineSeconds: must not be negative, got -1",
+                "env[0]: variable \"A\" has both value and valueFrom; set one",
+                "env[1].name: duplicate variable \"A\"",
+                "env[1].valueFrom: needs secretKeyRef or configMapKeyRef",
+                "env[2].name: required",
+                "env[2].valueFrom: set only one of secretKeyRef and configMapKeyRef",
+                "providers.default: unknown provider \"gemini\" (anthropic or openai)",
+                "triggers.webhook.path: must start with '/', got \"hooks\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn templates_must_reference_upstream_stages() {
+        let mut a = stage("a", "noop", &[]);
+        a.config = Some(
+            json!({"x": "{{upstream.b.out}}"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let mut b = stage("b", "noop", &["a"]);
+        b.input_mapping.insert(
+            "y".into(),
+            json!("{{upstream.a.out}} and {{upstream.ghost.v}}"),
+        );
+        let s = spec(vec![a, b]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec![
+                "stages[0].config.x: template references stage \"b\", which is not upstream of \"a\" (add it to dependsOn)",
+                "stages[1].inputMapping.y: template references unknown stage \"ghost\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_template_is_reported() {
+        let mut a = stage("a", "noop", &[]);
+        a.config = Some(
+            json!({"x": "{{input.a"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let errors = validate(&spec(vec![a]), &known);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "stages[0].config.x");
+    }
+
+    #[test]
+    fn run_spec_needs_pipeline_ref() {
+        let run = PipelineRunSpec {
+            timeout: Some(DurationSpec::Text("x".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            messages(&validate_run(&run)),
+            vec![
+                "pipelineRef: required: the name of the Pipeline to run",
+                "timeout: invalid duration \"x\": expected a number followed by a unit (ms, s, m, h, d), e.g. \"90s\" or \"1h30m\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn to_plan_converts_everything() {
+        let mut fetch = stage("fetch", "http_request", &[]);
+        fetch.config = Some(
+            json!({"url": "https://x"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        fetch.timeout = Some(DurationSpec::Text("30s".into()));
+        fetch.retries = Some(RetrySpec::Count(5));
+        let mut process = stage("process", "json_transform", &["fetch"]);
+        process
+            .input_mapping
+            .insert("data".into(), json!("{{upstream.fetch.body}}"));
+        let mut s = spec(vec![fetch, process]);
+        s.timeout = Some(DurationSpec::Seconds(300));
+        s.retries = Some(RetrySpec::Policy(RetryPolicySpec {
+            limit: Some(2),
+            backoff: None,
+            retry_on: vec!["transient".into()],
+        }));
+        s.output_stage_id = Some("process".into());
+        let plan = to_plan(&s).expect("plan");
+        assert_eq!(plan.parallelism, DEFAULT_PARALLELISM);
+        assert_eq!(plan.timeout_ms, Some(300_000));
+        assert_eq!(plan.retry.limit, 2);
+        assert_eq!(plan.retry.retry_on, vec![ErrorClass::Transient]);
+        assert_eq!(plan.output_stage.as_deref(), Some("process"));
+        assert_eq!(plan.stages[0].component, "http_request");
+        assert_eq!(plan.stages[0].config, json!({"url": "https://x"}));
+        assert_eq!(plan.stages[0].timeout_ms, Some(30_000));
+        assert_eq!(plan.stages[0].retry.as_ref().map(|r| r.limit), Some(5));
+        assert_eq!(plan.stages[1].depends_on, vec!["fetch".to_string()]);
+        assert_eq!(plan.stages[1].config, Value::Null);
+        assert_eq!(
+            plan.stages[1].input_mapping["data"],
+            json!("{{upstream.fetch.body}}")
+        );
+        assert!(Plan::build(plan).is_ok());
+    }
+
+    #[test]
+    fn run_overrides_replace_pipeline_values() {
+        let mut s = spec(vec![stage("a", "noop", &[])]);
+        s.stages[0].retries = Some(RetrySpec::Count(1));
+        s.parallelism = Some(ParallelismSpec::Count(3));
+        s.env = vec![
+            EnvVarSpec {
+                name: "A".into(),
+                value: Some("pipeline".into()),
+                value_from: None,
+            },
+            EnvVarSpec {
+                name: "B".into(),
+                value: Some("kept".into()),
+                value_from: None,
+            },
+        ];
+        let mut plan = to_plan(&s).expect("plan");
+        assert_eq!(plan.env.get("A").map(String::as_str), Some("pipeline"));
+        let run = PipelineRunSpec {
+            pipeline_ref: "p".into(),
+            env: vec![EnvVarSpec {
+                name: "A".into(),
+                value: Some("run".into()),
+                value_from: None,
+            }],
+            timeout: Some(DurationSpec::Text("1m".into())),
+            retries: Some(RetrySpec::Count(4)),
+            parallelism: Some(ParallelismSpec::Enabled(false)),
+            ..Default::default()
+        };
+        apply_run_overrides(&mut plan, &run).expect("valid overrides");
+        assert_eq!(plan.timeout_ms, Some(60_000));
+        assert_eq!(plan.retry.limit, 4);
+        assert_eq!(plan.stages[0].retry, None);
+        assert_eq!(plan.parallelism, 1);
+        assert_eq!(plan.env.get("A").map(String::as_str), Some("run"));
+        assert_eq!(plan.env.get("B").map(String::as_str), Some("kept"));
+
+        let before = plan.clone();
+        let bad = PipelineRunSpec {
+            parallelism: Some(ParallelismSpec::Count(0)),
+            ..run
+        };
+        assert_eq!(
+            apply_run_overrides(&mut plan, &bad).map_err(|e| messages(&e)),
+            Err(vec!["parallelism: must be at least 1, got 0".to_string()])
+        );
+        assert_eq!(plan, before);
+    }
+}

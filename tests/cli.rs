@@ -1,0 +1,293 @@
+//! The `fm` binary as users run it: exit codes, output, validation messages, history, and crash recovery
+//! with a real SIGKILL.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use flowmason_store::{EventStore, RunPhase, RunQuery, StoreConfig};
+use serde_json::{Value, json};
+
+fn fm() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fm"));
+    command.env_remove("FM_DATA_DIR").env("FM_LOG", "error");
+    command
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run_fm(args: &[&str]) -> Output {
+    fm().args(args).output().expect("fm runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write fixture");
+    path
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fm run
+
+#[test]
+fn run_of_the_example_succeeds_and_prints_the_output_as_json() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let example = repo("examples/hello.yaml");
+    let out = run_fm(&["run", example.to_str().expect("path"), "--input", "name=Ada", "--data-dir", data.path().to_str().expect("path"), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let output: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(output["result"]["big_orders"], json!([2, 3]));
+    assert_eq!(output["result"]["greeted"], json!("Ada"));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("stage greet [info] Hello, Ada!"), "progress lines on stderr: {stderr}");
+}
+
+#[test]
+fn run_without_inputs_uses_the_sample_input_of_a_flowmason_pipeline_json() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let file = repo("examples/flowmason-pipeline.json");
+    let out = run_fm(&["run", file.to_str().expect("path"), "--data-dir", data.path().to_str().expect("path"), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let output: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(output["result"], json!(150));
+}
+
+#[test]
+fn run_of_a_failing_pipeline_exits_1_and_prints_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "fails.yaml",
+        r#"
+stages:
+  - id: first
+    componentType: noop
+  - id: broken
+    componentType: json_transform
+    dependsOn: [first]
+    config:
+      data: "{{upstream.first.nothing}}"
+  - id: never
+    componentType: noop
+    dependsOn: [broken]
+"#,
+    );
+    let out = run_fm(&["run", file.to_str().expect("path"), "--data-dir", dir.path().to_str().expect("path"), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let output: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(output["phase"], json!("Failed"));
+    assert_eq!(output["error"]["stage"], json!("broken"));
+    let message = output["error"]["message"].as_str().expect("message");
+    assert!(message.contains("upstream.first.nothing"), "{message}");
+}
+
+#[test]
+fn run_of_an_invalid_file_exits_2_and_runs_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "bad.yaml", "stages:\n  - id: a\n    componentType: teleport\n");
+    let out = run_fm(&["run", file.to_str().expect("path"), "--data-dir", dir.path().to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("stages[0].componentType"), "{stderr}");
+    assert!(stderr.contains("teleport"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let missing = run_fm(&["run", "/nonexistent/pipeline.yaml", "--data-dir", dir.path().to_str().expect("path")]);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = text(&missing.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    assert!(stderr.contains("/nonexistent/pipeline.yaml"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fm validate
+
+#[test]
+fn validate_prints_every_problem_with_its_field_and_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "problems.yaml",
+        r#"
+parallelism: 0
+timeout: soon
+retries: -1
+stages:
+  - id: a
+    componentType: noop
+  - id: a
+    componentType: noop
+  - id: b
+    componentType: teleport
+    dependsOn: [ghost]
+  - id: c
+    componentType: noop
+    dependsOn: [d]
+  - id: d
+    componentType: noop
+    dependsOn: [c]
+  - id: e
+    componentType: noop
+    config:
+      x: "{{upstream.nowhere.y}}"
+      z: "{{upstream.f.y}}"
+  - id: f
+    componentType: noop
+"#,
+    );
+    let out = run_fm(&["validate", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    let expected = [
+        "duplicate stage id \"a\"",
+        "stages[2].componentType",
+        "teleport",
+        "unknown stage \"ghost\"",
+        "dependency cycle c -> d -> c",
+        "parallelism: must be at least 1, got 0",
+        "timeout",
+        "\"soon\"",
+        "retries",
+        "-1",
+        "nowhere",
+        "\"f\"",
+    ];
+    for needle in expected {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    assert!(stdout.lines().count() >= 8, "one line per problem:\n{stdout}");
+
+    let ok = run_fm(&["validate", repo("examples/hello.yaml").to_str().expect("path")]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fm history
+
+#[test]
+fn history_lists_runs_newest_first_and_shows_one_in_full() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().to_str().expect("path");
+    let example = repo("examples/hello.yaml");
+    for name in ["one", "two"] {
+        let out = run_fm(&["run", example.to_str().expect("path"), "--input", &format!("name={name}"), "--data-dir", data_dir]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let out = run_fm(&["history", "--pipeline", "hello", "--data-dir", data_dir, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let page: Value = serde_json::from_slice(&out.stdout).expect("JSON page");
+    let runs = page["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    assert!(runs[0]["acceptedAt"].as_i64() >= runs[1]["acceptedAt"].as_i64(), "newest first");
+    assert!(runs.iter().all(|r| r["phase"] == json!("Succeeded")));
+
+    let table = run_fm(&["history", "--phase", "Succeeded", "--data-dir", data_dir]);
+    let table = text(&table.stdout);
+    assert!(table.starts_with("RUN ID"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    let none = run_fm(&["history", "--phase", "Failed", "--data-dir", data_dir, "-o", "json"]);
+    let none: Value = serde_json::from_slice(&none.stdout).expect("JSON page");
+    assert_eq!(none["runs"], json!([]));
+
+    let run_id = runs[0]["runId"].as_str().expect("id");
+    let show = run_fm(&["history", "show", run_id, "--data-dir", data_dir]);
+    assert_eq!(show.status.code(), Some(0), "{}", text(&show.stderr));
+    let shown = text(&show.stdout);
+    for needle in ["Phase:     Succeeded", "STAGE", "report", "big_orders", "run of hello accepted", "run succeeded"] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(shown.contains("stage report succeeded (attempt 1)"), "{shown}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Crash recovery
+
+#[test]
+fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().to_str().expect("path");
+    let mut child = fm()
+        .args([
+            "bench", "engine", "--runs", "80", "--concurrency", "20", "--shape", "chain:4", "--stage-ms", "25",
+            "--durability", "always", "--print-runs", "--data-dir", data_dir,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fm bench");
+    // Let some runs end (reported after their terminal event is durable), then kill -9 mid-flight.
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reported = HashSet::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        let value: Value = serde_json::from_str(&line).expect("JSON line");
+        assert_eq!(value["phase"], json!("Succeeded"));
+        reported.insert(value["runId"].as_str().expect("id").to_string());
+        if reported.len() >= 10 {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+
+    let query_all = RunQuery { limit: 10_000, ..RunQuery::default() };
+    let (unfinished_before, total) = {
+        let store = EventStore::open(data.path().join("events"), StoreConfig::default()).expect("open after kill");
+        for run in &reported {
+            let summary = store.summary(run.parse().expect("uuid")).expect("read").expect("reported run exists");
+            assert_eq!(summary.phase, RunPhase::Succeeded, "a run reported durable is durable");
+        }
+        let runs = store.query(&query_all).expect("query").runs;
+        (store.unfinished_runs().expect("unfinished").len(), runs.len())
+    };
+    assert!(unfinished_before > 0, "the kill left runs in flight");
+
+    let out = run_fm(&["resume", "--data-dir", data_dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), unfinished_before, "every unfinished run resumed once");
+
+    let store = EventStore::open(data.path().join("events"), StoreConfig::default()).expect("open after resume");
+    assert!(store.unfinished_runs().expect("unfinished").is_empty());
+    let runs = store.query(&query_all).expect("query").runs;
+    assert_eq!(runs.len(), total, "no run lost or added");
+    for summary in runs {
+        assert_eq!(summary.phase, RunPhase::Succeeded, "run {}", summary.run_id);
+        let events = store.events(summary.run_id).expect("events");
+        assert_eq!(events.iter().filter(|e| e.kind.is_terminal()).count(), 1, "one terminal event");
+        assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64), "no gap in the stream");
+        let mut succeeded = BTreeMap::<String, usize>::new();
+        for e in &events {
+            if e.kind.name() == "StageSucceeded" {
+                *succeeded.entry(e.kind.stage().expect("stage").to_string()).or_default() += 1;
+            }
+        }
+        assert_eq!(succeeded.len(), 4, "every stage succeeded");
+        assert!(succeeded.values().all(|&n| n == 1), "no stage succeeded twice: {succeeded:?}");
+    }
+
+    let again = run_fm(&["resume", "--data-dir", data_dir]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(again.stdout.is_empty(), "nothing left to resume");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fm crds
+
+#[test]
+fn crds_prints_the_checked_in_definitions() {
+    let out = run_fm(&["crds"]);
+    assert_eq!(out.status.code(), Some(0));
+    let printed = text(&out.stdout);
+    let pipeline = std::fs::read_to_string(repo("deploy/crds/pipeline.yaml")).expect("pipeline crd");
+    let run = std::fs::read_to_string(repo("deploy/crds/pipelinerun.yaml")).expect("pipelinerun crd");
+    assert_eq!(printed, format!("{pipeline}---\n{run}"));
+}
