@@ -1,0 +1,150 @@
+//! Built-in components: FlowMason's core operators that need no outside service, plus `delay` and `noop`.
+//!
+//! Each component receives the stage's rendered input (its `config` with templates resolved and
+//! `inputMapping` applied, see `flowmason_actors::template::build_input`), which must be a JSON object.
+//! Field names, defaults, output shapes and error behaviour follow FlowMason's operators of the same name;
+//! `docs/components.md` documents every field.
+
+use serde_json::{Map, Value};
+
+use flowmason_actors::{ComponentError, Registry};
+
+pub mod delay;
+pub mod json_transform;
+pub mod logger;
+pub mod noop;
+
+pub use delay::Delay;
+pub use json_transform::JsonTransform;
+pub use logger::Logger;
+pub use noop::Noop;
+
+/// Every built-in component, under its FlowMason name (`componentType`).
+pub fn builtin_registry() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register(json_transform::NAME, JsonTransform)
+        .register(logger::NAME, Logger)
+        .register(delay::NAME, Delay)
+        .register(noop::NAME, Noop);
+    registry
+}
+
+/// The stage input as an object; `null` (a stage with no config) counts as an empty one.
+pub(crate) fn input_object(
+    component: &str,
+    input: Value,
+) -> Result<Map<String, Value>, ComponentError> {
+    match input {
+        Value::Object(map) => Ok(map),
+        Value::Null => Ok(Map::new()),
+        other => Err(ComponentError::config(format!(
+            "{component}: input must be an object, got {}",
+            type_name(&other)
+        ))),
+    }
+}
+
+/// The static config as an object for `validate`; `null` counts as an empty one.
+pub(crate) fn config_object<'a>(
+    component: &str,
+    config: &'a Value,
+) -> Result<Option<&'a Map<String, Value>>, ComponentError> {
+    match config {
+        Value::Object(map) => Ok(Some(map)),
+        Value::Null => Ok(None),
+        other => Err(ComponentError::config(format!(
+            "{component}: config must be an object, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// Whether a static config value is (or holds) a template, so that its type is only known after rendering.
+pub(crate) fn is_templated(value: &Value) -> bool {
+    flowmason_actors::template::has_templates(value)
+}
+
+/// A JSON type name for messages.
+pub(crate) fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An optional boolean field: absent or `null` gives `default`.
+pub(crate) fn opt_bool(
+    component: &str,
+    map: &Map<String, Value>,
+    field: &str,
+    default: bool,
+) -> Result<bool, ComponentError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ComponentError::config(format!(
+            "{component}: `{field}` must be a boolean, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// An optional string field: absent or `null` gives `None`.
+pub(crate) fn opt_str<'a>(
+    component: &str,
+    map: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ComponentError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ComponentError::config(format!(
+            "{component}: `{field}` must be a string, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A `StageContext` whose log lines are collected, for component tests.
+
+    use std::sync::{Arc, Mutex};
+
+    use flowmason_actors::{LogLine, StageContext};
+    use tokio_util::sync::CancellationToken;
+    use uuid::Uuid;
+
+    /// A context for stage `s1` of pipeline `p` and the lines it logs.
+    pub(crate) fn context() -> (StageContext, Arc<Mutex<Vec<LogLine>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let ctx = StageContext::new(
+            Uuid::nil(),
+            "p".into(),
+            "ns".into(),
+            "s1".into(),
+            1,
+            CancellationToken::new(),
+            Arc::new(move |line| sink.lock().expect("log lock").push(line)),
+        );
+        (ctx, lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_has_every_builtin() {
+        let registry = builtin_registry();
+        let names: Vec<&str> = registry.names().collect();
+        assert_eq!(names, ["delay", "json_transform", "logger", "noop"]);
+    }
+}
