@@ -115,6 +115,27 @@ async fn sync_inner(inner: &Inner) -> Result<(), StoreError> {
         .map_err(StoreError::Sled)
 }
 
+/// Opens sled, waiting a little while another handle on the same directory is still closing.
+///
+/// sled takes an exclusive file lock, and after its last handle drops in this process, jobs on sled's own
+/// I/O thread pool can hold the file (and so the lock) for a few more milliseconds. Reopening a directory
+/// right after dropping the store (tests, an in-process restart) would then fail spuriously. A lock held by
+/// another process is reported after the wait.
+fn open_with_retry(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -140,7 +161,7 @@ impl EventStore {
             Durability::Always | Durability::Batch => sled_config.flush_every_ms(None),
             Durability::Never => sled_config,
         };
-        let db = sled_config.open()?;
+        let db = open_with_retry(&sled_config)?;
         let tree = db.open_tree("flowmason-runs")?;
         let flusher = Flusher::start(db.clone(), config.durability, config.flush_interval)?;
         let cursors = (0..SHARDS)
