@@ -410,7 +410,13 @@ fn describe_load_error(err: jaq_core::load::Error<&str>) -> Vec<String> {
             .collect(),
         Error::Lex(errs) => errs
             .into_iter()
-            .map(|(expect, at)| format!("expected {} at {:?}", expect.as_str(), near(at)))
+            .map(|(expect, at)| {
+                if at.is_empty() {
+                    format!("expected {} but the filter ended", expect.as_str())
+                } else {
+                    format!("expected {} at {:?}", expect.as_str(), near(at))
+                }
+            })
             .collect(),
         Error::Parse(errs) => errs
             .into_iter()
