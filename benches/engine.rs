@@ -14,13 +14,25 @@ use serde_json::json;
 
 fn engine(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EventStore::open(dir.path().join("events"), StoreConfig { durability: Durability::Batch, ..StoreConfig::default() })
-        .expect("open store");
+    let store = EventStore::open(
+        dir.path().join("events"),
+        StoreConfig {
+            durability: Durability::Batch,
+            ..StoreConfig::default()
+        },
+    )
+    .expect("open store");
     let system = actix::System::new();
-    let engine = system.block_on(async { Engine::new(store.clone(), builtin_registry(), EngineConfig::default()) });
+    let engine = system.block_on(async {
+        Engine::new(store.clone(), builtin_registry(), EngineConfig::default())
+    });
     let mut group = c.benchmark_group("engine");
     group.measurement_time(Duration::from_secs(5));
-    for (name, shape) in [("chain_50", Shape::Chain(50)), ("fanout_100", Shape::Fanout(100)), ("diamond", Shape::Diamond)] {
+    for (name, shape) in [
+        ("chain_50", Shape::Chain(50)),
+        ("fanout_100", Shape::Fanout(100)),
+        ("diamond", Shape::Diamond),
+    ] {
         let plan = shape.plan(100, 0);
         let stages = plan.stages.len() as u64;
         group.throughput(Throughput::Elements(stages));
@@ -30,7 +42,13 @@ fn engine(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iters {
                         let request = RunRequest::new("bench", plan.clone(), json!({}));
-                        engine.start(request).await.expect("start").finished().await.expect("end");
+                        engine
+                            .start(request)
+                            .await
+                            .expect("start")
+                            .finished()
+                            .await
+                            .expect("end");
                     }
                     start.elapsed()
                 })
@@ -47,7 +65,13 @@ fn engine(c: &mut Criterion) {
                                 let request = RunRequest::new("bench", plan.clone(), json!({}));
                                 let engine = engine.clone();
                                 async move {
-                                    engine.start(request).await.expect("start").finished().await.expect("end");
+                                    engine
+                                        .start(request)
+                                        .await
+                                        .expect("start")
+                                        .finished()
+                                        .await
+                                        .expect("end");
                                 }
                             })
                             .await;

@@ -18,7 +18,14 @@ const APPENDERS: usize = 32;
 
 fn open(durability: Durability) -> (tempfile::TempDir, EventStore, Vec<RunId>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EventStore::open(dir.path(), StoreConfig { durability, ..StoreConfig::default() }).expect("open store");
+    let store = EventStore::open(
+        dir.path(),
+        StoreConfig {
+            durability,
+            ..StoreConfig::default()
+        },
+    )
+    .expect("open store");
     let runs = (0..RUNS)
         .map(|_| {
             let run = RunId::now_v7();
@@ -32,7 +39,9 @@ fn open(durability: Durability) -> (tempfile::TempDir, EventStore, Vec<RunId>) {
                 plan: json!({"stages": ["s"]}),
                 inputs: json!({}),
             };
-            let _ = store.append(run, vec![accepted, EventKind::RunStarted]).expect("accept");
+            let _ = store
+                .append(run, vec![accepted, EventKind::RunStarted])
+                .expect("accept");
             run
         })
         .collect();
@@ -40,15 +49,36 @@ fn open(durability: Durability) -> (tempfile::TempDir, EventStore, Vec<RunId>) {
 }
 
 fn stage_pair(store: &EventStore, run: RunId, stage: &str) {
-    let started = EventKind::StageStarted { stage: stage.to_string(), attempt: 1 };
-    black_box(store.append(run, vec![started]).expect("append").must_wait());
-    let succeeded = EventKind::StageSucceeded { stage: stage.to_string(), attempt: 1, output: json!({"n": 1}), skip: vec![] };
-    black_box(store.append(run, vec![succeeded]).expect("append").must_wait());
+    let started = EventKind::StageStarted {
+        stage: stage.to_string(),
+        attempt: 1,
+    };
+    black_box(
+        store
+            .append(run, vec![started])
+            .expect("append")
+            .must_wait(),
+    );
+    let succeeded = EventKind::StageSucceeded {
+        stage: stage.to_string(),
+        attempt: 1,
+        output: json!({"n": 1}),
+        skip: vec![],
+    };
+    black_box(
+        store
+            .append(run, vec![succeeded])
+            .expect("append")
+            .must_wait(),
+    );
 }
 
 fn unwaited(c: &mut Criterion) {
     let mut group = c.benchmark_group("event_append");
-    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Elements(2 * RUNS as u64));
     for durability in [Durability::Batch, Durability::Never] {
         let (_dir, store, runs) = open(durability);
@@ -67,52 +97,71 @@ fn unwaited(c: &mut Criterion) {
 }
 
 fn always(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("event_append");
-    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
     // Each appender appends and waits on `durable()` for every event of its runs.
     let per_appender = RUNS / APPENDERS;
     group.throughput(Throughput::Elements((2 * per_appender * APPENDERS) as u64));
     let (_dir, store, runs) = open(Durability::Always);
     let mut stage = 0u64;
-    group.bench_function(format!("always/{APPENDERS}_concurrent_durable_appenders"), |b| {
-        b.iter_batched(
-            || {
-                stage += 1;
-                format!("s{stage}")
-            },
-            |name| {
-                rt.block_on(async {
-                    let tasks: Vec<_> = runs
-                        .chunks(per_appender)
-                        .take(APPENDERS)
-                        .map(|chunk| {
-                            let store = store.clone();
-                            let chunk = chunk.to_vec();
-                            let name = name.clone();
-                            tokio::spawn(async move {
-                                for run in chunk {
-                                    let started = EventKind::StageStarted { stage: name.clone(), attempt: 1 };
-                                    store.append_durable(run, vec![started]).await.expect("append");
-                                    let succeeded = EventKind::StageSucceeded {
-                                        stage: name.clone(),
-                                        attempt: 1,
-                                        output: json!({"n": 1}),
-                                        skip: vec![],
-                                    };
-                                    store.append_durable(run, vec![succeeded]).await.expect("append");
-                                }
+    group.bench_function(
+        format!("always/{APPENDERS}_concurrent_durable_appenders"),
+        |b| {
+            b.iter_batched(
+                || {
+                    stage += 1;
+                    format!("s{stage}")
+                },
+                |name| {
+                    rt.block_on(async {
+                        let tasks: Vec<_> = runs
+                            .chunks(per_appender)
+                            .take(APPENDERS)
+                            .map(|chunk| {
+                                let store = store.clone();
+                                let chunk = chunk.to_vec();
+                                let name = name.clone();
+                                tokio::spawn(async move {
+                                    for run in chunk {
+                                        let started = EventKind::StageStarted {
+                                            stage: name.clone(),
+                                            attempt: 1,
+                                        };
+                                        store
+                                            .append_durable(run, vec![started])
+                                            .await
+                                            .expect("append");
+                                        let succeeded = EventKind::StageSucceeded {
+                                            stage: name.clone(),
+                                            attempt: 1,
+                                            output: json!({"n": 1}),
+                                            skip: vec![],
+                                        };
+                                        store
+                                            .append_durable(run, vec![succeeded])
+                                            .await
+                                            .expect("append");
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.expect("appender");
-                    }
-                })
-            },
-            BatchSize::PerIteration,
-        )
-    });
+                            .collect();
+                        for task in tasks {
+                            task.await.expect("appender");
+                        }
+                    })
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
     group.finish();
 }
 

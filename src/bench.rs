@@ -21,8 +21,18 @@ impl FromStr for Shape {
         let bad = || format!("shape {s:?}: expected chain:N, fanout:N or diamond");
         match s.split_once(':') {
             None if s == "diamond" => Ok(Shape::Diamond),
-            Some(("chain", n)) => n.parse().ok().filter(|&n| n > 0).map(Shape::Chain).ok_or_else(bad),
-            Some(("fanout", n)) => n.parse().ok().filter(|&n| n > 0).map(Shape::Fanout).ok_or_else(bad),
+            Some(("chain", n)) => n
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(Shape::Chain)
+                .ok_or_else(bad),
+            Some(("fanout", n)) => n
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(Shape::Fanout)
+                .ok_or_else(bad),
             _ => Err(bad()),
         }
     }
@@ -33,12 +43,24 @@ impl Shape {
     fn stages(self) -> Vec<(String, Vec<String>)> {
         match self {
             Shape::Chain(n) => (0..n)
-                .map(|i| (format!("s{i}"), if i == 0 { vec![] } else { vec![format!("s{}", i - 1)] }))
+                .map(|i| {
+                    (
+                        format!("s{i}"),
+                        if i == 0 {
+                            vec![]
+                        } else {
+                            vec![format!("s{}", i - 1)]
+                        },
+                    )
+                })
                 .collect(),
             Shape::Fanout(n) => {
                 let mut stages = vec![("source".to_string(), vec![])];
                 stages.extend((0..n).map(|i| (format!("f{i}"), vec!["source".to_string()])));
-                stages.push(("join".to_string(), (0..n).map(|i| format!("f{i}")).collect()));
+                stages.push((
+                    "join".to_string(),
+                    (0..n).map(|i| format!("f{i}")).collect(),
+                ));
                 stages
             }
             Shape::Diamond => vec![
@@ -51,7 +73,11 @@ impl Shape {
     }
 
     pub fn plan(self, parallelism: usize, stage_ms: u64) -> PlanSpec {
-        let (component, config) = if stage_ms > 0 { ("delay", json!({ "ms": stage_ms })) } else { ("noop", Value::Null) };
+        let (component, config) = if stage_ms > 0 {
+            ("delay", json!({ "ms": stage_ms }))
+        } else {
+            ("noop", Value::Null)
+        };
         PlanSpec {
             stages: self
                 .stages()
@@ -74,7 +100,6 @@ impl Shape {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

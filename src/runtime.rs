@@ -10,7 +10,9 @@ where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let system = actix::System::with_tokio_rt(move || runtime);
     Ok(system.block_on(make()))
 }

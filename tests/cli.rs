@@ -40,20 +40,51 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
 fn run_of_the_example_succeeds_and_prints_the_output_as_json() {
     let data = tempfile::tempdir().expect("tempdir");
     let example = repo("examples/hello.yaml");
-    let out = run_fm(&["run", example.to_str().expect("path"), "--input", "name=Ada", "--data-dir", data.path().to_str().expect("path"), "-o", "json"]);
+    let orders =
+        r#"orders=[{"id": 1, "total": 30}, {"id": 2, "total": 120}, {"id": 3, "total": 75}]"#;
+    let args = [
+        "run",
+        example.to_str().expect("path"),
+        "--input",
+        "name=Ada",
+        "--input",
+        orders,
+    ];
+    let out = run_fm(
+        &[
+            &args[..],
+            &[
+                "--data-dir",
+                data.path().to_str().expect("path"),
+                "-o",
+                "json",
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let output: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(output["result"]["big_orders"], json!([2, 3]));
     assert_eq!(output["result"]["greeted"], json!("Ada"));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("stage greet [info] Hello, Ada!"), "progress lines on stderr: {stderr}");
+    assert!(
+        stderr.contains("stage greet [info] Hello, Ada!"),
+        "progress lines on stderr: {stderr}"
+    );
 }
 
 #[test]
 fn run_without_inputs_uses_the_sample_input_of_a_flowmason_pipeline_json() {
     let data = tempfile::tempdir().expect("tempdir");
     let file = repo("examples/flowmason-pipeline.json");
-    let out = run_fm(&["run", file.to_str().expect("path"), "--data-dir", data.path().to_str().expect("path"), "-o", "json"]);
+    let out = run_fm(&[
+        "run",
+        file.to_str().expect("path"),
+        "--data-dir",
+        data.path().to_str().expect("path"),
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let output: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(output["result"], json!(150));
@@ -79,7 +110,14 @@ stages:
     dependsOn: [broken]
 "#,
     );
-    let out = run_fm(&["run", file.to_str().expect("path"), "--data-dir", dir.path().to_str().expect("path"), "-o", "json"]);
+    let out = run_fm(&[
+        "run",
+        file.to_str().expect("path"),
+        "--data-dir",
+        dir.path().to_str().expect("path"),
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
     let output: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(output["phase"], json!("Failed"));
@@ -91,8 +129,17 @@ stages:
 #[test]
 fn run_of_an_invalid_file_exits_2_and_runs_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "bad.yaml", "stages:\n  - id: a\n    componentType: teleport\n");
-    let out = run_fm(&["run", file.to_str().expect("path"), "--data-dir", dir.path().to_str().expect("path")]);
+    let file = write(
+        dir.path(),
+        "bad.yaml",
+        "stages:\n  - id: a\n    componentType: teleport\n",
+    );
+    let out = run_fm(&[
+        "run",
+        file.to_str().expect("path"),
+        "--data-dir",
+        dir.path().to_str().expect("path"),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
@@ -100,7 +147,12 @@ fn run_of_an_invalid_file_exits_2_and_runs_nothing() {
     assert!(stderr.contains("teleport"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let missing = run_fm(&["run", "/nonexistent/pipeline.yaml", "--data-dir", dir.path().to_str().expect("path")]);
+    let missing = run_fm(&[
+        "run",
+        "/nonexistent/pipeline.yaml",
+        "--data-dir",
+        dir.path().to_str().expect("path"),
+    ]);
     assert_eq!(missing.status.code(), Some(2));
     let stderr = text(&missing.stderr);
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
@@ -163,9 +215,15 @@ stages:
     for needle in expected {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    assert!(stdout.lines().count() >= 8, "one line per problem:\n{stdout}");
+    assert!(
+        stdout.lines().count() >= 8,
+        "one line per problem:\n{stdout}"
+    );
 
-    let ok = run_fm(&["validate", repo("examples/hello.yaml").to_str().expect("path")]);
+    let ok = run_fm(&[
+        "validate",
+        repo("examples/hello.yaml").to_str().expect("path"),
+    ]);
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
 }
 
@@ -178,15 +236,35 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
     let data_dir = data.path().to_str().expect("path");
     let example = repo("examples/hello.yaml");
     for name in ["one", "two"] {
-        let out = run_fm(&["run", example.to_str().expect("path"), "--input", &format!("name={name}"), "--data-dir", data_dir]);
+        let inputs = format!(r#"{{"name": "{name}", "orders": []}}"#);
+        let file = write(data.path(), "inputs.json", &inputs);
+        let out = run_fm(&[
+            "run",
+            example.to_str().expect("path"),
+            "--inputs",
+            file.to_str().expect("path"),
+            "--data-dir",
+            data_dir,
+        ]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
-    let out = run_fm(&["history", "--pipeline", "hello", "--data-dir", data_dir, "-o", "json"]);
+    let out = run_fm(&[
+        "history",
+        "--pipeline",
+        "hello",
+        "--data-dir",
+        data_dir,
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let page: Value = serde_json::from_slice(&out.stdout).expect("JSON page");
     let runs = page["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2);
-    assert!(runs[0]["acceptedAt"].as_i64() >= runs[1]["acceptedAt"].as_i64(), "newest first");
+    assert!(
+        runs[0]["acceptedAt"].as_i64() >= runs[1]["acceptedAt"].as_i64(),
+        "newest first"
+    );
     assert!(runs.iter().all(|r| r["phase"] == json!("Succeeded")));
 
     let table = run_fm(&["history", "--phase", "Succeeded", "--data-dir", data_dir]);
@@ -194,7 +272,15 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
     assert!(table.starts_with("RUN ID"), "{table}");
     assert_eq!(table.lines().count(), 3, "{table}");
 
-    let none = run_fm(&["history", "--phase", "Failed", "--data-dir", data_dir, "-o", "json"]);
+    let none = run_fm(&[
+        "history",
+        "--phase",
+        "Failed",
+        "--data-dir",
+        data_dir,
+        "-o",
+        "json",
+    ]);
     let none: Value = serde_json::from_slice(&none.stdout).expect("JSON page");
     assert_eq!(none["runs"], json!([]));
 
@@ -202,10 +288,20 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
     let show = run_fm(&["history", "show", run_id, "--data-dir", data_dir]);
     assert_eq!(show.status.code(), Some(0), "{}", text(&show.stderr));
     let shown = text(&show.stdout);
-    for needle in ["Phase:     Succeeded", "STAGE", "report", "big_orders", "run of hello accepted", "run succeeded"] {
+    for needle in [
+        "Phase:     Succeeded",
+        "STAGE",
+        "report",
+        "big_orders",
+        "run of hello accepted",
+        "run succeeded",
+    ] {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
     }
-    assert!(shown.contains("stage report succeeded (attempt 1)"), "{shown}");
+    assert!(
+        shown.contains("stage report succeeded (attempt 1)"),
+        "{shown}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -217,14 +313,28 @@ fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
     let data_dir = data.path().to_str().expect("path");
     let mut child = fm()
         .args([
-            "bench", "engine", "--runs", "80", "--concurrency", "20", "--shape", "chain:4", "--stage-ms", "25",
-            "--durability", "always", "--print-runs", "--data-dir", data_dir,
+            "bench",
+            "engine",
+            "--runs",
+            "80",
+            "--concurrency",
+            "20",
+            "--shape",
+            "chain:4",
+            "--stage-ms",
+            "50",
+            "--durability",
+            "always",
+            "--print-runs",
+            "--data-dir",
+            data_dir,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn fm bench");
-    // Let some runs end (reported after their terminal event is durable), then kill -9 mid-flight.
+    // Let the first wave of runs end (each reported after its terminal event is durable); the next wave is
+    // then accepted and a stage or so into its 200 ms: kill -9 there.
     let stdout = child.stdout.take().expect("stdout");
     let mut reported = HashSet::new();
     for line in BufReader::new(stdout).lines() {
@@ -236,43 +346,80 @@ fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
             break;
         }
     }
+    std::thread::sleep(std::time::Duration::from_millis(80));
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 
-    let query_all = RunQuery { limit: 10_000, ..RunQuery::default() };
+    let query_all = RunQuery {
+        limit: 10_000,
+        ..RunQuery::default()
+    };
     let (unfinished_before, total) = {
-        let store = EventStore::open(data.path().join("events"), StoreConfig::default()).expect("open after kill");
+        let store = EventStore::open(data.path().join("events"), StoreConfig::default())
+            .expect("open after kill");
         for run in &reported {
-            let summary = store.summary(run.parse().expect("uuid")).expect("read").expect("reported run exists");
-            assert_eq!(summary.phase, RunPhase::Succeeded, "a run reported durable is durable");
+            let summary = store
+                .summary(run.parse().expect("uuid"))
+                .expect("read")
+                .expect("reported run exists");
+            assert_eq!(
+                summary.phase,
+                RunPhase::Succeeded,
+                "a run reported durable is durable"
+            );
         }
         let runs = store.query(&query_all).expect("query").runs;
-        (store.unfinished_runs().expect("unfinished").len(), runs.len())
+        (
+            store.unfinished_runs().expect("unfinished").len(),
+            runs.len(),
+        )
     };
-    assert!(unfinished_before > 0, "the kill left runs in flight");
+    assert!(
+        unfinished_before > 0,
+        "the kill left runs in flight (total {total}, reported {})",
+        reported.len()
+    );
 
     let out = run_fm(&["resume", "--data-dir", data_dir]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).lines().count(), unfinished_before, "every unfinished run resumed once");
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        unfinished_before,
+        "every unfinished run resumed once"
+    );
 
-    let store = EventStore::open(data.path().join("events"), StoreConfig::default()).expect("open after resume");
+    let store = EventStore::open(data.path().join("events"), StoreConfig::default())
+        .expect("open after resume");
     assert!(store.unfinished_runs().expect("unfinished").is_empty());
     let runs = store.query(&query_all).expect("query").runs;
     assert_eq!(runs.len(), total, "no run lost or added");
     for summary in runs {
         assert_eq!(summary.phase, RunPhase::Succeeded, "run {}", summary.run_id);
         let events = store.events(summary.run_id).expect("events");
-        assert_eq!(events.iter().filter(|e| e.kind.is_terminal()).count(), 1, "one terminal event");
-        assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64), "no gap in the stream");
+        assert_eq!(
+            events.iter().filter(|e| e.kind.is_terminal()).count(),
+            1,
+            "one terminal event"
+        );
+        assert!(
+            events.iter().enumerate().all(|(i, e)| e.seq == i as u64),
+            "no gap in the stream"
+        );
         let mut succeeded = BTreeMap::<String, usize>::new();
         for e in &events {
             if e.kind.name() == "StageSucceeded" {
-                *succeeded.entry(e.kind.stage().expect("stage").to_string()).or_default() += 1;
+                *succeeded
+                    .entry(e.kind.stage().expect("stage").to_string())
+                    .or_default() += 1;
             }
         }
         assert_eq!(succeeded.len(), 4, "every stage succeeded");
-        assert!(succeeded.values().all(|&n| n == 1), "no stage succeeded twice: {succeeded:?}");
+        assert!(
+            succeeded.values().all(|&n| n == 1),
+            "no stage succeeded twice: {succeeded:?}"
+        );
     }
+    drop(store);
 
     let again = run_fm(&["resume", "--data-dir", data_dir]);
     assert_eq!(again.status.code(), Some(0));
@@ -287,7 +434,9 @@ fn crds_prints_the_checked_in_definitions() {
     let out = run_fm(&["crds"]);
     assert_eq!(out.status.code(), Some(0));
     let printed = text(&out.stdout);
-    let pipeline = std::fs::read_to_string(repo("deploy/crds/pipeline.yaml")).expect("pipeline crd");
-    let run = std::fs::read_to_string(repo("deploy/crds/pipelinerun.yaml")).expect("pipelinerun crd");
+    let pipeline =
+        std::fs::read_to_string(repo("deploy/crds/pipeline.yaml")).expect("pipeline crd");
+    let run =
+        std::fs::read_to_string(repo("deploy/crds/pipelinerun.yaml")).expect("pipelinerun crd");
     assert_eq!(printed, format!("{pipeline}---\n{run}"));
 }

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use flowmason_actors::{
-    Component, ComponentError, ComponentOutput, Engine, EngineConfig, EngineError, PlanSpec, Registry, RetryPolicy,
-    RunRequest, StageContext, StagePlan,
+    Component, ComponentError, ComponentOutput, Engine, EngineConfig, EngineError, PlanSpec,
+    Registry, RetryPolicy, RunRequest, StageContext, StagePlan,
 };
 use flowmason_store::{
-    Durability, ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason, StagePhase, StoreConfig,
+    Durability, ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason,
+    StagePhase, StoreConfig,
 };
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -50,7 +51,11 @@ fn plan(stages: Vec<StagePlan>) -> PlanSpec {
 /// Echoes its input as its output.
 struct Echo;
 impl Component for Echo {
-    fn execute(&self, input: Value, _ctx: StageContext) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+    fn execute(
+        &self,
+        input: Value,
+        _ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         Box::pin(async move { Ok(input.into()) })
     }
 }
@@ -61,11 +66,18 @@ struct Sleep {
     cancelled: Arc<AtomicU32>,
 }
 impl Component for Sleep {
-    fn execute(&self, input: Value, ctx: StageContext) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+    fn execute(
+        &self,
+        input: Value,
+        ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         let cancelled = self.cancelled.clone();
         Box::pin(async move {
             let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
-            let guard = CancelGuard { armed: true, counter: cancelled };
+            let guard = CancelGuard {
+                armed: true,
+                counter: cancelled,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
                 _ = ctx.cancel.cancelled() => {}
@@ -97,10 +109,17 @@ struct Flaky {
     calls: Arc<AtomicU32>,
 }
 impl Component for Flaky {
-    fn execute(&self, input: Value, _ctx: StageContext) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+    fn execute(
+        &self,
+        input: Value,
+        _ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         Box::pin(async move {
-            let fail_times = input.get("fail_times").and_then(Value::as_u64).unwrap_or(u64::MAX) as u32;
+            let fail_times = input
+                .get("fail_times")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX) as u32;
             let class = match input.get("fail_class").and_then(Value::as_str) {
                 Some("config") => ErrorClass::Config,
                 _ => ErrorClass::Transient,
@@ -117,21 +136,43 @@ impl Component for Flaky {
 /// Chooses a branch: succeeds and excludes the stages listed in its input's `skip`.
 struct Branch;
 impl Component for Branch {
-    fn execute(&self, input: Value, _ctx: StageContext) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+    fn execute(
+        &self,
+        input: Value,
+        _ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         let skip = input
             .get("skip")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
-        Box::pin(async move { Ok(ComponentOutput { output: json!({ "branch": "chosen" }), skip }) })
+        Box::pin(async move {
+            Ok(ComponentOutput {
+                output: json!({ "branch": "chosen" }),
+                skip,
+            })
+        })
     }
 }
 
 /// Logs one line, then echoes.
 struct Chatty;
 impl Component for Chatty {
-    fn execute(&self, input: Value, ctx: StageContext) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
-        ctx.log("info", "hello from the stage", json!({ "key": ctx.idempotency_key() }));
+    fn execute(
+        &self,
+        input: Value,
+        ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        ctx.log(
+            "info",
+            "hello from the stage",
+            json!({ "key": ctx.idempotency_key() }),
+        );
         Box::pin(async move { Ok(input.into()) })
     }
 }
@@ -150,12 +191,28 @@ fn fixture() -> Fixture {
 
 fn fixture_with(durability: Durability) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EventStore::open(dir.path().join("events"), StoreConfig { durability, ..StoreConfig::default() })
-        .expect("open store");
+    let store = EventStore::open(
+        dir.path().join("events"),
+        StoreConfig {
+            durability,
+            ..StoreConfig::default()
+        },
+    )
+    .expect("open store");
     let sleep = Sleep::default();
     let flaky = Flaky::default();
-    let engine = Engine::new(store.clone(), registry(&sleep, &flaky), EngineConfig::default());
-    Fixture { _dir: dir, store, engine, sleep, flaky }
+    let engine = Engine::new(
+        store.clone(),
+        registry(&sleep, &flaky),
+        EngineConfig::default(),
+    );
+    Fixture {
+        _dir: dir,
+        store,
+        engine,
+        sleep,
+        flaky,
+    }
 }
 
 fn registry(sleep: &Sleep, flaky: &Flaky) -> Registry {
@@ -170,7 +227,14 @@ fn registry(sleep: &Sleep, flaky: &Flaky) -> Registry {
 }
 
 async fn run(f: &Fixture, spec: PlanSpec, inputs: Value) -> (RunState, Vec<Event>) {
-    let state = f.engine.start(RunRequest::new("test", spec, inputs)).await.expect("start").finished().await.expect("end");
+    let state = f
+        .engine
+        .start(RunRequest::new("test", spec, inputs))
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
     let events = f.store.events(state.run_id).expect("events");
     (state, events)
 }
@@ -179,8 +243,14 @@ fn count(events: &[Event], name: &str) -> usize {
     events.iter().filter(|e| e.kind.name() == name).count()
 }
 
-fn stage_events<'a>(events: &'a [Event], name: &'a str, stage: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
-    events.iter().filter(move |e| e.kind.name() == name && e.kind.stage() == Some(stage))
+fn stage_events<'a>(
+    events: &'a [Event],
+    name: &'a str,
+    stage: &'a str,
+) -> impl Iterator<Item = &'a Event> + 'a {
+    events
+        .iter()
+        .filter(move |e| e.kind.name() == name && e.kind.stage() == Some(stage))
 }
 
 /// The most stages running at once, from the log alone.
@@ -206,20 +276,39 @@ fn max_running(events: &[Event]) -> usize {
 async fn stages_run_in_dependency_order_and_the_sink_output_is_the_run_output() {
     let f = fixture();
     let spec = plan(vec![
-        with_config(stage("d", "echo", &["b", "c"]), json!({ "b": "{{upstream.b.n}}", "c": "{{upstream.c.text}}" })),
-        with_config(stage("b", "echo", &["a"]), json!({ "n": "{{upstream.a.n}}" })),
-        with_config(stage("c", "echo", &["a"]), json!({ "text": "n is {{upstream.a.n}}" })),
+        with_config(
+            stage("d", "echo", &["b", "c"]),
+            json!({ "b": "{{upstream.b.n}}", "c": "{{upstream.c.text}}" }),
+        ),
+        with_config(
+            stage("b", "echo", &["a"]),
+            json!({ "n": "{{upstream.a.n}}" }),
+        ),
+        with_config(
+            stage("c", "echo", &["a"]),
+            json!({ "text": "n is {{upstream.a.n}}" }),
+        ),
         with_config(stage("a", "echo", &[]), json!({ "n": "{{input.n}}" })),
     ]);
     let (state, events) = run(&f, spec, json!({ "n": 41 })).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(state.output, Some(json!({ "b": 41, "c": "n is 41" })));
-    let started: Vec<&str> =
-        events.iter().filter(|e| e.kind.name() == "StageStarted").filter_map(|e| e.kind.stage()).collect();
-    assert_eq!(started, ["a", "b", "c", "d"], "declaration order among ready stages, dependencies first");
+    let started: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind.name() == "StageStarted")
+        .filter_map(|e| e.kind.stage())
+        .collect();
+    assert_eq!(
+        started,
+        ["a", "b", "c", "d"],
+        "declaration order among ready stages, dependencies first"
+    );
     assert_eq!(events.first().map(|e| e.kind.name()), Some("RunAccepted"));
     assert_eq!(events.last().map(|e| e.kind.name()), Some("RunSucceeded"));
-    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1), "sequence numbers have no gaps");
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "sequence numbers have no gaps"
+    );
 }
 
 #[actix_rt::test]
@@ -231,7 +320,10 @@ async fn run_output_is_keyed_by_sink_when_there_are_several_or_taken_from_the_ou
         with_config(stage("c", "echo", &["a"]), json!({ "v": 3 })),
     ]);
     let (state, _) = run(&f, spec.clone(), json!({})).await;
-    assert_eq!(state.output, Some(json!({ "b": { "v": 2 }, "c": { "v": 3 } })));
+    assert_eq!(
+        state.output,
+        Some(json!({ "b": { "v": 2 }, "c": { "v": 3 } }))
+    );
     spec.output_stage = Some("a".into());
     let (state, _) = run(&f, spec, json!({})).await;
     assert_eq!(state.output, Some(json!({ "v": 1 })));
@@ -240,7 +332,10 @@ async fn run_output_is_keyed_by_sink_when_there_are_several_or_taken_from_the_ou
 #[actix_rt::test]
 async fn a_template_that_does_not_resolve_fails_the_stage_without_retry() {
     let f = fixture();
-    let mut spec = plan(vec![with_config(stage("a", "echo", &[]), json!({ "x": "{{input.missing}}" }))]);
+    let mut spec = plan(vec![with_config(
+        stage("a", "echo", &[]),
+        json!({ "x": "{{input.missing}}" }),
+    )]);
     spec.retry.limit = 3;
     let (state, events) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
@@ -258,13 +353,20 @@ async fn parallelism_cap_is_never_exceeded() {
     let f = fixture();
     let mut stages = vec![stage("source", "echo", &[])];
     for i in 0..12 {
-        stages.push(with_config(stage(&format!("f{i}"), "sleep", &["source"]), json!({ "ms": 15 })));
+        stages.push(with_config(
+            stage(&format!("f{i}"), "sleep", &["source"]),
+            json!({ "ms": 15 }),
+        ));
     }
     let mut spec = plan(stages);
     spec.parallelism = 3;
     let (state, events) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
-    assert_eq!(max_running(&events), 3, "the cap is reached and never passed");
+    assert_eq!(
+        max_running(&events),
+        3,
+        "the cap is reached and never passed"
+    );
 
     // The same check on event timestamps: at no instant do more than 3 attempts overlap.
     let mut spans: Vec<(i64, i64)> = Vec::new();
@@ -274,7 +376,10 @@ async fn parallelism_cap_is_never_exceeded() {
         }
     }
     for &(start, _) in &spans {
-        let overlapping = spans.iter().filter(|(a, b)| *a <= start && start < *b).count();
+        let overlapping = spans
+            .iter()
+            .filter(|(a, b)| *a <= start && start < *b)
+            .count();
         assert!(overlapping <= 3, "{overlapping} stages running at {start}");
     }
 }
@@ -286,7 +391,14 @@ async fn parallelism_cap_is_never_exceeded() {
 async fn retries_are_counted_and_backoff_grows() {
     let f = fixture();
     let mut s = with_config(stage("a", "flaky", &[]), json!({ "fail_times": 3 }));
-    s.retry = Some(RetryPolicy { limit: 3, initial_ms: 20, factor: 2.0, max_ms: 1_000, jitter: 0.0, retry_on: vec![] });
+    s.retry = Some(RetryPolicy {
+        limit: 3,
+        initial_ms: 20,
+        factor: 2.0,
+        max_ms: 1_000,
+        jitter: 0.0,
+        retry_on: vec![],
+    });
     let (state, events) = run(&f, plan(vec![s]), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(state.stages["a"].attempts, 4);
@@ -295,7 +407,9 @@ async fn retries_are_counted_and_backoff_grows() {
     // Each retry is scheduled `initial * factor^(n-1)` after the failure it follows.
     let mut delays = Vec::new();
     for pair in events.windows(2) {
-        if let (EventKind::StageFailed { .. }, EventKind::StageRetryScheduled { at, .. }) = (&pair[0].kind, &pair[1].kind) {
+        if let (EventKind::StageFailed { .. }, EventKind::StageRetryScheduled { at, .. }) =
+            (&pair[0].kind, &pair[1].kind)
+        {
             delays.push((at - pair[1].at + 500) / 1_000);
         }
     }
@@ -308,16 +422,30 @@ async fn retries_are_counted_and_backoff_grows() {
             _ => None,
         })
         .collect();
-    let restarts: Vec<i64> = stage_events(&events, "StageStarted", "a").skip(1).map(|e| e.at).collect();
+    let restarts: Vec<i64> = stage_events(&events, "StageStarted", "a")
+        .skip(1)
+        .map(|e| e.at)
+        .collect();
     assert_eq!(due.len(), restarts.len());
-    assert!(due.iter().zip(&restarts).all(|(due, started)| started >= due));
+    assert!(
+        due.iter()
+            .zip(&restarts)
+            .all(|(due, started)| started >= due)
+    );
 }
 
 #[actix_rt::test]
 async fn a_stage_that_keeps_failing_fails_the_run_after_its_retries() {
     let f = fixture();
     let mut spec = plan(vec![with_config(stage("a", "flaky", &[]), json!({}))]);
-    spec.retry = RetryPolicy { limit: 2, initial_ms: 1, factor: 1.0, max_ms: 1, jitter: 0.0, retry_on: vec![] };
+    spec.retry = RetryPolicy {
+        limit: 2,
+        initial_ms: 1,
+        factor: 1.0,
+        max_ms: 1,
+        jitter: 0.0,
+        retry_on: vec![],
+    };
     let (state, events) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(state.stages["a"].attempts, 3);
@@ -330,7 +458,10 @@ async fn a_stage_that_keeps_failing_fails_the_run_after_its_retries() {
 #[actix_rt::test]
 async fn errors_that_cannot_be_helped_by_a_retry_are_not_retried() {
     let f = fixture();
-    let mut spec = plan(vec![with_config(stage("a", "flaky", &[]), json!({ "fail_class": "config" }))]);
+    let mut spec = plan(vec![with_config(
+        stage("a", "flaky", &[]),
+        json!({ "fail_class": "config" }),
+    )]);
     spec.retry.limit = 5;
     let (state, events) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
@@ -346,14 +477,26 @@ async fn a_stage_timeout_cancels_the_attempt() {
     let f = fixture();
     let mut s = with_config(stage("slow", "sleep", &[]), json!({ "ms": 30_000 }));
     s.timeout_ms = Some(50);
-    let (state, _) = run(&f, plan(vec![s, stage("after", "echo", &["slow"])]), json!({})).await;
+    let (state, _) = run(
+        &f,
+        plan(vec![s, stage("after", "echo", &["slow"])]),
+        json!({}),
+    )
+    .await;
     assert_eq!(state.phase, RunPhase::Failed);
     let error = state.stages["slow"].error.clone().expect("error");
     assert_eq!(error.class, ErrorClass::Timeout);
     assert_eq!(error.message, "attempt timed out after 50ms");
     assert_eq!(state.stages["after"].phase, StagePhase::Skipped);
-    assert_eq!(state.stages["after"].skip_reason, Some(SkipReason::UpstreamFailed));
-    assert_eq!(f.sleep.cancelled.load(Ordering::SeqCst), 1, "the component's work was cancelled");
+    assert_eq!(
+        state.stages["after"].skip_reason,
+        Some(SkipReason::UpstreamFailed)
+    );
+    assert_eq!(
+        f.sleep.cancelled.load(Ordering::SeqCst),
+        1,
+        "the component's work was cancelled"
+    );
 }
 
 #[actix_rt::test]
@@ -366,12 +509,22 @@ async fn a_run_timeout_ends_the_run_timed_out_and_cancels_running_stages() {
     spec.timeout_ms = Some(100);
     let (state, events) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::TimedOut);
-    assert_eq!(state.error.expect("error").message, "run exceeded its timeout of 100ms");
+    assert_eq!(
+        state.error.expect("error").message,
+        "run exceeded its timeout of 100ms"
+    );
     assert_eq!(state.stages["slow"].phase, StagePhase::Cancelled);
-    assert_eq!(state.stages["after"].skip_reason, Some(SkipReason::RunEnded));
+    assert_eq!(
+        state.stages["after"].skip_reason,
+        Some(SkipReason::RunEnded)
+    );
     assert_eq!(count(&events, "RunTimedOut"), 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(f.sleep.cancelled.load(Ordering::SeqCst), 1, "the running stage was cancelled");
+    assert_eq!(
+        f.sleep.cancelled.load(Ordering::SeqCst),
+        1,
+        "the running stage was cancelled"
+    );
 }
 
 #[actix_rt::test]
@@ -381,7 +534,11 @@ async fn cancelling_a_run_stops_it_and_skips_what_did_not_run() {
         with_config(stage("slow", "sleep", &[]), json!({ "ms": 30_000 })),
         stage("after", "echo", &["slow"]),
     ]);
-    let mut handle = f.engine.start_observed(RunRequest::new("test", spec, json!({}))).await.expect("start");
+    let mut handle = f
+        .engine
+        .start_observed(RunRequest::new("test", spec, json!({})))
+        .await
+        .expect("start");
     let mut events = handle.take_events().expect("observed");
     while let Some(event) = events.recv().await {
         if matches!(event.kind, EventKind::StageStarted { .. }) {
@@ -396,7 +553,10 @@ async fn cancelling_a_run_stops_it_and_skips_what_did_not_run() {
     assert_eq!(state.stages["after"].phase, StagePhase::Skipped);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(f.sleep.cancelled.load(Ordering::SeqCst), 1);
-    assert!(!f.engine.cancel(state.run_id, "again"), "an ended run is no longer running");
+    assert!(
+        !f.engine.cancel(state.run_id, "again"),
+        "an ended run is no longer running"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -407,7 +567,10 @@ async fn a_failed_stage_skips_its_dependants_and_fails_the_run() {
     let f = fixture();
     let mut spec = plan(vec![
         stage("a", "echo", &[]),
-        with_config(stage("b", "flaky", &["a"]), json!({ "fail_class": "config" })),
+        with_config(
+            stage("b", "flaky", &["a"]),
+            json!({ "fail_class": "config" }),
+        ),
         stage("c", "echo", &["b"]),
         stage("d", "echo", &["c"]),
     ]);
@@ -418,7 +581,11 @@ async fn a_failed_stage_skips_its_dependants_and_fails_the_run() {
     assert_eq!(state.stages["b"].phase, StagePhase::Failed);
     for id in ["c", "d"] {
         assert_eq!(state.stages[id].phase, StagePhase::Skipped, "{id}");
-        assert_eq!(state.stages[id].skip_reason, Some(SkipReason::UpstreamFailed), "{id}");
+        assert_eq!(
+            state.stages[id].skip_reason,
+            Some(SkipReason::UpstreamFailed),
+            "{id}"
+        );
     }
     let error = state.error.expect("error");
     assert_eq!(error.stage.as_deref(), Some("b"));
@@ -429,14 +596,20 @@ async fn a_failed_stage_skips_its_dependants_and_fails_the_run() {
 async fn no_new_stage_starts_once_a_stage_failed_for_good() {
     let f = fixture();
     let mut spec = plan(vec![
-        with_config(stage("bad", "flaky", &[]), json!({ "fail_class": "config" })),
+        with_config(
+            stage("bad", "flaky", &[]),
+            json!({ "fail_class": "config" }),
+        ),
         stage("independent", "echo", &[]),
     ]);
     spec.parallelism = 1;
     let (state, _) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(state.stages["independent"].phase, StagePhase::Skipped);
-    assert_eq!(state.stages["independent"].skip_reason, Some(SkipReason::RunEnded));
+    assert_eq!(
+        state.stages["independent"].skip_reason,
+        Some(SkipReason::RunEnded)
+    );
 }
 
 #[actix_rt::test]
@@ -447,12 +620,21 @@ async fn an_untaken_branch_is_skipped_and_the_join_still_runs() {
         with_config(stage("yes", "echo", &["route"]), json!({ "took": "yes" })),
         with_config(stage("no", "echo", &["route"]), json!({ "took": "no" })),
         stage("no_more", "echo", &["no"]),
-        with_config(stage("join", "echo", &["yes", "no_more"]), json!({ "from": "{{upstream.yes.took}}" })),
+        with_config(
+            stage("join", "echo", &["yes", "no_more"]),
+            json!({ "from": "{{upstream.yes.took}}" }),
+        ),
     ]);
     let (state, _) = run(&f, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
-    assert_eq!(state.stages["no"].skip_reason, Some(SkipReason::BranchNotTaken));
-    assert_eq!(state.stages["no_more"].skip_reason, Some(SkipReason::BranchNotTaken));
+    assert_eq!(
+        state.stages["no"].skip_reason,
+        Some(SkipReason::BranchNotTaken)
+    );
+    assert_eq!(
+        state.stages["no_more"].skip_reason,
+        Some(SkipReason::BranchNotTaken)
+    );
     assert_eq!(state.stages["join"].phase, StagePhase::Succeeded);
     assert_eq!(state.output, Some(json!({ "from": "yes" })));
 }
@@ -461,8 +643,19 @@ async fn an_untaken_branch_is_skipped_and_the_join_still_runs() {
 async fn component_log_lines_become_stage_log_events() {
     let f = fixture();
     let (state, events) = run(&f, plan(vec![stage("talk", "chatty", &[])]), json!({})).await;
-    let log = events.iter().find(|e| e.kind.name() == "StageLog").expect("a StageLog event");
-    let EventKind::StageLog { stage, message, data, .. } = &log.kind else { unreachable!() };
+    let log = events
+        .iter()
+        .find(|e| e.kind.name() == "StageLog")
+        .expect("a StageLog event");
+    let EventKind::StageLog {
+        stage,
+        message,
+        data,
+        ..
+    } = &log.kind
+    else {
+        unreachable!()
+    };
     assert_eq!(stage, "talk");
     assert_eq!(message, "hello from the stage");
     assert_eq!(data["key"], json!(format!("{}/talk/1", state.run_id)));
@@ -475,14 +668,30 @@ async fn component_log_lines_become_stage_log_events() {
 #[actix_rt::test]
 async fn a_plan_with_an_unknown_component_or_a_cycle_is_refused_before_anything_is_recorded() {
     let f = fixture();
-    let err = f.engine.start(RunRequest::new("test", plan(vec![stage("a", "nope", &[])]), json!({}))).await;
-    assert!(matches!(err, Err(EngineError::UnknownComponent { ref component, .. }) if component == "nope"));
     let err = f
         .engine
-        .start(RunRequest::new("test", plan(vec![stage("a", "echo", &["b"]), stage("b", "echo", &["a"])]), json!({})))
+        .start(RunRequest::new(
+            "test",
+            plan(vec![stage("a", "nope", &[])]),
+            json!({}),
+        ))
+        .await;
+    assert!(
+        matches!(err, Err(EngineError::UnknownComponent { ref component, .. }) if component == "nope")
+    );
+    let err = f
+        .engine
+        .start(RunRequest::new(
+            "test",
+            plan(vec![stage("a", "echo", &["b"]), stage("b", "echo", &["a"])]),
+            json!({}),
+        ))
         .await;
     let message = err.err().expect("refused").to_string();
-    assert_eq!(message, "invalid plan: stages: dependency cycle a -> b -> a");
+    assert_eq!(
+        message,
+        "invalid plan: stages: dependency cycle a -> b -> a"
+    );
     assert!(f.store.unfinished_runs().expect("query").is_empty());
 }
 
@@ -495,14 +704,29 @@ async fn the_fold_of_a_reopened_log_equals_the_state_the_engine_reported() {
     let path = dir.path().join("events");
     let state = {
         let store = EventStore::open(&path, StoreConfig::default()).expect("open");
-        let engine = Engine::new(store.clone(), registry(&Sleep::default(), &Flaky::default()), EngineConfig::default());
+        let engine = Engine::new(
+            store.clone(),
+            registry(&Sleep::default(), &Flaky::default()),
+            EngineConfig::default(),
+        );
         let spec = plan(vec![stage("a", "echo", &[]), stage("b", "chatty", &["a"])]);
-        let state = engine.start(RunRequest::new("test", spec, json!({"x": 1}))).await.expect("start").finished().await;
+        let state = engine
+            .start(RunRequest::new("test", spec, json!({"x": 1})))
+            .await
+            .expect("start")
+            .finished()
+            .await;
         state.expect("end")
     };
     let reopened = EventStore::open(&path, StoreConfig::default()).expect("reopen");
-    assert_eq!(reopened.fold(state.run_id).expect("fold"), Some(state.clone()));
-    let summary = reopened.summary(state.run_id).expect("summary").expect("present");
+    assert_eq!(
+        reopened.fold(state.run_id).expect("fold"),
+        Some(state.clone())
+    );
+    let summary = reopened
+        .summary(state.run_id)
+        .expect("summary")
+        .expect("present");
     assert_eq!(summary.phase, RunPhase::Succeeded);
 }
 
@@ -511,7 +735,10 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
     let f = fixture_with(Durability::Always);
     let spec = plan(vec![
         with_config(stage("a", "echo", &[]), json!({ "v": 1 })),
-        with_config(stage("b", "echo", &["a"]), json!({ "v": "{{upstream.a.v}}" })),
+        with_config(
+            stage("b", "echo", &["a"]),
+            json!({ "v": "{{upstream.a.v}}" }),
+        ),
     ]);
     // The log of a run cut off while `b` was running: `a` succeeded, `b` attempt 1 started.
     let run = uuid::Uuid::now_v7();
@@ -530,26 +757,63 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                     inputs: json!({}),
                 },
                 EventKind::RunStarted,
-                EventKind::StageStarted { stage: "a".into(), attempt: 1 },
-                EventKind::StageSucceeded { stage: "a".into(), attempt: 1, output: json!({ "v": 1 }), skip: vec![] },
-                EventKind::StageStarted { stage: "b".into(), attempt: 1 },
+                EventKind::StageStarted {
+                    stage: "a".into(),
+                    attempt: 1,
+                },
+                EventKind::StageSucceeded {
+                    stage: "a".into(),
+                    attempt: 1,
+                    output: json!({ "v": 1 }),
+                    skip: vec![],
+                },
+                EventKind::StageStarted {
+                    stage: "b".into(),
+                    attempt: 1,
+                },
             ],
         )
         .await
         .expect("append");
     let handles = f.engine.resume_all().await.expect("resume");
     assert_eq!(handles.len(), 1);
-    let state = handles.into_iter().next().expect("one").finished().await.expect("end");
+    let state = handles
+        .into_iter()
+        .next()
+        .expect("one")
+        .finished()
+        .await
+        .expect("end");
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(state.generation, 3);
-    assert_eq!(state.stages["a"].attempts, 1, "a finished stage is not run again");
-    assert_eq!(state.stages["b"].attempts, 2, "the interrupted stage runs as a new attempt");
+    assert_eq!(
+        state.stages["a"].attempts, 1,
+        "a finished stage is not run again"
+    );
+    assert_eq!(
+        state.stages["b"].attempts, 2,
+        "the interrupted stage runs as a new attempt"
+    );
     assert_eq!(state.output, Some(json!({ "v": 1 })));
     let events = f.store.events(run).expect("events");
-    let interrupted = stage_events(&events, "StageFailed", "b").next().expect("interruption recorded");
-    let EventKind::StageFailed { error, .. } = &interrupted.kind else { unreachable!() };
-    assert_eq!(error.message, "attempt 1 was interrupted by an engine restart");
-    assert!(f.engine.resume_all().await.expect("resume again").is_empty(), "nothing left to resume");
+    let interrupted = stage_events(&events, "StageFailed", "b")
+        .next()
+        .expect("interruption recorded");
+    let EventKind::StageFailed { error, .. } = &interrupted.kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        error.message,
+        "attempt 1 was interrupted by an engine restart"
+    );
+    assert!(
+        f.engine
+            .resume_all()
+            .await
+            .expect("resume again")
+            .is_empty(),
+        "nothing left to resume"
+    );
 }
 
 #[actix_rt::test]
@@ -575,16 +839,27 @@ async fn resume_fails_a_run_whose_plan_cannot_be_read() {
     assert!(f.engine.resume_all().await.expect("resume").is_empty());
     let state = f.store.fold(run).expect("fold").expect("state");
     assert_eq!(state.phase, RunPhase::Failed);
-    assert!(state.error.expect("error").message.starts_with("the run's plan cannot be read"));
+    assert!(
+        state
+            .error
+            .expect("error")
+            .message
+            .starts_with("the run's plan cannot be read")
+    );
 }
 
 #[actix_rt::test]
 async fn every_run_gets_exactly_one_terminal_event_under_concurrency() {
     let f = fixture_with(Durability::Always);
-    let spec = plan(vec![stage("a", "echo", &[]), stage("b", "echo", &["a"]), stage("c", "echo", &["a"])]);
-    let handles: Vec<_> = futures::future::join_all(
-        (0..50).map(|i| f.engine.start(RunRequest::new("test", spec.clone(), json!({ "i": i })))),
-    )
+    let spec = plan(vec![
+        stage("a", "echo", &[]),
+        stage("b", "echo", &["a"]),
+        stage("c", "echo", &["a"]),
+    ]);
+    let handles: Vec<_> = futures::future::join_all((0..50).map(|i| {
+        f.engine
+            .start(RunRequest::new("test", spec.clone(), json!({ "i": i })))
+    }))
     .await
     .into_iter()
     .map(|h| h.expect("start"))

@@ -43,7 +43,15 @@ impl StageContext {
         cancel: CancellationToken,
         log: Arc<dyn Fn(LogLine) + Send + Sync>,
     ) -> StageContext {
-        StageContext { run_id, pipeline, namespace, stage_id, attempt, cancel, log }
+        StageContext {
+            run_id,
+            pipeline,
+            namespace,
+            stage_id,
+            attempt,
+            cancel,
+            log,
+        }
     }
 
     /// `runId/stageId/attempt`: the same for a retried request within one attempt, different across
@@ -54,13 +62,19 @@ impl StageContext {
 
     /// Records a log line for this attempt (a `StageLog` event).
     pub fn log(&self, level: impl Into<String>, message: impl Into<String>, data: Value) {
-        (self.log)(LogLine { level: level.into(), message: message.into(), data });
+        (self.log)(LogLine {
+            level: level.into(),
+            message: message.into(),
+            data,
+        });
     }
 }
 
 impl fmt::Debug for StageContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StageContext").field("key", &self.idempotency_key()).finish_non_exhaustive()
+        f.debug_struct("StageContext")
+            .field("key", &self.idempotency_key())
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +88,10 @@ pub struct ComponentOutput {
 
 impl From<Value> for ComponentOutput {
     fn from(output: Value) -> Self {
-        ComponentOutput { output, skip: Vec::new() }
+        ComponentOutput {
+            output,
+            skip: Vec::new(),
+        }
     }
 }
 
@@ -89,7 +106,11 @@ pub struct ComponentError {
 
 impl ComponentError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        ComponentError { class, message: message.into(), details: Value::Null }
+        ComponentError {
+            class,
+            message: message.into(),
+            details: Value::Null,
+        }
     }
     /// The configuration is wrong: not retried.
     pub fn config(message: impl Into<String>) -> Self {
@@ -130,7 +151,11 @@ pub trait Component: Send + Sync + 'static {
         Ok(())
     }
 
-    fn execute(&self, input: Value, ctx: StageContext) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>>;
+    fn execute(
+        &self,
+        input: Value,
+        ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>>;
 }
 
 /// Components by type name (`componentType`).

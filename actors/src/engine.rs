@@ -21,7 +21,8 @@ use crate::run_actor::{CancelRun, RunActor, RunSetup};
 
 /// Resolves a run's environment (`{{env.NAME}}`) when it starts or resumes. Values are never recorded in
 /// events, so a resumed run asks again.
-pub type EnvResolver = Arc<dyn Fn(&RunState) -> Result<BTreeMap<String, String>, String> + Send + Sync>;
+pub type EnvResolver =
+    Arc<dyn Fn(&RunState) -> Result<BTreeMap<String, String>, String> + Send + Sync>;
 
 /// Why the engine could not accept, resume or finish a run.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workers: 0, env: Arc::new(|_| Ok(BTreeMap::new())) }
+        EngineConfig {
+            workers: 0,
+            env: Arc::new(|_| Ok(BTreeMap::new())),
+        }
     }
 }
 
@@ -131,7 +135,9 @@ impl Engine {
         let arbiters = if config.workers == 0 {
             vec![Arbiter::current()]
         } else {
-            (0..config.workers).map(|_| Arbiter::new().handle()).collect()
+            (0..config.workers)
+                .map(|_| Arbiter::new().handle())
+                .collect()
         };
         Engine {
             inner: Arc::new(Inner {
@@ -168,7 +174,10 @@ impl Engine {
                 self.inner
                     .registry
                     .get(component)
-                    .ok_or_else(|| EngineError::UnknownComponent { index, component: component.clone() })
+                    .ok_or_else(|| EngineError::UnknownComponent {
+                        index,
+                        component: component.clone(),
+                    })
             })
             .collect()
     }
@@ -183,11 +192,17 @@ impl Engine {
         self.start_inner(request, true).await
     }
 
-    async fn start_inner(&self, request: RunRequest, observe: bool) -> Result<RunHandle, EngineError> {
+    async fn start_inner(
+        &self,
+        request: RunRequest,
+        observe: bool,
+    ) -> Result<RunHandle, EngineError> {
         let plan = self.check(request.plan.clone())?;
         let run_id = request.run_id.unwrap_or_else(uuid::Uuid::now_v7);
-        let plan_value = serde_json::to_value(plan.spec())
-            .map_err(|e| EngineError::Encode { run: run_id, reason: e.to_string() })?;
+        let plan_value = serde_json::to_value(plan.spec()).map_err(|e| EngineError::Encode {
+            run: run_id,
+            reason: e.to_string(),
+        })?;
         let accepted = EventKind::RunAccepted {
             pipeline: request.pipeline,
             namespace: request.namespace,
@@ -202,12 +217,21 @@ impl Engine {
             .inner
             .store
             .append(run_id, vec![accepted])
-            .map_err(|source| EngineError::Store { run: run_id, source })?
+            .map_err(|source| EngineError::Store {
+                run: run_id,
+                source,
+            })?
             .durable()
             .await
-            .map_err(|source| EngineError::Store { run: run_id, source })?;
+            .map_err(|source| EngineError::Store {
+                run: run_id,
+                source,
+            })?;
         let state = RunState::fold(run_id, &events)
-            .map_err(|e| EngineError::Store { run: run_id, source: StoreError::Fold(e) })?
+            .map_err(|e| EngineError::Store {
+                run: run_id,
+                source: StoreError::Fold(e),
+            })?
             .ok_or(EngineError::Lost { run: run_id })?;
         self.spawn(plan, state, request.env, observe, events)
     }
@@ -217,7 +241,13 @@ impl Engine {
     pub async fn resume_all(&self) -> Result<Vec<RunHandle>, EngineError> {
         let mut handles = Vec::new();
         for run in self.inner.store.unfinished_runs()? {
-            if self.inner.runs.lock().map(|r| r.contains_key(&run)).unwrap_or(false) {
+            if self
+                .inner
+                .runs
+                .lock()
+                .map(|r| r.contains_key(&run))
+                .unwrap_or(false)
+            {
                 continue;
             }
             if let Some(handle) = self.resume(run, false).await? {
@@ -228,14 +258,19 @@ impl Engine {
     }
 
     /// Resumes one unfinished run from its events; `None` when it has already ended or does not exist.
-    pub async fn resume(&self, run: RunId, observe: bool) -> Result<Option<RunHandle>, EngineError> {
+    pub async fn resume(
+        &self,
+        run: RunId,
+        observe: bool,
+    ) -> Result<Option<RunHandle>, EngineError> {
         let store = &self.inner.store;
         let state = match store.fold(run) {
             Ok(Some(state)) => state,
             Ok(None) => return Ok(None),
             Err(e) => {
                 tracing::error!(%run, error = %e, "cannot resume run");
-                self.fail_unusable(run, format!("the run's events cannot be read: {e}")).await?;
+                self.fail_unusable(run, format!("the run's events cannot be read: {e}"))
+                    .await?;
                 return Ok(None);
             }
         };
@@ -246,12 +281,14 @@ impl Engine {
             Ok(spec) => match self.check(spec) {
                 Ok(plan) => plan,
                 Err(e) => {
-                    self.fail_unusable(run, format!("the run's plan cannot run: {e}")).await?;
+                    self.fail_unusable(run, format!("the run's plan cannot run: {e}"))
+                        .await?;
                     return Ok(None);
                 }
             },
             Err(e) => {
-                self.fail_unusable(run, format!("the run's plan cannot be read: {e}")).await?;
+                self.fail_unusable(run, format!("the run's plan cannot be read: {e}"))
+                    .await?;
                 return Ok(None);
             }
         };
@@ -266,8 +303,17 @@ impl Engine {
     }
 
     async fn fail_unusable(&self, run: RunId, message: String) -> Result<(), EngineError> {
-        let error = RunError { message, stage: None, details: Value::Null };
-        match self.inner.store.append_durable(run, vec![EventKind::RunFailed { error }]).await {
+        let error = RunError {
+            message,
+            stage: None,
+            details: Value::Null,
+        };
+        match self
+            .inner
+            .store
+            .append_durable(run, vec![EventKind::RunFailed { error }])
+            .await
+        {
             Ok(_) | Err(StoreError::RunEnded { .. }) => Ok(()),
             Err(source) => Err(EngineError::Store { run, source }),
         }
@@ -304,22 +350,38 @@ impl Engine {
             engine: Arc::downgrade(&self.inner),
         };
         let arbiter = {
-            let i = self.inner.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.inner.arbiters.len();
+            let i =
+                self.inner.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.inner.arbiters.len();
             &self.inner.arbiters[i]
         };
         // Registered under the lock so that a run ending at once cannot deregister before it is registered.
-        let mut runs = self.inner.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut runs = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let addr = RunActor::start_in_arbiter(arbiter, move |_| RunActor::new(setup));
         runs.insert(run_id, addr);
-        Ok(RunHandle { run_id, outcome: outcome_rx, events })
+        Ok(RunHandle {
+            run_id,
+            outcome: outcome_rx,
+            events,
+        })
     }
 
     /// Asks a run to stop; it ends `Cancelled`. Returns false when the run is not running here.
     pub fn cancel(&self, run: RunId, reason: impl Into<String>) -> bool {
-        let addr = self.inner.runs.lock().ok().and_then(|runs| runs.get(&run).cloned());
+        let addr = self
+            .inner
+            .runs
+            .lock()
+            .ok()
+            .and_then(|runs| runs.get(&run).cloned());
         match addr {
             Some(addr) => {
-                addr.do_send(CancelRun { reason: reason.into() });
+                addr.do_send(CancelRun {
+                    reason: reason.into(),
+                });
                 true
             }
             None => false,

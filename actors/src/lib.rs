@@ -5,9 +5,9 @@
 pub mod component;
 pub mod engine;
 pub mod plan;
-pub mod template;
 mod run_actor;
 mod stage_actor;
+pub mod template;
 
 pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
 pub use engine::{Engine, EngineConfig, EngineError, EnvResolver, RunHandle, RunRequest};

@@ -118,7 +118,11 @@ impl RetryPolicy {
         if attempt > self.limit {
             return false;
         }
-        if self.retry_on.is_empty() { retryable } else { self.retry_on.contains(&class) }
+        if self.retry_on.is_empty() {
+            retryable
+        } else {
+            self.retry_on.contains(&class)
+        }
     }
 
     /// The delay before attempt `attempt + 1`, without jitter.
@@ -141,7 +145,11 @@ pub enum PlanError {
     #[error("stages[{index}].id: duplicate stage id {id:?}")]
     DuplicateStage { index: usize, id: String },
     #[error("stages[{index}].dependsOn: stage {stage:?} depends on unknown stage {dependency:?}")]
-    UnknownDependency { index: usize, stage: String, dependency: String },
+    UnknownDependency {
+        index: usize,
+        stage: String,
+        dependency: String,
+    },
     #[error("stages: dependency cycle {}", cycle.join(" -> "))]
     Cycle { cycle: Vec<String> },
     #[error("parallelism: must be at least 1, got {0}")]
@@ -178,7 +186,10 @@ impl Plan {
         let mut by_id = HashMap::new();
         for (index, stage) in spec.stages.iter().enumerate() {
             if by_id.insert(stage.id.clone(), index).is_some() {
-                errors.push(PlanError::DuplicateStage { index, id: stage.id.clone() });
+                errors.push(PlanError::DuplicateStage {
+                    index,
+                    id: stage.id.clone(),
+                });
             }
         }
         let mut graph = DiGraph::with_capacity(spec.stages.len(), spec.stages.len());
@@ -215,7 +226,15 @@ impl Plan {
             return Err(errors);
         }
         let order = stable_topological_order(&dependencies, &dependants);
-        Ok(Plan { spec, graph, nodes, by_id, order, dependants, dependencies })
+        Ok(Plan {
+            spec,
+            graph,
+            nodes,
+            by_id,
+            order,
+            dependants,
+            dependencies,
+        })
     }
 
     pub fn spec(&self) -> &PlanSpec {
@@ -253,17 +272,28 @@ impl Plan {
 
     /// Whether `ancestor` is upstream of `stage` (reachable by following `dependsOn`).
     pub fn is_upstream(&self, ancestor: usize, stage: usize) -> bool {
-        ancestor != stage && petgraph::algo::has_path_connecting(&self.graph, self.nodes[ancestor], self.nodes[stage], None)
+        ancestor != stage
+            && petgraph::algo::has_path_connecting(
+                &self.graph,
+                self.nodes[ancestor],
+                self.nodes[stage],
+                None,
+            )
     }
 
     /// Stages nothing depends on; their outputs make the run's output when no output stage is set.
     pub fn sinks(&self) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.dependants[i].is_empty()).collect()
+        (0..self.len())
+            .filter(|&i| self.dependants[i].is_empty())
+            .collect()
     }
 
     /// The retry policy in force for a stage.
     pub fn retry_policy(&self, index: usize) -> &RetryPolicy {
-        self.spec.stages[index].retry.as_ref().unwrap_or(&self.spec.retry)
+        self.spec.stages[index]
+            .retry
+            .as_ref()
+            .unwrap_or(&self.spec.retry)
     }
 }
 
@@ -311,7 +341,9 @@ fn cycles(graph: &DiGraph<usize, ()>, spec: &PlanSpec) -> Vec<Vec<String>> {
 /// Kahn's algorithm, always taking the lowest declaration index among the ready stages.
 fn stable_topological_order(dependencies: &[Vec<usize>], dependants: &[Vec<usize>]) -> Vec<usize> {
     let mut remaining: Vec<usize> = dependencies.iter().map(Vec::len).collect();
-    let mut ready: std::collections::BTreeSet<usize> = (0..remaining.len()).filter(|&i| remaining[i] == 0).collect();
+    let mut ready: std::collections::BTreeSet<usize> = (0..remaining.len())
+        .filter(|&i| remaining[i] == 0)
+        .collect();
     let mut order = Vec::with_capacity(remaining.len());
     while let Some(next) = ready.pop_first() {
         order.push(next);
@@ -354,9 +386,18 @@ mod tests {
 
     #[test]
     fn topological_order_is_stable_by_declaration() {
-        let plan = Plan::build(spec(vec![stage("c", &["a"]), stage("a", &[]), stage("b", &[]), stage("d", &["b", "c"])]))
-            .expect("valid plan");
-        let ids: Vec<&str> = plan.order().iter().map(|&i| plan.stage(i).id.as_str()).collect();
+        let plan = Plan::build(spec(vec![
+            stage("c", &["a"]),
+            stage("a", &[]),
+            stage("b", &[]),
+            stage("d", &["b", "c"]),
+        ]))
+        .expect("valid plan");
+        let ids: Vec<&str> = plan
+            .order()
+            .iter()
+            .map(|&i| plan.stage(i).id.as_str())
+            .collect();
         assert_eq!(ids, ["a", "c", "b", "d"]);
         assert_eq!(plan.sinks(), vec![3]);
         assert!(plan.is_upstream(1, 3));
@@ -365,16 +406,34 @@ mod tests {
 
     #[test]
     fn cycle_is_named_by_its_stages() {
-        let errors = Plan::build(spec(vec![stage("a", &["c"]), stage("b", &["a"]), stage("c", &["b"]), stage("d", &[])]))
-            .expect_err("cycle");
-        assert_eq!(errors, vec![PlanError::Cycle { cycle: vec!["a".into(), "b".into(), "c".into(), "a".into()] }]);
-        assert_eq!(errors[0].to_string(), "stages: dependency cycle a -> b -> c -> a");
+        let errors = Plan::build(spec(vec![
+            stage("a", &["c"]),
+            stage("b", &["a"]),
+            stage("c", &["b"]),
+            stage("d", &[]),
+        ]))
+        .expect_err("cycle");
+        assert_eq!(
+            errors,
+            vec![PlanError::Cycle {
+                cycle: vec!["a".into(), "b".into(), "c".into(), "a".into()]
+            }]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            "stages: dependency cycle a -> b -> c -> a"
+        );
     }
 
     #[test]
     fn self_dependency_is_a_cycle() {
         let errors = Plan::build(spec(vec![stage("a", &["a"])])).expect_err("cycle");
-        assert_eq!(errors, vec![PlanError::Cycle { cycle: vec!["a".into(), "a".into()] }]);
+        assert_eq!(
+            errors,
+            vec![PlanError::Cycle {
+                cycle: vec!["a".into(), "a".into()]
+            }]
+        );
     }
 
     #[test]
@@ -383,13 +442,27 @@ mod tests {
         s.parallelism = 0;
         let errors = Plan::build(s).expect_err("invalid");
         assert!(errors.contains(&PlanError::Parallelism(0)));
-        assert!(errors.contains(&PlanError::DuplicateStage { index: 1, id: "a".into() }));
-        assert!(errors.contains(&PlanError::UnknownDependency { index: 0, stage: "a".into(), dependency: "x".into() }));
+        assert!(errors.contains(&PlanError::DuplicateStage {
+            index: 1,
+            id: "a".into()
+        }));
+        assert!(errors.contains(&PlanError::UnknownDependency {
+            index: 0,
+            stage: "a".into(),
+            dependency: "x".into()
+        }));
     }
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy { limit: 5, initial_ms: 100, factor: 2.0, max_ms: 500, jitter: 0.5, retry_on: vec![] };
+        let p = RetryPolicy {
+            limit: 5,
+            initial_ms: 100,
+            factor: 2.0,
+            max_ms: 500,
+            jitter: 0.5,
+            retry_on: vec![],
+        };
         assert_eq!(p.base_delay(1), Duration::from_millis(100));
         assert_eq!(p.base_delay(2), Duration::from_millis(200));
         assert_eq!(p.base_delay(3), Duration::from_millis(400));

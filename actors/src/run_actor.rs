@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use flowmason_store::{
-    ErrorClass, Event, EventKind, EventStore, RunError, RunPhase, RunState, SkipReason, StageError, StagePhase,
-    StoreError,
+    ErrorClass, Event, EventKind, EventStore, RunError, RunPhase, RunState, SkipReason, StageError,
+    StagePhase, StoreError,
 };
 
 use crate::component::{Component, ComponentOutput, LogLine, StageContext};
@@ -54,8 +54,16 @@ struct StageLogged {
 
 /// Something to do once the events describing it are in the log.
 enum Effect {
-    Start { index: usize, attempt: u32, input: Value },
-    Retry { index: usize, attempt: u32, delay: Duration },
+    Start {
+        index: usize,
+        attempt: u32,
+        input: Value,
+    },
+    Retry {
+        index: usize,
+        attempt: u32,
+        delay: Duration,
+    },
     Finish,
 }
 
@@ -63,7 +71,11 @@ enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 enum Ending {
     /// A stage failed for good: no new stages start; the run fails when running ones have finished.
-    Failed { stage: String, message: String, details: Value },
+    Failed {
+        stage: String,
+        message: String,
+        details: Value,
+    },
 }
 
 pub(crate) struct RunActor {
@@ -182,10 +194,12 @@ impl RunActor {
         }
         if std::mem::take(&mut self.must_sync) {
             let store = self.store.clone();
-            ctx.wait(async move { store.sync().await }.into_actor(self).map(move |result, act, ctx| match result {
-                Ok(()) => act.apply_effects(effects, ctx),
-                Err(e) => act.abandon(e, ctx),
-            }));
+            ctx.wait(async move { store.sync().await }.into_actor(self).map(
+                move |result, act, ctx| match result {
+                    Ok(()) => act.apply_effects(effects, ctx),
+                    Err(e) => act.abandon(e, ctx),
+                },
+            ));
         } else {
             self.apply_effects(effects, ctx);
         }
@@ -194,8 +208,16 @@ impl RunActor {
     fn apply_effects(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
         for effect in effects {
             match effect {
-                Effect::Start { index, attempt, input } => self.spawn_attempt(index, attempt, input, ctx),
-                Effect::Retry { index, attempt, delay } => {
+                Effect::Start {
+                    index,
+                    attempt,
+                    input,
+                } => self.spawn_attempt(index, attempt, input, ctx),
+                Effect::Retry {
+                    index,
+                    attempt,
+                    delay,
+                } => {
                     ctx.run_later(delay, move |act, ctx| act.retry_due(index, attempt, ctx));
                 }
                 Effect::Finish => self.finish(ctx),
@@ -208,7 +230,10 @@ impl RunActor {
         tracing::error!(run = %self.state.run_id, %error, "event log append failed; run abandoned until restart");
         self.stop_all_stages();
         if let Some(outcome) = self.outcome.take() {
-            let _ = outcome.send(Err(EngineError::Store { run: self.state.run_id, source: error }));
+            let _ = outcome.send(Err(EngineError::Store {
+                run: self.state.run_id,
+                source: error,
+            }));
         }
         self.finished = true;
         ctx.stop();
@@ -224,7 +249,9 @@ impl RunActor {
         }
         for index in 0..self.plan.len() {
             let id = &self.plan.stage(index).id;
-            let Some(stage) = self.state.stages.get(id) else { continue };
+            let Some(stage) = self.state.stages.get(id) else {
+                continue;
+            };
             self.phases[index] = stage.phase;
             self.skip_reasons[index] = stage.skip_reason;
             for skipped in &stage.skip {
@@ -240,7 +267,9 @@ impl RunActor {
                         stage: id.clone(),
                         attempt,
                         error: StageError {
-                            message: format!("attempt {attempt} was interrupted by an engine restart"),
+                            message: format!(
+                                "attempt {attempt} was interrupted by an engine restart"
+                            ),
                             class: ErrorClass::Internal,
                             retryable: true,
                             details: Value::Null,
@@ -253,17 +282,25 @@ impl RunActor {
                     let now = now_micros();
                     let due = stage.retry_at.unwrap_or(now);
                     let delay = Duration::from_micros(due.saturating_sub(now).max(0) as u64);
-                    retries.push(Effect::Retry { index, attempt: stage.attempts + 1, delay });
+                    retries.push(Effect::Retry {
+                        index,
+                        attempt: stage.attempts + 1,
+                        delay,
+                    });
                 }
-                StagePhase::Failed => {
-                    if self.ending.is_none() {
-                        let error = stage.error.clone();
-                        self.ending = Some(Ending::Failed {
-                            stage: id.clone(),
-                            message: error.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
-                            details: error.map(|e| e.details).unwrap_or(Value::Null),
-                        });
-                    }
+                StagePhase::Failed if self.ending.is_none() => {
+                    let error = stage.error.clone();
+                    self.ending = Some(Ending::Failed {
+                        stage: id.clone(),
+                        message: format!(
+                            "stage {id:?} failed: {}",
+                            error
+                                .as_ref()
+                                .map(|e| e.message.as_str())
+                                .unwrap_or("no error recorded")
+                        ),
+                        details: error.map(|e| e.details).unwrap_or(Value::Null),
+                    });
                 }
                 _ => {}
             }
@@ -282,7 +319,9 @@ impl RunActor {
 
     /// Looks at a pending stage whose dependencies may all have finished: it becomes ready, or is skipped.
     fn decide(&mut self, index: usize, kinds: &mut Vec<EventKind>) {
-        if self.phases[index] != StagePhase::Pending || self.ready.contains(&(self.position[index], index)) {
+        if self.phases[index] != StagePhase::Pending
+            || self.ready.contains(&(self.position[index], index))
+        {
             return;
         }
         let deps = self.plan.dependencies(index);
@@ -295,7 +334,10 @@ impl RunActor {
             _ => false,
         });
         let branch_skipped = self.excluded.contains(&index)
-            || (!deps.is_empty() && deps.iter().all(|&d| self.skip_reasons[d] == Some(SkipReason::BranchNotTaken)));
+            || (!deps.is_empty()
+                && deps
+                    .iter()
+                    .all(|&d| self.skip_reasons[d] == Some(SkipReason::BranchNotTaken)));
         let reason = if upstream_failed {
             Some(SkipReason::UpstreamFailed)
         } else if branch_skipped {
@@ -313,7 +355,10 @@ impl RunActor {
 
     /// Records a skip, and decides the stages that waited on it.
     fn skip(&mut self, index: usize, reason: SkipReason, kinds: &mut Vec<EventKind>) {
-        kinds.push(EventKind::StageSkipped { stage: self.plan.stage(index).id.clone(), reason });
+        kinds.push(EventKind::StageSkipped {
+            stage: self.plan.stage(index).id.clone(),
+            reason,
+        });
         self.phases[index] = StagePhase::Skipped;
         self.skip_reasons[index] = Some(reason);
         self.decide_dependants(index, kinds);
@@ -336,26 +381,43 @@ impl RunActor {
         self.record(std::mem::take(kinds));
         let cap = self.plan.spec().parallelism.max(1);
         while self.ending.is_none() && self.running_count < cap {
-            let Some((_, index)) = self.ready.pop_first() else { break };
+            let Some((_, index)) = self.ready.pop_first() else {
+                break;
+            };
             let attempt = self.next_attempt[index];
             match self.render_input(index, attempt) {
                 Ok(input) => {
-                    kinds.push(EventKind::StageStarted { stage: self.plan.stage(index).id.clone(), attempt });
+                    kinds.push(EventKind::StageStarted {
+                        stage: self.plan.stage(index).id.clone(),
+                        attempt,
+                    });
                     self.phases[index] = StagePhase::Running;
                     self.running_count += 1;
-                    effects.push(Effect::Start { index, attempt, input });
+                    effects.push(Effect::Start {
+                        index,
+                        attempt,
+                        input,
+                    });
                 }
                 Err(error) => {
                     // The input cannot be built: the attempt fails without running; retrying cannot help.
                     let id = self.plan.stage(index).id.clone();
-                    kinds.push(EventKind::StageStarted { stage: id.clone(), attempt });
-                    kinds.push(EventKind::StageFailed { stage: id, attempt, error: error.clone() });
+                    kinds.push(EventKind::StageStarted {
+                        stage: id.clone(),
+                        attempt,
+                    });
+                    kinds.push(EventKind::StageFailed {
+                        stage: id,
+                        attempt,
+                        error: error.clone(),
+                    });
                     self.fail_for_good(index, error, kinds);
                 }
             }
         }
         // Once the run is ending, a stage waiting for a retry will not get it.
-        let idle = self.running_count == 0 && (self.ending.is_some() || !self.phases.contains(&StagePhase::Retrying));
+        let idle = self.running_count == 0
+            && (self.ending.is_some() || !self.phases.contains(&StagePhase::Retrying));
         if idle && (self.ending.is_some() || self.ready.is_empty()) {
             self.conclude(kinds);
             effects.push(Effect::Finish);
@@ -375,7 +437,12 @@ impl RunActor {
         }
         let stages = &self.state.stages;
         let upstream = |id: &str| stages.get(id).and_then(|s| s.output.as_ref());
-        let scope = Scope { input: &self.state.inputs, upstream: &upstream, env: &self.env, context: &context };
+        let scope = Scope {
+            input: &self.state.inputs,
+            upstream: &upstream,
+            env: &self.env,
+            context: &context,
+        };
         template::build_input(&stage.config, &stage.input_mapping, &scope).map_err(|e| StageError {
             message: e.to_string(),
             class: ErrorClass::Template,
@@ -409,16 +476,31 @@ impl RunActor {
                 } else {
                     SkipReason::RunEnded
                 };
-                kinds.push(EventKind::StageSkipped { stage: plan.stage(index).id.clone(), reason });
+                kinds.push(EventKind::StageSkipped {
+                    stage: plan.stage(index).id.clone(),
+                    reason,
+                });
                 self.phases[index] = StagePhase::Skipped;
                 self.skip_reasons[index] = Some(reason);
             }
         }
         match ending {
-            Some(Ending::Failed { stage, message, details }) => {
-                kinds.push(EventKind::RunFailed { error: RunError { message, stage: Some(stage), details } });
+            Some(Ending::Failed {
+                stage,
+                message,
+                details,
+            }) => {
+                kinds.push(EventKind::RunFailed {
+                    error: RunError {
+                        message,
+                        stage: Some(stage),
+                        details,
+                    },
+                });
             }
-            None => kinds.push(EventKind::RunSucceeded { output: self.run_output() }),
+            None => kinds.push(EventKind::RunSucceeded {
+                output: self.run_output(),
+            }),
         }
         self.finished = true;
     }
@@ -432,9 +514,18 @@ impl RunActor {
     /// The output of `outputStage`, else of the single sink stage, else an object keyed by sink stage id
     /// (sinks that did not succeed are left out).
     fn run_output(&self) -> Value {
-        let output_of = |index: usize| self.state.stages.get(&self.plan.stage(index).id).and_then(|s| s.output.clone());
+        let output_of = |index: usize| {
+            self.state
+                .stages
+                .get(&self.plan.stage(index).id)
+                .and_then(|s| s.output.clone())
+        };
         if let Some(id) = &self.plan.spec().output_stage {
-            return self.plan.index_of(id).and_then(output_of).unwrap_or(Value::Null);
+            return self
+                .plan
+                .index_of(id)
+                .and_then(output_of)
+                .unwrap_or(Value::Null);
         }
         let sinks = self.plan.sinks();
         if let [only] = sinks.as_slice() {
@@ -454,7 +545,13 @@ impl RunActor {
         let component = self.components[index].clone();
         let me = ctx.address();
         let log_to = me.clone();
-        let log = Arc::new(move |line: LogLine| log_to.do_send(StageLogged { index, attempt, line }));
+        let log = Arc::new(move |line: LogLine| {
+            log_to.do_send(StageLogged {
+                index,
+                attempt,
+                line,
+            })
+        });
         let cancel = CancellationToken::new();
         let context = StageContext::new(
             self.state.run_id,
@@ -535,7 +632,9 @@ impl RunActor {
     }
 
     fn arm_run_timeout(&mut self, ctx: &mut Context<Self>) {
-        let Some(limit_ms) = self.plan.spec().timeout_ms else { return };
+        let Some(limit_ms) = self.plan.spec().timeout_ms else {
+            return;
+        };
         let started = self.state.started_at.unwrap_or_else(now_micros);
         let elapsed = Duration::from_micros(now_micros().saturating_sub(started).max(0) as u64);
         let limit = Duration::from_millis(limit_ms);
@@ -561,7 +660,9 @@ impl Actor for RunActor {
         self.stop_all_stages();
         deregister(&self.engine, self.state.run_id);
         if let Some(outcome) = self.outcome.take() {
-            let _ = outcome.send(Err(EngineError::Lost { run: self.state.run_id }));
+            let _ = outcome.send(Err(EngineError::Lost {
+                run: self.state.run_id,
+            }));
         }
     }
 }
@@ -570,7 +671,11 @@ impl Handler<StageDone> for RunActor {
     type Result = ();
 
     fn handle(&mut self, done: StageDone, ctx: &mut Self::Context) {
-        let StageDone { index, attempt, result } = done;
+        let StageDone {
+            index,
+            attempt,
+            result,
+        } = done;
         match &self.running[index] {
             Some((running, _)) if *running == attempt => {}
             _ => return, // a cancelled attempt's late answer
@@ -585,7 +690,12 @@ impl Handler<StageDone> for RunActor {
         let mut effects = Vec::new();
         match result {
             Ok(ComponentOutput { output, skip }) => {
-                kinds.push(EventKind::StageSucceeded { stage: id, attempt, output, skip: skip.clone() });
+                kinds.push(EventKind::StageSucceeded {
+                    stage: id,
+                    attempt,
+                    output,
+                    skip: skip.clone(),
+                });
                 self.phases[index] = StagePhase::Succeeded;
                 for excluded in skip.iter().filter_map(|s| self.plan.index_of(s)) {
                     self.excluded.insert(excluded);
@@ -595,14 +705,27 @@ impl Handler<StageDone> for RunActor {
             Err(error) => {
                 let error = error.into_stage_error();
                 let policy = self.plan.retry_policy(index);
-                let retry = self.ending.is_none() && policy.allows_retry(attempt, error.class, error.retryable);
-                kinds.push(EventKind::StageFailed { stage: id.clone(), attempt, error: error.clone() });
+                let retry = self.ending.is_none()
+                    && policy.allows_retry(attempt, error.class, error.retryable);
+                kinds.push(EventKind::StageFailed {
+                    stage: id.clone(),
+                    attempt,
+                    error: error.clone(),
+                });
                 if retry {
                     let delay = policy.delay(attempt, rand::random::<f64>());
                     let at = now_micros() + delay.as_micros() as i64;
-                    kinds.push(EventKind::StageRetryScheduled { stage: id, attempt: attempt + 1, at });
+                    kinds.push(EventKind::StageRetryScheduled {
+                        stage: id,
+                        attempt: attempt + 1,
+                        at,
+                    });
                     self.phases[index] = StagePhase::Retrying;
-                    effects.push(Effect::Retry { index, attempt: attempt + 1, delay });
+                    effects.push(Effect::Retry {
+                        index,
+                        attempt: attempt + 1,
+                        delay,
+                    });
                 } else {
                     self.fail_for_good(index, error, &mut kinds);
                 }
@@ -640,5 +763,8 @@ impl Handler<CancelRun> for RunActor {
 }
 
 pub(crate) fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }

@@ -62,10 +62,19 @@ impl Actor for StageActor {
                 },
                 None => work.await,
             };
-            outcome.unwrap_or_else(|panic| Err(ComponentError::internal(format!("component panicked: {}", panic_message(&panic)))))
+            outcome.unwrap_or_else(|panic| {
+                Err(ComponentError::internal(format!(
+                    "component panicked: {}",
+                    panic_message(&panic)
+                )))
+            })
         };
         ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
-            act.report.do_send(StageDone { index: act.index, attempt: act.attempt, result });
+            act.report.do_send(StageDone {
+                index: act.index,
+                attempt: act.attempt,
+                result,
+            });
             ctx.stop();
         }));
     }
@@ -98,5 +107,9 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// `1.5s`, `250ms`: how users wrote the limit.
 pub(crate) fn humanize(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }

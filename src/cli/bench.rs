@@ -1,6 +1,7 @@
 //! `fm bench`: end-to-end load harnesses. `fm bench engine` pushes many runs of a synthetic pipeline shape
 //! through the real engine and event log and reports throughput, per-stage overhead, run latency and memory.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -80,8 +81,14 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = EventStore::open(&dir, StoreConfig { durability: args.durability, ..StoreConfig::default() })
-        .with_context(|| format!("cannot open the event log in {}", dir.display()))?;
+    let store = EventStore::open(
+        &dir,
+        StoreConfig {
+            durability: args.durability,
+            ..StoreConfig::default()
+        },
+    )
+    .with_context(|| format!("cannot open the event log in {}", dir.display()))?;
     let plan = args.shape.plan(args.parallelism, args.stage_ms);
     let stages_per_run = plan.stages.len();
     let baseline_rss = rss_kib("VmRSS");
@@ -92,7 +99,14 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
         let print_runs = args.print_runs;
         let (runs, concurrency) = (args.runs, args.concurrency);
         move || async move {
-            let engine = Engine::new(store, builtin_registry(), EngineConfig { workers, ..EngineConfig::default() });
+            let engine = Engine::new(
+                store,
+                builtin_registry(),
+                EngineConfig {
+                    workers,
+                    ..EngineConfig::default()
+                },
+            );
             let started = Instant::now();
             let results: Vec<anyhow::Result<(Duration, RunPhase)>> = futures::stream::iter(0..runs)
                 .map(|i| {
@@ -103,7 +117,10 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
                         let request = RunRequest::new("bench", plan, json!({ "i": i }));
                         let state = engine.start(request).await?.finished().await?;
                         if print_runs {
-                            println!("{}", json!({ "runId": state.run_id.to_string(), "phase": state.phase }));
+                            // A reader that went away (a closed pipe) is no reason to stop the benchmark.
+                            let line =
+                                json!({ "runId": state.run_id.to_string(), "phase": state.phase });
+                            let _ = writeln!(std::io::stdout().lock(), "{line}");
                         }
                         Ok((t0.elapsed(), state.phase))
                     }
@@ -169,11 +186,17 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
             secs * 1e6 / stages,
             pct(0.50).as_secs_f64() * 1e3,
             pct(0.99).as_secs_f64() * 1e3,
-            peak_rss.map(|k| k.to_string()).unwrap_or_else(|| "?".into()),
+            peak_rss
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "?".into()),
             failed,
         );
     }
-    Ok(if failed == 0 { 0 } else { super::EXIT_RUN_FAILED })
+    Ok(if failed == 0 {
+        0
+    } else {
+        super::EXIT_RUN_FAILED
+    })
 }
 
 /// A memory figure of this process from /proc (Linux), in KiB.

@@ -57,7 +57,12 @@ pub enum HistoryCommand {
 }
 
 pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
-    if let Some(HistoryCommand::Show { run_id, output, store }) = args.show {
+    if let Some(HistoryCommand::Show {
+        run_id,
+        output,
+        store,
+    }) = args.show
+    {
         return show(&run_id, output, &store);
     }
     let query = RunQuery {
@@ -65,8 +70,16 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         pipeline: args.pipeline,
         phases: args.phase,
         trigger: args.trigger,
-        since: args.since.as_deref().map(|t| parse_time("--since", t)).transpose()?,
-        until: args.until.as_deref().map(|t| parse_time("--until", t)).transpose()?,
+        since: args
+            .since
+            .as_deref()
+            .map(|t| parse_time("--since", t))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|t| parse_time("--until", t))
+            .transpose()?,
         limit: args.limit,
         continue_token: args.continue_token,
         ..RunQuery::default()
@@ -76,7 +89,18 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
     match args.output {
         OutputFormat::Table => {
             let rows: Vec<Vec<String>> = page.runs.iter().map(summary_row).collect();
-            print_table(&["RUN ID", "PIPELINE", "NAMESPACE", "PHASE", "TRIGGER", "STARTED", "DURATION"], &rows);
+            print_table(
+                &[
+                    "RUN ID",
+                    "PIPELINE",
+                    "NAMESPACE",
+                    "PHASE",
+                    "TRIGGER",
+                    "STARTED",
+                    "DURATION",
+                ],
+                &rows,
+            );
             if let Some(token) = &page.continue_token {
                 eprintln!("more runs: --continue {token}");
             }
@@ -87,13 +111,20 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
 }
 
 fn show(run_id: &str, output: OutputFormat, store: &StoreArgs) -> anyhow::Result<i32> {
-    let run: RunId = run_id.parse().with_context(|| format!("run id {run_id:?} is not a UUID"))?;
+    let run: RunId = run_id
+        .parse()
+        .with_context(|| format!("run id {run_id:?} is not a UUID"))?;
     let store = store.open()?;
-    let Some(state) = store.fold(run).with_context(|| format!("cannot read run {run}"))? else {
+    let Some(state) = store
+        .fold(run)
+        .with_context(|| format!("cannot read run {run}"))?
+    else {
         eprintln!("run {run} not found");
         return Ok(EXIT_INVALID);
     };
-    let events = store.events(run).with_context(|| format!("cannot read run {run}"))?;
+    let events = store
+        .events(run)
+        .with_context(|| format!("cannot read run {run}"))?;
     match output {
         OutputFormat::Table => print_run(&state, &events),
         format => print_structured(&json!({ "run": state, "events": events }), format)?,
@@ -103,7 +134,10 @@ fn show(run_id: &str, output: OutputFormat, store: &StoreArgs) -> anyhow::Result
 
 fn print_run(state: &RunState, events: &[flowmason_store::Event]) {
     println!("Run:       {}", state.run_id);
-    println!("Pipeline:  {}/{} (generation {})", state.namespace, state.pipeline, state.generation);
+    println!(
+        "Pipeline:  {}/{} (generation {})",
+        state.namespace, state.pipeline, state.generation
+    );
     println!("Trigger:   {}", state.trigger);
     println!("Phase:     {}", state.phase);
     println!("Accepted:  {}", format_time(state.accepted_at));
@@ -127,7 +161,10 @@ fn print_run(state: &RunState, events: &[flowmason_store::Event]) {
                 s.phase.as_str().to_string(),
                 s.attempts.to_string(),
                 duration,
-                s.error.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
+                s.error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -136,12 +173,18 @@ fn print_run(state: &RunState, events: &[flowmason_store::Event]) {
     let start = state.accepted_at;
     for event in events {
         let line = describe(&event.kind).unwrap_or_default();
-        println!("{:>5} {:>10} {line}", event.seq, format!("+{}", format_duration(event.at - start)));
+        println!(
+            "{:>5} {:>10} {line}",
+            event.seq,
+            format!("+{}", format_duration(event.at - start))
+        );
     }
 }
 
 fn summary_row(s: &RunSummary) -> Vec<String> {
-    let duration = s.finished_at.map(|end| format_duration(end - s.started_at.unwrap_or(s.accepted_at)));
+    let duration = s
+        .finished_at
+        .map(|end| format_duration(end - s.started_at.unwrap_or(s.accepted_at)));
     vec![
         s.run_id.to_string(),
         s.pipeline.clone(),
@@ -162,7 +205,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.to_vec());
@@ -183,7 +230,9 @@ fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
     };
     match age_ms {
         Some(ms) => Ok(Utc::now().timestamp_micros() - (ms as i64) * 1000),
-        None => bail!("{flag} {text:?}: expected an RFC 3339 time (2026-11-28T10:00:00Z) or an age (90s, 2h, 7d)"),
+        None => bail!(
+            "{flag} {text:?}: expected an RFC 3339 time (2026-11-28T10:00:00Z) or an age (90s, 2h, 7d)"
+        ),
     }
 }
 
@@ -222,7 +271,10 @@ mod tests {
 
     #[test]
     fn times_parse_as_rfc3339_or_age() {
-        assert_eq!(parse_time("--since", "2026-01-01T00:00:00Z").expect("rfc3339"), 1_767_225_600_000_000);
+        assert_eq!(
+            parse_time("--since", "2026-01-01T00:00:00Z").expect("rfc3339"),
+            1_767_225_600_000_000
+        );
         let hour_ago = parse_time("--since", "1h").expect("age");
         let expected = Utc::now().timestamp_micros() - 3_600_000_000;
         assert!((hour_ago - expected).abs() < 5_000_000);

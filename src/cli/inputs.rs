@@ -14,13 +14,18 @@ pub fn parse(pairs: &[String], file: Option<&Path>) -> anyhow::Result<Option<Val
     }
     let mut inputs = Map::new();
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--inputs: cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--inputs: cannot read {}", path.display()))?;
         let value: Value = serde_json::from_str(&text)
             .or_else(|_| serde_saphyr::from_str(&text))
             .with_context(|| format!("--inputs: {} is neither JSON nor YAML", path.display()))?;
         match value {
             Value::Object(map) => inputs.extend(map),
-            other => bail!("--inputs: {} must hold an object, found {}", path.display(), kind(&other)),
+            other => bail!(
+                "--inputs: {} must hold an object, found {}",
+                path.display(),
+                kind(&other)
+            ),
         }
     }
     for pair in pairs {
@@ -54,9 +59,17 @@ mod tests {
 
     #[test]
     fn pairs_keep_json_types_and_fall_back_to_strings() {
-        let pairs = ["n=3".to_string(), "name=Ada Lovelace".to_string(), "tags=[\"a\"]".to_string(), "eq=a=b".to_string()];
+        let pairs = [
+            "n=3".to_string(),
+            "name=Ada Lovelace".to_string(),
+            "tags=[\"a\"]".to_string(),
+            "eq=a=b".to_string(),
+        ];
         let inputs = parse(&pairs, None).expect("valid").expect("some");
-        assert_eq!(inputs, json!({"n": 3, "name": "Ada Lovelace", "tags": ["a"], "eq": "a=b"}));
+        assert_eq!(
+            inputs,
+            json!({"n": 3, "name": "Ada Lovelace", "tags": ["a"], "eq": "a=b"})
+        );
     }
 
     #[test]
@@ -75,7 +88,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("in.json");
         std::fs::write(&path, r#"{"a": 1, "b": 2}"#).expect("write");
-        let inputs = parse(&["b=3".to_string()], Some(&path)).expect("valid").expect("some");
+        let inputs = parse(&["b=3".to_string()], Some(&path))
+            .expect("valid")
+            .expect("some");
         assert_eq!(inputs, json!({"a": 1, "b": 3}));
     }
 }

@@ -20,7 +20,11 @@ pub const EXIT_RUN_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "fm", version, about = "FlowMason engine: run, validate and inspect FlowMason pipelines")]
+#[command(
+    name = "fm",
+    version,
+    about = "FlowMason engine: run, validate and inspect FlowMason pipelines"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -59,7 +63,8 @@ impl StoreArgs {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }
-        let home = std::env::var_os("HOME").context("--data-dir is not given and HOME is not set")?;
+        let home =
+            std::env::var_os("HOME").context("--data-dir is not given and HOME is not set")?;
         Ok(PathBuf::from(home).join(".local/share/flowmason"))
     }
 
@@ -67,9 +72,21 @@ impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<EventStore> {
         let dir = self.data_dir()?;
         let path = dir.join("events");
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create data dir {}", path.display()))?;
-        EventStore::open(&path, StoreConfig { durability: self.durability, ..StoreConfig::default() })
-            .with_context(|| format!("cannot open the event log in {} (is another fm using it?)", path.display()))
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create data dir {}", path.display()))?;
+        EventStore::open(
+            &path,
+            StoreConfig {
+                durability: self.durability,
+                ..StoreConfig::default()
+            },
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the event log in {} (is another fm using it?)",
+                path.display()
+            )
+        })
     }
 }
 
@@ -88,7 +105,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::validate(args),
         Command::Crds => {
-            print!("{}---\n{}", crate::model::pipeline_crd_yaml(), crate::model::pipelinerun_crd_yaml());
+            print!(
+                "{}---\n{}",
+                crate::model::pipeline_crd_yaml(),
+                crate::model::pipelinerun_crd_yaml()
+            );
             Ok(0)
         }
         Command::History(args) => history::history(args),
@@ -100,8 +121,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// Prints a value as pretty JSON or YAML.
 pub fn print_structured(value: &impl serde::Serialize, format: OutputFormat) -> anyhow::Result<()> {
     match format {
-        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(value).context("cannot render YAML")?),
-        _ => println!("{}", serde_json::to_string_pretty(value).context("cannot render JSON")?),
+        OutputFormat::Yaml => print!(
+            "{}",
+            serde_saphyr::to_string(value).context("cannot render YAML")?
+        ),
+        _ => println!(
+            "{}",
+            serde_json::to_string_pretty(value).context("cannot render JSON")?
+        ),
     }
     Ok(())
 }

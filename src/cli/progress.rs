@@ -10,7 +10,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Shows the events of one run as they arrive.
 pub enum Progress {
-    Bars { multi: MultiProgress, bars: HashMap<String, ProgressBar>, style: ProgressStyle },
+    Bars {
+        multi: MultiProgress,
+        bars: HashMap<String, ProgressBar>,
+        style: ProgressStyle,
+    },
     Lines,
 }
 
@@ -18,8 +22,10 @@ impl Progress {
     /// Bars when stderr is a terminal, lines otherwise.
     pub fn for_stderr() -> Progress {
         if std::io::stderr().is_terminal() {
-            let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {wide_msg} {elapsed:>4}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let style = ProgressStyle::with_template(
+                "{spinner:.cyan} {prefix:.bold} {wide_msg} {elapsed:>4}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
             Progress::Bars {
                 multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
                 bars: HashMap::new(),
@@ -53,13 +59,23 @@ impl Progress {
                     bar
                 });
                 match &event.kind {
-                    EventKind::StageStarted { attempt, .. } if *attempt > 1 => bar.set_message(format!("running (attempt {attempt})")),
+                    EventKind::StageStarted { attempt, .. } if *attempt > 1 => {
+                        bar.set_message(format!("running (attempt {attempt})"))
+                    }
                     EventKind::StageStarted { .. } => bar.set_message("running"),
-                    EventKind::StageLog { level, message, .. } => bar.set_message(format!("{level}: {message}")),
-                    EventKind::StageRetryScheduled { attempt, .. } => bar.set_message(format!("retrying (attempt {attempt} scheduled)")),
+                    EventKind::StageLog { level, message, .. } => {
+                        bar.set_message(format!("{level}: {message}"))
+                    }
+                    EventKind::StageRetryScheduled { attempt, .. } => {
+                        bar.set_message(format!("retrying (attempt {attempt} scheduled)"))
+                    }
                     EventKind::StageSucceeded { .. } => bar.finish_with_message("✔ succeeded"),
-                    EventKind::StageFailed { error, .. } => bar.set_message(format!("✘ {}", error.message)),
-                    EventKind::StageSkipped { reason, .. } => bar.finish_with_message(format!("– skipped ({reason:?})")),
+                    EventKind::StageFailed { error, .. } => {
+                        bar.set_message(format!("✘ {}", error.message))
+                    }
+                    EventKind::StageSkipped { reason, .. } => {
+                        bar.finish_with_message(format!("– skipped ({reason:?})"))
+                    }
                     _ => {}
                 }
             }
@@ -83,12 +99,30 @@ pub fn describe(kind: &EventKind) -> Option<String> {
     Some(match kind {
         EventKind::RunAccepted { pipeline, .. } => format!("run of {pipeline} accepted"),
         EventKind::RunStarted => "run started".to_string(),
-        EventKind::StageStarted { stage, attempt } => format!("stage {stage} started (attempt {attempt})"),
-        EventKind::StageSucceeded { stage, attempt, .. } => format!("stage {stage} succeeded (attempt {attempt})"),
-        EventKind::StageFailed { stage, attempt, error } => format!("stage {stage} failed (attempt {attempt}): {}", error.message),
-        EventKind::StageRetryScheduled { stage, attempt, .. } => format!("stage {stage} will retry (attempt {attempt})"),
+        EventKind::StageStarted { stage, attempt } => {
+            format!("stage {stage} started (attempt {attempt})")
+        }
+        EventKind::StageSucceeded { stage, attempt, .. } => {
+            format!("stage {stage} succeeded (attempt {attempt})")
+        }
+        EventKind::StageFailed {
+            stage,
+            attempt,
+            error,
+        } => format!(
+            "stage {stage} failed (attempt {attempt}): {}",
+            error.message
+        ),
+        EventKind::StageRetryScheduled { stage, attempt, .. } => {
+            format!("stage {stage} will retry (attempt {attempt})")
+        }
         EventKind::StageSkipped { stage, reason } => format!("stage {stage} skipped ({reason:?})"),
-        EventKind::StageLog { stage, level, message, .. } => format!("stage {stage} [{level}] {message}"),
+        EventKind::StageLog {
+            stage,
+            level,
+            message,
+            ..
+        } => format!("stage {stage} [{level}] {message}"),
         EventKind::RunSucceeded { .. } => "run succeeded".to_string(),
         EventKind::RunFailed { error } => format!("run failed: {}", error.message),
         EventKind::RunCancelled { reason } => format!("run cancelled: {reason}"),

@@ -45,11 +45,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         for problem in &problems {
             eprintln!("{}: {problem}", args.file.display());
         }
-        eprintln!("{}: {} problem(s); nothing was run", args.file.display(), problems.len());
+        eprintln!(
+            "{}: {} problem(s); nothing was run",
+            args.file.display(),
+            problems.len()
+        );
         return Ok(EXIT_INVALID);
     }
     let plan = model::to_plan(&loaded.spec).map_err(|problems| {
-        anyhow::anyhow!(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        anyhow::anyhow!(
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     })?;
     let inputs = inputs::parse(&args.input, args.inputs.as_deref())?
         .or_else(|| loaded.sample_input.clone())
@@ -61,7 +71,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     crate::runtime::block_on(move || async move {
         let engine = Engine::new(store.clone(), registry, EngineConfig::default());
-        let mut handle = engine.start_observed(request).await.context("cannot start the run")?;
+        let mut handle = engine
+            .start_observed(request)
+            .await
+            .context("cannot start the run")?;
         let run_id = handle.run_id;
         eprintln!("run {run_id} of {}", loaded.name);
         let mut events = handle.take_events();
@@ -101,6 +114,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             RunOutput::Pretty => serde_json::to_string_pretty(&output)?,
         };
         println!("{text}");
-        Ok(if state.phase == RunPhase::Succeeded { 0 } else { EXIT_RUN_FAILED })
+        Ok(if state.phase == RunPhase::Succeeded {
+            0
+        } else {
+            EXIT_RUN_FAILED
+        })
     })?
 }

@@ -25,7 +25,12 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
     let registry = builtin_registry();
     let problems = model::validate(&loaded.spec, &|name| registry.contains(name));
     if problems.is_empty() {
-        println!("{}: pipeline {} is valid ({} stages)", args.file.display(), loaded.name, loaded.spec.stages.len());
+        println!(
+            "{}: pipeline {} is valid ({} stages)",
+            args.file.display(),
+            loaded.name,
+            loaded.spec.stages.len()
+        );
         return Ok(0);
     }
     for problem in &problems {

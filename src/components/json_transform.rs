@@ -123,7 +123,7 @@ fn transform(input: Value) -> Result<Value, ComponentError> {
         let result = serde_json::to_value(&*found).map_err(|e| {
             ComponentError::internal(format!("{NAME}: jmespath result is not JSON: {e}"))
         })?;
-        return Ok(output(result, 1, Vec::new()));
+        return Ok(output(integral_floats_as_ints(result), 1, Vec::new()));
     }
     if let Some(mapping) = mapping.filter(|m| !m.is_empty()) {
         let mut result = Map::new();
@@ -477,9 +477,30 @@ fn val_to_json(val: &Val) -> Value {
     }
 }
 
+/// Integral floats within this bound convert to integers exactly.
+const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// JMESPath computes in floats (`sum([1, 2])` is `3.0`); FlowMason's Python JMESPath keeps integers
+/// integral, so pipelines expect `3`.
+fn integral_floats_as_ints(value: Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(integral_floats_as_ints).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, integral_floats_as_ints(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 fn num_to_json(num: &Num) -> Value {
-    /// Integral floats within this bound convert to integers exactly.
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match num {
         Num::Int(i) => Value::from(*i as i64),
         Num::Float(f) if f.fract() == 0.0 && f.abs() <= EXACT => Value::from(*f as i64),
@@ -538,6 +559,18 @@ mod tests {
             out,
             json!({"result": {"x": 1}, "fields_mapped": 2, "fields_missing": []})
         );
+    }
+
+    #[tokio::test]
+    async fn jmespath_keeps_integral_numbers_integral() {
+        let out = run(json!({"data": [{"t": 30}, {"t": 120}, {"t": 1.5}], "jmespath_expression": "{sum: sum([*].t), all: [*].t}"}))
+            .await
+            .unwrap();
+        assert_eq!(out["result"], json!({"sum": 151.5, "all": [30, 120, 1.5]}));
+        let out = run(json!({"data": [30, 120], "jmespath_expression": "sum(@)"}))
+            .await
+            .unwrap();
+        assert_eq!(out["result"], json!(150));
     }
 
     #[tokio::test]
