@@ -3,6 +3,11 @@
 //! Every value starts with a format version byte so that a later release can change the encoding and still
 //! read (or at least recognise) old records. Version 1 is JSON: readable with any tool, and the event
 //! payloads (plans, outputs) are JSON already. The sequence number of an event is in its key, not its value.
+//!
+//! An event value is either one version-1 record (its key holds its seq) or a version-2 segment: several
+//! consecutive version-1 records of one run written in one go, keyed by the seq of the LAST of them, each
+//! preceded by its length (u32, little endian). Segments are how the write-behind buffer turns many small
+//! appends into few sled writes.
 
 use serde::{Deserialize, Serialize};
 use sled::IVec;
@@ -12,8 +17,10 @@ use crate::event::{Event, EventKind, RunId};
 use crate::keys;
 use crate::summary::RunSummary;
 
-/// The format version this build writes, and the only one it reads.
+/// The format version of one record (an event, a summary).
 pub(crate) const FORMAT_VERSION: u8 = 1;
+/// The format version of a segment of consecutive event records.
+pub(crate) const SEGMENT_VERSION: u8 = 2;
 
 #[derive(Serialize)]
 struct RecordRef<'a> {
@@ -59,13 +66,83 @@ pub(crate) fn encode_event(
     })
 }
 
-/// Decodes the event stored under `key` for `run`.
+/// The value storing `records` (encoded events of one run with consecutive seqs): the record itself when
+/// there is one, else a segment.
+pub(crate) fn encode_segment(records: &[IVec]) -> IVec {
+    if let [only] = records {
+        return only.clone();
+    }
+    let len = 1 + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+    let mut buf = Vec::with_capacity(len);
+    buf.push(SEGMENT_VERSION);
+    for record in records {
+        buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        buf.extend_from_slice(record);
+    }
+    IVec::from(buf)
+}
+
+/// Decodes the events stored under `key` for `run`: one record, or a segment ending at the key's seq.
+pub(crate) fn decode_events(
+    run: RunId,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Vec<Event>, StoreError> {
+    let last = keys::event_seq(key).ok_or_else(|| StoreError::Corrupt {
+        run,
+        seq: 0,
+        reason: format!("malformed event key of {} bytes", key.len()),
+    })?;
+    let Some((&SEGMENT_VERSION, mut rest)) = value.split_first() else {
+        return Ok(vec![decode_record(run, last, value)?]);
+    };
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            run,
+            seq: last,
+            reason: format!("segment: {reason}"),
+        };
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("truncated length"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(corrupt("truncated record"));
+        }
+        records.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    let first = (last + 1)
+        .checked_sub(records.len() as u64)
+        .ok_or_else(|| StoreError::Corrupt {
+            run,
+            seq: last,
+            reason: format!(
+                "segment of {} records cannot end at sequence {last}",
+                records.len()
+            ),
+        })?;
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| decode_record(run, first + i as u64, record))
+        .collect()
+}
+
+/// Decodes the event stored under `key` for `run` (a single record).
+#[cfg(test)]
 pub(crate) fn decode_event(run: RunId, key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
     let seq = keys::event_seq(key).ok_or_else(|| StoreError::Corrupt {
         run,
         seq: 0,
         reason: format!("malformed event key of {} bytes", key.len()),
     })?;
+    decode_record(run, seq, value)
+}
+
+/// Decodes one version-1 event record with sequence `seq`.
+fn decode_record(run: RunId, seq: u64, value: &[u8]) -> Result<Event, StoreError> {
     match value.split_first() {
         None => Err(StoreError::Corrupt {
             run,
@@ -125,6 +202,45 @@ pub(crate) fn decode_summary(run: RunId, value: &[u8]) -> Result<RunSummary, Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_round_trip_and_truncation_names_the_run() {
+        let run = RunId::from_u128(9);
+        let kinds = [
+            EventKind::RunStarted,
+            EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 1,
+            },
+            EventKind::StageSkipped {
+                stage: "b".into(),
+                reason: crate::event::SkipReason::RunEnded,
+            },
+        ];
+        let records: Vec<IVec> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| encode_event(run, 4 + i as u64, 50, k).unwrap())
+            .collect();
+        let value = encode_segment(&records);
+        assert_eq!(value[0], SEGMENT_VERSION);
+        let events = decode_events(run, &keys::event_key(run, 6), &value).unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(
+            events.into_iter().map(|e| e.kind).collect::<Vec<_>>(),
+            kinds
+        );
+        // One record is stored as itself.
+        assert_eq!(encode_segment(&records[..1]), records[0]);
+        let err =
+            decode_events(run, &keys::event_key(run, 6), &value[..value.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains(&run.to_string()), "{err}");
+        let err = decode_events(run, &keys::event_key(run, 1), &value).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot end at sequence 1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn event_round_trips() {

@@ -1,9 +1,10 @@
-//! The one thread that makes appends durable.
+//! The one thread that writes buffered appends out and makes them durable.
 //!
 //! sled 0.34's `flush_async` deadlocks under concurrent use (spacejam/sled#1308), so durability is never
 //! awaited inside sled: waiters queue a oneshot sender, and this thread answers every waiter queued while it
-//! was busy with ONE blocking `flush()` (group commit: an `always` append costs one fsync per group, not one
-//! each). Under the `batch` policy it also flushes `flush_interval` after the first unflushed append.
+//! was busy with ONE write cycle (the write-behind buffer into sled) and ONE blocking `flush()` (group
+//! commit: an `always` append costs one fsync per group, not one each). Under the `batch` policy it also
+//! writes and flushes `flush_interval` after the first unflushed append; under `never` it only writes.
 //! The thread ends when the store's last handle drops: the channel closes, the thread flushes what is left
 //! and exits, and the store's drop joins it so that the database files are closed when drop returns.
 
@@ -19,6 +20,9 @@ use crate::config::Durability;
 use crate::error::StoreError;
 
 type Reply = oneshot::Sender<Result<(), sled::Error>>;
+
+/// Writes the buffered appends into sled (one write cycle).
+pub(crate) type WriteOut = Box<dyn Fn() -> Result<(), sled::Error> + Send>;
 
 enum Msg {
     /// Flush, then answer.
@@ -40,13 +44,14 @@ impl Flusher {
         db: sled::Db,
         durability: Durability,
         interval: Duration,
+        write_out: WriteOut,
     ) -> Result<Flusher, StoreError> {
         let (tx, rx) = mpsc::channel();
         let dirty = Arc::new(AtomicBool::new(false));
         let thread_dirty = dirty.clone();
         let thread = std::thread::Builder::new()
             .name("flowmason-store-flusher".into())
-            .spawn(move || run(db, rx, thread_dirty, durability, interval))
+            .spawn(move || run(db, rx, thread_dirty, durability, interval, write_out))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(Flusher {
             tx: Some(tx),
@@ -56,12 +61,12 @@ impl Flusher {
         })
     }
 
-    /// Records that an append happened; under the batch policy the first append after a flush starts the
-    /// flush timer. One atomic swap on the hot path, a message only on the clean -> dirty edge.
+    /// Records that an append happened; under the batch and never policies the first append after a cycle
+    /// starts the cycle timer (under always, every append waits and so asks for a cycle itself). One atomic swap on the hot path, a message only on the clean -> dirty edge.
     #[inline]
     pub(crate) fn note_append(&self) {
         if !self.dirty.swap(true, Ordering::AcqRel)
-            && self.durability == Durability::Batch
+            && self.durability != Durability::Always
             && let Some(tx) = &self.tx
         {
             // A send error means the thread is gone; the next waiter will see `Closed`.
@@ -103,6 +108,7 @@ fn run(
     dirty: Arc<AtomicBool>,
     durability: Durability,
     interval: Duration,
+    write_out: WriteOut,
 ) {
     let mut deadline: Option<Instant> = None;
     loop {
@@ -130,7 +136,13 @@ fn run(
         // Cleared before the flush: an append racing with it either is covered by the flush or sets the flag
         // (and, under batch, re-arms the timer) again.
         dirty.store(false, Ordering::SeqCst);
-        let result = db.flush().map(drop);
+        let result = write_out().and_then(|()| {
+            if durability != Durability::Never || !waiters.is_empty() {
+                db.flush().map(drop)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = &result {
             tracing::error!(error = %e, "event store flush failed");
         }
@@ -139,10 +151,16 @@ fn run(
             let _ = reply.send(result.clone());
         }
     }
-    if durability != Durability::Never
-        && dirty.load(Ordering::SeqCst)
-        && let Err(e) = db.flush()
-    {
-        tracing::error!(error = %e, "event store flush on close failed");
+    if dirty.load(Ordering::SeqCst) {
+        let closed = write_out().and_then(|()| {
+            if durability != Durability::Never {
+                db.flush().map(drop)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "event store write on close failed");
+        }
     }
 }

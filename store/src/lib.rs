@@ -5,6 +5,7 @@
 //! - [`EventStore`]: appends (with the stream rules and per-policy durability), reads, history queries,
 //!   deletion. Layout of the records: see the `keys` module.
 
+mod buffer;
 mod codec;
 mod config;
 mod error;

@@ -120,6 +120,7 @@ impl EventStore {
     /// returned, and the next page starts strictly after it, so a page never repeats or skips a run even
     /// while new runs arrive (they are newer and sort before the token).
     pub fn query(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
+        self.inner.write_buffered()?;
         let limit = if q.limit == 0 {
             DEFAULT_QUERY_LIMIT
         } else {

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::{Batch, IVec};
 
+use crate::buffer::WriteBuffer;
 use crate::codec;
 use crate::config::{Durability, StoreConfig};
 use crate::error::StoreError;
@@ -54,7 +55,8 @@ pub(crate) struct Inner {
     pub(crate) tree: sled::Tree,
     db: sled::Db,
     durability: Durability,
-    cursors: Box<[Mutex<CursorMap>]>,
+    cursors: Arc<[Mutex<CursorMap>]>,
+    buffer: Arc<WriteBuffer>,
     /// The last timestamp handed out: stamps never go backwards, so newer runs always sort first.
     clock: AtomicI64,
 }
@@ -163,10 +165,20 @@ impl EventStore {
         };
         let db = open_with_retry(&sled_config)?;
         let tree = db.open_tree("flowmason-runs")?;
-        let flusher = Flusher::start(db.clone(), config.durability, config.flush_interval)?;
-        let cursors = (0..SHARDS)
+        let cursors: Arc<[Mutex<CursorMap>]> = (0..SHARDS)
             .map(|_| Mutex::new(CursorMap::default()))
             .collect();
+        let buffer = Arc::new(WriteBuffer::default());
+        let write_out = {
+            let (buffer, tree, cursors) = (buffer.clone(), tree.clone(), cursors.clone());
+            Box::new(move || write_buffered(&buffer, &tree, &cursors))
+        };
+        let flusher = Flusher::start(
+            db.clone(),
+            config.durability,
+            config.flush_interval,
+            write_out,
+        )?;
         Ok(EventStore {
             inner: Arc::new(Inner {
                 flusher,
@@ -174,6 +186,7 @@ impl EventStore {
                 db,
                 durability: config.durability,
                 cursors,
+                buffer,
                 clock: AtomicI64::new(0),
             }),
         })
@@ -184,12 +197,7 @@ impl EventStore {
     }
 
     fn shard(&self, run: RunId) -> MutexGuard<'_, CursorMap> {
-        let (_, low) = run.as_u64_pair();
-        // A panic while holding the lock cannot leave a cursor half-updated (it is updated after the write
-        // succeeds, in one assignment), so a poisoned lock is safe to use.
-        self.inner.cursors[(low as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        shard_of(&self.inner.cursors, run)
     }
 
     /// A timestamp not older than any handed out before.
@@ -305,45 +313,39 @@ impl EventStore {
             }
         }
 
-        if changed.is_none() && kinds.len() == 1 {
-            // The common case (a stage event): one insert is as atomic as a batch, and cheaper.
-            let value = codec::encode_event(run, first_seq, at, &kinds[0])?;
-            self.inner
-                .tree
-                .insert(keys::event_key(run, first_seq), value)?;
-        } else {
-            let mut batch = Batch::default();
-            for (i, kind) in kinds.iter().enumerate() {
-                let seq = first_seq + i as u64;
-                batch.insert(
-                    &keys::event_key(run, seq),
-                    codec::encode_event(run, seq, at, kind)?,
-                );
-            }
-            if let Some(summary) = &changed {
-                batch.insert(&keys::summary_key(run), codec::encode_summary(summary)?);
-                let pos = keys::position(summary.accepted_at, run);
-                if old_phase.is_none() {
-                    for index in keys::fixed_indexes(&summary.namespace, &summary.pipeline) {
-                        batch.insert(index.key(&pos), IVec::default());
-                    }
-                }
-                if old_phase != Some(summary.phase) {
-                    if let Some(old) = old_phase {
-                        batch.remove(Index::Phase(old).key(&pos));
-                    }
-                    batch.insert(Index::Phase(summary.phase).key(&pos), IVec::default());
+        let records = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| codec::encode_event(run, first_seq + i as u64, at, kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ops = Vec::new();
+        if let Some(summary) = &changed {
+            ops.push((
+                keys::summary_key(run).to_vec(),
+                Some(codec::encode_summary(summary)?),
+            ));
+            let pos = keys::position(summary.accepted_at, run);
+            if old_phase.is_none() {
+                for index in keys::fixed_indexes(&summary.namespace, &summary.pipeline) {
+                    ops.push((index.key(&pos), Some(IVec::default())));
                 }
             }
-            self.inner.tree.apply_batch(batch)?;
+            if old_phase != Some(summary.phase) {
+                if let Some(old) = old_phase {
+                    ops.push((Index::Phase(old).key(&pos), None));
+                }
+                ops.push((Index::Phase(summary.phase).key(&pos), Some(IVec::default())));
+            }
         }
+        self.inner
+            .buffer
+            .push(run, first_seq, records, terminal, ops);
         self.inner.flusher.note_append();
 
         let next_seq = first_seq + kinds.len() as u64;
-        if terminal {
-            // Ended runs are not cached: memory stays bounded by the runs in flight.
-            shard.remove(&run);
-        } else {
+        {
+            // An ended run stays cached (so that a late append is refused as `RunEnded`) until the write
+            // cycle that stores its terminal event forgets it: memory stays bounded by the runs in flight.
             match (shard.get_mut(&run), changed) {
                 (Some(c), changed) => {
                     c.next_seq = next_seq;
@@ -406,6 +408,7 @@ impl EventStore {
 
     /// Flushes everything to disk, blocking the calling thread.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.write_buffered()?;
         self.inner.db.flush()?;
         Ok(())
     }
@@ -417,14 +420,22 @@ impl EventStore {
 
     /// The events of a run from sequence `from_seq` on, in order.
     pub fn events_from(&self, run: RunId, from_seq: u64) -> Result<Vec<Event>, StoreError> {
-        self.inner
+        self.inner.write_buffered()?;
+        // A value holds the events up to its key's seq: the first one to read is the first key >= from_seq.
+        let mut events = Vec::new();
+        for item in self
+            .inner
             .tree
             .range(keys::event_key(run, from_seq)..=keys::event_key(run, u64::MAX))
-            .map(|item| {
-                let (key, value) = item?;
-                codec::decode_event(run, &key, &value)
-            })
-            .collect()
+        {
+            let (key, value) = item?;
+            events.extend(
+                codec::decode_events(run, &key, &value)?
+                    .into_iter()
+                    .filter(|e| e.seq >= from_seq),
+            );
+        }
+        Ok(events)
     }
 
     /// The state of a run folded from its events; `None` when the run does not exist.
@@ -441,6 +452,7 @@ impl EventStore {
     /// Runs whose phase is Pending or Running (what a restart must resume), oldest first. Reads the phase
     /// index, not the events.
     pub fn unfinished_runs(&self) -> Result<Vec<RunId>, StoreError> {
+        self.inner.write_buffered()?;
         let mut found: Vec<keys::Position> = Vec::new();
         for phase in [RunPhase::Pending, RunPhase::Running] {
             let prefix = Index::Phase(phase).prefix();
@@ -463,6 +475,7 @@ impl EventStore {
     /// ended with [`StoreError::RunInFlight`]; returns `false` when the run does not exist. Stray events
     /// without a summary (never written by this store) are deleted too.
     pub fn delete_run(&self, run: RunId) -> Result<bool, StoreError> {
+        self.inner.write_buffered()?;
         // Holding the run's shard keeps appends to it out while it is deleted.
         let mut shard = self.shard(run);
         let tree = &self.inner.tree;
@@ -497,13 +510,47 @@ impl EventStore {
     }
 }
 
+fn shard_of(cursors: &[Mutex<CursorMap>], run: RunId) -> MutexGuard<'_, CursorMap> {
+    let (_, low) = run.as_u64_pair();
+    // A panic while holding the lock cannot leave a cursor half-updated (it is updated after the write
+    // succeeds, in one assignment), so a poisoned lock is safe to use.
+    cursors[(low as usize) % SHARDS]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One write cycle: the buffer into sled, then the cursors of runs that ended in it are forgotten.
+fn write_buffered(
+    buffer: &WriteBuffer,
+    tree: &sled::Tree,
+    cursors: &[Mutex<CursorMap>],
+) -> Result<(), sled::Error> {
+    for run in buffer.write(tree)? {
+        let mut shard = shard_of(cursors, run);
+        if shard
+            .get(&run)
+            .is_some_and(|c| c.summary.phase.is_terminal())
+        {
+            shard.remove(&run);
+        }
+    }
+    Ok(())
+}
+
 impl Inner {
     #[cfg(test)]
     pub(crate) fn flusher_is_dirty(&self) -> bool {
         self.flusher.is_dirty()
     }
 
+    /// Writes the appends buffered so far into sled (not yet durable): every read path calls this first,
+    /// so that readers see every append that returned before they started.
+    pub(crate) fn write_buffered(&self) -> Result<(), StoreError> {
+        Ok(write_buffered(&self.buffer, &self.tree, &self.cursors)?)
+    }
+
     pub(crate) fn summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+        self.write_buffered()?;
         match self.tree.get(keys::summary_key(run))? {
             Some(v) => Ok(Some(codec::decode_summary(run, &v)?)),
             None => Ok(None),
@@ -868,6 +915,7 @@ pub(crate) mod tests {
         let store = EventStore::temporary(config(Durability::Never)).unwrap();
         let keep = new_run();
         put(&store, keep, vec![accepted("p", "ns")]);
+        store.inner.write_buffered().unwrap();
         let before: Vec<_> = store.inner.tree.iter().keys().map(Result::unwrap).collect();
 
         let run = new_run();
