@@ -12,6 +12,10 @@ use flowmason_store::{Durability, EventStore, StoreConfig};
 use futures::StreamExt;
 use serde_json::json;
 
+/// The allocator of the `fm` binary, so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn engine(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EventStore::open(
