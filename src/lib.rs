@@ -5,4 +5,5 @@ pub mod bench;
 pub mod cli;
 pub mod components;
 pub mod model;
+pub mod operator;
 pub mod runtime;

@@ -1,0 +1,56 @@
+//! The one error type of the operator: every way a reconcile, a status write or a start can fail, each
+//! naming the object (kind/namespace/name) and the field or reference involved.
+
+use flowmason_actors::EngineError;
+use flowmason_store::StoreError;
+
+/// Why a reconcile did not finish; kube-runtime requeues the object with a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed (network, conflict, forbidden, ...).
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// A Finalizer step failed.
+    #[error("finalizer of {object}: {message}")]
+    Finalizer { object: String, message: String },
+    /// The engine refused or lost a run.
+    #[error("{object}: {source}")]
+    Engine {
+        object: String,
+        #[source]
+        source: EngineError,
+    },
+    /// The event log could not be read.
+    #[error("{object}: event log: {source}")]
+    Store {
+        object: String,
+        #[source]
+        source: StoreError,
+    },
+    /// An object lacks a field the API server always sets (`metadata.name`, `uid`, ...).
+    #[error("{object}: missing {field}")]
+    MissingField { object: String, field: &'static str },
+    /// A status could not be encoded as a patch.
+    #[error("{object}: cannot encode the status: {source}")]
+    Encode {
+        object: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Error {
+        Error::Kube {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// Results of the operator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,26 @@
+//! The Kubernetes operator: controllers that turn `Pipeline` and `PipelineRun` objects into engine runs
+//! and project the runs' event folds back into their status, against any API server a kube `Client`
+//! points at (the embedded one of `fm serve`, or a real cluster for `fm operator`).
+//!
+//! - [`planning`]: pure decisions (effective spec, references, env, inputs, run ids), unit-tested;
+//! - [`status`]: the status projection from `RunState`;
+//! - [`pipelines`]: the Pipeline controller and its `PipelineActor`s;
+//! - [`runs`]: the PipelineRun controller, the run starter and the coalescing status writer;
+//! - [`cluster`]: the cached view of the ConfigMaps and Secrets that runs read;
+//! - [`leader`]: Lease-based leader election;
+//! - [`Operator`]: wires them onto one engine.
+
+mod cluster;
+pub mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod leader;
+pub mod pipelines;
+pub mod planning;
+pub mod runs;
+pub mod status;
+
+mod operator;
+
+pub use error::{Error, Result};
+pub use operator::{Operator, OperatorConfig};

@@ -1,0 +1,146 @@
+//! The operator: one engine, the ConfigMap/Secret cache, the Pipeline and PipelineRun controllers, and
+//! (optionally) leader election in front of them. Used by `fm serve` (against the embedded API server)
+//! and `fm operator` (against a cluster).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use flowmason_actors::{Engine, EngineConfig, Registry};
+use flowmason_store::{EventStore, RunId};
+
+use super::cluster::ClusterCache;
+use super::error::Result;
+use super::leader::{self, LeaseConfig};
+use super::pipelines::{self, PipelineContext, PipelineRegistry};
+use super::runs::{self, RunContext};
+
+/// Settings of an operator.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Least time between two status writes of one run (the first and the final write are immediate).
+    pub write_interval: Duration,
+    /// Hold this Lease before running anything; `None` runs at once (a single replica).
+    pub lease: Option<LeaseConfig>,
+    /// Arbiters (threads) hosting run actors.
+    pub workers: usize,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            write_interval: Duration::from_millis(250),
+            lease: None,
+            workers: 2,
+        }
+    }
+}
+
+/// Controllers plus engine.
+pub struct Operator {
+    client: Client,
+    engine: Engine,
+    registry: PipelineRegistry,
+    config: OperatorConfig,
+    resume_env: Arc<Mutex<HashMap<RunId, BTreeMap<String, String>>>>,
+}
+
+impl Operator {
+    /// Creates the engine and the actor registry. Must be called on a thread of an actix `System`.
+    pub fn new(client: Client, store: EventStore, components: Registry, config: OperatorConfig) -> Operator {
+        let resume_env: Arc<Mutex<HashMap<RunId, BTreeMap<String, String>>>> = Arc::default();
+        let resolver_env = resume_env.clone();
+        let engine = Engine::new(
+            store,
+            components,
+            EngineConfig {
+                workers: config.workers,
+                // A resumed run's environment was resolved from the cluster by the run controller just
+                // before it asked the engine to resume (values never enter the event log).
+                env: Arc::new(move |state| {
+                    Ok(resolver_env
+                        .lock()
+                        .ok()
+                        .and_then(|mut m| m.remove(&state.run_id))
+                        .unwrap_or_default())
+                }),
+            },
+        );
+        Operator {
+            registry: PipelineRegistry::new(client.clone()),
+            client,
+            engine,
+            config,
+            resume_env,
+        }
+    }
+
+    /// The engine (for `fm serve`'s history endpoints and tests).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Runs until `stop` is cancelled or leadership is lost. With a lease configured, waits to be
+    /// leader first; runs in the event log that are not finished are resumed as their PipelineRuns are
+    /// reconciled (the first list of the run controller covers all of them).
+    pub async fn run(self, stop: CancellationToken) -> Result<()> {
+        let leadership = match &self.config.lease {
+            Some(lease) => match leader::acquire(self.client.clone(), lease, &stop).await? {
+                Some(l) => Some(l),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        let halt = stop.child_token();
+        if let Some(l) = &leadership {
+            let lost = l.lost.clone();
+            let halt = halt.clone();
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                tracing::error!("lost the operator lease; stopping the controllers");
+                halt.cancel();
+            });
+        }
+        let cluster = ClusterCache::start(self.client.clone());
+        let known: Arc<dyn Fn(&str) -> bool + Send + Sync> = {
+            let engine = self.engine.clone();
+            Arc::new(move |c| engine.registry().contains(c))
+        };
+        let pipeline_ctx = Arc::new(PipelineContext {
+            client: self.client.clone(),
+            cluster: cluster.clone(),
+            registry: self.registry.clone(),
+            known,
+        });
+        let run_ctx = Arc::new(RunContext::new(
+            self.client.clone(),
+            self.engine.clone(),
+            cluster,
+            self.registry.clone(),
+            self.config.write_interval,
+            self.resume_env.clone(),
+        ));
+        let (h1, h2) = (halt.clone(), halt.clone());
+        let pipelines = tokio::spawn(pipelines::run_controller(pipeline_ctx, async move {
+            h1.cancelled().await
+        }));
+        let runs = tokio::spawn(runs::run_controller(run_ctx, async move {
+            h2.cancelled().await
+        }));
+        halt.cancelled().await;
+        // kube-runtime's graceful shutdown can hang when the API server is gone: bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = pipelines.await;
+            let _ = runs.await;
+        })
+        .await;
+        let _ = self.engine.store().flush();
+        if let Some(l) = leadership {
+            l.release().await;
+        }
+        Ok(())
+    }
+}

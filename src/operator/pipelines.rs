@@ -1,0 +1,393 @@
+//! The Pipeline controller and its `PipelineActor`s. The controller resolves each Pipeline (its own spec
+//! or its `source` ConfigMap), validates it and checks every Secret and ConfigMap it references; one
+//! `PipelineActor` per Pipeline owns the outcome (the validated plan's generation, the Ready condition)
+//! and the run history (`lastRunId`, `lastRunTime`, `lastRunStatus`), and is the only writer of that
+//! Pipeline's status, so that observations and run ends never race each other. ConfigMap and Secret
+//! changes re-reconcile the Pipelines that reference them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef as KubeRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use flowmason_store::{RunId, RunState};
+
+use super::cluster::ClusterCache;
+use super::error::{Error, Result};
+use super::planning::{self, ObjectRef, Problem, RefKind};
+use super::status::{self, CONDITION_READY};
+use crate::model::{Condition, Pipeline, PipelinePhase, PipelineStatus};
+
+/// The Pipeline status as a pure function of what the actor knows.
+pub fn pipeline_status(
+    generation: Option<i64>,
+    verdict: &Result<(), Problem>,
+    suspended: bool,
+    running: usize,
+    last: &PipelineStatus,
+) -> PipelineStatus {
+    let (phase, condition_status, reason, message) = match verdict {
+        Err(p) => (
+            PipelinePhase::Failed,
+            "False",
+            p.reason.to_string(),
+            p.message.clone(),
+        ),
+        Ok(()) if suspended => (
+            PipelinePhase::Suspended,
+            "True",
+            "Suspended".into(),
+            "valid; scheduled and triggered runs are suspended".into(),
+        ),
+        Ok(()) if running > 0 => (
+            PipelinePhase::Running,
+            "True",
+            "Valid".into(),
+            format!("valid; {running} run(s) in progress"),
+        ),
+        Ok(()) => (
+            PipelinePhase::Ready,
+            "True",
+            "Valid".into(),
+            "the pipeline is valid and every reference resolves".into(),
+        ),
+    };
+    let transition = last
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY && c.status == condition_status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(status::now);
+    PipelineStatus {
+        phase: Some(phase),
+        conditions: vec![Condition {
+            type_: CONDITION_READY.into(),
+            status: condition_status.into(),
+            reason: Some(reason),
+            message: Some(message),
+            last_transition_time: Some(transition),
+            observed_generation: generation,
+        }],
+        last_run_id: last.last_run_id.clone(),
+        last_run_time: last.last_run_time.clone(),
+        last_run_status: last.last_run_status.clone(),
+        next_scheduled_run: last.next_scheduled_run.clone(),
+        observed_generation: generation,
+    }
+}
+
+/// One Pipeline's state keeper and status writer.
+pub struct PipelineActor {
+    client: Client,
+    namespace: String,
+    name: String,
+    generation: Option<i64>,
+    verdict: Result<(), Problem>,
+    suspended: bool,
+    running: BTreeSet<RunId>,
+    status: PipelineStatus,
+    /// Whether the controller has observed the Pipeline (before that, run ends only update history).
+    observed: bool,
+}
+
+impl Actor for PipelineActor {
+    type Context = Context<Self>;
+}
+
+impl PipelineActor {
+    /// Recomputes the status and writes it when it changed; writes are serialised by `ctx.wait`.
+    fn publish(&mut self, ctx: &mut Context<Self>, force: bool) {
+        if !self.observed {
+            return;
+        }
+        let next = pipeline_status(
+            self.generation,
+            &self.verdict,
+            self.suspended,
+            self.running.len(),
+            &self.status,
+        );
+        if next == self.status && !force {
+            return;
+        }
+        self.status = next.clone();
+        let api: Api<Pipeline> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = self.name.clone();
+        ctx.wait(
+            async move {
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": next})))
+                    .await
+                {
+                    tracing::debug!(pipeline = %name, error = %e, "Pipeline status write");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// The controller's verdict on the Pipeline's current generation.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub verdict: Result<(), Problem>,
+    pub suspended: bool,
+    /// The status the object has now (after a restart, history comes from here).
+    pub current: Option<PipelineStatus>,
+}
+
+impl Handler<Observed> for PipelineActor {
+    type Result = ();
+    fn handle(&mut self, msg: Observed, ctx: &mut Context<Self>) {
+        if !self.observed
+            && let Some(current) = msg.current
+        {
+            self.status = PipelineStatus {
+                last_run_id: self.status.last_run_id.clone().or(current.last_run_id.clone()),
+                last_run_time: self.status.last_run_time.clone().or(current.last_run_time.clone()),
+                last_run_status: self.status.last_run_status.clone().or(current.last_run_status.clone()),
+                ..current
+            };
+        }
+        self.observed = true;
+        self.generation = msg.generation;
+        self.verdict = msg.verdict;
+        self.suspended = msg.suspended;
+        self.publish(ctx, false);
+    }
+}
+
+/// A run of this Pipeline started or ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunChanged {
+    pub run_id: RunId,
+    /// The run's phase (`Running` on start).
+    pub phase: String,
+    pub ended: bool,
+}
+
+impl Handler<RunChanged> for PipelineActor {
+    type Result = ();
+    fn handle(&mut self, msg: RunChanged, ctx: &mut Context<Self>) {
+        if msg.ended {
+            self.running.remove(&msg.run_id);
+        } else {
+            self.running.insert(msg.run_id);
+        }
+        self.status.last_run_id = Some(msg.run_id.to_string());
+        self.status.last_run_time = Some(status::now());
+        self.status.last_run_status = Some(msg.phase);
+        // History changed even when the phase did not.
+        self.publish(ctx, true);
+    }
+}
+
+/// The `PipelineActor`s by namespace and name, created on first use on the operator's arbiter.
+#[derive(Clone)]
+pub struct PipelineRegistry {
+    client: Client,
+    arbiter: ArbiterHandle,
+    actors: Arc<Mutex<HashMap<(String, String), Addr<PipelineActor>>>>,
+}
+
+impl PipelineRegistry {
+    /// Must be created on a thread of the actix system (the actors live on its arbiter).
+    pub fn new(client: Client) -> PipelineRegistry {
+        PipelineRegistry {
+            client,
+            arbiter: Arbiter::current(),
+            actors: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn actor(&self, namespace: &str, name: &str) -> Addr<PipelineActor> {
+        let mut actors = self
+            .actors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        actors
+            .entry((namespace.to_string(), name.to_string()))
+            .or_insert_with(|| {
+                let client = self.client.clone();
+                let (namespace, name) = (namespace.to_string(), name.to_string());
+                PipelineActor::start_in_arbiter(&self.arbiter, move |_| PipelineActor {
+                    client,
+                    namespace,
+                    name,
+                    generation: None,
+                    verdict: Ok(()),
+                    suspended: false,
+                    running: BTreeSet::new(),
+                    status: PipelineStatus::default(),
+                    observed: false,
+                })
+            })
+            .clone()
+    }
+
+    /// Tells a Pipeline's actor that one of its runs started.
+    pub fn run_started(&self, pipeline: &Pipeline, run_id: RunId) {
+        let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
+        self.actor(&namespace, &pipeline.name_any()).do_send(RunChanged {
+            run_id,
+            phase: "Running".into(),
+            ended: false,
+        });
+    }
+
+    /// Tells a Pipeline's actor that one of its runs ended.
+    pub fn run_ended(&self, state: &RunState) {
+        self.actor(&state.namespace, &state.pipeline).do_send(RunChanged {
+            run_id: state.run_id,
+            phase: state.phase.as_str().to_string(),
+            ended: true,
+        });
+    }
+
+    /// Forgets a deleted Pipeline's actor.
+    fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut actors) = self.actors.lock() {
+            actors.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+}
+
+/// What the Pipeline controller works with.
+pub struct PipelineContext {
+    pub client: Client,
+    pub(crate) cluster: ClusterCache,
+    pub(crate) registry: PipelineRegistry,
+    pub known: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// The verdict on a Pipeline: resolved, valid, and every reference present.
+pub async fn check_pipeline(
+    pipeline: &Pipeline,
+    cluster: &ClusterCache,
+    known: &(dyn Fn(&str) -> bool + Send + Sync),
+) -> Result<Result<(), Problem>> {
+    let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
+    let refs = planning::references(pipeline, None, None);
+    let objects = cluster.fetch(&refs).await?;
+    let spec = match planning::resolve_spec(pipeline, &objects) {
+        Ok(spec) => spec,
+        Err(p) => return Ok(Err(p)),
+    };
+    let more = planning::references(pipeline, Some(&spec), None);
+    let objects = if more == refs { objects } else { cluster.fetch(&more).await? };
+    if let Err(p) = planning::plan_pipeline(&spec, known) {
+        return Ok(Err(p));
+    }
+    Ok(planning::resolve_env(&namespace, &spec, &[], &objects).map(|_| ()))
+}
+
+async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<PipelineContext>) -> Result<Action> {
+    let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
+    let name = pipeline.name_any();
+    if pipeline.metadata.deletion_timestamp.is_some() {
+        ctx.registry.forget(&namespace, &name);
+        return Ok(Action::await_change());
+    }
+    let verdict = check_pipeline(&pipeline, &ctx.cluster, ctx.known.as_ref()).await?;
+    ctx.registry
+        .actor(&namespace, &name)
+        .send(Observed {
+            generation: pipeline.metadata.generation,
+            verdict,
+            suspended: pipeline.spec.suspend == Some(true),
+            current: pipeline.status.clone(),
+        })
+        .await
+        .map_err(|e| Error::Finalizer {
+            object: format!("Pipeline {namespace}/{name}"),
+            message: format!("the pipeline actor is gone: {e}"),
+        })?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(_p: Arc<Pipeline>, error: &Error, _ctx: Arc<PipelineContext>) -> Action {
+    tracing::warn!(%error, "Pipeline reconcile failed");
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// The Pipelines of `store` that read the object `(kind, namespace, name)`.
+fn readers(store: &Store<Pipeline>, kind: RefKind, namespace: Option<String>, name: String) -> Vec<KubeRef<Pipeline>> {
+    let target = ObjectRef {
+        kind,
+        namespace: namespace.unwrap_or_else(|| "default".into()),
+        name,
+    };
+    store
+        .state()
+        .iter()
+        .filter(|p| planning::references(p, None, None).contains(&target))
+        .map(|p| KubeRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Runs the Pipeline controller until `shutdown` resolves.
+pub async fn run_controller(
+    ctx: Arc<PipelineContext>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<Pipeline>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    let for_configmaps = store.clone();
+    controller
+        .watches(Api::<ConfigMap>::all(client.clone()), watcher::Config::default(), move |cm| {
+            readers(&for_configmaps, RefKind::ConfigMap, cm.namespace(), cm.name_any())
+        })
+        .watches(Api::<Secret>::all(client), watcher::Config::default(), move |s| {
+            readers(&store, RefKind::Secret, s.namespace(), s.name_any())
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Pipeline reconcile");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_pipeline_is_failed_with_ready_false() {
+        let verdict = Err(Problem { reason: "InvalidSpec", message: "stages[0].id: required".into() });
+        let s = pipeline_status(Some(3), &verdict, false, 0, &PipelineStatus::default());
+        assert_eq!(s.phase, Some(PipelinePhase::Failed));
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].reason.as_deref(), Some("InvalidSpec"));
+        assert_eq!(s.conditions[0].message.as_deref(), Some("stages[0].id: required"));
+        assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn valid_pipeline_is_ready_or_running_and_keeps_history() {
+        let last = PipelineStatus { last_run_id: Some("r1".into()), ..PipelineStatus::default() };
+        let s = pipeline_status(Some(1), &Ok(()), false, 0, &last);
+        assert_eq!(s.phase, Some(PipelinePhase::Ready));
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.last_run_id.as_deref(), Some("r1"));
+        let s = pipeline_status(Some(1), &Ok(()), false, 2, &last);
+        assert_eq!(s.phase, Some(PipelinePhase::Running));
+        let s = pipeline_status(Some(1), &Ok(()), true, 0, &last);
+        assert_eq!(s.phase, Some(PipelinePhase::Suspended));
+    }
+}

@@ -1,0 +1,487 @@
+//! The PipelineRun controller. Each PipelineRun becomes one engine run (a `RunActor`), started with the
+//! plan of its Pipeline's generation current at that moment and recorded in `RunAccepted`, under an id
+//! derived from the PipelineRun's uid (see [`planning::run_id_for`]) so that no restart or second replica
+//! can start it twice. A status writer per active run folds the run's events and patches
+//! `status` through the status subresource, coalesced to one write per interval plus the final one.
+//! Deleting a run in flight cancels it and waits for its end before the finalizer lets it go.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use flowmason_actors::{Engine, RunRequest};
+use flowmason_store::{Event, RunId, RunState, Trigger};
+
+use super::cluster::ClusterCache;
+use super::error::{Error, Result};
+use super::pipelines::PipelineRegistry;
+use super::planning::{self, Problem};
+use super::status::{self, Limits};
+use crate::model::{Pipeline, PipelineRun, PipelineRunStatus};
+
+/// The finalizer that lets a deleted run be cancelled and recorded before it goes.
+pub const FINALIZER: &str = "flowmason.io/run";
+
+/// Field manager of the operator's writes.
+pub const MANAGER: &str = "flowmason-operator";
+
+/// A run whose status writer is going in this process.
+struct Active {
+    /// Flips to true when the final status has been written.
+    done: watch::Receiver<bool>,
+}
+
+/// What the PipelineRun controller works with.
+pub struct RunContext {
+    pub client: Client,
+    pub engine: Engine,
+    pub(crate) cluster: ClusterCache,
+    pub(crate) pipelines: PipelineRegistry,
+    /// Least time between two status writes of one run.
+    pub write_interval: Duration,
+    pub limits: Limits,
+    active: Mutex<HashMap<RunId, Active>>,
+    /// Environments resolved for runs about to resume (the engine's resolver takes them from here).
+    pub(crate) resume_env: Arc<Mutex<HashMap<RunId, std::collections::BTreeMap<String, String>>>>,
+}
+
+impl RunContext {
+    pub(crate) fn new(
+        client: Client,
+        engine: Engine,
+        cluster: ClusterCache,
+        pipelines: PipelineRegistry,
+        write_interval: Duration,
+        resume_env: Arc<Mutex<HashMap<RunId, std::collections::BTreeMap<String, String>>>>,
+    ) -> RunContext {
+        RunContext {
+            client,
+            engine,
+            cluster,
+            pipelines,
+            write_interval,
+            limits: Limits::default(),
+            active: Mutex::new(HashMap::new()),
+            resume_env,
+        }
+    }
+
+    fn is_active(&self, run: RunId) -> bool {
+        self.active
+            .lock()
+            .map(|a| a.contains_key(&run))
+            .unwrap_or(false)
+    }
+}
+
+fn object_name(run: &PipelineRun) -> String {
+    format!(
+        "PipelineRun {}/{}",
+        run.namespace().unwrap_or_default(),
+        run.name_any()
+    )
+}
+
+/// The engine run id of a PipelineRun (see [`planning::run_id_for`]).
+pub fn run_id_of(run: &PipelineRun) -> Result<RunId> {
+    let uid = run.metadata.uid.as_deref().ok_or(Error::MissingField {
+        object: object_name(run),
+        field: "metadata.uid",
+    })?;
+    let created_ms = run
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| u64::try_from(t.0.as_millisecond()).unwrap_or(0))
+        .unwrap_or(0);
+    Ok(planning::run_id_for(uid, created_ms))
+}
+
+/// Patches a PipelineRun's status through the status subresource.
+pub async fn write_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &PipelineRunStatus,
+) -> Result<()> {
+    let api: Api<PipelineRun> = Api::namespaced(client.clone(), namespace);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("write status of PipelineRun {namespace}/{name}"), e))?;
+    Ok(())
+}
+
+/// Runs the PipelineRun controller until `shutdown` resolves.
+pub async fn run_controller(
+    ctx: Arc<RunContext>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<PipelineRun> = Api::all(ctx.client.clone());
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "PipelineRun reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_run: Arc<PipelineRun>, error: &Error, _ctx: Arc<RunContext>) -> Action {
+    tracing::warn!(%error, "PipelineRun reconcile failed");
+    Action::requeue(Duration::from_millis(500))
+}
+
+async fn reconcile(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let object = object_name(&run);
+    finalizer(&api, FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(run, ctx.clone()).await,
+            Finalizer::Cleanup(run) => cleanup(run, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer {
+        object,
+        message: e.to_string(),
+    })
+}
+
+async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
+    let run_id = run_id_of(&run)?;
+    let cancel = planning::cancel_requested(&run);
+    if ctx.is_active(run_id) {
+        if cancel {
+            ctx.engine.cancel(run_id, "cancelled through the API");
+        }
+        return Ok(Action::await_change());
+    }
+    let current = run.status.as_ref();
+    if status::is_terminal(current.and_then(|s| s.phase)) {
+        return Ok(Action::await_change());
+    }
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    let name = run.name_any();
+    let object = object_name(&run);
+    let store = ctx.engine.store();
+    let folded = store.fold(run_id).map_err(|source| Error::Store {
+        object: object.clone(),
+        source,
+    })?;
+    match folded {
+        Some(state) if state.phase.is_terminal() => {
+            let status = status::project_run(&state, &[], ctx.limits);
+            write_status(&ctx.client, &namespace, &name, &status).await?;
+            ctx.pipelines.run_ended(&state);
+            Ok(Action::await_change())
+        }
+        Some(_) => resume(run, run_id, ctx).await,
+        None if current.and_then(|s| s.run_id.as_deref()) == Some(run_id.to_string().as_str()) => {
+            let status = status::failed_before_start(
+                Some(run_id.to_string()),
+                "EventsLost",
+                format!(
+                    "run {run_id} was started but the event log has no record of it (was the data dir lost?); it cannot be resumed"
+                ),
+            );
+            write_status(&ctx.client, &namespace, &name, &status).await?;
+            Ok(Action::await_change())
+        }
+        None if cancel => {
+            let status = status::cancelled_before_start(None);
+            write_status(&ctx.client, &namespace, &name, &status).await?;
+            Ok(Action::await_change())
+        }
+        None => start(run, run_id, ctx).await,
+    }
+}
+
+/// Everything a new run needs, or the problem that keeps it from starting.
+struct Prepared {
+    request: RunRequest,
+    secrets: Vec<String>,
+    pipeline: Pipeline,
+}
+
+async fn prepare(run: &PipelineRun, run_id: RunId, ctx: &RunContext) -> Result<Result<Prepared, Problem>> {
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    if let Some(problem) = crate::model::validate_run(&run.spec).first() {
+        return Ok(Err(Problem {
+            reason: "InvalidSpec",
+            message: format!("spec.{problem}"),
+        }));
+    }
+    let pipelines: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(pipeline) = pipelines
+        .get_opt(&run.spec.pipeline_ref)
+        .await
+        .map_err(|e| Error::kube(format!("read Pipeline {namespace}/{}", run.spec.pipeline_ref), e))?
+    else {
+        return Ok(Err(Problem {
+            reason: "PipelineNotFound",
+            message: format!(
+                "spec.pipelineRef: Pipeline {namespace}/{} not found",
+                run.spec.pipeline_ref
+            ),
+        }));
+    };
+    let refs = planning::references(&pipeline, None, Some(run));
+    let mut objects = ctx.cluster.fetch(&refs).await?;
+    let spec = match planning::resolve_spec(&pipeline, &objects) {
+        Ok(spec) => spec,
+        Err(p) => return Ok(Err(p)),
+    };
+    // A source definition may reference more objects than the Pipeline object itself showed.
+    let more = planning::references(&pipeline, Some(&spec), Some(run));
+    if more != refs {
+        objects = ctx.cluster.fetch(&more).await?;
+    }
+    let registry = ctx.engine.registry();
+    let prepared = planning::plan_pipeline(&spec, &|c| registry.contains(c))
+        .and_then(|plan| planning::plan_run(plan, run))
+        .and_then(|plan| {
+            let env = planning::resolve_env(&namespace, &spec, &run.spec.env, &objects)?;
+            let inputs = planning::resolve_inputs(&namespace, &spec, run, &objects)?;
+            let mut request = RunRequest::new(pipeline.name_any(), plan, inputs);
+            request.run_id = Some(run_id);
+            request.namespace = namespace.clone();
+            request.generation = pipeline.metadata.generation.unwrap_or(0);
+            request.trigger = run
+                .labels()
+                .get("flowmason.io/trigger")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(Trigger::Manual);
+            request.run_name = Some(run.name_any());
+            request.labels = run.labels().clone();
+            request.env = env.values;
+            Ok(Prepared {
+                request,
+                secrets: env.secrets,
+                pipeline: pipeline.clone(),
+            })
+        });
+    Ok(prepared)
+}
+
+/// Gives a PipelineRun an ownerReference to its Pipeline, so that deleting the Pipeline deletes its runs.
+async fn own(run: &PipelineRun, pipeline: &Pipeline, ctx: &RunContext) -> Result<()> {
+    let Some(owner) = pipeline.controller_owner_ref(&()) else {
+        return Ok(());
+    };
+    let owned = run
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == owner.uid);
+    if owned {
+        return Ok(());
+    }
+    let mut refs = run.owner_references().to_vec();
+    refs.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        controller: Some(false),
+        ..owner
+    });
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    Api::<PipelineRun>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("set the owner of {}", object_name(run)), e))?;
+    Ok(())
+}
+
+async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Result<Action> {
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    let name = run.name_any();
+    let prepared = match prepare(&run, run_id, &ctx).await? {
+        Ok(p) => p,
+        Err(problem) => {
+            let status = status::failed_before_start(None, problem.reason, problem.message);
+            write_status(&ctx.client, &namespace, &name, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    own(&run, &prepared.pipeline, &ctx).await?;
+    let mut handle = ctx
+        .engine
+        .start_observed(prepared.request)
+        .await
+        .map_err(|source| Error::Engine {
+            object: object_name(&run),
+            source,
+        })?;
+    ctx.pipelines.run_started(&prepared.pipeline, run_id);
+    let events = handle.take_events();
+    spawn_writer(&ctx, run_id, namespace, name, prepared.secrets, None, events, handle);
+    Ok(Action::await_change())
+}
+
+async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Result<Action> {
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    let name = run.name_any();
+    // The environment is not in the event log: resolve it again from the cluster as it is now.
+    let secrets = match prepare(&run, run_id, &ctx).await? {
+        Ok(p) => {
+            if let Ok(mut env) = ctx.resume_env.lock() {
+                env.insert(run_id, p.request.env.clone());
+            }
+            p.secrets
+        }
+        Err(_) => Vec::new(),
+    };
+    let handle = ctx
+        .engine
+        .resume(run_id, true)
+        .await
+        .map_err(|source| Error::Engine {
+            object: object_name(&run),
+            source,
+        })?;
+    if let Ok(mut env) = ctx.resume_env.lock() {
+        env.remove(&run_id);
+    }
+    let Some(mut handle) = handle else {
+        // Ended while we looked (or was ended as unusable): project what the log says.
+        if let Ok(Some(state)) = ctx.engine.store().fold(run_id) {
+            write_status(&ctx.client, &namespace, &name, &status::project_run(&state, &secrets, ctx.limits)).await?;
+        }
+        return Ok(Action::await_change());
+    };
+    let initial = ctx.engine.store().fold(run_id).ok().flatten();
+    let events = handle.take_events();
+    spawn_writer(&ctx, run_id, namespace, name, secrets, initial, events, handle);
+    if planning::cancel_requested(&run) {
+        ctx.engine.cancel(run_id, "cancelled through the API");
+    }
+    Ok(Action::await_change())
+}
+
+/// Starts the task that folds a run's events and writes its status: the first state at once, then at
+/// most one write per `write_interval`, and always the final state (retried until it is written).
+#[allow(clippy::too_many_arguments)]
+fn spawn_writer(
+    ctx: &Arc<RunContext>,
+    run_id: RunId,
+    namespace: String,
+    name: String,
+    secrets: Vec<String>,
+    initial: Option<RunState>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    handle: flowmason_actors::RunHandle,
+) {
+    let (done_tx, done_rx) = watch::channel(false);
+    if let Ok(mut active) = ctx.active.lock() {
+        active.insert(run_id, Active { done: done_rx });
+    }
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut state = initial;
+        let mut dirty = false;
+        let mut last_write: Option<Instant> = None;
+        let finished = handle.finished();
+        tokio::pin!(finished);
+        let mut events = events;
+        loop {
+            let due = last_write.map(|t| t + ctx.write_interval);
+            tokio::select! {
+                biased;
+                event = async { match events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    match event {
+                        Some(event) => {
+                            if let Err(e) = RunState::apply_to(&mut state, run_id, &event) {
+                                tracing::warn!(%run_id, error = %e, "status fold");
+                            }
+                            dirty = true;
+                            if last_write.is_none() {
+                                if let Some(s) = &state {
+                                    let status = status::project_run(s, &secrets, ctx.limits);
+                                    if let Err(e) = write_status(&ctx.client, &namespace, &name, &status).await {
+                                        tracing::debug!(error = %e, "status write");
+                                    }
+                                }
+                                last_write = Some(Instant::now());
+                                dirty = false;
+                            }
+                        }
+                        None => events = None,
+                    }
+                }
+                _ = async { match due { Some(t) if dirty => tokio::time::sleep_until(t).await, _ => std::future::pending().await } } => {
+                    if let Some(s) = &state {
+                        let status = status::project_run(s, &secrets, ctx.limits);
+                        if let Err(e) = write_status(&ctx.client, &namespace, &name, &status).await {
+                            tracing::debug!(error = %e, "status write");
+                        }
+                    }
+                    last_write = Some(Instant::now());
+                    dirty = false;
+                }
+                outcome = &mut finished => {
+                    if let Err(e) = &outcome {
+                        tracing::warn!(%run_id, error = %e, "run ended abnormally");
+                    }
+                    break;
+                }
+            }
+        }
+        // The log is the authority on the end state, whatever the stream delivered.
+        let final_state = match ctx.engine.store().fold(run_id) {
+            Ok(Some(s)) => Some(s),
+            _ => state,
+        };
+        if let Some(s) = &final_state {
+            let status = status::project_run(s, &secrets, ctx.limits);
+            let mut delay = Duration::from_millis(50);
+            for _ in 0..20 {
+                match write_status(&ctx.client, &namespace, &name, &status).await {
+                    Ok(()) => break,
+                    Err(Error::Kube { source: kube::Error::Api(e), .. }) if e.code == 404 => break,
+                    Err(e) => {
+                        tracing::warn!(%run_id, error = %e, "final status write; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            ctx.pipelines.run_ended(s);
+        }
+        if let Ok(mut active) = ctx.active.lock() {
+            active.remove(&run_id);
+        }
+        let _ = done_tx.send(true);
+    });
+}
+
+async fn cleanup(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
+    let run_id = run_id_of(&run)?;
+    let done = ctx
+        .active
+        .lock()
+        .ok()
+        .and_then(|a| a.get(&run_id).map(|a| a.done.clone()));
+    if let Some(mut done) = done {
+        ctx.engine.cancel(run_id, "PipelineRun deleted");
+        // Bounded: a run whose stages ignore cancellation must not keep its object forever.
+        let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,387 @@
+//! Status projection: `PipelineRun.status` and the run-related part of `Pipeline.status` as pure
+//! functions of the run's event fold (`RunState`), so that the status written to the API server, the
+//! engine's resume and `fm history` can never disagree. Bounded in size: a status object must stay far
+//! below etcd's 1.5 MiB object limit whatever a run outputs, so the run output and each stage's output
+//! preview are cut (and `outputTruncated` says so); the full output stays in the event log.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+
+use flowmason_store::{RunPhase as StorePhase, RunState, StagePhase as StoreStagePhase};
+
+use crate::model::duration::format_millis;
+use crate::model::{
+    Condition, PipelineRunStatus, RunErrorStatus, RunMetrics, RunPhase, StagePhase, StageStatus,
+};
+
+/// Size bounds of a projected status.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest run output kept in `status.output`, in bytes of JSON.
+    pub output_bytes: usize,
+    /// Largest `outputPreview` of one stage, in bytes.
+    pub preview_bytes: usize,
+    /// Stages listed in `status.stages`; a larger run lists the first ones in plan order (the metrics
+    /// still count all of them).
+    pub max_stages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            output_bytes: 16 * 1024,
+            preview_bytes: 256,
+            max_stages: 2_000,
+        }
+    }
+}
+
+/// What replaces a secret's value wherever it would appear in a status.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The condition type of a run's outcome, as Tekton and Argo name it: `Unknown` while it runs.
+pub const CONDITION_SUCCEEDED: &str = "Succeeded";
+/// The condition type of a Pipeline's validity.
+pub const CONDITION_READY: &str = "Ready";
+
+/// Converts Unix microseconds into a Kubernetes `Time`.
+pub fn time_from_micros(micros: i64) -> Option<Time> {
+    Timestamp::from_microsecond(micros).ok().map(Time)
+}
+
+/// The current time as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// The model's phase for the store's.
+pub fn run_phase(phase: StorePhase) -> RunPhase {
+    match phase {
+        StorePhase::Pending => RunPhase::Pending,
+        StorePhase::Running => RunPhase::Running,
+        StorePhase::Succeeded => RunPhase::Succeeded,
+        StorePhase::Failed => RunPhase::Failed,
+        StorePhase::Cancelled => RunPhase::Cancelled,
+        StorePhase::TimedOut => RunPhase::TimedOut,
+    }
+}
+
+fn stage_phase(phase: StoreStagePhase) -> StagePhase {
+    match phase {
+        StoreStagePhase::Pending => StagePhase::Pending,
+        StoreStagePhase::Running => StagePhase::Running,
+        StoreStagePhase::Retrying => StagePhase::Retrying,
+        StoreStagePhase::Succeeded => StagePhase::Succeeded,
+        StoreStagePhase::Failed => StagePhase::Failed,
+        StoreStagePhase::Skipped => StagePhase::Skipped,
+        StoreStagePhase::Cancelled => StagePhase::Cancelled,
+    }
+}
+
+/// Whether a model phase ends the run.
+pub fn is_terminal(phase: Option<RunPhase>) -> bool {
+    matches!(
+        phase,
+        Some(RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut)
+    )
+}
+
+fn duration_between(from: i64, to: i64) -> String {
+    format_millis(u64::try_from((to - from) / 1000).unwrap_or(0))
+}
+
+/// Cuts text to at most `max` bytes on a character boundary; true when it was cut.
+fn cut(text: &str, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text.to_string(), false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (format!("{}…", &text[..end]), true)
+}
+
+/// `(id, component, name)` of each stage of the recorded plan, in plan order.
+fn plan_stages(plan: &Value) -> Vec<(String, Option<String>)> {
+    plan.get("stages")
+        .and_then(Value::as_array)
+        .map(|stages| {
+            stages
+                .iter()
+                .filter_map(|s| {
+                    let id = s.get("id")?.as_str()?.to_string();
+                    let component = s.get("component").and_then(Value::as_str).map(String::from);
+                    Some((id, component))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `Succeeded` condition of a run in `phase`.
+pub fn outcome_condition(phase: RunPhase, message: Option<String>) -> Condition {
+    let status = match phase {
+        RunPhase::Pending | RunPhase::Running => "Unknown",
+        RunPhase::Succeeded => "True",
+        RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut => "False",
+    };
+    Condition {
+        type_: CONDITION_SUCCEEDED.into(),
+        status: status.into(),
+        reason: Some(format!("{phase:?}")),
+        message,
+        last_transition_time: Some(now()),
+        observed_generation: None,
+    }
+}
+
+/// `PipelineRun.status` projected from a run's fold. `secrets` are the values of the run's
+/// Secret-sourced environment: each occurrence in the status is replaced by [`REDACTED`].
+pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> PipelineRunStatus {
+    let phase = run_phase(state.phase);
+    let planned = plan_stages(&state.plan);
+    let mut metrics = RunMetrics {
+        total_stages: u32::try_from(planned.len()).unwrap_or(u32::MAX),
+        ..RunMetrics::default()
+    };
+    let mut stages = Vec::with_capacity(planned.len().min(limits.max_stages));
+    for (id, component) in &planned {
+        let stage = state.stages.get(id);
+        let phase = stage.map_or(StoreStagePhase::Pending, |s| s.phase);
+        match phase {
+            StoreStagePhase::Succeeded => metrics.completed_stages += 1,
+            StoreStagePhase::Failed => metrics.failed_stages += 1,
+            StoreStagePhase::Skipped => metrics.skipped_stages += 1,
+            StoreStagePhase::Running | StoreStagePhase::Retrying => metrics.running_stages += 1,
+            StoreStagePhase::Pending | StoreStagePhase::Cancelled => {}
+        }
+        if let Some(s) = stage {
+            metrics.retries += s.attempts.saturating_sub(1);
+        }
+        if stages.len() >= limits.max_stages {
+            continue;
+        }
+        stages.push(StageStatus {
+            id: id.clone(),
+            name: None,
+            component_type: component.clone(),
+            phase: stage_phase(phase),
+            attempts: stage.map_or(0, |s| s.attempts),
+            start_time: stage.and_then(|s| s.started_at).and_then(time_from_micros),
+            completion_time: stage.and_then(|s| s.finished_at).and_then(time_from_micros),
+            duration: stage.and_then(|s| Some(duration_between(s.started_at?, s.finished_at?))),
+            error: stage.and_then(|s| s.error.as_ref()).map(|e| e.message.clone()),
+            output_preview: stage
+                .and_then(|s| s.output.as_ref())
+                .map(|o| cut(&o.to_string(), limits.preview_bytes).0),
+        });
+    }
+    let (output, output_truncated) = match &state.output {
+        None => (None, None),
+        Some(value) => {
+            let text = value.to_string();
+            if text.len() <= limits.output_bytes {
+                (Some(value.clone()), Some(false))
+            } else {
+                let (preview, _) = cut(&text, limits.output_bytes);
+                (Some(Value::String(preview)), Some(true))
+            }
+        }
+    };
+    let started = state.started_at.unwrap_or(state.accepted_at);
+    let status = PipelineRunStatus {
+        phase: Some(phase),
+        conditions: vec![outcome_condition(
+            phase,
+            state.error.as_ref().map(|e| e.message.clone()),
+        )],
+        run_id: Some(state.run_id.to_string()),
+        start_time: time_from_micros(started),
+        completion_time: state.finished_at.and_then(time_from_micros),
+        duration: state.finished_at.map(|end| duration_between(started, end)),
+        stages,
+        output,
+        output_truncated,
+        error: state.error.as_ref().map(|e| RunErrorStatus {
+            message: e.message.clone(),
+            stage: e.stage.clone(),
+            details: (!e.details.is_null()).then(|| e.details.clone()),
+        }),
+        metrics: Some(metrics),
+        pipeline_generation: Some(state.generation),
+        observed_generation: None,
+    };
+    redact(status, secrets)
+}
+
+/// A run that could not start (a missing reference, an invalid spec, a lost event log): `Failed` with
+/// `reason` and the message naming the object or field.
+pub fn failed_before_start(
+    run_id: Option<String>,
+    reason: &str,
+    message: String,
+) -> PipelineRunStatus {
+    let t = now();
+    PipelineRunStatus {
+        phase: Some(RunPhase::Failed),
+        conditions: vec![Condition {
+            type_: CONDITION_SUCCEEDED.into(),
+            status: "False".into(),
+            reason: Some(reason.into()),
+            message: Some(message.clone()),
+            last_transition_time: Some(t.clone()),
+            observed_generation: None,
+        }],
+        run_id,
+        start_time: Some(t.clone()),
+        completion_time: Some(t),
+        duration: Some("0s".into()),
+        error: Some(RunErrorStatus {
+            message,
+            stage: None,
+            details: None,
+        }),
+        ..PipelineRunStatus::default()
+    }
+}
+
+/// A run cancelled before the engine ever started it.
+pub fn cancelled_before_start(run_id: Option<String>) -> PipelineRunStatus {
+    let t = now();
+    PipelineRunStatus {
+        phase: Some(RunPhase::Cancelled),
+        conditions: vec![outcome_condition(
+            RunPhase::Cancelled,
+            Some("cancelled before it started".into()),
+        )],
+        run_id,
+        start_time: Some(t.clone()),
+        completion_time: Some(t),
+        duration: Some("0s".into()),
+        error: Some(RunErrorStatus {
+            message: "cancelled before it started".into(),
+            stage: None,
+            details: None,
+        }),
+        ..PipelineRunStatus::default()
+    }
+}
+
+/// Replaces every secret value in a status by [`REDACTED`]. Walks every string of the status (outputs,
+/// previews, error messages, details) and replaces the value as is and in its JSON-escaped form (as it
+/// appears inside an `outputPreview`).
+pub fn redact(status: PipelineRunStatus, secrets: &[String]) -> PipelineRunStatus {
+    let mut needles: Vec<String> = Vec::new();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        needles.push(secret.clone());
+        if let Ok(quoted) = serde_json::to_string(secret) {
+            let escaped = quoted[1..quoted.len() - 1].to_string();
+            if &escaped != secret {
+                needles.push(escaped);
+            }
+        }
+    }
+    if needles.is_empty() {
+        return status;
+    }
+    // Longest first, so that a secret containing another is replaced whole.
+    needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    let Ok(mut value) = serde_json::to_value(&status) else {
+        return status;
+    };
+    fn walk(value: &mut Value, needles: &[String]) {
+        match value {
+            Value::String(text) => {
+                for needle in needles {
+                    if text.contains(needle.as_str()) {
+                        *text = text.replace(needle.as_str(), REDACTED);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, needles)),
+            Value::Object(map) => map.values_mut().for_each(|v| walk(v, needles)),
+            _ => {}
+        }
+    }
+    walk(&mut value, &needles);
+    serde_json::from_value(value).unwrap_or(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::fixtures;
+    use serde_json::json;
+
+    #[test]
+    fn pending_stages_are_listed_in_plan_order() {
+        let state = fixtures::run_state(&["a", "b", "c"], &[]);
+        let status = project_run(&state, &[], Limits::default());
+        assert_eq!(status.phase, Some(RunPhase::Pending));
+        let ids: Vec<&str> = status.stages.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(status.stages.iter().all(|s| s.phase == StagePhase::Pending));
+        assert_eq!(status.metrics.as_ref().map(|m| m.total_stages), Some(3));
+        assert_eq!(status.conditions[0].status, "Unknown");
+    }
+
+    #[test]
+    fn succeeded_run_has_times_outputs_and_metrics() {
+        let state = fixtures::run_state(&["a", "b"], &[fixtures::ok("a", json!({"x": 1})), fixtures::ok("b", json!("done"))]);
+        let status = project_run(&state, &[], Limits::default());
+        assert_eq!(status.phase, Some(RunPhase::Succeeded));
+        assert!(status.completion_time.is_some() && status.duration.is_some());
+        assert_eq!(status.output, Some(json!("done")));
+        assert_eq!(status.output_truncated, Some(false));
+        assert_eq!(status.stages[0].output_preview.as_deref(), Some(r#"{"x":1}"#));
+        assert_eq!(status.stages[0].attempts, 1);
+        let m = status.metrics.expect("metrics");
+        assert_eq!((m.completed_stages, m.failed_stages), (2, 0));
+        assert_eq!(status.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn failed_run_names_the_stage() {
+        let state = fixtures::run_state(&["a", "b"], &[fixtures::fail("a", "boom")]);
+        let status = project_run(&state, &[], Limits::default());
+        assert_eq!(status.phase, Some(RunPhase::Failed));
+        let error = status.error.expect("error");
+        assert_eq!(error.stage.as_deref(), Some("a"));
+        assert!(error.message.contains("boom"), "{}", error.message);
+        assert_eq!(status.stages[0].error.as_deref(), Some("boom"));
+        assert_eq!(status.stages[1].phase, StagePhase::Skipped);
+    }
+
+    #[test]
+    fn large_output_is_truncated_and_says_so() {
+        let big = "x".repeat(100_000);
+        let state = fixtures::run_state(&["a"], &[fixtures::ok("a", json!(big))]);
+        let limits = Limits::default();
+        let status = project_run(&state, &[], limits);
+        assert_eq!(status.output_truncated, Some(true));
+        let text = status.output.and_then(|v| v.as_str().map(String::from)).expect("text");
+        assert!(text.len() <= limits.output_bytes + 4);
+        assert!(status.stages[0].output_preview.as_ref().is_some_and(|p| p.len() <= limits.preview_bytes + 4));
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let state = fixtures::run_state(&["a"], &[fixtures::ok("a", json!({"token": "s3cr\"et"}))]);
+        let status = project_run(&state, &["s3cr\"et".to_string()], Limits::default());
+        let text = serde_json::to_string(&status).expect("json");
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(text.contains(REDACTED));
+    }
+
+    #[test]
+    fn stage_list_is_bounded_but_metrics_count_all() {
+        let ids: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let state = fixtures::run_state(&refs, &[]);
+        let status = project_run(&state, &[], Limits { max_stages: 10, ..Limits::default() });
+        assert_eq!(status.stages.len(), 10);
+        assert_eq!(status.metrics.map(|m| m.total_stages), Some(50));
+    }
+}
