@@ -377,14 +377,16 @@ impl RunActor {
         if self.finished {
             return;
         }
-        // Stage inputs are rendered from the folded state: what was decided so far must be in it.
-        self.record(std::mem::take(kinds));
         let cap = self.plan.spec().parallelism.max(1);
         while self.ending.is_none() && self.running_count < cap {
             let Some((_, index)) = self.ready.pop_first() else {
                 break;
             };
             let attempt = self.next_attempt[index];
+            if self.templated[index] {
+                // The input renders from the folded state: what was decided so far must be in it.
+                self.record(std::mem::take(kinds));
+            }
             match self.render_input(index, attempt) {
                 Ok(input) => {
                     kinds.push(EventKind::StageStarted {
@@ -467,6 +469,8 @@ impl RunActor {
 
     /// The closing events: every stage that never ran is skipped, then the run's terminal event.
     fn conclude(&mut self, kinds: &mut Vec<EventKind>) {
+        // The run's output is read from the folded state: the last outputs must be in it.
+        self.record(std::mem::take(kinds));
         let plan = self.plan.clone();
         let ending = self.ending.clone();
         for &index in plan.order() {
