@@ -4,5 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod components;
+pub mod env;
+pub mod llm;
 pub mod model;
 pub mod runtime;

@@ -9,6 +9,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use flowmason::cli::{self, Cli, EXIT_INVALID};
 
 fn main() {
+    // Before anything builds a TLS client (see STACK.md: kube and reqwest must agree on ring).
+    flowmason::llm::http::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FM_LOG")
