@@ -967,8 +967,11 @@ fn secret_env(calls: Arc<AtomicU32>) -> EnvResolver {
 
 #[actix_rt::test]
 async fn an_environment_that_cannot_be_resolved_fails_the_run_before_any_stage_starts() {
-    let message = r#"env[0].valueFrom.secretKeyRef: secret "llm-secrets" has no key "anthropic-key""#;
-    let f = fixture_env(Arc::new(move |_| Box::pin(async move { Err(message.to_string()) })));
+    let message =
+        r#"env[0].valueFrom.secretKeyRef: secret "llm-secrets" has no key "anthropic-key""#;
+    let f = fixture_env(Arc::new(move |_| {
+        Box::pin(async move { Err(message.to_string()) })
+    }));
     let mut handle = f
         .engine
         .start_observed(RunRequest::new(
