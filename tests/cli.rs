@@ -446,6 +446,9 @@ fn crds_prints_the_checked_in_definitions() {
 
 const CLI_SECRET: &str = "pw-cli-0123456789";
 
+/// A process environment variable given to `fm`.
+type EnvVar<'a> = (&'a str, &'a str);
+
 /// A pipeline whose stages print a secret-sourced variable every way they can: a log line, an output,
 /// and (with `fail`) an error message.
 fn env_pipeline(dir: &Path, fail: bool) -> PathBuf {
@@ -556,7 +559,7 @@ fn secrets_resolve_from_each_source_and_never_reach_the_log_or_the_terminal() {
         ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
         ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
     ];
-    let cases: [(&str, Vec<&str>, &[(&str, &str)]); 4] = [
+    let cases: [(&str, Vec<&str>, &[EnvVar]); 4] = [
         ("secrets file", vec![secrets_arg.as_str()], &[]),
         ("env file", vec![any_env_file.as_str()], &[]),
         (

@@ -110,6 +110,6 @@ mod tests {
             Some("fast")
         );
         assert_eq!(env.secret("ns", "cfg", "mode").await.unwrap(), None);
-        assert_eq!(format!("{env:?}").contains("k1"), false);
+        assert!(!format!("{env:?}").contains("k1"));
     }
 }
