@@ -97,6 +97,7 @@ impl Shape {
             retry: RetryPolicy::default(),
             output_stage: None,
             env: BTreeMap::new(),
+            env_from: Vec::new(),
         }
     }
 }

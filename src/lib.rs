@@ -5,6 +5,8 @@ pub mod apiserver;
 pub mod bench;
 pub mod cli;
 pub mod components;
+pub mod env;
+pub mod llm;
 pub mod model;
 pub mod operator;
 pub mod runtime;

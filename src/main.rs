@@ -9,9 +9,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use flowmason::cli::{self, Cli, EXIT_INVALID};
 
 fn main() {
-    // kube and our TLS server use rustls with ring; install it before anything builds a TLS config
-    // (STACK.md: with more than one provider compiled in, rustls cannot choose and panics).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before anything builds a TLS client (see STACK.md: kube and reqwest must agree on ring).
+    flowmason::llm::http::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FM_LOG")

@@ -440,3 +440,189 @@ fn crds_prints_the_checked_in_definitions() {
         std::fs::read_to_string(repo("deploy/crds/pipelinerun.yaml")).expect("pipelinerun crd");
     assert_eq!(printed, format!("{pipeline}---\n{run}"));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Environment and secrets
+
+const CLI_SECRET: &str = "pw-cli-0123456789";
+
+/// A process environment variable given to `fm`.
+type EnvVar<'a> = (&'a str, &'a str);
+
+/// A pipeline whose stages print a secret-sourced variable every way they can: a log line, an output,
+/// and (with `fail`) an error message.
+fn env_pipeline(dir: &Path, fail: bool) -> PathBuf {
+    let last = if fail {
+        r#"  - id: use
+    componentType: json_transform
+    dependsOn: [show]
+    config:
+      data: {}
+      jq: 'error("cannot log in with {{env.DB_PASSWORD}}")'"#
+    } else {
+        r#"  - id: use
+    componentType: noop
+    dependsOn: [show]
+    config:
+      dsn: "postgres://app:{{env.DB_PASSWORD}}@db/{{env.DB_NAME}}""#
+    };
+    write(
+        dir,
+        "env.yaml",
+        &format!(
+            r#"
+env:
+  - name: DB_PASSWORD
+    valueFrom:
+      secretKeyRef: {{name: db, key: password}}
+  - name: DB_NAME
+    valueFrom:
+      configMapKeyRef: {{name: db-config, key: name}}
+  - name: MAYBE
+    valueFrom:
+      secretKeyRef: {{name: db, key: absent, optional: true}}
+stages:
+  - id: show
+    componentType: logger
+    config:
+      message: "password is {{{{env.DB_PASSWORD}}}}"
+{last}
+"#
+        ),
+    )
+}
+
+/// Runs `fm run FILE` with extra arguments and environment; returns (exit code, stdout, stderr).
+fn run_env(
+    file: &Path,
+    data: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let mut command = fm();
+    command
+        .args([
+            "run",
+            file.to_str().expect("path"),
+            "--data-dir",
+            data.to_str().expect("path"),
+            "-o",
+            "json",
+        ])
+        .args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("fm runs");
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Every event of every run in the data dir, serialized.
+fn all_events(data: &Path) -> String {
+    let store = EventStore::open(data.join("events"), StoreConfig::default()).expect("open");
+    let runs = store
+        .query(&RunQuery {
+            limit: 1000,
+            ..RunQuery::default()
+        })
+        .expect("query")
+        .runs;
+    let events: Vec<_> = runs
+        .iter()
+        .flat_map(|r| store.events(r.run_id).expect("events"))
+        .collect();
+    serde_json::to_string(&events).expect("serialize")
+}
+
+#[test]
+fn secrets_resolve_from_each_source_and_never_reach_the_log_or_the_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = env_pipeline(dir.path(), false);
+    let secrets = write(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "secrets:\n  db:\n    password: {CLI_SECRET}\nconfigMaps:\n  db-config:\n    name: orders\n"
+        ),
+    );
+    let env_file = write(
+        dir.path(),
+        "db.env",
+        &format!("password={CLI_SECRET}\nname=orders\n"),
+    );
+    let secrets_arg = format!("--secrets={}", secrets.display());
+    let any_env_file = format!("--env-file={}", env_file.display());
+    let config_file = write(dir.path(), "db-config.env", "name=orders\n");
+    let named_env_file = format!("--env-file=db={}", env_file.display());
+    let named_config_file = format!("--env-file=db-config={}", config_file.display());
+    let process = [
+        ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
+        ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
+    ];
+    let cases: [(&str, Vec<&str>, &[EnvVar]); 4] = [
+        ("secrets file", vec![secrets_arg.as_str()], &[]),
+        ("env file", vec![any_env_file.as_str()], &[]),
+        (
+            "named env files",
+            vec![named_env_file.as_str(), named_config_file.as_str()],
+            &[],
+        ),
+        ("process environment", vec![], &process),
+    ];
+    for (source, args, env) in cases {
+        let data = dir.path().join(source.replace(' ', "-"));
+        let (code, stdout, stderr) = run_env(&file, &data, &args, env);
+        assert_eq!(code, Some(0), "{source}: {stdout}\n{stderr}");
+        let output: Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+        assert_eq!(
+            output["dsn"],
+            json!("postgres://app:***@db/orders"),
+            "{source}"
+        );
+        assert!(stderr.contains("password is ***"), "{source}: {stderr}");
+        for (what, text) in [
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+            ("events", &all_events(&data)),
+        ] {
+            assert!(
+                !text.contains(CLI_SECRET),
+                "{source}: {what} holds the secret: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let failing = env_pipeline(dir.path(), true);
+    let env = [
+        ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
+        ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
+    ];
+    let (code, stdout, stderr) = run_env(&failing, &data, &[], &env);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("cannot log in with ***"), "{stdout}");
+    for text in [&stdout, &stderr, &all_events(&data)] {
+        assert!(!text.contains(CLI_SECRET), "{text}");
+    }
+
+    let data = dir.path().join("missing");
+    let (code, stdout, stderr) = run_env(
+        &failing,
+        &data,
+        &[],
+        &[("FM_CONFIGMAP_DB_CONFIG_NAME", "orders")],
+    );
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let output: Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    assert_eq!(output["phase"], json!("Failed"));
+    assert_eq!(
+        output["error"]["message"],
+        json!(r#"environment: env[0].valueFrom.secretKeyRef: secret "db" has no key "password""#)
+    );
+    let events = all_events(&data);
+    assert!(!events.contains("StageStarted"), "{events}");
+}

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use flowmason_actors::{
-    Component, ComponentError, ComponentOutput, Engine, EngineConfig, EngineError, PlanSpec,
-    Registry, RetryPolicy, RunRequest, StageContext, StagePlan,
+    Component, ComponentError, ComponentOutput, Engine, EngineConfig, EngineError, EnvResolver,
+    PlanSpec, Registry, ResolvedEnv, RetryPolicy, RunRequest, StageContext, StagePlan,
 };
 use flowmason_store::{
     Durability, ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason,
@@ -45,6 +45,7 @@ fn plan(stages: Vec<StagePlan>) -> PlanSpec {
         retry: RetryPolicy::default(),
         output_stage: None,
         env: BTreeMap::new(),
+        env_from: Vec::new(),
     }
 }
 
@@ -177,6 +178,61 @@ impl Component for Chatty {
     }
 }
 
+/// Logs its whole input, then fails with it in the message: a component that leaks what it was given.
+struct Leaky;
+impl Component for Leaky {
+    fn execute(
+        &self,
+        input: Value,
+        ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        ctx.log("info", format!("my input is {input}"), input.clone());
+        Box::pin(async move {
+            Err(ComponentError::config(format!("cannot use {input}")).with_details(input))
+        })
+    }
+}
+
+/// Fails its first call as rate limited, asking for `retry_after_ms` (from its input), then succeeds.
+/// Notes when (Unix microseconds) each call happened.
+#[derive(Clone, Default)]
+struct Throttled {
+    calls: Arc<std::sync::Mutex<Vec<i64>>>,
+}
+impl Component for Throttled {
+    fn execute(
+        &self,
+        input: Value,
+        _ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        let calls = self.calls.clone();
+        Box::pin(async move {
+            let n = {
+                let mut calls = calls.lock().expect("calls");
+                calls.push(now_micros());
+                calls.len()
+            };
+            let wait = input
+                .get("retry_after_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if n == 1 {
+                Err(ComponentError::transient("429 Too Many Requests")
+                    .with_retry_after(Duration::from_millis(wait)))
+            } else {
+                Ok(json!({ "calls": n }).into())
+            }
+        })
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     store: EventStore,
@@ -190,6 +246,21 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(durability: Durability) -> Fixture {
+    fixture_full(durability, EngineConfig::default())
+}
+
+/// A fixture whose engine resolves run environments with `env`.
+fn fixture_env(env: EnvResolver) -> Fixture {
+    fixture_full(
+        Durability::Batch,
+        EngineConfig {
+            env,
+            ..EngineConfig::default()
+        },
+    )
+}
+
+fn fixture_full(durability: Durability, config: EngineConfig) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EventStore::open(
         dir.path().join("events"),
@@ -201,11 +272,7 @@ fn fixture_with(durability: Durability) -> Fixture {
     .expect("open store");
     let sleep = Sleep::default();
     let flaky = Flaky::default();
-    let engine = Engine::new(
-        store.clone(),
-        registry(&sleep, &flaky),
-        EngineConfig::default(),
-    );
+    let engine = Engine::new(store.clone(), registry(&sleep, &flaky), config);
     Fixture {
         _dir: dir,
         store,
@@ -222,7 +289,8 @@ fn registry(sleep: &Sleep, flaky: &Flaky) -> Registry {
         .register("sleep", sleep.clone())
         .register("flaky", flaky.clone())
         .register("branch", Branch)
-        .register("chatty", Chatty);
+        .register("chatty", Chatty)
+        .register("leaky", Leaky);
     registry
 }
 
@@ -874,4 +942,175 @@ async fn every_run_gets_exactly_one_terminal_event_under_concurrency() {
     }
     assert_eq!(ended.len(), 50);
     assert!(f.store.unfinished_runs().expect("query").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Environment, redaction, retry-after
+
+const SECRET: &str = "sk-live-0123456789";
+
+/// A resolver that gives `API_KEY` (secret) and `MODE` (not secret), counting its calls.
+fn secret_env(calls: Arc<AtomicU32>) -> EnvResolver {
+    Arc::new(move |_state| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            Ok(ResolvedEnv {
+                vars: BTreeMap::from([
+                    ("API_KEY".to_string(), SECRET.to_string()),
+                    ("MODE".to_string(), "fast".to_string()),
+                ]),
+                secrets: vec![SECRET.to_string()],
+            })
+        })
+    })
+}
+
+#[actix_rt::test]
+async fn an_environment_that_cannot_be_resolved_fails_the_run_before_any_stage_starts() {
+    let message =
+        r#"env[0].valueFrom.secretKeyRef: secret "llm-secrets" has no key "anthropic-key""#;
+    let f = fixture_env(Arc::new(move |_| {
+        Box::pin(async move { Err(message.to_string()) })
+    }));
+    let mut handle = f
+        .engine
+        .start_observed(RunRequest::new(
+            "test",
+            plan(vec![stage("a", "echo", &[])]),
+            json!({}),
+        ))
+        .await
+        .expect("start");
+    let mut observed = handle.take_events().expect("observed");
+    let state = handle.finished().await.expect("end");
+    assert_eq!(state.phase, RunPhase::Failed);
+    assert_eq!(
+        state.error.expect("error").message,
+        format!("environment: {message}")
+    );
+    let events = f.store.events(state.run_id).expect("events");
+    let names: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(names, ["RunAccepted", "RunFailed"]);
+    let mut seen = Vec::new();
+    while let Ok(event) = observed.try_recv() {
+        seen.push(event.kind.name());
+    }
+    assert_eq!(seen, names);
+}
+
+#[actix_rt::test]
+async fn secret_values_are_masked_in_every_recorded_event() {
+    let f = fixture_env(secret_env(Arc::new(AtomicU32::new(0))));
+    let config = json!({ "key": "{{env.API_KEY}}", "header": "Bearer {{env.API_KEY}}", "mode": "{{env.MODE}}" });
+    let mut request = RunRequest::new(
+        "test",
+        plan(vec![
+            with_config(stage("echo", "echo", &[]), config.clone()),
+            with_config(stage("leak", "leaky", &["echo"]), config),
+        ]),
+        json!({}),
+    );
+    request.secrets.push("another-secret".into());
+    let state = f
+        .engine
+        .start(request)
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
+    assert_eq!(state.phase, RunPhase::Failed);
+    assert_eq!(
+        state.stages["echo"].output,
+        Some(json!({ "key": "***", "header": "Bearer ***", "mode": "fast" }))
+    );
+    let events = f.store.events(state.run_id).expect("events");
+    assert_eq!(count(&events, "StageLog"), 1);
+    let log = serde_json::to_string(&events).expect("serialize");
+    assert!(!log.contains(SECRET), "a secret value is in the log: {log}");
+    assert!(log.contains("Bearer ***"));
+    let status = serde_json::to_string(&state).expect("serialize");
+    assert!(!status.contains(SECRET));
+}
+
+#[actix_rt::test]
+async fn resume_resolves_the_environment_again_and_masks_it() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let f = fixture_env(secret_env(calls.clone()));
+    let run = uuid::Uuid::now_v7();
+    let spec = plan(vec![with_config(
+        stage("a", "echo", &[]),
+        json!({ "key": "{{env.API_KEY}}" }),
+    )]);
+    f.store
+        .append_durable(
+            run,
+            vec![EventKind::RunAccepted {
+                pipeline: "test".into(),
+                namespace: "default".into(),
+                generation: 0,
+                trigger: Default::default(),
+                run_name: None,
+                labels: BTreeMap::new(),
+                plan: serde_json::to_value(&spec).expect("plan"),
+                inputs: json!({}),
+            }],
+        )
+        .await
+        .expect("append");
+    let handles = f.engine.resume_all().await.expect("resume");
+    assert_eq!(handles.len(), 1);
+    let state = handles
+        .into_iter()
+        .next()
+        .expect("handle")
+        .finished()
+        .await
+        .expect("end");
+    assert_eq!(state.phase, RunPhase::Succeeded);
+    assert_eq!(state.output, Some(json!({ "key": "***" })));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[actix_rt::test]
+async fn a_component_retry_after_is_a_floor_under_the_retry_backoff() {
+    let f = fixture();
+    let throttled = Throttled::default();
+    let mut registry = Registry::new();
+    registry.register("throttled", throttled.clone());
+    let engine = Engine::new(f.store.clone(), registry, EngineConfig::default());
+    let mut spec = plan(vec![with_config(
+        stage("a", "throttled", &[]),
+        json!({ "retry_after_ms": 300 }),
+    )]);
+    spec.retry = RetryPolicy {
+        limit: 2,
+        initial_ms: 1,
+        jitter: 0.0,
+        ..RetryPolicy::default()
+    };
+    let state = engine
+        .start(RunRequest::new("test", spec, json!({})))
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
+    assert_eq!(state.phase, RunPhase::Succeeded);
+    let events = f.store.events(state.run_id).expect("events");
+    let retry_at = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::StageRetryScheduled { at, .. } => Some(at),
+            _ => None,
+        })
+        .expect("a retry was scheduled");
+    let calls = throttled.calls.lock().expect("calls").clone();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        retry_at - calls[0] >= 300_000,
+        "retry due {}us after the throttled call, asked for 300ms",
+        retry_at - calls[0]
+    );
+    assert!(calls[1] - calls[0] >= 300_000);
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -102,6 +103,9 @@ pub struct ComponentError {
     pub class: ErrorClass,
     pub message: String,
     pub details: Value,
+    /// The earliest the remote side wants to be asked again (an HTTP `retry-after`): when the attempt is
+    /// retried, the engine waits at least this long, even if the retry policy's backoff is shorter.
+    pub retry_after: Option<Duration>,
 }
 
 impl ComponentError {
@@ -110,6 +114,7 @@ impl ComponentError {
             class,
             message: message.into(),
             details: Value::Null,
+            retry_after: None,
         }
     }
     /// The configuration is wrong: not retried.
@@ -129,6 +134,12 @@ impl ComponentError {
     }
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = details;
+        self
+    }
+
+    /// Asks for the next attempt to wait at least `delay` (see `retry_after`).
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
         self
     }
 

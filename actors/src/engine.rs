@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,12 +18,34 @@ use flowmason_store::{
 
 use crate::component::{Component, Registry};
 use crate::plan::{Plan, PlanError, PlanSpec};
+use crate::redact::Redactor;
 use crate::run_actor::{CancelRun, RunActor, RunSetup};
 
-/// Resolves a run's environment (`{{env.NAME}}`) when it starts or resumes. Values are never recorded in
-/// events, so a resumed run asks again.
+/// Resolves a run's environment (`{{env.NAME}}`) when it starts and when it resumes, typically from the
+/// plan's `envFrom` references (the state holds the recorded plan). Values are never recorded in events,
+/// so a resumed run asks again. Asynchronous, since secrets may live behind an API (Kubernetes). An error
+/// fails the run before any stage starts; its message names what is missing, never a value.
 pub type EnvResolver =
-    Arc<dyn Fn(&RunState) -> Result<BTreeMap<String, String>, String> + Send + Sync>;
+    Arc<dyn Fn(&RunState) -> BoxFuture<'static, Result<ResolvedEnv, String>> + Send + Sync>;
+
+/// A run's environment as an [`EnvResolver`] found it.
+#[derive(Clone, Default)]
+pub struct ResolvedEnv {
+    /// Variables by name, added to the plan's literal `env`.
+    pub vars: BTreeMap<String, String>,
+    /// The values that are secret: masked in everything the run records.
+    pub secrets: Vec<String>,
+}
+
+/// Never prints the values.
+impl std::fmt::Debug for ResolvedEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedEnv")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
 
 /// Why the engine could not accept, resume or finish a run.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +77,13 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             workers: 0,
-            env: Arc::new(|_| Ok(BTreeMap::new())),
+            env: Arc::new(|_| Box::pin(async { Ok(ResolvedEnv::default()) })),
         }
     }
 }
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunRequest {
     /// The run's id; a fresh UUIDv7 when absent.
     pub run_id: Option<RunId>,
@@ -72,8 +95,31 @@ pub struct RunRequest {
     pub labels: BTreeMap<String, String>,
     pub plan: PlanSpec,
     pub inputs: Value,
-    /// Resolved environment; never written to the event log.
+    /// Resolved environment, added to what `EngineConfig::env` resolves (these win); never written to
+    /// the event log.
     pub env: BTreeMap<String, String>,
+    /// Secret values to mask in everything the run records, besides those `EngineConfig::env` reports.
+    /// Never written anywhere.
+    pub secrets: Vec<String>,
+}
+
+/// Leaves out environment and secret values.
+impl std::fmt::Debug for RunRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("run_id", &self.run_id)
+            .field("pipeline", &self.pipeline)
+            .field("namespace", &self.namespace)
+            .field("generation", &self.generation)
+            .field("trigger", &self.trigger)
+            .field("run_name", &self.run_name)
+            .field("labels", &self.labels)
+            .field("plan", &self.plan)
+            .field("inputs", &self.inputs)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
 }
 
 impl RunRequest {
@@ -89,6 +135,7 @@ impl RunRequest {
             plan,
             inputs,
             env: BTreeMap::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -233,7 +280,59 @@ impl Engine {
                 source: StoreError::Fold(e),
             })?
             .ok_or(EngineError::Lost { run: run_id })?;
-        self.spawn(plan, state, request.env, observe, events)
+        // The environment is resolved once the run is on record, so that a missing secret leaves a
+        // failed run behind (visible in history and status) rather than nothing.
+        let mut resolved = match (self.inner.env)(&state).await {
+            Ok(resolved) => resolved,
+            Err(e) => return self.fail_at_start(state, events, e, observe).await,
+        };
+        resolved.vars.extend(request.env);
+        resolved.secrets.extend(request.secrets);
+        self.spawn(plan, state, resolved, observe, events)
+    }
+
+    /// Ends a run whose environment cannot be resolved: `RunFailed` before any stage started. The handle
+    /// reports the failed run as any other.
+    async fn fail_at_start(
+        &self,
+        mut state: RunState,
+        mut events: Vec<Event>,
+        message: String,
+        observe: bool,
+    ) -> Result<RunHandle, EngineError> {
+        let run = state.run_id;
+        let error = RunError {
+            message: format!("environment: {message}"),
+            stage: None,
+            details: Value::Null,
+        };
+        let failed = self
+            .inner
+            .store
+            .append_durable(run, vec![EventKind::RunFailed { error }])
+            .await
+            .map_err(|source| EngineError::Store { run, source })?;
+        for event in &failed {
+            state.apply(event).map_err(|e| EngineError::Store {
+                run,
+                source: StoreError::Fold(e),
+            })?;
+        }
+        events.extend(failed);
+        let (outcome_tx, outcome) = oneshot::channel();
+        let _ = outcome_tx.send(Ok(state));
+        let events = observe.then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for event in events {
+                let _ = tx.send(event);
+            }
+            rx
+        });
+        Ok(RunHandle {
+            run_id: run,
+            outcome,
+            events,
+        })
     }
 
     /// Resumes every run the log holds that has not ended, as after a restart. A run whose record cannot
@@ -292,7 +391,7 @@ impl Engine {
                 return Ok(None);
             }
         };
-        let env = match (self.inner.env)(&state) {
+        let env = match (self.inner.env)(&state).await {
             Ok(env) => env,
             Err(e) => {
                 self.fail_unusable(run, format!("environment: {e}")).await?;
@@ -323,7 +422,7 @@ impl Engine {
         &self,
         plan: Plan,
         state: RunState,
-        env: BTreeMap<String, String>,
+        env: ResolvedEnv,
         observe: bool,
         already: Vec<Event>,
     ) -> Result<RunHandle, EngineError> {
@@ -342,7 +441,8 @@ impl Engine {
         let setup = RunSetup {
             plan: Arc::new(plan),
             state,
-            env,
+            redactor: Redactor::new(env.secrets),
+            env: env.vars,
             store: self.inner.store.clone(),
             components,
             observer,

@@ -5,10 +5,14 @@
 pub mod component;
 pub mod engine;
 pub mod plan;
+pub mod redact;
 mod run_actor;
 mod stage_actor;
 pub mod template;
 
 pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
-pub use engine::{Engine, EngineConfig, EngineError, EnvResolver, RunHandle, RunRequest};
-pub use plan::{Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
+pub use engine::{
+    Engine, EngineConfig, EngineError, EnvResolver, ResolvedEnv, RunHandle, RunRequest,
+};
+pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
+pub use redact::Redactor;

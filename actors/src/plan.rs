@@ -36,6 +36,37 @@ pub struct PlanSpec {
     /// the run starts or resumes and never appear here, since the plan is recorded in the event log.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment entries whose values are read from a Secret or ConfigMap when the run starts or
+    /// resumes. Only the references are recorded, never the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvRef>,
+}
+
+/// An environment variable whose value is read, when a run starts or resumes, from a key of a Secret or
+/// ConfigMap (`env[].valueFrom`, or an LLM provider's `secretRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvRef {
+    /// The variable's name, `{{env.NAME}}`.
+    pub name: String,
+    pub kind: EnvRefKind,
+    /// The Secret's or ConfigMap's name.
+    pub source: String,
+    pub key: String,
+    /// A missing key gives no variable instead of failing the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    /// The pipeline field this entry came from (`env[0].valueFrom.secretKeyRef`), for error messages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
+}
+
+/// What an [`EnvRef`] reads from. A Secret's values are redacted from everything the run records; a
+/// ConfigMap's are not secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvRefKind {
+    Secret,
+    ConfigMap,
 }
 
 fn default_parallelism() -> usize {
@@ -381,6 +412,7 @@ mod tests {
             retry: RetryPolicy::default(),
             output_stage: None,
             env: BTreeMap::new(),
+            env_from: Vec::new(),
         }
     }
 

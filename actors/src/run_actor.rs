@@ -21,6 +21,7 @@ use flowmason_store::{
 use crate::component::{Component, ComponentOutput, LogLine, StageContext};
 use crate::engine::{EngineError, EngineRef, deregister};
 use crate::plan::Plan;
+use crate::redact::Redactor;
 use crate::stage_actor::{CancelStage, StageActor, StageDone, humanize};
 use crate::template::{self, Scope};
 
@@ -29,6 +30,8 @@ pub(crate) struct RunSetup {
     pub plan: Arc<Plan>,
     pub state: RunState,
     pub env: BTreeMap<String, String>,
+    /// Masks the run's secret values in every event before it is appended.
+    pub redactor: Redactor,
     pub store: EventStore,
     pub components: Vec<Arc<dyn Component>>,
     pub observer: Option<mpsc::UnboundedSender<Event>>,
@@ -82,6 +85,7 @@ pub(crate) struct RunActor {
     plan: Arc<Plan>,
     state: RunState,
     env: BTreeMap<String, String>,
+    redactor: Redactor,
     context: Value,
     store: EventStore,
     components: Vec<Arc<dyn Component>>,
@@ -137,6 +141,7 @@ impl RunActor {
             plan: setup.plan,
             state: setup.state,
             env,
+            redactor: setup.redactor,
             context,
             store: setup.store,
             components: setup.components,
@@ -161,10 +166,14 @@ impl RunActor {
 
     /// Appends `kinds` to the log and folds them into the state. Decisions are recorded as they are taken,
     /// so that later decisions in the same turn (rendering a stage's input from an output just recorded)
-    /// see them; the first store error is kept for `commit` to act on.
-    fn record(&mut self, kinds: Vec<EventKind>) {
+    /// see them; the first store error is kept for `commit` to act on. Secret values are masked first, so
+    /// that neither the log nor the folded state (status, outputs seen downstream) holds one.
+    fn record(&mut self, mut kinds: Vec<EventKind>) {
         if kinds.is_empty() || self.store_error.is_some() {
             return;
+        }
+        if !self.redactor.is_empty() {
+            kinds.iter_mut().for_each(|k| self.redactor.redact_event(k));
         }
         let appended = match self.store.append(self.state.run_id, kinds) {
             Ok(appended) => appended,
@@ -377,14 +386,16 @@ impl RunActor {
         if self.finished {
             return;
         }
-        // Stage inputs are rendered from the folded state: what was decided so far must be in it.
-        self.record(std::mem::take(kinds));
         let cap = self.plan.spec().parallelism.max(1);
         while self.ending.is_none() && self.running_count < cap {
             let Some((_, index)) = self.ready.pop_first() else {
                 break;
             };
             let attempt = self.next_attempt[index];
+            if self.templated[index] {
+                // The input renders from the folded state: what was decided so far must be in it.
+                self.record(std::mem::take(kinds));
+            }
             match self.render_input(index, attempt) {
                 Ok(input) => {
                     kinds.push(EventKind::StageStarted {
@@ -467,6 +478,8 @@ impl RunActor {
 
     /// The closing events: every stage that never ran is skipped, then the run's terminal event.
     fn conclude(&mut self, kinds: &mut Vec<EventKind>) {
+        // The run's output is read from the folded state: the last outputs must be in it.
+        self.record(std::mem::take(kinds));
         let plan = self.plan.clone();
         let ending = self.ending.clone();
         for &index in plan.order() {
@@ -703,6 +716,7 @@ impl Handler<StageDone> for RunActor {
                 self.decide_dependants(index, &mut kinds);
             }
             Err(error) => {
+                let retry_after = error.retry_after;
                 let error = error.into_stage_error();
                 let policy = self.plan.retry_policy(index);
                 let retry = self.ending.is_none()
@@ -713,7 +727,10 @@ impl Handler<StageDone> for RunActor {
                     error: error.clone(),
                 });
                 if retry {
-                    let delay = policy.delay(attempt, rand::random::<f64>());
+                    // The remote side's `retry-after` is a floor under the policy's backoff.
+                    let delay = policy
+                        .delay(attempt, rand::random::<f64>())
+                        .max(retry_after.unwrap_or_default());
                     let at = now_micros() + delay.as_micros() as i64;
                     kinds.push(EventKind::StageRetryScheduled {
                         stage: id,

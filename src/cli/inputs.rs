@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 
+use crate::components::type_name;
+
 /// Merges an inputs file (a JSON or YAML object) and `key=value` pairs (later pairs win). A value that
 /// parses as JSON keeps its type (`n=3`, `flag=true`, `tags=["a"]`); anything else is a string. Returns
 /// `None` when nothing was given, so that the caller can fall back to the pipeline's sample input.
@@ -24,7 +26,7 @@ pub fn parse(pairs: &[String], file: Option<&Path>) -> anyhow::Result<Option<Val
             other => bail!(
                 "--inputs: {} must hold an object, found {}",
                 path.display(),
-                kind(&other)
+                type_name(&other)
             ),
         }
     }
@@ -39,17 +41,6 @@ pub fn parse(pairs: &[String], file: Option<&Path>) -> anyhow::Result<Option<Val
         inputs.insert(key.to_string(), value);
     }
     Ok(Some(Value::Object(inputs)))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,35 @@ impl StoreArgs {
     }
 }
 
+/// Where a run's `secretKeyRef`/`configMapKeyRef` entries and provider keys are read from, in this order:
+/// the secrets file, the env files (as given), then `FM_SECRET_<NAME>_<KEY>` / `FM_CONFIGMAP_<NAME>_<KEY>`
+/// process variables. See docs/environment.md.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnvArgs {
+    /// YAML/JSON file `{secrets: {NAME: {KEY: VALUE}}, configMaps: {NAME: {KEY: VALUE}}}`.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
+    /// `KEY=VALUE` lines: with `NAME=` the keys of Secret/ConfigMap NAME, without it keys of any. Repeatable.
+    #[arg(long = "env-file", value_name = "[NAME=]FILE")]
+    pub env_files: Vec<String>,
+}
+
+impl EnvArgs {
+    /// The engine's environment resolver over the sources given.
+    pub fn resolver(&self) -> anyhow::Result<flowmason_actors::EnvResolver> {
+        use crate::env::{Chain, EnvFile, ProcessEnv, SecretsFile};
+        let mut chain = Chain::new();
+        if let Some(path) = &self.secrets {
+            chain = chain.with(SecretsFile::load(path).context("--secrets")?);
+        }
+        for arg in &self.env_files {
+            chain = chain.with(EnvFile::load(arg).context("--env-file")?);
+        }
+        chain = chain.with(ProcessEnv::current());
+        Ok(crate::env::resolver(std::sync::Arc::new(chain)))
+    }
+}
+
 /// How results are printed.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {

@@ -4,19 +4,28 @@ use anyhow::Context as _;
 use clap::Args;
 use flowmason_actors::{Engine, EngineConfig};
 
-use super::StoreArgs;
+use super::{EnvArgs, StoreArgs};
 use crate::components::builtin_registry;
 
 #[derive(Args, Debug)]
 pub struct ResumeArgs {
+    /// The same secret sources the runs were started with: their values are never recorded, so a
+    /// resumed run resolves its environment again.
+    #[command(flatten)]
+    pub env: EnvArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
 pub fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
+    let env = args.env.resolver()?;
     let store = args.store.open()?;
     crate::runtime::block_on(move || async move {
-        let engine = Engine::new(store.clone(), builtin_registry(), EngineConfig::default());
+        let config = EngineConfig {
+            env,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(store.clone(), builtin_registry(), config);
         let handles = engine.resume_all().await.context("cannot resume runs")?;
         if handles.is_empty() {
             eprintln!("no unfinished runs");

@@ -10,7 +10,7 @@ use flowmason_store::RunPhase;
 use serde_json::Value;
 
 use super::progress::Progress;
-use super::{EXIT_INVALID, EXIT_RUN_FAILED, StoreArgs, inputs};
+use super::{EXIT_INVALID, EXIT_RUN_FAILED, EnvArgs, StoreArgs, inputs};
 use crate::components::builtin_registry;
 use crate::model;
 
@@ -27,6 +27,8 @@ pub struct RunArgs {
     /// How to print the run's output: compact JSON, or indented.
     #[arg(long, short = 'o', default_value = "pretty")]
     pub output: RunOutput,
+    #[command(flatten)]
+    pub env: EnvArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -64,13 +66,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let inputs = inputs::parse(&args.input, args.inputs.as_deref())?
         .or_else(|| loaded.sample_input.clone())
         .unwrap_or_else(|| Value::Object(Default::default()));
+    let env = args.env.resolver()?;
     let store = args.store.open()?;
     let mut request = RunRequest::new(loaded.name.clone(), plan, inputs);
     request.namespace = loaded.namespace.clone().unwrap_or_else(|| "default".into());
     let output_format = args.output;
 
     crate::runtime::block_on(move || async move {
-        let engine = Engine::new(store.clone(), registry, EngineConfig::default());
+        // Secret values are resolved inside the engine and masked in every event; everything printed
+        // below comes from those events, so no secret value reaches the terminal.
+        let config = EngineConfig {
+            env,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(store.clone(), registry, config);
         let mut handle = engine
             .start_observed(request)
             .await

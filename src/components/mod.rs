@@ -1,4 +1,5 @@
-//! Built-in components: FlowMason's core operators that need no outside service, plus `delay` and `noop`.
+//! Built-in components: FlowMason's core operators, its LLM nodes (`generator`, `critic`, `summarizer`,
+//! `chat`, calling the providers of `crate::llm`), plus `delay` and `noop`.
 //!
 //! Each component receives the stage's rendered input (its `config` with templates resolved and
 //! `inputMapping` applied, see `flowmason_actors::template::build_input`), which must be a JSON object.
@@ -9,15 +10,23 @@ use serde_json::{Map, Value};
 
 use flowmason_actors::{ComponentError, Registry};
 
+pub mod chat;
+pub mod critic;
 pub mod delay;
+pub mod generator;
 pub mod json_transform;
 pub mod logger;
 pub mod noop;
+pub mod summarizer;
 
+pub use chat::Chat;
+pub use critic::Critic;
 pub use delay::Delay;
+pub use generator::Generator;
 pub use json_transform::JsonTransform;
 pub use logger::Logger;
 pub use noop::Noop;
+pub use summarizer::Summarizer;
 
 /// Every built-in component, under its FlowMason name (`componentType`).
 pub fn builtin_registry() -> Registry {
@@ -26,7 +35,11 @@ pub fn builtin_registry() -> Registry {
         .register(json_transform::NAME, JsonTransform)
         .register(logger::NAME, Logger)
         .register(delay::NAME, Delay)
-        .register(noop::NAME, Noop);
+        .register(noop::NAME, Noop)
+        .register(generator::NAME, Generator)
+        .register(critic::NAME, Critic)
+        .register(summarizer::NAME, Summarizer)
+        .register(chat::NAME, Chat);
     registry
 }
 
@@ -145,6 +158,18 @@ mod tests {
     fn registry_has_every_builtin() {
         let registry = builtin_registry();
         let names: Vec<&str> = registry.names().collect();
-        assert_eq!(names, ["delay", "json_transform", "logger", "noop"]);
+        assert_eq!(
+            names,
+            [
+                "chat",
+                "critic",
+                "delay",
+                "generator",
+                "json_transform",
+                "logger",
+                "noop",
+                "summarizer"
+            ]
+        );
     }
 }

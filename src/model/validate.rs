@@ -10,8 +10,10 @@ use std::fmt;
 use serde_json::Value;
 
 use flowmason_actors::plan::{
-    DEFAULT_PARALLELISM, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
+    DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
 };
+
+use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, plan_providers};
 
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
 use super::duration::DurationSpec;
@@ -185,12 +187,32 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
     check_templates(spec, &mut errors);
 
     // Literal values only: secret-sourced entries are resolved when a run starts and never enter the plan,
-    // which the event log records.
+    // which the event log records; the plan keeps their references.
     let env = spec
         .env
         .iter()
         .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
         .collect();
+    let mut env_from: Vec<EnvRef> = spec
+        .env
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| env_ref(i, e))
+        .collect();
+    // LLM stages get the providers as an input field; the API keys travel as env references.
+    if let Some(providers) = &spec.providers {
+        let (key_refs, field) = plan_providers(providers);
+        env_from.extend(key_refs);
+        for stage in stages
+            .iter_mut()
+            .filter(|s| LLM_COMPONENTS.contains(&s.component.as_str()))
+        {
+            stage
+                .input_mapping
+                .entry(PROVIDERS_FIELD.to_string())
+                .or_insert_with(|| field.clone());
+        }
+    }
     let plan = PlanSpec {
         stages,
         parallelism,
@@ -198,6 +220,7 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
         retry,
         output_stage: spec.output_stage_id.clone(),
         env,
+        env_from,
     };
     if let Err(plan_errors) = Plan::build(plan.clone()) {
         let from_source = spec.source.is_some();
@@ -259,18 +282,39 @@ pub fn apply_run_overrides(
     if let Some(p) = parallelism {
         plan.parallelism = p;
     }
-    // Literal values only: secret- and ConfigMap-sourced entries are resolved when the run starts.
-    for var in &run.env {
-        match &var.value {
-            Some(value) => {
-                plan.env.insert(var.name.clone(), value.clone());
-            }
-            None => {
-                plan.env.remove(&var.name);
-            }
+    // Literal values go into the plan; secret- and ConfigMap-sourced entries as references, resolved when
+    // the run starts. Either way the run's entry replaces the pipeline's of the same name.
+    for (i, var) in run.env.iter().enumerate() {
+        plan.env.remove(&var.name);
+        plan.env_from.retain(|r| r.name != var.name);
+        if let Some(value) = &var.value {
+            plan.env.insert(var.name.clone(), value.clone());
+        } else if let Some(r) = env_ref(i, var) {
+            plan.env_from.push(r);
         }
     }
     Ok(())
+}
+
+/// The reference of an `env[i]` entry read `valueFrom` a Secret or ConfigMap key.
+fn env_ref(i: usize, var: &EnvVarSpec) -> Option<EnvRef> {
+    if var.value.is_some() {
+        return None;
+    }
+    let from = var.value_from.as_ref()?;
+    let (kind, selector, field) = match (&from.secret_key_ref, &from.config_map_key_ref) {
+        (Some(s), _) => (EnvRefKind::Secret, s, "secretKeyRef"),
+        (None, Some(c)) => (EnvRefKind::ConfigMap, c, "configMapKeyRef"),
+        (None, None) => return None,
+    };
+    Some(EnvRef {
+        name: var.name.clone(),
+        kind,
+        source: selector.name.clone(),
+        key: selector.key.clone(),
+        optional: selector.optional.unwrap_or(false),
+        field: format!("env[{i}].valueFrom.{field}"),
+    })
 }
 
 fn valid_id(id: &str) -> bool {
@@ -364,6 +408,44 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             "providers.default",
             format!("unknown provider {default:?} (anthropic or openai)"),
         ));
+    }
+    if let Some(providers) = &spec.providers {
+        for (name, provider) in [
+            ("anthropic", &providers.anthropic),
+            ("openai", &providers.openai),
+        ] {
+            if let Some(secret) = provider.as_ref().and_then(|p| p.secret_ref.as_ref())
+                && (secret.name.trim().is_empty() || secret.key.trim().is_empty())
+            {
+                errors.push(ValidationError::new(
+                    format!("providers.{name}.secretRef"),
+                    "needs both name and key",
+                ));
+            }
+        }
+    }
+    let has_provider = spec
+        .providers
+        .as_ref()
+        .is_some_and(|p| p.anthropic.is_some() || p.openai.is_some());
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let configured_by_hand = stage
+            .config
+            .as_ref()
+            .is_some_and(|c| c.contains_key(PROVIDERS_FIELD))
+            || stage.input_mapping.contains_key(PROVIDERS_FIELD);
+        if LLM_COMPONENTS.contains(&stage.component_type.as_str())
+            && !has_provider
+            && !configured_by_hand
+        {
+            errors.push(ValidationError::new(
+                format!("stages[{i}].componentType"),
+                format!(
+                    "{} calls an LLM: set providers.anthropic or providers.openai",
+                    stage.component_type
+                ),
+            ));
+        }
     }
     if let Some(triggers) = &spec.triggers {
         if let Some(webhook) = &triggers.webhook

@@ -141,6 +141,39 @@ pub struct RunState {
     pub error: Option<RunError>,
     /// Sequence number of the last event folded in.
     pub last_seq: u64,
+    /// LLM tokens used by the run: the sum of `usage.total_tokens` over the outputs of succeeded stages
+    /// (the convention every LLM component follows), feeding `status.metrics.totalTokens`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub total_tokens: u64,
+    /// Estimated LLM cost in USD: the sum of `usage.cost_usd` over the same outputs.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub total_cost_usd: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
+}
+
+/// `(usage.total_tokens, usage.cost_usd)` of a stage output, zero where absent.
+fn usage_of(output: &Value) -> (u64, f64) {
+    let Some(usage) = output.get("usage") else {
+        return (0, 0.0);
+    };
+    (
+        usage
+            .get("total_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        usage
+            .get("cost_usd")
+            .and_then(Value::as_f64)
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .unwrap_or(0.0),
+    )
 }
 
 impl RunState {
@@ -215,6 +248,8 @@ impl RunState {
             output: None,
             error: None,
             last_seq: event.seq,
+            total_tokens: 0,
+            total_cost_usd: 0.0,
         }
     }
 
@@ -273,6 +308,9 @@ impl RunState {
                 s.skip = skip.clone();
                 s.error = None;
                 finish_attempt(s, *attempt, at, None);
+                let (tokens, cost) = usage_of(output);
+                self.total_tokens = self.total_tokens.saturating_add(tokens);
+                self.total_cost_usd += cost;
             }
             EventKind::StageFailed {
                 stage,
@@ -581,5 +619,35 @@ mod tests {
             }
         );
         assert_eq!(RunState::fold(run(), &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn usage_of_succeeded_stages_is_summed() {
+        let ok = |stage: &str, output: Value| EventKind::StageSucceeded {
+            stage: stage.into(),
+            attempt: 1,
+            output,
+            skip: Vec::new(),
+        };
+        let events = stream(vec![
+            accepted(),
+            EventKind::RunStarted,
+            ok(
+                "a",
+                json!({"usage": {"total_tokens": 30, "cost_usd": 0.25}}),
+            ),
+            ok("b", json!({"usage": {"total_tokens": 12}})),
+            ok("c", json!({"content": "no usage"})),
+            ok(
+                "d",
+                json!({"usage": {"total_tokens": "many", "cost_usd": -1.0}}),
+            ),
+        ]);
+        let state = RunState::fold(run(), &events).unwrap().unwrap();
+        assert_eq!(state.total_tokens, 42);
+        assert!((state.total_cost_usd - 0.25).abs() < 1e-12);
+        let round: RunState =
+            serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+        assert_eq!(round, state);
     }
 }

@@ -1,0 +1,134 @@
+//! The OpenAI Chat Completions API: `POST {base}/v1/chat/completions` with `Authorization: Bearer`.
+
+use reqwest::header::HeaderMap;
+use serde_json::{Map, Value, json};
+
+use flowmason_actors::ComponentError;
+
+use super::http;
+use super::{ChatRequest, Completion, Provider, ProviderKind, Usage};
+
+/// The request body; the system prompt is the first message.
+pub fn body(model: &str, request: &ChatRequest) -> Value {
+    let mut messages = Vec::with_capacity(request.messages.len() + 1);
+    if let Some(system) = &request.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.extend(
+        request
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content})),
+    );
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    body.insert("max_tokens".into(), json!(request.max_tokens));
+    body.insert("temperature".into(), json!(request.temperature));
+    if !request.stop_sequences.is_empty() {
+        body.insert("stop".into(), json!(request.stop_sequences));
+    }
+    body.insert("stream".into(), json!(false));
+    Value::Object(body)
+}
+
+/// Reads an answer: the first choice's message and finish reason, and the usage.
+pub fn parse(model: &str, answer: &Value) -> Result<Completion, ComponentError> {
+    let choice = answer
+        .pointer("/choices/0")
+        .ok_or_else(|| malformed("no `choices`"))?;
+    let content = match choice.pointer("/message/content") {
+        Some(Value::String(s)) => s.clone(),
+        // A refusal or a tool call has no text.
+        Some(Value::Null) | None => String::new(),
+        Some(_) => return Err(malformed("`message.content` is not a string")),
+    };
+    let finish_reason = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("stop")
+        .to_string();
+    let tokens = |field: &str| {
+        answer
+            .pointer(&format!("/usage/{field}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let model = answer
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(model)
+        .to_string();
+    Ok(Completion {
+        content,
+        finish_reason,
+        usage: Usage {
+            input_tokens: tokens("prompt_tokens"),
+            output_tokens: tokens("completion_tokens"),
+            model: model.clone(),
+            provider: ProviderKind::OpenAi,
+        },
+        model,
+    })
+}
+
+fn malformed(what: &str) -> ComponentError {
+    ComponentError::internal(format!("openai: unexpected answer: {what}"))
+}
+
+pub async fn complete(
+    provider: &Provider,
+    request: &ChatRequest,
+) -> Result<Completion, ComponentError> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = &provider.api_key {
+        let (name, value) = http::secret_header("authorization", &format!("Bearer {key}"))?;
+        headers.insert(name, value);
+    }
+    let url = provider.url("/v1/chat/completions");
+    let answer = http::post_json("openai", &url, headers, &body(&provider.model, request)).await?;
+    parse(&provider.model, &answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Message;
+
+    #[test]
+    fn body_has_the_chat_completions_shape() {
+        let request = ChatRequest {
+            system: Some("sys".into()),
+            messages: vec![Message::user("hi")],
+            max_tokens: 5,
+            temperature: 0.0,
+            stop_sequences: Vec::new(),
+        };
+        assert_eq!(
+            body("gpt-x", &request),
+            json!({"model": "gpt-x", "max_tokens": 5, "temperature": 0.0, "stream": false,
+                   "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]})
+        );
+    }
+
+    #[test]
+    fn answers_are_parsed() {
+        let answer = json!({"id": "c1", "model": "gpt-y", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}});
+        let c = parse("gpt-x", &answer).unwrap();
+        assert_eq!(
+            (
+                c.content.as_str(),
+                c.model.as_str(),
+                c.finish_reason.as_str()
+            ),
+            ("Hi", "gpt-y", "length")
+        );
+        assert_eq!(c.usage.total_tokens(), 6);
+        assert_eq!(
+            parse("m", &json!({"choices": []})).unwrap_err().message,
+            "openai: unexpected answer: no `choices`"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! `spec.providers` in the plan and at run time.
+//!
+//! Planning ([`plan_providers`]) turns the pipeline's providers into (a) one `envFrom` reference per API
+//! key (`FM_PROVIDER_ANTHROPIC_API_KEY` from `providers.anthropic.secretRef`, ...), resolved when the run
+//! starts like any `secretKeyRef` (so the key is redacted and a missing one fails the run before any stage
+//! starts), and (b) the `_providers` input field given to every LLM stage: model and base URL as written
+//! (templates allowed) and the key as a `{{env.FM_PROVIDER_<NAME>_API_KEY}}` template. At run time
+//! ([`select`]) a component picks its provider from that rendered field.
+
+use serde_json::{Map, Value, json};
+
+use flowmason_actors::{ComponentError, EnvRef, EnvRefKind};
+
+use crate::model::{ProviderSpec, ProvidersSpec};
+
+/// The stage input field carrying the providers to LLM stages.
+pub const PROVIDERS_FIELD: &str = "_providers";
+
+/// The components that call an LLM and so get [`PROVIDERS_FIELD`].
+pub const LLM_COMPONENTS: &[&str] = &["generator", "critic", "summarizer", "chat"];
+
+/// An LLM API we speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Anthropic,
+    OpenAi,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 2] = [ProviderKind::Anthropic, ProviderKind::OpenAi];
+
+    /// The name in `spec.providers` and in a stage's `provider` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// FlowMason's default model of the provider.
+    pub fn default_model(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "claude-sonnet-4-20250514",
+            ProviderKind::OpenAi => "gpt-4o",
+        }
+    }
+
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::OpenAi => "https://api.openai.com",
+        }
+    }
+
+    /// The run environment variable that holds the provider's API key.
+    pub fn api_key_var(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "FM_PROVIDER_ANTHROPIC_API_KEY",
+            ProviderKind::OpenAi => "FM_PROVIDER_OPENAI_API_KEY",
+        }
+    }
+
+    fn spec(self, providers: &ProvidersSpec) -> Option<&ProviderSpec> {
+        match self {
+            ProviderKind::Anthropic => providers.anthropic.as_ref(),
+            ProviderKind::OpenAi => providers.openai.as_ref(),
+        }
+    }
+}
+
+/// The key references and the `_providers` stage field of a pipeline's `spec.providers`.
+pub fn plan_providers(providers: &ProvidersSpec) -> (Vec<EnvRef>, Value) {
+    let mut refs = Vec::new();
+    let mut field = Map::new();
+    if let Some(default) = &providers.default {
+        field.insert("default".into(), Value::String(default.clone()));
+    }
+    for kind in ProviderKind::ALL {
+        let Some(spec) = kind.spec(providers) else {
+            continue;
+        };
+        let mut entry = Map::new();
+        if let Some(model) = &spec.model {
+            entry.insert("model".into(), Value::String(model.clone()));
+        }
+        if let Some(base_url) = &spec.base_url {
+            entry.insert("baseUrl".into(), Value::String(base_url.clone()));
+        }
+        if let Some(secret) = &spec.secret_ref {
+            refs.push(EnvRef {
+                name: kind.api_key_var().into(),
+                kind: EnvRefKind::Secret,
+                source: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: false,
+                field: format!("providers.{}.secretRef", kind.name()),
+            });
+            entry.insert(
+                "apiKey".into(),
+                Value::String(format!("{{{{env.{}}}}}", kind.api_key_var())),
+            );
+        }
+        field.insert(kind.name().into(), Value::Object(entry));
+    }
+    (refs, Value::Object(field))
+}
+
+/// A provider as a stage calls it.
+#[derive(Clone, PartialEq)]
+pub struct Provider {
+    pub kind: ProviderKind,
+    pub model: String,
+    /// Without a trailing `/`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("kind", &self.kind)
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Provider {
+    /// `{base}{path}`, where `path` starts with `/v1/`; a base that already ends in `/v1` (as the OpenAI
+    /// SDKs write it) does not get a second one.
+    pub fn url(&self, path: &str) -> String {
+        match (self.base_url.strip_suffix("/v1"), path.strip_prefix("/v1")) {
+            (Some(_), Some(rest)) => format!("{}{rest}", self.base_url),
+            _ => format!("{}{path}", self.base_url),
+        }
+    }
+}
+
+/// The provider a stage uses: its `provider` field, else `_providers.default`, else the only configured
+/// one, else `anthropic` (FlowMason's default). `model` overrides the provider's model.
+pub fn select(
+    component: &str,
+    input: &Map<String, Value>,
+    provider: Option<&str>,
+    model: Option<&str>,
+) -> Result<Provider, ComponentError> {
+    let none = || {
+        ComponentError::config(format!(
+            "{component}: no LLM provider is configured: set spec.providers.anthropic or spec.providers.openai"
+        ))
+    };
+    let providers = match input.get(PROVIDERS_FIELD) {
+        Some(Value::Object(map)) => map,
+        None | Some(Value::Null) => return Err(none()),
+        Some(other) => {
+            return Err(ComponentError::config(format!(
+                "{component}: `{PROVIDERS_FIELD}` must be an object, got {other}"
+            )));
+        }
+    };
+    let configured: Vec<ProviderKind> = ProviderKind::ALL
+        .into_iter()
+        .filter(|k| providers.get(k.name()).is_some_and(Value::is_object))
+        .collect();
+    let default = providers.get("default").and_then(Value::as_str);
+    let name = match (provider, default, configured.as_slice()) {
+        (Some(name), _, _) | (None, Some(name), _) => name,
+        (None, None, [only]) => only.name(),
+        (None, None, []) => return Err(none()),
+        (None, None, _) => ProviderKind::Anthropic.name(),
+    };
+    let kind = ProviderKind::parse(name).ok_or_else(|| {
+        ComponentError::config(format!(
+            "{component}: unknown provider {name:?} (anthropic or openai)"
+        ))
+    })?;
+    let Some(Value::Object(entry)) = providers.get(kind.name()) else {
+        return Err(ComponentError::config(format!(
+            "{component}: provider {name:?} is not configured in spec.providers"
+        )));
+    };
+    let text = |field: &str| -> Result<Option<String>, ComponentError> {
+        match entry.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(ComponentError::config(format!(
+                "{component}: providers.{name}.{field} must be a string"
+            ))),
+        }
+    };
+    let base_url = text("baseUrl")?.unwrap_or_else(|| kind.default_base_url().to_string());
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(ComponentError::config(format!(
+            "{component}: providers.{name}.baseUrl must be an http(s) URL, got {base_url:?}"
+        )));
+    }
+    Ok(Provider {
+        kind,
+        model: match model {
+            Some(m) if !m.trim().is_empty() => m.trim().to_string(),
+            _ => text("model")?.unwrap_or_else(|| kind.default_model().to_string()),
+        },
+        base_url: base_url.trim_end_matches('/').to_string(),
+        api_key: text("apiKey")?,
+    })
+}
+
+/// The `_providers` field for tests and callers that build stage inputs by hand.
+pub fn providers_field(kind: ProviderKind, model: &str, base_url: &str, api_key: &str) -> Value {
+    json!({ kind.name(): {"model": model, "baseUrl": base_url, "apiKey": api_key} })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SecretKeyRef;
+
+    #[test]
+    fn planning_keeps_keys_out_and_references_their_secrets() {
+        let spec = ProvidersSpec {
+            default: Some("openai".into()),
+            anthropic: Some(ProviderSpec {
+                model: Some("claude-x".into()),
+                secret_ref: Some(SecretKeyRef {
+                    name: "llm-secrets".into(),
+                    key: "anthropic-key".into(),
+                }),
+                base_url: Some("{{env.BASE}}".into()),
+            }),
+            openai: Some(ProviderSpec::default()),
+        };
+        let (refs, field) = plan_providers(&spec);
+        assert_eq!(
+            refs,
+            [EnvRef {
+                name: "FM_PROVIDER_ANTHROPIC_API_KEY".into(),
+                kind: EnvRefKind::Secret,
+                source: "llm-secrets".into(),
+                key: "anthropic-key".into(),
+                optional: false,
+                field: "providers.anthropic.secretRef".into(),
+            }]
+        );
+        assert_eq!(
+            field,
+            json!({"default": "openai",
+                   "anthropic": {"model": "claude-x", "baseUrl": "{{env.BASE}}",
+                                 "apiKey": "{{env.FM_PROVIDER_ANTHROPIC_API_KEY}}"},
+                   "openai": {}})
+        );
+    }
+
+    fn input(providers: Value) -> Map<String, Value> {
+        let mut map = Map::new();
+        map.insert(PROVIDERS_FIELD.into(), providers);
+        map
+    }
+
+    #[test]
+    fn selection_follows_stage_then_default_then_the_only_one() {
+        let both = input(
+            json!({"default": "openai", "anthropic": {"apiKey": "k"}, "openai": {"model": "m"}}),
+        );
+        let p = select("g", &both, None, None).unwrap();
+        assert_eq!((p.kind, p.model.as_str()), (ProviderKind::OpenAi, "m"));
+        assert_eq!(p.base_url, "https://api.openai.com");
+        let p = select("g", &both, Some("anthropic"), Some("x")).unwrap();
+        assert_eq!((p.kind, p.model.as_str()), (ProviderKind::Anthropic, "x"));
+        assert_eq!(p.api_key.as_deref(), Some("k"));
+        assert!(!format!("{p:?}").contains("\"k\""));
+        let only = input(json!({"openai": {"baseUrl": "http://127.0.0.1:9/v1/"}}));
+        let p = select("g", &only, None, None).unwrap();
+        assert_eq!(p.kind, ProviderKind::OpenAi);
+        assert_eq!(
+            p.url("/v1/chat/completions"),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert_eq!(p.model, "gpt-4o");
+    }
+
+    #[test]
+    fn selection_errors_name_the_problem() {
+        let err = |i: &Map<String, Value>, p: Option<&str>| {
+            select("generator", i, p, None).unwrap_err().message
+        };
+        assert_eq!(
+            err(&Map::new(), None),
+            "generator: no LLM provider is configured: set spec.providers.anthropic or spec.providers.openai"
+        );
+        let only = input(json!({"anthropic": {}}));
+        assert_eq!(
+            err(&only, Some("openai")),
+            "generator: provider \"openai\" is not configured in spec.providers"
+        );
+        assert_eq!(
+            err(&only, Some("gemini")),
+            "generator: unknown provider \"gemini\" (anthropic or openai)"
+        );
+        let bad = input(json!({"anthropic": {"baseUrl": "ftp://x"}}));
+        assert_eq!(
+            err(&bad, None),
+            "generator: providers.anthropic.baseUrl must be an http(s) URL, got \"ftp://x\""
+        );
+    }
+}

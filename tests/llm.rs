@@ -1,0 +1,683 @@
+//! LLM components and secrets end to end: a local fake server (127.0.0.1 only) speaks the Anthropic
+//! Messages and OpenAI Chat Completions protocols, records every request and answers with canned
+//! responses; pipelines run on the real engine and through the `fm` binary. Nothing leaves loopback.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use flowmason::components::builtin_registry;
+use flowmason::env::{Chain, EnvFile, SecretsFile};
+use flowmason::model::{load_pipeline_str, to_plan};
+use flowmason_actors::{Engine, EngineConfig, RunRequest};
+use flowmason_store::{
+    ErrorClass, Event, EventKind, EventStore, RunPhase, RunQuery, RunState, StoreConfig,
+};
+use serde_json::{Value, json};
+
+const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789";
+const OPENAI_KEY: &str = "sk-openai-test-9876543210";
+
+// ---------------------------------------------------------------------------------------------------------
+// The fake provider server
+
+/// A request the fake server received.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Value,
+    /// Unix microseconds.
+    at: i64,
+}
+
+/// An answer to give instead of the default one.
+struct Canned {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Value,
+}
+
+#[derive(Default)]
+struct FakeState {
+    seen: Mutex<Vec<Seen>>,
+    script: Mutex<VecDeque<Canned>>,
+    /// Text of the default answers (a template `{key}` is replaced by the request's API key, to play a
+    /// provider that echoes what it was sent).
+    anthropic_text: Mutex<String>,
+    openai_text: Mutex<String>,
+}
+
+struct Fake {
+    addr: SocketAddr,
+    state: Arc<FakeState>,
+}
+
+impl Fake {
+    async fn start() -> Fake {
+        let state = Arc::new(FakeState::default());
+        *state.anthropic_text.lock().expect("lock") = "Drafted text.".into();
+        *state.openai_text.lock().expect("lock") = "- point one\n- point two".into();
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn push(&self, canned: Canned) {
+        self.state.script.lock().expect("lock").push_back(canned);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+
+    fn set_texts(&self, anthropic: &str, openai: &str) {
+        *self.state.anthropic_text.lock().expect("lock") = anthropic.into();
+        *self.state.openai_text.lock().expect("lock") = openai.into();
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn answer(State(state): State<Arc<FakeState>>, request: Request) -> Response {
+    let at = now_micros();
+    let path = request.uri().path().to_string();
+    let headers: BTreeMap<String, String> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let bytes = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    state.seen.lock().expect("lock").push(Seen {
+        path: path.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+        at,
+    });
+    let canned = state.script.lock().expect("lock").pop_front();
+    let canned = canned.unwrap_or_else(|| {
+        let model = body["model"].as_str().unwrap_or("?").to_string();
+        let key = headers
+            .get("x-api-key")
+            .cloned()
+            .or_else(|| {
+                headers
+                    .get("authorization")
+                    .map(|a| a.trim_start_matches("Bearer ").to_string())
+            })
+            .unwrap_or_default();
+        if path == "/v1/messages" {
+            let text = state
+                .anthropic_text
+                .lock()
+                .expect("lock")
+                .replace("{key}", &key);
+            Canned {
+                status: 200,
+                headers: Vec::new(),
+                body: json!({"id": "msg_1", "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 11, "output_tokens": 7}}),
+            }
+        } else if path == "/v1/chat/completions" {
+            let text = state
+                .openai_text
+                .lock()
+                .expect("lock")
+                .replace("{key}", &key);
+            Canned {
+                status: 200,
+                headers: Vec::new(),
+                body: json!({"id": "chatcmpl-1", "object": "chat.completion", "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}),
+            }
+        } else {
+            Canned {
+                status: 404,
+                headers: Vec::new(),
+                body: json!({"error": {"message": format!("no route {path}")}}),
+            }
+        }
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(canned.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json");
+    for (name, value) in canned.headers {
+        response = response.header(name, value);
+    }
+    response
+        .body(Body::from(canned.body.to_string()))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Running pipelines on the engine
+
+fn secrets_yaml() -> String {
+    format!(
+        "secrets:\n  llm-secrets:\n    anthropic-key: {ANTHROPIC_KEY}\n    openai-key: {OPENAI_KEY}\n"
+    )
+}
+
+fn pipeline(fake: &Fake, stages: &str, retries: &str) -> String {
+    format!(
+        "stages:\n{stages}\n{retries}\nproviders:\n  default: anthropic\n  anthropic:\n    model: claude-test\n    secretRef: {{name: llm-secrets, key: anthropic-key}}\n    baseUrl: {url}\n  openai:\n    model: gpt-test\n    secretRef: {{name: llm-secrets, key: openai-key}}\n    baseUrl: {url}/v1\n",
+        url = fake.url()
+    )
+}
+
+struct Ran {
+    state: RunState,
+    events: Vec<Event>,
+    _dir: tempfile::TempDir,
+}
+
+async fn run_pipeline(yaml: &str, secrets: &str, inputs: Value) -> Ran {
+    let loaded = load_pipeline_str(yaml, "test.yaml").expect("pipeline loads");
+    let registry = builtin_registry();
+    let problems = flowmason::model::validate(&loaded.spec, &|n| registry.contains(n));
+    assert!(problems.is_empty(), "{problems:?}");
+    let plan = to_plan(&loaded.spec).expect("plan");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("store");
+    let source = Chain::new().with(SecretsFile::parse("secrets", secrets).expect("secrets"));
+    let config = EngineConfig {
+        env: flowmason::env::resolver(Arc::new(source)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store.clone(), registry, config);
+    let state = engine
+        .start(RunRequest::new("llm", plan, inputs))
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
+    let events = store.events(state.run_id).expect("events");
+    Ran {
+        state,
+        events,
+        _dir: dir,
+    }
+}
+
+fn assert_no_secret(text: &str, what: &str) {
+    for key in [ANTHROPIC_KEY, OPENAI_KEY] {
+        assert!(!text.contains(key), "{what} holds a secret value: {text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Protocols, outputs, token accounting
+
+#[actix_rt::test]
+async fn generator_on_anthropic_and_summarizer_on_openai_send_the_documented_requests() {
+    let fake = Fake::start().await;
+    // The Anthropic fake echoes the key it was sent: the engine must mask it.
+    fake.set_texts("Key {key} drafted.", "- point one\n- point two");
+    let yaml = pipeline(
+        &fake,
+        r#"  - id: draft
+    componentType: generator
+    config:
+      prompt: "Write about {{input.topic}}"
+      system_prompt: Be brief.
+      temperature: 0.2
+      max_tokens: 50
+      stop_sequences: [END]
+  - id: sum
+    componentType: summarizer
+    dependsOn: [draft]
+    config:
+      provider: openai
+      text: "{{upstream.draft.content}}"
+      style: bullet
+      max_tokens: 60"#,
+        "",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({"topic": "otters"})).await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    let a = &seen[0];
+    assert_eq!(a.path, "/v1/messages");
+    assert_eq!(a.headers["x-api-key"], ANTHROPIC_KEY);
+    assert_eq!(a.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(
+        a.body,
+        json!({"model": "claude-test", "max_tokens": 50, "temperature": 0.2, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "Write about otters"}],
+               "stop_sequences": ["END"], "stream": false})
+    );
+    let o = &seen[1];
+    assert_eq!(o.path, "/v1/chat/completions");
+    assert_eq!(o.headers["authorization"], format!("Bearer {OPENAI_KEY}"));
+    assert_eq!(o.body["model"], json!("gpt-test"));
+    assert_eq!(o.body["max_tokens"], json!(60));
+    assert_eq!(o.body["temperature"], json!(0.3));
+    assert_eq!(o.body["stream"], json!(false));
+    assert_eq!(
+        o.body["messages"],
+        json!([{"role": "system", "content": "You are an expert summarizer. Create clear, accurate summaries."},
+               {"role": "user", "content": "Summarize the following text as bullet points:\n\nKey *** drafted."}])
+    );
+
+    let draft = ran.state.stages["draft"]
+        .output
+        .clone()
+        .expect("draft output");
+    assert_eq!(draft["content"], json!("Key *** drafted."));
+    assert_eq!(draft["tokens_used"], json!(18));
+    assert_eq!(draft["finish_reason"], json!("stop"));
+    assert_eq!(draft["model"], json!("claude-test"));
+    assert_eq!(
+        draft["usage"],
+        json!({"input_tokens": 11, "output_tokens": 7, "total_tokens": 18,
+               "cost_usd": 0.000138, "model": "claude-test", "provider": "anthropic"})
+    );
+    let sum = ran.state.output.clone().expect("output");
+    assert_eq!(sum["summary"], json!("- point one\n- point two"));
+    assert_eq!(sum["style"], json!("bullet"));
+    assert_eq!(sum["input"], json!("Key *** drafted."));
+    assert_eq!(sum["word_count"], json!(6));
+    assert_eq!(sum["usage"]["total_tokens"], json!(8));
+
+    assert_eq!(ran.state.total_tokens, 26);
+    assert!(ran.state.total_cost_usd > 0.000138);
+    let log = serde_json::to_string(&ran.events).expect("serialize");
+    assert_no_secret(&log, "the event log");
+    assert!(log.contains("used 18 tokens"), "usage is logged: {log}");
+}
+
+#[actix_rt::test]
+async fn critic_reads_json_feedback_and_chat_sends_the_trimmed_history() {
+    let fake = Fake::start().await;
+    fake.set_texts(
+        "unused",
+        r#"{"overall_rating": "good", "score": 0.8, "feedback": "Clear.", "strengths": ["short"], "improvements": [], "criterion_scores": {"clarity": 0.9}, "passes_threshold": true}"#,
+    );
+    let yaml = pipeline(
+        &fake,
+        r#"  - id: review
+    componentType: critic
+    config:
+      provider: openai
+      content: A text.
+      criteria: [clarity]
+      strict_mode: true
+  - id: talk
+    componentType: chat
+    config:
+      provider: openai
+      model: gpt-other
+      message: And now?
+      max_history: 1
+      system_prompt: Be kind.
+      persona: A teacher
+      history:
+        - {role: user, content: old question}
+        - {role: assistant, content: old answer}
+        - {role: user, content: recent question}
+        - {role: assistant, content: recent answer}"#,
+        "",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+    let review = ran.state.stages["review"].output.clone().expect("review");
+    assert_eq!(review["overall_rating"], json!("good"));
+    assert_eq!(review["score"], json!(0.8));
+    assert_eq!(review["criterion_scores"], json!({"clarity": 0.9}));
+    assert_eq!(review["usage"]["total_tokens"], json!(8));
+
+    let seen = fake.seen();
+    let critic = seen
+        .iter()
+        .find(|s| {
+            s.body["messages"][1]["content"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("Evaluate"))
+        })
+        .expect("critic request");
+    assert_eq!(critic.body["temperature"], json!(0.3));
+    assert_eq!(critic.body["max_tokens"], json!(2048));
+    assert!(
+        critic.body["messages"][0]["content"]
+            .as_str()
+            .is_some_and(|s| s.contains("Apply strict evaluation standards."))
+    );
+    let chat = seen
+        .iter()
+        .find(|s| s.body["model"] == json!("gpt-other"))
+        .expect("chat request");
+    assert_eq!(
+        chat.body["messages"],
+        json!([{"role": "system", "content": "Be kind.\n\nPersona: A teacher"},
+               {"role": "user", "content": "recent question"},
+               {"role": "assistant", "content": "recent answer"},
+               {"role": "user", "content": "And now?"}])
+    );
+    assert_eq!(chat.body["temperature"], json!(0.7));
+    let talk = ran.state.stages["talk"].output.clone().expect("talk");
+    assert_eq!(talk["turn_count"], json!(2));
+    assert_eq!(talk["history"][0]["content"], json!("recent question"));
+    assert_eq!(talk["history"][3]["role"], json!("assistant"));
+    assert_eq!(talk["response"], review_text_of(&fake));
+    assert_eq!(ran.state.total_tokens, 16);
+}
+
+fn review_text_of(fake: &Fake) -> Value {
+    json!(
+        fake.state
+            .openai_text
+            .lock()
+            .expect("lock")
+            .trim()
+            .to_string()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors and retries
+
+#[actix_rt::test]
+async fn a_rate_limited_call_is_retried_no_sooner_than_its_retry_after() {
+    let fake = Fake::start().await;
+    fake.push(Canned {
+        status: 429,
+        headers: vec![("retry-after", "1".into())],
+        body: json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit"}}),
+    });
+    let yaml = pipeline(
+        &fake,
+        "  - id: draft\n    componentType: generator\n    config: {prompt: hi}",
+        "retries: {limit: 2, backoff: {duration: 10ms}}",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    let failed = ran
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StageFailed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .expect("the 429 failed the first attempt");
+    assert_eq!(failed.class, ErrorClass::Transient);
+    assert!(failed.retryable);
+    assert!(
+        failed.message.contains("429 Too Many Requests"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("(retry after 1s)"),
+        "{}",
+        failed.message
+    );
+    let retry_at = ran
+        .events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::StageRetryScheduled { at, .. } => Some(at),
+            _ => None,
+        })
+        .expect("a retry was scheduled");
+    assert!(
+        retry_at - seen[0].at >= 1_000_000,
+        "retry due {}us after the 429, which asked for 1s",
+        retry_at - seen[0].at
+    );
+    assert!(seen[1].at - seen[0].at >= 1_000_000);
+    assert_eq!(ran.state.stages["draft"].attempts, 2);
+    assert_eq!(ran.state.total_tokens, 18);
+}
+
+#[actix_rt::test]
+async fn a_server_error_is_retried_and_an_unauthorized_call_is_not() {
+    let fake = Fake::start().await;
+    fake.push(Canned {
+        status: 503,
+        headers: Vec::new(),
+        body: json!({"error": {"message": "overloaded"}}),
+    });
+    fake.push(Canned {
+        status: 401,
+        headers: Vec::new(),
+        // A provider that quotes the key back in its error.
+        body: json!({"error": {"message": format!("invalid x-api-key {ANTHROPIC_KEY}")}}),
+    });
+    let yaml = pipeline(
+        &fake,
+        "  - id: draft\n    componentType: generator\n    config: {prompt: hi}",
+        "retries: {limit: 3, backoff: {duration: 10ms}}",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(ran.state.phase, RunPhase::Failed);
+    assert_eq!(fake.seen().len(), 2, "503 retried once, 401 not retried");
+    let error = ran.state.stages["draft"].error.clone().expect("error");
+    assert_eq!(error.class, ErrorClass::Client);
+    assert!(!error.retryable);
+    assert!(
+        error
+            .message
+            .contains("401 Unauthorized: invalid x-api-key ***"),
+        "{}",
+        error.message
+    );
+    let log = serde_json::to_string(&ran.events).expect("serialize");
+    assert_no_secret(&log, "the event log");
+}
+
+#[actix_rt::test]
+async fn a_missing_provider_key_fails_the_run_before_any_stage_starts() {
+    let fake = Fake::start().await;
+    let yaml = pipeline(
+        &fake,
+        "  - id: draft\n    componentType: generator\n    config: {prompt: hi}",
+        "",
+    );
+    let secrets = format!("secrets:\n  llm-secrets:\n    openai-key: {OPENAI_KEY}\n");
+    let ran = run_pipeline(&yaml, &secrets, json!({})).await;
+    assert_eq!(ran.state.phase, RunPhase::Failed);
+    assert_eq!(
+        ran.state.error.expect("error").message,
+        r#"environment: providers.anthropic.secretRef: secret "llm-secrets" has no key "anthropic-key""#
+    );
+    assert!(
+        ran.events
+            .iter()
+            .all(|e| !matches!(e.kind, EventKind::StageStarted { .. }))
+    );
+    assert!(fake.seen().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Through the `fm` binary
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_example_runs_through_fm_and_no_secret_reaches_the_log_or_the_terminal() {
+    let fake = Fake::start().await;
+    fake.set_texts("Draft quoting {key}.", "- summary point");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_file = dir.path().join("llm.env");
+    // One key from an env file bound to the Secret's name, the other from the process environment.
+    std::fs::write(
+        &env_file,
+        format!("# test keys\nanthropic-key={ANTHROPIC_KEY}\n"),
+    )
+    .expect("write");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/llm.yaml");
+    let data = dir.path().join("data");
+    let url = fake.url();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fm"))
+        .env_remove("FM_DATA_DIR")
+        .env("FM_LOG", "debug")
+        .env("FM_SECRET_LLM_SECRETS_OPENAI_KEY", OPENAI_KEY)
+        .arg("run")
+        .arg(&example)
+        .arg("--env-file")
+        .arg(format!("llm-secrets={}", env_file.display()))
+        .args(["--input", "topic=otters"])
+        .args(["--input", &format!("anthropic_url={url}")])
+        .args(["--input", &format!("openai_url={url}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["-o", "json"])
+        .output()
+        .await
+        .expect("fm runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let result: Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    assert_eq!(result["review"]["feedback"], json!("Draft quoting ***."));
+    assert_eq!(result["discuss"]["response"], json!("Draft quoting ***."));
+    assert_eq!(result["discuss"]["turn_count"], json!(2));
+    assert_no_secret(&stdout, "stdout");
+    assert_no_secret(&stderr, "stderr");
+
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 4, "one call per stage");
+    assert!(
+        seen.iter()
+            .any(|s| s.headers.get("x-api-key").map(String::as_str) == Some(ANTHROPIC_KEY))
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.headers.get("authorization") == Some(&format!("Bearer {OPENAI_KEY}")))
+    );
+    let summary = seen
+        .iter()
+        .find(|s| s.path == "/v1/chat/completions")
+        .expect("openai call");
+    assert_eq!(summary.body["model"], json!("gpt-4o-mini"));
+
+    let store = EventStore::open(data.join("events"), StoreConfig::default()).expect("open log");
+    let runs = store
+        .query(&RunQuery {
+            limit: 100,
+            ..RunQuery::default()
+        })
+        .expect("query")
+        .runs;
+    assert_eq!(runs.len(), 1);
+    let mut all = Vec::new();
+    for run in &runs {
+        all.extend(store.events(run.run_id).expect("events"));
+    }
+    let state = store.fold(runs[0].run_id).expect("fold").expect("state");
+    assert_eq!(state.total_tokens, 18 + 18 + 8 + 18);
+    let log = serde_json::to_string(&all).expect("serialize");
+    assert_no_secret(&log, "the event log");
+    drop(store);
+    // And not in the files either, whatever sled keeps besides the events.
+    for entry in walk(&data) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        for key in [ANTHROPIC_KEY, OPENAI_KEY] {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{} holds a secret value",
+                entry.display()
+            );
+        }
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn env_files_and_the_chain_resolve_in_order() {
+    let named = EnvFile::parse(
+        "a",
+        Some("llm-secrets".into()),
+        "anthropic-key=from-env-file",
+    )
+    .expect("env file");
+    let file = SecretsFile::parse("b", &secrets_yaml()).expect("secrets");
+    let chain = Chain::new().with(named).with(file);
+    use flowmason::env::SecretSource;
+    assert_eq!(
+        chain
+            .secret("default", "llm-secrets", "anthropic-key")
+            .await
+            .expect("lookup")
+            .as_deref(),
+        Some("from-env-file")
+    );
+    assert_eq!(
+        chain
+            .secret("default", "llm-secrets", "openai-key")
+            .await
+            .expect("lookup")
+            .as_deref(),
+        Some(OPENAI_KEY)
+    );
+    assert_eq!(
+        chain.secret("default", "nope", "k").await.expect("lookup"),
+        None
+    );
+}
