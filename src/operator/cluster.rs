@@ -119,3 +119,48 @@ impl ClusterCache {
         Ok(out)
     }
 }
+
+/// The Kubernetes source of `env` `valueFrom` and provider keys: the cache, else a direct read.
+impl crate::env::SecretSource for ClusterCache {
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, crate::env::SecretError>> {
+        Box::pin(self.lookup(RefKind::Secret, namespace, name, key))
+    }
+
+    fn config_map<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, crate::env::SecretError>> {
+        Box::pin(self.lookup(RefKind::ConfigMap, namespace, name, key))
+    }
+}
+
+impl ClusterCache {
+    async fn lookup(
+        &self,
+        kind: RefKind,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<String>, crate::env::SecretError> {
+        let r = ObjectRef {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let objects = self
+            .fetch(&BTreeSet::from([r.clone()]))
+            .await
+            .map_err(|e| crate::env::SecretError {
+                source_name: "kubernetes".into(),
+                message: e.to_string(),
+            })?;
+        Ok(objects.objects.get(&r).and_then(|d| d.get(key).cloned()))
+    }
+}

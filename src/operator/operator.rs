@@ -2,15 +2,14 @@
 //! (optionally) leader election in front of them. Used by `fm serve` (against the embedded API server)
 //! and `fm operator` (against a cluster).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use flowmason_actors::{Engine, EngineConfig, Registry};
-use flowmason_store::{EventStore, RunId};
+use flowmason_store::EventStore;
 
 use super::cluster::ClusterCache;
 use super::error::Result;
@@ -45,28 +44,22 @@ pub struct Operator {
     engine: Engine,
     registry: PipelineRegistry,
     config: OperatorConfig,
-    resume_env: Arc<Mutex<HashMap<RunId, BTreeMap<String, String>>>>,
+    cluster: ClusterCache,
 }
 
 impl Operator {
-    /// Creates the engine and the actor registry. Must be called on a thread of an actix `System`.
+    /// Creates the engine, the ConfigMap/Secret cache and the actor registry. Must be called on a thread
+    /// of an actix `System` (inside its tokio runtime).
     pub fn new(client: Client, store: EventStore, components: Registry, config: OperatorConfig) -> Operator {
-        let resume_env: Arc<Mutex<HashMap<RunId, BTreeMap<String, String>>>> = Arc::default();
-        let resolver_env = resume_env.clone();
+        let cluster = ClusterCache::start(client.clone());
         let engine = Engine::new(
             store,
             components,
             EngineConfig {
                 workers: config.workers,
-                // A resumed run's environment was resolved from the cluster by the run controller just
-                // before it asked the engine to resume (values never enter the event log).
-                env: Arc::new(move |state| {
-                    Ok(resolver_env
-                        .lock()
-                        .ok()
-                        .and_then(|mut m| m.remove(&state.run_id))
-                        .unwrap_or_default())
-                }),
+                // `env` valueFrom and provider keys are recorded in the plan as references only and read
+                // from the cluster each time a run starts or resumes (values never enter the event log).
+                env: crate::env::resolver(Arc::new(cluster.clone())),
             },
         );
         Operator {
@@ -74,7 +67,7 @@ impl Operator {
             client,
             engine,
             config,
-            resume_env,
+            cluster,
         }
     }
 
@@ -104,7 +97,7 @@ impl Operator {
                 halt.cancel();
             });
         }
-        let cluster = ClusterCache::start(self.client.clone());
+        let cluster = self.cluster.clone();
         let known: Arc<dyn Fn(&str) -> bool + Send + Sync> = {
             let engine = self.engine.clone();
             Arc::new(move |c| engine.registry().contains(c))
@@ -121,7 +114,6 @@ impl Operator {
             cluster,
             self.registry.clone(),
             self.config.write_interval,
-            self.resume_env.clone(),
         ));
         let (h1, h2) = (halt.clone(), halt.clone());
         let pipelines = tokio::spawn(pipelines::run_controller(pipeline_ctx, async move {

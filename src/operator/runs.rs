@@ -51,8 +51,6 @@ pub struct RunContext {
     pub write_interval: Duration,
     pub limits: Limits,
     active: Mutex<HashMap<RunId, Active>>,
-    /// Environments resolved for runs about to resume (the engine's resolver takes them from here).
-    pub(crate) resume_env: Arc<Mutex<HashMap<RunId, std::collections::BTreeMap<String, String>>>>,
 }
 
 impl RunContext {
@@ -62,7 +60,6 @@ impl RunContext {
         cluster: ClusterCache,
         pipelines: PipelineRegistry,
         write_interval: Duration,
-        resume_env: Arc<Mutex<HashMap<RunId, std::collections::BTreeMap<String, String>>>>,
     ) -> RunContext {
         RunContext {
             client,
@@ -72,7 +69,6 @@ impl RunContext {
             write_interval,
             limits: Limits::default(),
             active: Mutex::new(HashMap::new()),
-            resume_env,
         }
     }
 
@@ -270,7 +266,9 @@ async fn prepare(run: &PipelineRun, run_id: RunId, ctx: &RunContext) -> Result<R
                 .unwrap_or(Trigger::Manual);
             request.run_name = Some(run.name_any());
             request.labels = run.labels().clone();
-            request.env = env.values;
+            // The engine reads `envFrom` itself (at start and on resume); the values resolved here only
+            // checked that every reference exists, and the secret ones are masked by the engine too.
+            request.secrets = env.secrets.clone();
             Ok(Prepared {
                 request,
                 secrets: env.secrets,
@@ -338,14 +336,10 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
 async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Result<Action> {
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     let name = run.name_any();
-    // The environment is not in the event log: resolve it again from the cluster as it is now.
+    // The engine resolves the environment again itself; the secret values are needed here only to
+    // redact the status.
     let secrets = match prepare(&run, run_id, &ctx).await? {
-        Ok(p) => {
-            if let Ok(mut env) = ctx.resume_env.lock() {
-                env.insert(run_id, p.request.env.clone());
-            }
-            p.secrets
-        }
+        Ok(p) => p.secrets,
         Err(_) => Vec::new(),
     };
     let handle = ctx
@@ -356,9 +350,6 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
             object: object_name(&run),
             source,
         })?;
-    if let Ok(mut env) = ctx.resume_env.lock() {
-        env.remove(&run_id);
-    }
     let Some(mut handle) = handle else {
         // Ended while we looked (or was ended as unusable): project what the log says.
         if let Ok(Some(state)) = ctx.engine.store().fold(run_id) {
