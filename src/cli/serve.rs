@@ -1,6 +1,7 @@
-//! `fm serve`: the embedded default. Today it serves the Kubernetes-compatible API (see
-//! `crate::apiserver`); the controllers and the engine join it in the same process through
-//! [`crate::apiserver::Server`], which runs on the caller's runtime.
+//! `fm serve`: the embedded default. One process: the Kubernetes-compatible API (see
+//! `crate::apiserver`), the Pipeline and PipelineRun controllers and the engine (see `crate::operator`),
+//! with the event log in DATA_DIR/events. The controllers talk to the API over HTTP like any client, so
+//! they behave exactly as `fm operator` does against a cluster.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -10,7 +11,29 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::apiserver::{ApiConfig, ServeConfig, Server};
+use crate::components::builtin_registry;
+use crate::operator::{Operator, OperatorConfig};
+
+/// Waits for Ctrl-C or SIGTERM (how Kubernetes and test harnesses stop a process).
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    Ok(())
+}
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -37,6 +60,17 @@ pub struct ServeArgs {
     /// Longest a watch stays open, in seconds (clients re-watch transparently).
     #[arg(long, default_value_t = 1800)]
     pub max_watch_seconds: u64,
+    /// When appended run events reach the disk: always, batch (group commit; terminal events always
+    /// durable) or never.
+    #[arg(long, default_value = "batch")]
+    pub durability: flowmason_store::Durability,
+    /// Least time between two status writes of one run, in milliseconds (the first and the final write
+    /// of a run are immediate).
+    #[arg(long, default_value_t = 250)]
+    pub status_interval_ms: u64,
+    /// Serve the API only, without controllers and engine (e.g. for `fm operator` replicas against it).
+    #[arg(long)]
+    pub no_controllers: bool,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -57,17 +91,47 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         },
         ..ServeConfig::new(data_dir)
     };
+    let store_args = super::StoreArgs {
+        data_dir: args.data_dir.clone(),
+        durability: args.durability,
+    };
+    let operator_config = OperatorConfig {
+        write_interval: Duration::from_millis(args.status_interval_ms),
+        ..OperatorConfig::default()
+    };
+    let controllers = !args.no_controllers;
     crate::runtime::block_on(|| async move {
         let server = Server::start(config)
             .await
             .context("cannot start the API server")?;
+        let stop = CancellationToken::new();
+        let operator = if controllers {
+            let events = store_args.open()?;
+            let client_config = server
+                .client_config()
+                .await
+                .context("cannot read the kubeconfig just written")?;
+            let client = kube::Client::try_from(client_config)
+                .context("cannot build a client of the embedded API server")?;
+            let operator = Operator::new(client, events, builtin_registry(), operator_config);
+            let stop = stop.clone();
+            Some(actix::spawn(async move { operator.run(stop).await }))
+        } else {
+            None
+        };
         println!("FlowMason API server listening on {}", server.url());
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         std::io::stdout().flush().ok();
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
+        wait_for_signal().await?;
         eprintln!("shutting down");
+        stop.cancel();
+        if let Some(operator) = operator {
+            match tokio::time::timeout(Duration::from_secs(10), operator).await {
+                Ok(Ok(Err(e))) => eprintln!("operator: {e}"),
+                Ok(_) => {}
+                Err(_) => eprintln!("operator: did not stop within 10s"),
+            }
+        }
         server.shutdown().await;
         Ok(0)
     })?

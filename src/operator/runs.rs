@@ -147,6 +147,25 @@ async fn reconcile(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let object = object_name(&run);
+    // kube's helper adds the first finalizer with a JSON patch whose `test` of the absent
+    // `/metadata/finalizers` not every API server accepts (the embedded one answers 422); a merge patch
+    // guarded by resourceVersion does the same everywhere.
+    if run.metadata.deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = run.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        api.patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": run.resource_version(),
+            }})),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("add the finalizer of {object}"), e))?;
+        // The change wakes this reconciler again with the finalizer in place.
+        return Ok(Action::await_change());
+    }
     finalizer(&api, FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(run, ctx.clone()).await,
