@@ -9,6 +9,7 @@ use flowmason_store::{Durability, EventStore, StoreConfig};
 mod bench;
 mod history;
 mod inputs;
+mod operator;
 mod progress;
 mod resume;
 mod run;
@@ -47,6 +48,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it).
     Serve(serve::ServeArgs),
+    /// Run the controllers and the engine against a cluster (kubeconfig or in-cluster).
+    Operator(operator::OperatorArgs),
 }
 
 /// Where runs are recorded.
@@ -148,6 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(args) => resume::resume(args),
         Command::Bench(args) => bench::bench(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Operator(args) => operator::operator(args),
     }
 }
 

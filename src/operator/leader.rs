@@ -1,11 +1,20 @@
-//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager, server-side apply), so that of
-//! several operator replicas only one runs controllers and engine runs at a time.
+//! Leader election on a `coordination.k8s.io` Lease, so that of several operator replicas only one runs
+//! controllers and engine runs at a time.
+//!
+//! The protocol is client-go's leaderelection with plain reads and updates guarded by
+//! `resourceVersion` (optimistic concurrency): a replica takes the Lease when it is free or its holder
+//! has not renewed within `leaseDurationSeconds`, and the holder renews every third of that. Two replicas
+//! racing for the Lease conflict on the write and exactly one wins. (kube-lease-manager does the same
+//! with server-side apply, which the embedded API server of `fm serve` does not serve, so the plain
+//! protocol works against both it and any cluster.)
 
 use std::time::Duration;
 
-use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::watch;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{Error, Result};
@@ -18,9 +27,7 @@ pub struct LeaseConfig {
     /// Unique per replica (the pod name in a cluster).
     pub identity: String,
     /// Seconds a lease stays valid after its last renewal; a crashed leader is replaced after this.
-    pub duration_secs: u64,
-    /// Seconds before expiry at which the holder renews.
-    pub grace_secs: u64,
+    pub duration_secs: u32,
 }
 
 impl LeaseConfig {
@@ -30,12 +37,86 @@ impl LeaseConfig {
             name: "flowmason-operator".into(),
             identity: identity.into(),
             duration_secs: 15,
-            grace_secs: 5,
+        }
+    }
+
+    fn renew_every(&self) -> Duration {
+        Duration::from_millis(u64::from(self.duration_secs.max(1)) * 1000 / 3)
+    }
+}
+
+/// What one attempt on the Lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// We hold it (taken or renewed).
+    Held,
+    /// Another replica holds a valid lease.
+    Taken,
+}
+
+/// Whether a Lease may be taken by `identity` at `now`: free, ours, or expired.
+pub fn may_take(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> bool {
+    let Some(spec) = spec else { return true };
+    match spec.holder_identity.as_deref() {
+        None | Some("") => true,
+        Some(holder) if holder == identity => true,
+        Some(_) => {
+            let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+            match &spec.renew_time {
+                Some(renewed) => {
+                    now.as_second() > renewed.0.as_second().saturating_add(duration)
+                }
+                None => true,
+            }
         }
     }
 }
 
-/// Leadership held: `lost` is cancelled when the lease is lost (or could not be renewed).
+/// One try to take or renew the Lease.
+pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<Attempt> {
+    let now = Timestamp::now();
+    let lease_name = format!("Lease {}/{}", config.namespace, config.name);
+    let current = api
+        .get_opt(&config.name)
+        .await
+        .map_err(|e| Error::kube(format!("read {lease_name}"), e))?;
+    let mut lease = match current {
+        Some(lease) => lease,
+        None => Lease {
+            metadata: ObjectMeta {
+                name: Some(config.name.clone()),
+                namespace: Some(config.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+        },
+    };
+    if !may_take(lease.spec.as_ref(), &config.identity, now) {
+        return Ok(Attempt::Taken);
+    }
+    let mut spec = lease.spec.take().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        spec.acquire_time = Some(MicroTime(now));
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.holder_identity = Some(config.identity.clone());
+    spec.lease_duration_seconds = Some(i32::try_from(config.duration_secs).unwrap_or(i32::MAX));
+    spec.renew_time = Some(MicroTime(now));
+    lease.spec = Some(spec);
+    let result = if lease.metadata.resource_version.is_some() {
+        api.replace(&config.name, &PostParams::default(), &lease).await
+    } else {
+        api.create(&PostParams::default(), &lease).await
+    };
+    match result {
+        Ok(_) => Ok(Attempt::Held),
+        // Another replica wrote first (409 on create or on a stale resourceVersion).
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Taken),
+        Err(e) => Err(Error::kube(format!("write {lease_name}"), e)),
+    }
+}
+
+/// Leadership held: `lost` is cancelled when a renewal fails or finds another holder.
 pub struct Leadership {
     pub lost: CancellationToken,
     release: CancellationToken,
@@ -43,77 +124,95 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Gives the lease up (so another replica takes over at once instead of after expiry).
+    /// Stops renewing and gives the Lease up, so that another replica takes over at once.
     pub async fn release(self) {
         self.release.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }
 
-/// Waits until this replica holds the lease (or `stop` is cancelled: `None`).
+/// Waits until this replica holds the Lease (or `stop` is cancelled: `None`), then keeps renewing it.
 pub async fn acquire(
     client: Client,
     config: &LeaseConfig,
     stop: &CancellationToken,
 ) -> Result<Option<Leadership>> {
-    let manager = LeaseManagerBuilder::new(client, &config.name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(config.duration_secs)
-        .with_grace(config.grace_secs)
-        .with_field_manager(format!("flowmason-operator-{}", config.identity))
-        .build()
-        .await
-        .map_err(|e| Error::Finalizer {
-            object: format!("Lease {}/{}", config.namespace, config.name),
-            message: e.to_string(),
-        })?;
-    let (mut rx, task) = manager.watch().await;
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     loop {
-        if *rx.borrow_and_update() {
-            break;
+        match try_acquire(&api, config).await {
+            Ok(Attempt::Held) => break,
+            Ok(Attempt::Taken) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election"),
         }
         tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return Err(Error::Finalizer {
-                        object: format!("Lease {}/{}", config.namespace, config.name),
-                        message: "the lease manager stopped".into(),
-                    });
-                }
-            }
+            _ = tokio::time::sleep(config.renew_every()) => {}
             _ = stop.cancelled() => return Ok(None),
         }
     }
     tracing::info!(identity = %config.identity, lease = %config.name, "leader");
     let lost = CancellationToken::new();
     let release = CancellationToken::new();
-    let (signal, released) = (lost.clone(), release.clone());
-    let watcher = tokio::spawn(async move {
-        let mut rx: watch::Receiver<bool> = rx;
+    let (signal, released, config) = (lost.clone(), release.clone(), config.clone());
+    let task = tokio::spawn(async move {
+        let mut failures = 0;
         loop {
             tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() || !*rx.borrow() {
-                        signal.cancel();
-                        break;
-                    }
-                }
+                _ = tokio::time::sleep(config.renew_every()) => {}
                 _ = released.cancelled() => break,
             }
-        }
-        // Closing the channel ends the manager's task, which releases the lease.
-        drop(rx);
-        match tokio::time::timeout(Duration::from_secs(3), task).await {
-            Ok(Ok(Ok(manager))) => {
-                let _ = manager.release().await;
+            match try_acquire(&api, &config).await {
+                Ok(Attempt::Held) => failures = 0,
+                Ok(Attempt::Taken) => {
+                    signal.cancel();
+                    return;
+                }
+                // Tolerate a failed renewal or two: the lease is valid for three renewal periods.
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "lease renewal");
+                    if failures >= 2 {
+                        signal.cancel();
+                        return;
+                    }
+                }
             }
-            _ => tracing::debug!("lease manager did not stop in time"),
+        }
+        // Give the lease up: clear the holder (guarded by resourceVersion like every write).
+        if let Ok(Some(mut lease)) = api.get_opt(&config.name).await
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(config.identity.as_str())
+        {
+            spec.holder_identity = None;
+            let _ = api.replace(&config.name, &PostParams::default(), &lease).await;
         }
     });
     Ok(Some(Leadership {
         lost,
         release,
-        task: watcher,
+        task,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renewed_secs: i64, duration: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Timestamp::from_second(renewed_secs).ok().map(MicroTime),
+            lease_duration_seconds: Some(duration),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn free_own_or_expired_leases_may_be_taken() {
+        let now = Timestamp::from_second(1_000).expect("time");
+        assert!(may_take(None, "a", now));
+        assert!(may_take(Some(&LeaseSpec::default()), "a", now));
+        assert!(may_take(Some(&spec("a", 999, 15)), "a", now));
+        assert!(!may_take(Some(&spec("b", 999, 15)), "a", now));
+        assert!(may_take(Some(&spec("b", 900, 15)), "a", now));
+    }
 }
