@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod client;
 pub mod cli;
 pub mod components;
 pub mod env;

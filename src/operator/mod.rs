@@ -11,6 +11,7 @@
 //! - [`Operator`]: wires them onto one engine.
 
 mod cluster;
+pub mod events;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fixtures;

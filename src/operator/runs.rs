@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -24,6 +25,7 @@ use flowmason_store::{Event, RunId, RunState, Trigger};
 
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
+use super::events;
 use super::pipelines::PipelineRegistry;
 use super::planning::{self, Problem};
 use super::status::{self, Limits};
@@ -348,7 +350,8 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
         })?;
     ctx.pipelines.run_started(&prepared.pipeline, run_id);
     let events = handle.take_events();
-    spawn_writer(&ctx, run_id, namespace, name, prepared.secrets, None, events, handle);
+    let involved = run.object_ref(&());
+    spawn_writer(&ctx, run_id, involved, namespace, name, prepared.secrets, None, events, handle);
     Ok(Action::await_change())
 }
 
@@ -378,7 +381,8 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
     };
     let initial = ctx.engine.store().fold(run_id).ok().flatten();
     let events = handle.take_events();
-    spawn_writer(&ctx, run_id, namespace, name, secrets, initial, events, handle);
+    let involved = run.object_ref(&());
+    spawn_writer(&ctx, run_id, involved, namespace, name, secrets, initial, events, handle);
     if planning::cancel_requested(&run) {
         ctx.engine.cancel(run_id, "cancelled through the API");
     }
@@ -391,6 +395,7 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
 fn spawn_writer(
     ctx: &Arc<RunContext>,
     run_id: RunId,
+    involved: ObjectReference,
     namespace: String,
     name: String,
     secrets: Vec<String>,
@@ -410,6 +415,7 @@ fn spawn_writer(
         let finished = handle.finished();
         tokio::pin!(finished);
         let mut events = events;
+        let mut recorder = Recorder::new(ctx.client.clone(), involved);
         loop {
             let due = last_write.map(|t| t + ctx.write_interval);
             tokio::select! {
@@ -420,6 +426,7 @@ fn spawn_writer(
                             if let Err(e) = RunState::apply_to(&mut state, run_id, &event) {
                                 tracing::warn!(%run_id, error = %e, "status fold");
                             }
+                            recorder.add(&event);
                             dirty = true;
                             if last_write.is_none() {
                                 if let Some(s) = &state {
@@ -428,6 +435,7 @@ fn spawn_writer(
                                         tracing::debug!(error = %e, "status write");
                                     }
                                 }
+                                recorder.flush().await;
                                 last_write = Some(Instant::now());
                                 dirty = false;
                             }
@@ -442,6 +450,7 @@ fn spawn_writer(
                             tracing::debug!(error = %e, "status write");
                         }
                     }
+                    recorder.flush().await;
                     last_write = Some(Instant::now());
                     dirty = false;
                 }
@@ -453,6 +462,13 @@ fn spawn_writer(
                 }
             }
         }
+        // Events still queued in the channel (the run ended before the loop read them).
+        if let Some(rx) = events.as_mut() {
+            while let Ok(event) = rx.try_recv() {
+                recorder.add(&event);
+            }
+        }
+        recorder.flush().await;
         // The log is the authority on the end state, whatever the stream delivered.
         let final_state = match ctx.engine.store().fold(run_id) {
             Ok(Some(s)) => Some(s),
@@ -479,6 +495,51 @@ fn spawn_writer(
         }
         let _ = done_tx.send(true);
     });
+}
+
+/// Queues a run's notable events and writes them as Kubernetes Events alongside status writes.
+struct Recorder {
+    api: Api<KubeEvent>,
+    involved: ObjectReference,
+    pending: Vec<KubeEvent>,
+    recorded: usize,
+}
+
+impl Recorder {
+    fn new(client: Client, involved: ObjectReference) -> Recorder {
+        let namespace = involved.namespace.clone().unwrap_or_else(|| "default".into());
+        Recorder {
+            api: Api::namespaced(client, &namespace),
+            involved,
+            pending: Vec::new(),
+            recorded: 0,
+        }
+    }
+
+    fn add(&mut self, event: &Event) {
+        let queued = self.recorded + self.pending.len();
+        if queued > events::MAX_EVENTS_PER_RUN {
+            return;
+        }
+        if let Some(k) = events::kube_event(&self.involved, event) {
+            if queued == events::MAX_EVENTS_PER_RUN {
+                self.pending.push(events::truncated(&self.involved, event.seq, event.at));
+            } else {
+                self.pending.push(k);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        for event in self.pending.drain(..) {
+            match self.api.create(&PostParams::default(), &event).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => tracing::debug!(error = %e, "recording a Kubernetes Event"),
+            }
+            self.recorded += 1;
+        }
+    }
 }
 
 async fn cleanup(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {

@@ -37,8 +37,9 @@ impl Default for Limits {
     }
 }
 
-/// What replaces a secret's value wherever it would appear in a status.
-pub const REDACTED: &str = "[REDACTED]";
+/// What replaces a secret's value wherever it would appear in a status (the engine's mask, so that the
+/// status and the event log read alike).
+pub const REDACTED: &str = flowmason_actors::redact::MASK;
 
 /// The condition type of a run's outcome, as Tekton and Argo name it: `Unknown` while it runs.
 pub const CONDITION_SUCCEEDED: &str = "Succeeded";

@@ -1,0 +1,686 @@
+//! The operator end to end: `fm serve` (API server + controllers + engine) started as a child process on
+//! 127.0.0.1:0, driven with a kube-rs client and with `kubectl`, as users drive it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flowmason::model::{Pipeline, PipelineRun, RunPhase};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// Safety net of every wait: a broken operator fails the test instead of hanging it. Not a performance
+/// assertion: every wait ends as soon as its condition holds.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A running `fm serve` (or another `fm` server command), killed on drop.
+struct Fm {
+    child: Child,
+    kubeconfig: PathBuf,
+}
+
+impl Fm {
+    /// Starts `fm <args>` and waits for its `export KUBECONFIG=` line.
+    fn start(args: &[&str]) -> Fm {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fm"))
+            .args(args)
+            .env_remove("FM_DATA_DIR")
+            .env("FM_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("fm starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut kubeconfig = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read stdout");
+            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
+                kubeconfig = Some(PathBuf::from(path));
+                break;
+            }
+        }
+        Fm {
+            child,
+            kubeconfig: kubeconfig.expect("fm serve prints its kubeconfig"),
+        }
+    }
+
+    fn serve(data: &Path, extra: &[&str]) -> Fm {
+        let dir = data.to_str().expect("path");
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--data-dir", dir];
+        args.extend_from_slice(extra);
+        Fm::start(&args)
+    }
+
+    async fn client(&self) -> Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("config");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Stops the process with SIGTERM (a graceful stop) and waits for it.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Fm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubectl(fm: &Fm, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", &fm.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    if let Some(text) = stdin {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl ends");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn pipeline(name: &str, stages: Value) -> Pipeline {
+    serde_json::from_value(json!({
+        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"stages": stages}
+    }))
+    .expect("pipeline")
+}
+
+fn run_of(name: &str, pipeline: &str, inputs: Value) -> PipelineRun {
+    serde_json::from_value(json!({
+        "apiVersion": "flowmason.io/v1", "kind": "PipelineRun",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"pipelineRef": pipeline, "inputs": inputs}
+    }))
+    .expect("run")
+}
+
+fn delay_stages(ms: u64) -> Value {
+    json!([
+        {"id": "wait", "componentType": "delay", "config": {"ms": ms}},
+        {"id": "shape", "componentType": "json_transform", "dependsOn": ["wait"],
+         "config": {"data": {"x": "{{input.x}}"}, "expression": "x"}}
+    ])
+}
+
+/// Polls until `check` returns Some.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_phase(api: &Api<PipelineRun>, name: &str, phases: &[RunPhase]) -> PipelineRun {
+    eventually(&format!("{name} in {phases:?}"), || async {
+        let run = api.get_opt(name).await.ok().flatten()?;
+        let phase = run.status.as_ref()?.phase?;
+        phases.contains(&phase).then_some(run)
+    })
+    .await
+}
+
+fn terminal() -> [RunPhase; 4] {
+    [
+        RunPhase::Succeeded,
+        RunPhase::Failed,
+        RunPhase::Cancelled,
+        RunPhase::TimedOut,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_status() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let doc = serde_json::to_string(&pipeline("hello", delay_stages(400))).expect("json");
+    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&doc));
+    assert!(ok, "{out}");
+    // Watch the run from before it exists, collecting every phase it shows.
+    let watch = tokio::spawn({
+        let runs = runs.clone();
+        async move {
+            let mut phases: Vec<RunPhase> = Vec::new();
+            let stream = watcher(runs, watcher::Config::default().fields("metadata.name=hello-1"))
+                .applied_objects()
+                .boxed();
+            let mut stream = stream;
+            while let Ok(Some(run)) = stream.try_next().await {
+                if let Some(p) = run.status.and_then(|s| s.phase)
+                    && phases.last() != Some(&p)
+                {
+                    phases.push(p);
+                    if terminal().contains(&p) {
+                        break;
+                    }
+                }
+            }
+            phases
+        }
+    });
+    let run = serde_json::to_string(&run_of("hello-1", "hello", json!({"x": 42}))).expect("json");
+    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&run));
+    assert!(ok, "{out}");
+    let phases = tokio::time::timeout(PATIENCE, watch)
+        .await
+        .expect("run ends")
+        .expect("watch");
+    assert_eq!(
+        phases,
+        [RunPhase::Pending, RunPhase::Running, RunPhase::Succeeded]
+    );
+    let done = runs.get("hello-1").await.expect("get");
+    let status = done.status.expect("status");
+    assert_eq!(status.output.as_ref().map(|o| o["result"].clone()), Some(json!({"x": 42})));
+    let ids: Vec<&str> = status.stages.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["wait", "shape"]);
+    assert!(status.stages.iter().all(|s| s.attempts == 1 && s.completion_time.is_some()));
+    assert!(status.run_id.is_some() && status.completion_time.is_some() && status.duration.is_some());
+    assert_eq!(status.pipeline_generation, Some(1));
+    // Owned by its Pipeline, finalizer in place; the Pipeline records the run.
+    let owners = done.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.first().map(|o| o.name.as_str()), Some("hello"));
+    assert!(done.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "flowmason.io/run"));
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let p = eventually("pipeline lastRunStatus", || async {
+        let p = pipelines.get("hello").await.ok()?;
+        (p.status.as_ref()?.last_run_status.as_deref() == Some("Succeeded")).then_some(p)
+    })
+    .await;
+    assert_eq!(p.status.as_ref().and_then(|s| s.last_run_id.clone()), status.run_id);
+    // kubectl shows it too.
+    let (ok, out) = kubectl(&fm, &["get", "pipelineruns"], None);
+    assert!(ok && out.contains("hello-1") && out.contains("Succeeded"), "{out}");
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let failing = pipeline(
+        "failing",
+        json!([{"id": "bad", "componentType": "json_transform",
+                "config": {"data": {"a": 1}, "expression": "{{input.missing.path}}"}}]),
+    );
+    pipelines.create(&PostParams::default(), &failing).await.expect("create");
+    runs.create(&PostParams::default(), &run_of("failing-1", "failing", json!({})))
+        .await
+        .expect("create run");
+    let run = wait_phase(&runs, "failing-1", &terminal()).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Failed));
+    let error = status.error.expect("error");
+    assert_eq!(error.stage.as_deref(), Some("bad"));
+    assert!(error.message.contains("missing"), "{}", error.message);
+
+    // The API server refuses an invalid Pipeline outright; one whose `source` ConfigMap holds an invalid
+    // definition is accepted and reported Ready=False with the problem named.
+    let invalid = pipeline(
+        "invalid",
+        json!([{"id": "a", "componentType": "no_such_component"}]),
+    );
+    assert!(pipelines.create(&PostParams::default(), &invalid).await.is_err());
+    let definition = json!({"stages": [
+        {"id": "a", "componentType": "no_such_component"},
+        {"id": "b", "componentType": "noop", "dependsOn": ["nowhere"]}]});
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad-def"},
+        "data": {"pipeline.yaml": definition.to_string()}
+    }))
+    .expect("cm");
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("cm");
+    let invalid: Pipeline = serde_json::from_value(json!({
+        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+        "metadata": {"name": "invalid", "namespace": "default"},
+        "spec": {"source": {"name": "bad-def", "key": "pipeline.yaml"}}
+    }))
+    .expect("pipeline");
+    pipelines.create(&PostParams::default(), &invalid).await.expect("create");
+    let p = eventually("invalid pipeline status", || async {
+        let p = pipelines.get("invalid").await.ok()?;
+        p.status.as_ref()?.phase.map(|_| p.clone())
+    })
+    .await;
+    let status = p.status.expect("status");
+    assert_eq!(status.phase, Some(flowmason::model::PipelinePhase::Failed));
+    let ready = &status.conditions[0];
+    assert_eq!((ready.type_.as_str(), ready.status.as_str()), ("Ready", "False"));
+    let message = ready.message.clone().unwrap_or_default();
+    assert!(message.contains("stages[0].componentType: unknown component \"no_such_component\""), "{message}");
+    assert!(message.contains("nowhere"), "{message}");
+    // A run of it fails before starting, naming the problem.
+    runs.create(&PostParams::default(), &run_of("invalid-1", "invalid", json!({})))
+        .await
+        .expect("create run");
+    let run = wait_phase(&runs, "invalid-1", &terminal()).await;
+    assert_eq!(run.status.as_ref().and_then(|s| s.phase), Some(RunPhase::Failed));
+    // And a run of a Pipeline that does not exist names it.
+    runs.create(&PostParams::default(), &run_of("orphan-1", "absent", json!({})))
+        .await
+        .expect("create run");
+    let run = wait_phase(&runs, "orphan-1", &terminal()).await;
+    let message = run.status.and_then(|s| s.error).map(|e| e.message).unwrap_or_default();
+    assert_eq!(message, "spec.pipelineRef: Pipeline default/absent not found");
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_by_spec_by_annotation_and_by_delete() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(&PostParams::default(), &pipeline("slow", delay_stages(60_000)))
+        .await
+        .expect("create");
+    for name in ["by-spec", "by-annotation", "by-delete"] {
+        runs.create(&PostParams::default(), &run_of(name, "slow", json!({"x": 1})))
+            .await
+            .expect("create run");
+        wait_phase(&runs, name, &[RunPhase::Running]).await;
+    }
+    runs.patch("by-spec", &PatchParams::default(), &Patch::Merge(json!({"spec": {"status": "Cancelled"}})))
+        .await
+        .expect("cancel");
+    runs.patch(
+        "by-annotation",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"flowmason.io/cancel": "true"}}})),
+    )
+    .await
+    .expect("cancel");
+    for name in ["by-spec", "by-annotation"] {
+        let run = wait_phase(&runs, name, &terminal()).await;
+        let status = run.status.expect("status");
+        assert_eq!(status.phase, Some(RunPhase::Cancelled), "{name}");
+        assert!(status.stages.iter().all(|s| s.phase != flowmason::model::StagePhase::Running));
+    }
+    // Deleting a running run cancels it, then lets it go; its end is in the event log.
+    let run_id = runs
+        .get("by-delete")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.run_id)
+        .expect("runId");
+    runs.delete("by-delete", &DeleteParams::default()).await.expect("delete");
+    eventually("deleted run gone", || async {
+        runs.get_opt("by-delete").await.ok().and_then(|r| r.is_none().then_some(()))
+    })
+    .await;
+    fm.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["history", "show", &run_id, "--data-dir", data.path().to_str().expect("path")])
+        .output()
+        .expect("fm history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Cancelled"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_pipeline_never_changes_a_run_in_flight() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(&PostParams::default(), &pipeline("edited", delay_stages(1_500)))
+        .await
+        .expect("create");
+    runs.create(&PostParams::default(), &run_of("before", "edited", json!({"x": "old"})))
+        .await
+        .expect("run");
+    wait_phase(&runs, "before", &[RunPhase::Running]).await;
+    // Generation 2: a different plan (one stage, another output).
+    pipelines
+        .patch(
+            "edited",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"stages": [
+                {"id": "only", "componentType": "json_transform",
+                 "config": {"data": {"v": "new"}, "expression": "v"}}]}})),
+        )
+        .await
+        .expect("edit");
+    runs.create(&PostParams::default(), &run_of("after", "edited", json!({})))
+        .await
+        .expect("run");
+    let before = wait_phase(&runs, "before", &terminal()).await.status.expect("status");
+    let after = wait_phase(&runs, "after", &terminal()).await.status.expect("status");
+    assert_eq!(before.phase, Some(RunPhase::Succeeded));
+    assert_eq!(before.pipeline_generation, Some(1));
+    assert_eq!(before.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["wait", "shape"]);
+    assert_eq!(after.pipeline_generation, Some(2));
+    assert_eq!(after.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["only"]);
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipeline() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut p: Pipeline = serde_json::from_value(json!({
+        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+        "metadata": {"name": "secretive", "namespace": "default"},
+        "spec": {
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}],
+            "stages": [{"id": "use", "componentType": "json_transform",
+                        "config": {"data": {"t": "{{env.TOKEN}}"}, "jq": "{length: (.t | length), t: .t}"}}]
+        }
+    }))
+    .expect("pipeline");
+    pipelines.create(&PostParams::default(), &p).await.expect("create");
+    // The Secret is missing: Ready=False naming it, and a run fails naming it.
+    let missing = eventually("pipeline not ready", || async {
+        let p = pipelines.get("secretive").await.ok()?;
+        let c = p.status?.conditions.into_iter().next()?;
+        (c.status == "False").then_some(c)
+    })
+    .await;
+    assert!(missing.message.as_deref().unwrap_or("").contains("Secret default/creds not found"), "{missing:?}");
+    runs.create(&PostParams::default(), &run_of("too-early", "secretive", json!({})))
+        .await
+        .expect("run");
+    let early = wait_phase(&runs, "too-early", &terminal()).await.status.expect("status");
+    assert!(early.error.map(|e| e.message).unwrap_or_default().contains("Secret default/creds"));
+    // Creating it makes the Pipeline ready (the Secret is watched) and runs see the value.
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "stringData": {"token": "hunter2-xyz"}
+    }))
+    .expect("secret");
+    secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    eventually("pipeline ready", || async {
+        let p = pipelines.get("secretive").await.ok()?;
+        (p.status?.conditions.first()?.status == "True").then_some(())
+    })
+    .await;
+    runs.create(&PostParams::default(), &run_of("with-secret", "secretive", json!({})))
+        .await
+        .expect("run");
+    let run = wait_phase(&runs, "with-secret", &terminal()).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
+    let text = serde_json::to_string(&status).expect("json");
+    assert!(!text.contains("hunter2-xyz"), "secret leaked into status: {text}");
+    // The stage saw the 11-character value; the status shows it masked.
+    assert_eq!(status.output.as_ref().map(|o| o["result"]["length"].clone()), Some(json!(11)));
+    assert_eq!(status.output.as_ref().map(|o| o["result"]["t"].clone()), Some(json!("***")));
+
+    // A Pipeline defined by a ConfigMap, in FlowMason's pipeline.json format.
+    let definition = json!({"name": "from-cm", "stages": [
+        {"id": "hi", "component_type": "json_transform", "config": {"data": {"g": "hello"}, "expression": "g"}}]});
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "def"},
+        "data": {"pipeline.json": definition.to_string()}
+    }))
+    .expect("cm");
+    configmaps.create(&PostParams::default(), &cm).await.expect("cm");
+    p = serde_json::from_value(json!({
+        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+        "metadata": {"name": "from-cm", "namespace": "default"},
+        "spec": {"source": {"name": "def"}}
+    }))
+    .expect("pipeline");
+    pipelines.create(&PostParams::default(), &p).await.expect("create");
+    runs.create(&PostParams::default(), &run_of("cm-1", "from-cm", json!({})))
+        .await
+        .expect("run");
+    let status = wait_phase(&runs, "cm-1", &terminal()).await.status.expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
+    assert_eq!(status.output.map(|o| o["result"].clone()), Some(json!("hello")));
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_makes_a_bounded_number_of_status_writes() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // A long interval: only the first and the final status write happen, however long the run takes.
+    let fm = Fm::serve(data.path(), &["--status-interval-ms", "600000"]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let stages: Vec<Value> = (0..1000)
+        .map(|i| {
+            if i == 0 {
+                json!({"id": "s0", "componentType": "noop"})
+            } else {
+                json!({"id": format!("s{i}"), "componentType": "noop", "dependsOn": [format!("s{}", i - 1)]})
+            }
+        })
+        .collect();
+    pipelines
+        .create(&PostParams::default(), &pipeline("long", Value::Array(stages)))
+        .await
+        .expect("create");
+    let watch = tokio::spawn({
+        let runs = runs.clone();
+        async move {
+            let mut versions = HashSet::new();
+            let mut stream = watcher(runs, watcher::Config::default().fields("metadata.name=long-1"))
+                .applied_objects()
+                .boxed();
+            while let Ok(Some(run)) = stream.try_next().await {
+                versions.insert(run.metadata.resource_version.clone());
+                if terminal().contains(&run.status.and_then(|s| s.phase).unwrap_or(RunPhase::Pending)) {
+                    break;
+                }
+            }
+            versions.len()
+        }
+    });
+    runs.create(&PostParams::default(), &run_of("long-1", "long", json!({})))
+        .await
+        .expect("run");
+    let versions = tokio::time::timeout(PATIENCE, watch).await.expect("ends").expect("watch");
+    let run = runs.get("long-1").await.expect("get");
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Succeeded));
+    assert_eq!(status.metrics.map(|m| m.completed_stages), Some(1000));
+    // create, finalizer, owner, first status, final status (and at most a few more): not 1,000.
+    assert!(versions <= 8, "{versions} versions of the object for a 1,000-stage run");
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_middle_of_50_runs_ends_each_exactly_once() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(&PostParams::default(), &pipeline("fifty", delay_stages(1_000)))
+        .await
+        .expect("create");
+    for i in 0..50 {
+        runs.create(&PostParams::default(), &run_of(&format!("r-{i}"), "fifty", json!({"x": i})))
+            .await
+            .expect("run");
+    }
+    // Some have started; none can have finished (each waits a second).
+    eventually("a run started", || async {
+        let list = runs.list(&Default::default()).await.ok()?;
+        list.items.iter().any(|r| r.status.as_ref().and_then(|s| s.run_id.as_ref()).is_some()).then_some(())
+    })
+    .await;
+    fm.kill();
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let mut ids = BTreeMap::new();
+    for i in 0..50 {
+        let run = wait_phase(&runs, &format!("r-{i}"), &terminal()).await;
+        let status = run.status.expect("status");
+        assert_eq!(status.phase, Some(RunPhase::Succeeded), "r-{i}: {status:?}");
+        assert_eq!(status.output.map(|o| o["result"].clone()), Some(json!({"x": i})));
+        ids.insert(i, status.run_id.expect("runId"));
+    }
+    fm.stop();
+    // The event log holds exactly 50 runs, one per PipelineRun, each ended once.
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["history", "--pipeline", "fifty", "--limit", "1000", "-o", "json", "--data-dir", data.path().to_str().expect("path")])
+        .output()
+        .expect("fm history");
+    let history: Value = serde_json::from_slice(&out.stdout).expect("history json");
+    let listed = history.as_array().or_else(|| history["runs"].as_array()).cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 50, "{history}");
+    let listed_ids: HashSet<String> = listed.iter().filter_map(|r| r["runId"].as_str().map(String::from)).collect();
+    assert_eq!(listed_ids, ids.values().cloned().collect::<HashSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_whose_events_are_lost_fails_with_a_reason() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(&PostParams::default(), &pipeline("lossy", delay_stages(60_000)))
+        .await
+        .expect("create");
+    runs.create(&PostParams::default(), &run_of("lost", "lossy", json!({"x": 1})))
+        .await
+        .expect("run");
+    wait_phase(&runs, "lost", &[RunPhase::Running]).await;
+    fm.kill();
+    std::fs::remove_dir_all(data.path().join("events")).expect("lose the event log");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let run = wait_phase(&runs, "lost", &terminal()).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Failed));
+    assert_eq!(status.conditions[0].reason.as_deref(), Some("EventsLost"));
+    assert!(status.error.map(|e| e.message).unwrap_or_default().contains("event log has no record"));
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_operators_only_the_leader_runs() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let api = Fm::serve(data.path(), &["--no-controllers"]);
+    let kubeconfig = api.kubeconfig.to_str().expect("path").to_string();
+    let dirs = [data.path().join("op-a"), data.path().join("op-b")];
+    let operator = |dir: &Path, id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fm"))
+            .args(["operator", "--kubeconfig", &kubeconfig, "--data-dir", dir.to_str().expect("path"),
+                   "--identity", id, "--lease-seconds", "2"])
+            .env("FM_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fm operator")
+    };
+    let mut a = operator(&dirs[0], "a");
+    let client = api.client().await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    eventually("a leads", || async {
+        let l = leases.get_opt("flowmason-operator").await.ok()??;
+        (l.spec?.holder_identity.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    let mut b = operator(&dirs[1], "b");
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(&PostParams::default(), &pipeline("led", delay_stages(10)))
+        .await
+        .expect("create");
+    for i in 0..5 {
+        runs.create(&PostParams::default(), &run_of(&format!("led-{i}"), "led", json!({"x": i})))
+            .await
+            .expect("run");
+    }
+    for i in 0..5 {
+        wait_phase(&runs, &format!("led-{i}"), &terminal()).await;
+    }
+    // The leader goes away; the other takes the lease over and runs what comes next.
+    let _ = a.kill();
+    let _ = a.wait();
+    eventually("b leads", || async {
+        let l = leases.get_opt("flowmason-operator").await.ok()??;
+        (l.spec?.holder_identity.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    runs.create(&PostParams::default(), &run_of("led-after", "led", json!({"x": 9})))
+        .await
+        .expect("run");
+    wait_phase(&runs, "led-after", &[RunPhase::Succeeded]).await;
+    let _ = Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
+    let _ = b.wait();
+    api.stop();
+    let count = |dir: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+            .args(["history", "--limit", "1000", "-o", "json", "--data-dir", dir.to_str().expect("path")])
+            .output()
+            .expect("fm history");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array().or_else(|| v["runs"].as_array()).map_or(0, Vec::len)
+    };
+    assert_eq!((count(&dirs[0]), count(&dirs[1])), (5, 1));
+}
