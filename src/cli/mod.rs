@@ -9,6 +9,7 @@ use flowmason_store::{Durability, EventStore, StoreConfig};
 mod bench;
 mod history;
 mod inputs;
+mod k8s;
 mod operator;
 mod progress;
 mod resume;
@@ -50,6 +51,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run the controllers and the engine against a cluster (kubeconfig or in-cluster).
     Operator(operator::OperatorArgs),
+    /// Deploy, run and inspect pipelines on a Kubernetes API server (a cluster or `fm serve`).
+    K8s(k8s::K8sArgs),
 }
 
 /// Where runs are recorded.
@@ -152,6 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => bench::bench(args),
         Command::Serve(args) => serve::serve(args),
         Command::Operator(args) => operator::operator(args),
+        Command::K8s(args) => k8s::k8s(args),
     }
 }
 

@@ -1,0 +1,368 @@
+//! `fm k8s ...`: FlowMason pipelines on a Kubernetes API server (a cluster, or `fm serve`), through
+//! [`crate::client::FlowMasonClient`]. The verbs of the seed: `deploy`, `list`, `status`, `run`
+//! (`--wait` follows it with a progress view), `logs` (`-f` follows), `delete`, `cancel`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde_json::{Map, Value, json};
+
+use super::{EXIT_RUN_FAILED, OutputFormat, inputs, print_structured};
+use crate::client::{FlowMasonClient, follow_run};
+use crate::model::{self, Pipeline, PipelineRun, RunPhase};
+
+#[derive(Args, Debug)]
+pub struct K8sArgs {
+    #[command(subcommand)]
+    pub command: K8sCommand,
+    /// Namespace (default: the context's, else `default`).
+    #[arg(long, short = 'n', global = true)]
+    pub namespace: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context of the kubeconfig (default: its current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Output: a table, or the objects as JSON or YAML.
+    #[arg(long, short = 'o', global = true, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum K8sCommand {
+    /// Create or update a Pipeline from a file: a Pipeline resource, a bare spec, or a FlowMason
+    /// pipeline.json (converted), in YAML or JSON.
+    Deploy { file: PathBuf },
+    /// List the Pipelines.
+    List,
+    /// A Pipeline's status and its recent runs.
+    Status { name: String },
+    /// Start a run of a Pipeline (prints the PipelineRun's name).
+    Run {
+        name: String,
+        /// A run input, `key=value` (the value is parsed as JSON when it is JSON). Repeatable.
+        #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+        input: Vec<String>,
+        /// A JSON or YAML file holding an object of inputs.
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
+        /// Follow the run to its end with a progress view; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A run's stage logs and events (recorded by the operator as Kubernetes Events).
+    Logs {
+        run: String,
+        /// Keep printing new ones until the run ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Delete a Pipeline (its runs go with it), or a run with --run.
+    Delete {
+        name: String,
+        /// NAME is a PipelineRun.
+        #[arg(long)]
+        run: bool,
+    },
+    /// Cancel a run.
+    Cancel { run: String },
+}
+
+pub fn k8s(args: K8sArgs) -> anyhow::Result<i32> {
+    crate::runtime::block_on(|| async move {
+        let client = FlowMasonClient::from_kubeconfig(
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+            args.namespace.as_deref(),
+        )
+        .await?;
+        dispatch(&client, args.command, args.output).await
+    })?
+}
+
+fn age(time: Option<&Time>) -> String {
+    let Some(t) = time else { return "-".into() };
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second();
+    crate::model::duration::format_millis(u64::try_from(secs.max(0)).unwrap_or(0) * 1000)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+fn run_row(run: &PipelineRun) -> Vec<String> {
+    let status = run.status.as_ref();
+    let metrics = status.and_then(|s| s.metrics.as_ref());
+    vec![
+        run.name_any(),
+        run.spec.pipeline_ref.clone(),
+        status
+            .and_then(|s| s.phase)
+            .map_or("Pending".into(), |p| format!("{p:?}")),
+        metrics.map_or("-".into(), |m| format!("{}/{}", m.completed_stages, m.total_stages)),
+        status.and_then(|s| s.duration.clone()).unwrap_or_else(|| "-".into()),
+        age(run.metadata.creation_timestamp.as_ref()),
+    ]
+}
+
+async fn dispatch(
+    client: &FlowMasonClient,
+    command: K8sCommand,
+    output: OutputFormat,
+) -> anyhow::Result<i32> {
+    match command {
+        K8sCommand::Deploy { file } => {
+            let loaded = model::load_pipeline_file(&file)?;
+            let mut pipeline = Pipeline::new(&loaded.name, loaded.spec);
+            if pipeline.spec.sample_input.is_none() {
+                pipeline.spec.sample_input = loaded.sample_input;
+            }
+            let deployed = client.apply_pipeline(&pipeline).await?;
+            match output {
+                OutputFormat::Table => println!(
+                    "pipeline.flowmason.io/{} deployed in {} (generation {})",
+                    deployed.name_any(),
+                    client.namespace(),
+                    deployed.metadata.generation.unwrap_or(1)
+                ),
+                format => print_structured(&deployed, format)?,
+            }
+            Ok(0)
+        }
+        K8sCommand::List => {
+            let pipelines = client.list_pipelines().await?;
+            if output != OutputFormat::Table {
+                print_structured(&pipelines, output)?;
+                return Ok(0);
+            }
+            let mut rows = vec![
+                ["NAME", "PHASE", "STAGES", "LAST RUN", "LAST STATUS", "AGE"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for p in &pipelines {
+                let status = p.status.as_ref();
+                rows.push(vec![
+                    p.name_any(),
+                    status
+                        .and_then(|s| s.phase)
+                        .map_or("Pending".into(), |ph| format!("{ph:?}")),
+                    if p.spec.stages.is_empty() && p.spec.source.is_some() {
+                        "source".into()
+                    } else {
+                        p.spec.stages.len().to_string()
+                    },
+                    age(status.and_then(|s| s.last_run_time.as_ref())),
+                    status
+                        .and_then(|s| s.last_run_status.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    age(p.metadata.creation_timestamp.as_ref()),
+                ]);
+            }
+            print_table(&rows);
+            Ok(0)
+        }
+        K8sCommand::Status { name } => {
+            let pipeline = client.get_pipeline(&name).await?.with_context(|| {
+                format!("Pipeline {}/{name} not found", client.namespace())
+            })?;
+            let mut runs = client.list_runs(Some(&name)).await?;
+            runs.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+            runs.truncate(10);
+            if output != OutputFormat::Table {
+                print_structured(&json!({"pipeline": pipeline, "runs": runs}), output)?;
+                return Ok(0);
+            }
+            let status = pipeline.status.clone().unwrap_or_default();
+            println!("Pipeline:    {}/{}", client.namespace(), name);
+            println!(
+                "Phase:       {}",
+                status.phase.map_or("Pending".into(), |p| format!("{p:?}"))
+            );
+            for c in &status.conditions {
+                println!(
+                    "Condition:   {}={} {} {}",
+                    c.type_,
+                    c.status,
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                );
+            }
+            println!("Generation:  {}", pipeline.metadata.generation.unwrap_or(0));
+            if let Some(id) = &status.last_run_id {
+                println!(
+                    "Last run:    {id} {} ({} ago)",
+                    status.last_run_status.clone().unwrap_or_default(),
+                    age(status.last_run_time.as_ref())
+                );
+            }
+            if !runs.is_empty() {
+                println!();
+                let mut rows = vec![
+                    ["RUN", "PIPELINE", "PHASE", "STAGES", "DURATION", "AGE"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                rows.extend(runs.iter().map(run_row));
+                print_table(&rows);
+            }
+            Ok(0)
+        }
+        K8sCommand::Run {
+            name,
+            input,
+            inputs: file,
+            wait,
+        } => {
+            let inputs: Map<String, Value> = match inputs::parse(&input, file.as_deref())? {
+                Some(Value::Object(map)) => map,
+                Some(other) => anyhow::bail!("--inputs: expected an object, got {other}"),
+                None => Map::new(),
+            };
+            let run = client.create_run(&name, inputs).await?;
+            let run_name = run.name_any();
+            if !wait {
+                match output {
+                    OutputFormat::Table => println!("pipelinerun.flowmason.io/{run_name} created"),
+                    format => print_structured(&run, format)?,
+                }
+                return Ok(0);
+            }
+            eprintln!("pipelinerun.flowmason.io/{run_name} created; waiting for it to end");
+            let mut shown = String::new();
+            let end = follow_run(client, &run_name, |run| {
+                let line = progress_line(run);
+                if line != shown {
+                    eprintln!("{line}");
+                    shown = line;
+                }
+            })
+            .await?
+            .with_context(|| format!("PipelineRun {run_name} disappeared before it ended"))?;
+            let status = end.status.clone().unwrap_or_default();
+            match output {
+                OutputFormat::Table => match status.phase {
+                    Some(RunPhase::Succeeded) => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status.output.clone().unwrap_or(Value::Null))?
+                    ),
+                    _ => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({
+                            "run": run_name, "phase": status.phase, "error": status.error
+                        }))?
+                    ),
+                },
+                format => print_structured(&end, format)?,
+            }
+            Ok(if status.phase == Some(RunPhase::Succeeded) {
+                0
+            } else {
+                EXIT_RUN_FAILED
+            })
+        }
+        K8sCommand::Logs { run, follow } => logs(client, &run, follow, output).await,
+        K8sCommand::Delete { name, run } => {
+            if run {
+                client.delete_run(&name).await?;
+                println!("pipelinerun.flowmason.io/{name} deleted");
+            } else {
+                client.delete_pipeline(&name).await?;
+                println!("pipeline.flowmason.io/{name} deleted");
+            }
+            Ok(0)
+        }
+        K8sCommand::Cancel { run } => {
+            client.cancel_run(&run).await?;
+            println!("pipelinerun.flowmason.io/{run} cancel requested");
+            Ok(0)
+        }
+    }
+}
+
+/// One line of the `run --wait` progress view: phase, stages done, and the stages running.
+fn progress_line(run: &PipelineRun) -> String {
+    let Some(status) = run.status.as_ref() else {
+        return "Pending".into();
+    };
+    let phase = status.phase.map_or("Pending".into(), |p| format!("{p:?}"));
+    let running: Vec<&str> = status
+        .stages
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.phase,
+                model::StagePhase::Running | model::StagePhase::Retrying
+            )
+        })
+        .map(|s| s.id.as_str())
+        .collect();
+    let mut line = match &status.metrics {
+        Some(m) => format!("{phase:<9} [{}/{} stages]", m.completed_stages, m.total_stages),
+        None => phase,
+    };
+    if !running.is_empty() {
+        line.push_str(&format!(" running: {}", running.join(", ")));
+    }
+    if let Some(e) = &status.error {
+        line.push_str(&format!(" error: {}", e.message));
+    }
+    line
+}
+
+async fn logs(
+    client: &FlowMasonClient,
+    run: &str,
+    follow: bool,
+    output: OutputFormat,
+) -> anyhow::Result<i32> {
+    let mut seen = HashSet::new();
+    loop {
+        // Read the run first: events recorded before it ended are then all listed below.
+        let current = client
+            .get_run(run)
+            .await?
+            .with_context(|| format!("PipelineRun {}/{run} not found", client.namespace()))?;
+        let ended = crate::operator::status::is_terminal(current.status.as_ref().and_then(|s| s.phase));
+        for event in client.run_events(run).await? {
+            let name = event.metadata.name.clone().unwrap_or_default();
+            if !seen.insert(name) {
+                continue;
+            }
+            match output {
+                OutputFormat::Table => println!(
+                    "{} {:<13} {}",
+                    event
+                        .event_time
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    event.reason.clone().unwrap_or_default(),
+                    event.message.clone().unwrap_or_default()
+                ),
+                OutputFormat::Json => println!("{}", serde_json::to_string(&event)?),
+                OutputFormat::Yaml => print_structured(&event, output)?,
+            }
+        }
+        if !follow || ended {
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
