@@ -491,7 +491,7 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
         .expect("run");
     let status = wait_phase(&runs, "cm-1", &terminal()).await.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
-    assert_eq!(status.output.map(|o| o["result"].clone()), Some(json!("hello")));
+    assert_eq!(status.output.map(|o| o["result"].clone()), Some(json!({"g": "hello"})));
     fm.stop();
 }
 
@@ -683,4 +683,133 @@ async fn of_two_operators_only_the_leader_runs() {
         v.as_array().or_else(|| v["runs"].as_array()).map_or(0, Vec::len)
     };
     assert_eq!((count(&dirs[0]), count(&dirs[1])), (5, 1));
+}
+
+fn fm_k8s(fm: &Fm, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .arg("k8s")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&fm.kubeconfig)
+        .env("FM_LOG", "error")
+        .output()
+        .expect("fm k8s");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    // A FlowMason pipeline.json, converted on deploy.
+    let file = data.path().join("pipeline.json");
+    std::fs::write(
+        &file,
+        json!({"name": "greeter", "version": "1.0.0", "stages": [
+            {"id": "say", "component_type": "logger", "config": {"message": "hello {{input.who}}"}},
+            {"id": "pause", "component_type": "delay", "depends_on": ["say"], "config": {"ms": 300}},
+            {"id": "out", "component_type": "json_transform", "depends_on": ["pause"],
+             "config": {"data": {"greeting": "hi {{input.who}}"}}}
+        ]})
+        .to_string(),
+    )
+    .expect("write");
+    let (code, out, err) = fm_k8s(&fm, &["deploy", file.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pipeline.flowmason.io/greeter deployed"), "{out}");
+    let (code, out, _) = fm_k8s(&fm, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("greeter")), "{out}");
+    let (code, out, err) = fm_k8s(&fm, &["run", "greeter", "--input", "who=Ada", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let output: Value = serde_json::from_str(&out).expect("output json");
+    assert_eq!(output["result"]["greeting"], json!("hi Ada"));
+    assert!(err.contains("Succeeded"), "progress view: {err}");
+    // Its logs: the logger's line and the run's end.
+    let client = fm.client().await;
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let run_name = runs.list(&Default::default()).await.expect("list").items[0].metadata.name.clone().expect("name");
+    let (code, out, _) = fm_k8s(&fm, &["logs", &run_name]);
+    assert_eq!(code, 0);
+    assert!(out.contains("[say]") && out.contains("hello Ada"), "{out}");
+    assert!(out.contains("RunSucceeded"), "{out}");
+    // logs -f follows a running run until it ends.
+    let (code, out, _) = fm_k8s(&fm, &["run", "greeter", "--input", "who=Bob"]);
+    assert_eq!(code, 0);
+    let second = out.trim().trim_start_matches("pipelinerun.flowmason.io/").trim_end_matches(" created").to_string();
+    let (code, out, _) = fm_k8s(&fm, &["logs", &second, "-f"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("hello Bob") && out.contains("RunSucceeded"), "{out}");
+    let (code, out, _) = fm_k8s(&fm, &["status", "greeter"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Ready=True") && out.contains(&second), "{out}");
+    let (code, out, _) = fm_k8s(&fm, &["status", "greeter", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["pipeline"]["metadata"]["name"], json!("greeter"));
+    // cancel
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    pipelines.create(&PostParams::default(), &pipeline("sleepy", delay_stages(60_000))).await.expect("create");
+    runs.create(&PostParams::default(), &run_of("sleepy-1", "sleepy", json!({"x": 1}))).await.expect("run");
+    wait_phase(&runs, "sleepy-1", &[RunPhase::Running]).await;
+    let (code, _, _) = fm_k8s(&fm, &["cancel", "sleepy-1"]);
+    assert_eq!(code, 0);
+    let run = wait_phase(&runs, "sleepy-1", &terminal()).await;
+    assert_eq!(run.status.and_then(|s| s.phase), Some(RunPhase::Cancelled));
+    // delete: the Pipeline and (owned) its runs.
+    let (code, out, _) = fm_k8s(&fm, &["delete", "greeter"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = fm_k8s(&fm, &["list", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert!(v.as_array().is_some_and(|a| a.iter().all(|p| p["metadata"]["name"] != json!("greeter"))), "{v}");
+    // Bad input is reported, naming the object.
+    let (code, _, err) = fm_k8s(&fm, &["status", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Pipeline default/nope not found"), "{err}");
+    fm.stop();
+}
+
+/// The virtualenv `scripts/test.sh` creates with `flowmason` and `kubernetes` from PyPI.
+fn python_env() -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    python.exists().then_some(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_python_client_drives_fm_serve() {
+    let Some(python) = python_env() else {
+        // scripts/test.sh always creates it; a bare `cargo test` without network cannot.
+        eprintln!("target/pyenv is missing: run scripts/test.sh to install flowmason and kubernetes from PyPI");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compat.py");
+    let out = tokio::task::spawn_blocking({
+        let kubeconfig = fm.kubeconfig.clone();
+        move || Command::new(python).arg(script).arg(kubeconfig).output().expect("python runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(seen["pipeline"], json!("py-pipeline"));
+    assert_eq!(seen["phase"], json!("Succeeded"));
+    assert_eq!(seen["output"]["result"]["greeting"], json!("hello Python"));
+    assert_eq!(seen["get_run"], json!("Succeeded"));
+    assert_eq!(seen["list_runs_of_pipeline"], json!(["py-run-1"]));
+    assert!(seen["list_runs"].as_array().is_some_and(|a| a.len() == 2), "{seen}");
+    assert_eq!(seen["cancelled"], json!("Cancelled"));
+    assert_eq!(seen["pipelines_after_delete"], json!(["py-slow"]));
+    // What the Python client sent was stored as it meant it: snake_case normalised, boolean
+    // parallelism, timeout as a duration string.
+    let client = fm.client().await;
+    let slow = Api::<Pipeline>::namespaced(client, "default").get("py-slow").await.expect("get");
+    assert_eq!(slow.spec.parallelism, Some(flowmason::model::ParallelismSpec::Enabled(false)));
+    fm.stop();
 }

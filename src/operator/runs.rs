@@ -299,29 +299,33 @@ async fn prepare(run: &PipelineRun, run_id: RunId, ctx: &RunContext) -> Result<R
     Ok(prepared)
 }
 
-/// Gives a PipelineRun an ownerReference to its Pipeline, so that deleting the Pipeline deletes its runs.
+/// Gives a PipelineRun an ownerReference to its Pipeline (deleting the Pipeline deletes its runs) and
+/// the label `flowmason.io/pipeline` (the Python client's `list_runs(pipeline_ref=...)` selects on it).
 async fn own(run: &PipelineRun, pipeline: &Pipeline, ctx: &RunContext) -> Result<()> {
     let Some(owner) = pipeline.controller_owner_ref(&()) else {
         return Ok(());
     };
-    let owned = run
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == owner.uid);
-    if owned {
+    let owned = run.owner_references().iter().any(|o| o.uid == owner.uid);
+    let labelled = run.labels().get(crate::client::PIPELINE_LABEL) == Some(&pipeline.name_any());
+    if owned && labelled {
         return Ok(());
     }
     let mut refs = run.owner_references().to_vec();
-    refs.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        controller: Some(false),
-        ..owner
-    });
+    if !owned {
+        refs.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            controller: Some(false),
+            ..owner
+        });
+    }
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     Api::<PipelineRun>::namespaced(ctx.client.clone(), &namespace)
         .patch(
             &run.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+            &Patch::Merge(json!({"metadata": {
+                "ownerReferences": refs,
+                "labels": {crate::client::PIPELINE_LABEL: pipeline.name_any()},
+            }})),
         )
         .await
         .map_err(|e| Error::kube(format!("set the owner of {}", object_name(run)), e))?;
