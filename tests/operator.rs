@@ -803,7 +803,7 @@ async fn original_python_client_drives_fm_serve() {
     assert_eq!(seen["output"]["result"]["greeting"], json!("hello Python"));
     assert_eq!(seen["get_run"], json!("Succeeded"));
     assert_eq!(seen["list_runs_of_pipeline"], json!(["py-run-1"]));
-    assert!(seen["list_runs"].as_array().is_some_and(|a| a.len() == 2), "{seen}");
+    assert_eq!(seen["list_runs"], json!(["py-run-1"]));
     assert_eq!(seen["cancelled"], json!("Cancelled"));
     assert_eq!(seen["pipelines_after_delete"], json!(["py-slow"]));
     // What the Python client sent was stored as it meant it: snake_case normalised, boolean

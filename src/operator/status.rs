@@ -68,15 +68,35 @@ pub fn run_phase(phase: StorePhase) -> RunPhase {
     }
 }
 
+/// A stage's phase as the status shows it. The original FlowMason client reads stage phases into an
+/// enum of Pending/Running/Succeeded/Failed/Skipped and rejects anything else, so a stage waiting for its
+/// next attempt shows `Running` (its `attempts` tell the retry) and a cancelled stage `Failed` (its
+/// `error` says it was cancelled); the event log keeps the finer phases.
 fn stage_phase(phase: StoreStagePhase) -> StagePhase {
     match phase {
         StoreStagePhase::Pending => StagePhase::Pending,
-        StoreStagePhase::Running => StagePhase::Running,
-        StoreStagePhase::Retrying => StagePhase::Retrying,
+        StoreStagePhase::Running | StoreStagePhase::Retrying => StagePhase::Running,
         StoreStagePhase::Succeeded => StagePhase::Succeeded,
-        StoreStagePhase::Failed => StagePhase::Failed,
+        StoreStagePhase::Failed | StoreStagePhase::Cancelled => StagePhase::Failed,
         StoreStagePhase::Skipped => StagePhase::Skipped,
-        StoreStagePhase::Cancelled => StagePhase::Cancelled,
+    }
+}
+
+/// The run output as the status carries it: always an object, since the original client reads
+/// `status.output` as one. A non-object output is under `value`; one over the bound is replaced by
+/// `{"truncated": true, "preview": <its start as JSON text>, "bytes": <full size>}`.
+fn bounded_output(value: &Value, max: usize) -> (Value, bool) {
+    let text = value.to_string();
+    if text.len() > max {
+        let (preview, _) = cut(&text, max);
+        return (
+            serde_json::json!({"truncated": true, "preview": preview, "bytes": text.len()}),
+            true,
+        );
+    }
+    match value {
+        Value::Object(_) => (value.clone(), false),
+        other => (serde_json::json!({ "value": other }), false),
     }
 }
 
@@ -182,13 +202,8 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
     let (output, output_truncated) = match &state.output {
         None => (None, None),
         Some(value) => {
-            let text = value.to_string();
-            if text.len() <= limits.output_bytes {
-                (Some(value.clone()), Some(false))
-            } else {
-                let (preview, _) = cut(&text, limits.output_bytes);
-                (Some(Value::String(preview)), Some(true))
-            }
+            let (output, truncated) = bounded_output(value, limits.output_bytes);
+            (Some(output), Some(truncated))
         }
     };
     let started = state.started_at.unwrap_or(state.accepted_at);
@@ -208,7 +223,12 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         error: state.error.as_ref().map(|e| RunErrorStatus {
             message: e.message.clone(),
             stage: e.stage.clone(),
-            details: (!e.details.is_null()).then(|| e.details.clone()),
+            // Text, as the original client reads `error.details`.
+            details: match &e.details {
+                Value::Null => None,
+                Value::String(_) => Some(e.details.clone()),
+                other => Some(Value::String(other.to_string())),
+            },
         }),
         metrics: Some(metrics),
         pipeline_generation: Some(state.generation),
@@ -334,7 +354,7 @@ mod tests {
         let status = project_run(&state, &[], Limits::default());
         assert_eq!(status.phase, Some(RunPhase::Succeeded));
         assert!(status.completion_time.is_some() && status.duration.is_some());
-        assert_eq!(status.output, Some(json!("done")));
+        assert_eq!(status.output, Some(json!({"value": "done"})));
         assert_eq!(status.output_truncated, Some(false));
         assert_eq!(status.stages[0].output_preview.as_deref(), Some(r#"{"x":1}"#));
         assert_eq!(status.stages[0].attempts, 1);
@@ -362,7 +382,10 @@ mod tests {
         let limits = Limits::default();
         let status = project_run(&state, &[], limits);
         assert_eq!(status.output_truncated, Some(true));
-        let text = status.output.and_then(|v| v.as_str().map(String::from)).expect("text");
+        let output = status.output.expect("output");
+        assert_eq!(output["truncated"], json!(true));
+        assert_eq!(output["bytes"], json!(100_002));
+        let text = output["preview"].as_str().expect("preview");
         assert!(text.len() <= limits.output_bytes + 4);
         assert!(status.stages[0].output_preview.as_ref().is_some_and(|p| p.len() <= limits.preview_bytes + 4));
     }
