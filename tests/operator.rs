@@ -813,3 +813,106 @@ async fn original_python_client_drives_fm_serve() {
     assert_eq!(slow.spec.parallelism, Some(flowmason::model::ParallelismSpec::Enabled(false)));
     fm.stop();
 }
+
+fn manifests(dir: &str) -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).expect("read manifest");
+            serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+        })
+        .collect()
+}
+
+fn of_kind<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> Vec<T> {
+    docs.iter()
+        .filter(|d| d["kind"] == json!(kind))
+        .map(|d| serde_json::from_value(d.clone()).unwrap_or_else(|e| panic!("{kind}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let docs = manifests("deploy/operator");
+    let sa: Vec<ServiceAccount> = of_kind(&docs, "ServiceAccount");
+    let sa_name = sa[0].metadata.name.clone().expect("sa name");
+    let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole");
+    for rule in roles[0].rules.iter().flatten() {
+        assert!(!rule.verbs.iter().any(|v| v == "*" || v == "delete"), "{rule:?}");
+        assert!(!rule.resources.iter().flatten().any(|r| r == "*"), "{rule:?}");
+        if rule.resources.iter().flatten().any(|r| r == "secrets") {
+            assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        }
+    }
+    let leases: Vec<Role> = of_kind(&docs, "Role");
+    assert!(leases[0].rules.iter().flatten().all(|r| r.api_groups == Some(vec!["coordination.k8s.io".into()])));
+    let bindings: Vec<ClusterRoleBinding> = of_kind(&docs, "ClusterRoleBinding");
+    let role_bindings: Vec<RoleBinding> = of_kind(&docs, "RoleBinding");
+    assert!(bindings[0].subjects.iter().flatten().any(|s| s.name == sa_name));
+    assert!(role_bindings[0].subjects.iter().flatten().any(|s| s.name == sa_name));
+    let sets: Vec<StatefulSet> = of_kind(&docs, "StatefulSet");
+    let spec = sets[0].spec.clone();
+    let pod = spec.template.spec.clone().expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some(sa_name.as_str()));
+    let claims = spec.volume_claim_templates.clone().unwrap_or_default();
+    assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+    let container = &pod.containers[0];
+    assert!(container.args.iter().flatten().any(|a| a == "operator"));
+    assert!(container.volume_mounts.iter().flatten().any(|m| m.name == "data" && m.mount_path == "/data"));
+    let ports: HashSet<String> = container.ports.iter().flatten().filter_map(|p| p.name.clone()).collect();
+    let services: Vec<Service> = of_kind(&docs, "Service");
+    let svc = services[0].spec.clone().expect("svc");
+    assert_eq!(Some(spec.service_name.clone().unwrap_or_default()), services[0].metadata.name.clone());
+    for port in svc.ports.iter().flatten() {
+        let target = match &port.target_port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => s.clone(),
+            other => panic!("target port by name expected, got {other:?}"),
+        };
+        assert!(ports.contains(&target), "{target} is not a container port");
+    }
+    let pod_labels = spec.template.metadata.clone().and_then(|m| m.labels).unwrap_or_default();
+    for (k, v) in svc.selector.clone().unwrap_or_default() {
+        assert_eq!(pod_labels.get(&k), Some(&v));
+    }
+    assert!(docs.iter().any(|d| d["kind"] == json!("ServiceMonitor")));
+    // The Helm chart carries the same CRDs and a template per manifest.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for crd in ["pipeline.yaml", "pipelinerun.yaml"] {
+        assert_eq!(
+            std::fs::read_to_string(root.join("deploy/crds").join(crd)).expect("crd"),
+            std::fs::read_to_string(root.join("deploy/helm/flowmason-operator/crds").join(crd)).expect("chart crd"),
+            "{crd} differs in the chart"
+        );
+    }
+    for template in ["rbac.yaml", "statefulset.yaml", "service.yaml", "servicemonitor.yaml"] {
+        let text = std::fs::read_to_string(root.join("deploy/helm/flowmason-operator/templates").join(template))
+            .expect("template");
+        let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+        let static_text = std::fs::read_to_string(root.join("deploy/operator").join(template)).expect("static");
+        let static_kinds: Vec<&str> = static_text.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+        assert_eq!(kinds, static_kinds, "{template}");
+    }
+    // kubectl applies what fm serve serves: the namespace and the CRDs (server-side dry run, then real).
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let crds = root.join("deploy/crds");
+    let ns = root.join("deploy/operator/namespace.yaml");
+    let (ok, out) = kubectl(&fm, &["apply", "--dry-run=server", "-f", crds.to_str().expect("path")], None);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&fm, &["apply", "-f", crds.to_str().expect("path"), "-f", ns.to_str().expect("path")], None);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&fm, &["get", "namespace", "flowmason-system"], None);
+    assert!(ok && out.contains("flowmason-system"), "{out}");
+    fm.stop();
+}
