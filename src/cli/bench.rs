@@ -25,6 +25,9 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// Runs of a synthetic pipeline through the engine with every event persisted.
     Engine(EngineBench),
+    /// The operator path in one process (API server, controllers, engine): PipelineRun created ->
+    /// Running latency and a burst of queued runs -> all Succeeded.
+    K8s(super::bench_k8s::K8sBench),
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +68,7 @@ pub struct EngineBench {
 pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     match args.target {
         BenchTarget::Engine(args) => engine(args),
+        BenchTarget::K8s(args) => super::bench_k8s::k8s(args),
     }
 }
 

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use flowmason_store::{Durability, EventStore, StoreConfig};
 
 mod bench;
+mod bench_k8s;
 mod history;
 mod inputs;
 mod k8s;

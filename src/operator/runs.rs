@@ -416,6 +416,7 @@ fn spawn_writer(
         let mut state = initial;
         let mut dirty = false;
         let mut last_write: Option<Instant> = None;
+        let mut written_phase = None;
         let finished = handle.finished();
         tokio::pin!(finished);
         let mut events = events;
@@ -432,7 +433,11 @@ fn spawn_writer(
                             }
                             recorder.add(&event);
                             dirty = true;
-                            if last_write.is_none() {
+                            // Phase changes (at most Pending, Running and the end) are written at once;
+                            // everything else waits for the interval.
+                            let phase = state.as_ref().map(|s| s.phase);
+                            if last_write.is_none() || phase != written_phase {
+                                written_phase = phase;
                                 if let Some(s) = &state {
                                     let status = status::project_run(s, &secrets, ctx.limits);
                                     if let Err(e) = write_status(&ctx.client, &namespace, &name, &status).await {
