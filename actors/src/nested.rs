@@ -60,7 +60,10 @@ impl NestedError {
         });
         ComponentError::new(
             self.error.class,
-            format!("{what}: stage {:?} failed: {}", self.stage, self.error.message),
+            format!(
+                "{what}: stage {:?} failed: {}",
+                self.stage, self.error.message
+            ),
         )
         .with_details(details)
     }
