@@ -14,8 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use flowmason::components::{PipelineResolver, builtin_registry, registry_with_resolver};
 use flowmason_actors::{
-    Engine, EngineConfig, PlanSpec, Registry, RetryPolicy, RunRequest, StageContext,
-    StagePlan,
+    Engine, EngineConfig, PlanSpec, Registry, RetryPolicy, RunRequest, StageContext, StagePlan,
 };
 use flowmason_store::{
     ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason, StagePhase,
@@ -136,7 +135,10 @@ async fn router_and_conditional_skip_the_branches_not_taken_and_the_run_succeeds
     assert_eq!(phase(&state, "on_b"), StagePhase::Succeeded);
     for skipped in ["approve", "on_a"] {
         assert_eq!(phase(&state, skipped), StagePhase::Skipped, "{skipped}");
-        assert_eq!(skip_reason(&state, skipped), Some(SkipReason::BranchNotTaken));
+        assert_eq!(
+            skip_reason(&state, skipped),
+            Some(SkipReason::BranchNotTaken)
+        );
         assert_eq!(started(&events, skipped), 0);
     }
 }
@@ -220,7 +222,10 @@ async fn foreach_break_on_error_fails_and_otherwise_collects_errors() {
     let (state, _) = run(&f, spec(true), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     let message = state.error.expect("error").message;
-    assert!(message.contains("foreach: iteration 1: stage \"pick\" failed"), "{message}");
+    assert!(
+        message.contains("foreach: iteration 1: stage \"pick\" failed"),
+        "{message}"
+    );
     let (state, _) = run(&f, spec(false), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     let out = output(&state, "loop");
@@ -274,7 +279,8 @@ async fn foreach_stops_when_its_token_is_cancelled() {
     let ctx = context("loop").with_run(Arc::new(view));
     let token = ctx.cancel.clone();
     let component = registry.get("foreach").expect("foreach");
-    let task = tokio::spawn(component.execute(json!({"items": [1, 2], "loop_stages": ["wait"]}), ctx));
+    let task =
+        tokio::spawn(component.execute(json!({"items": [1, 2], "loop_stages": ["wait"]}), ctx));
     tokio::time::sleep(Duration::from_millis(50)).await;
     token.cancel();
     let result = tokio::time::timeout(Duration::from_secs(10), task)
@@ -288,7 +294,11 @@ async fn foreach_stops_when_its_token_is_cancelled() {
 // trycatch
 
 fn trycatch_plan(scope: &str, fail: bool) -> PlanSpec {
-    let risky = if fail { json!({"data": 1, "jq": "error(\"boom\")"}) } else { json!({"data": 1, "jq": ". + 1"}) };
+    let risky = if fail {
+        json!({"data": 1, "jq": "error(\"boom\")"})
+    } else {
+        json!({"data": 1, "jq": ". + 1"})
+    };
     plan(vec![
         stage(
             "guard",
@@ -316,7 +326,13 @@ async fn trycatch_runs_catch_and_finally_on_failure() {
     let out = output(&state, "guard");
     assert_eq!(out["status"], json!("caught"));
     assert_eq!(out["recovered"], json!(true));
-    assert!(out["catch_result"]["value"].as_str().expect("text").starts_with("config: "), "{out}");
+    assert!(
+        out["catch_result"]["value"]
+            .as_str()
+            .expect("text")
+            .starts_with("config: "),
+        "{out}"
+    );
     for inner in ["risky", "handle", "cleanup"] {
         assert_eq!(started(&events, inner), 0);
     }
@@ -328,7 +344,10 @@ async fn trycatch_runs_catch_and_finally_on_failure() {
     let (state, _) = run(&f, trycatch_plan("propagate", true), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     let message = state.error.expect("error").message;
-    assert!(message.contains("trycatch: try block: stage \"risky\" failed"), "{message}");
+    assert!(
+        message.contains("trycatch: try block: stage \"risky\" failed"),
+        "{message}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -338,7 +357,10 @@ struct Pipelines(HashMap<String, PlanSpec>);
 
 impl PipelineResolver for Pipelines {
     fn resolve(&self, _namespace: &str, name: &str) -> Result<PlanSpec, String> {
-        self.0.get(name).cloned().ok_or_else(|| format!("no pipeline named {name:?}"))
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no pipeline named {name:?}"))
     }
 }
 
@@ -373,14 +395,27 @@ async fn subpipeline_runs_a_pipeline_by_name_and_refuses_cycles() {
 
     let mut request = RunRequest::new("loop_a", calls("loop_b"), json!({"x": 1}));
     request.namespace = "default".into();
-    let state = f.engine.start(request).await.expect("start").finished().await.expect("end");
+    let state = f
+        .engine
+        .start(request)
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
     assert_eq!(state.phase, RunPhase::Failed);
     let message = state.error.expect("error").message;
-    assert!(message.contains("pipeline cycle loop_a -> loop_b -> loop_a"), "{message}");
+    assert!(
+        message.contains("pipeline cycle loop_a -> loop_b -> loop_a"),
+        "{message}"
+    );
 
     let (state, _) = run(&f, calls("missing"), json!({"x": 1})).await;
     let message = state.error.expect("error").message;
-    assert!(message.contains("no pipeline named \"missing\""), "{message}");
+    assert!(
+        message.contains("no pipeline named \"missing\""),
+        "{message}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -415,7 +450,9 @@ async fn server() -> String {
         .route("/items", get(items))
         .route("/status/{code}", get(status))
         .route("/slow", get(slow));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
@@ -434,8 +471,13 @@ fn context(stage: &str) -> StageContext {
 }
 
 async fn http(input: Value) -> Result<Value, flowmason_actors::ComponentError> {
-    let component = builtin_registry().get("http_request").expect("http_request");
-    component.execute(input, context("fetch")).await.map(|o| o.output)
+    let component = builtin_registry()
+        .get("http_request")
+        .expect("http_request");
+    component
+        .execute(input, context("fetch"))
+        .await
+        .map(|o| o.output)
 }
 
 #[tokio::test]
@@ -447,10 +489,20 @@ async fn http_request_fetches_json_with_params_and_the_idempotency_key() {
     assert_eq!(out["status_code"], json!(200));
     assert_eq!(out["success"], json!(true));
     assert_eq!(out["body"]["items"], json!([{"id": 1}, {"id": 2}]));
-    assert_eq!(out["body"]["key"], json!(format!("{}/fetch/1", uuid::Uuid::nil())));
+    assert_eq!(
+        out["body"]["key"],
+        json!(format!("{}/fetch/1", uuid::Uuid::nil()))
+    );
     assert_eq!(out["url"], json!(format!("{base}/items?limit=2")));
-    assert!(out["headers"]["content-type"].as_str().expect("ct").contains("json"));
-    let out = http(json!({"url": format!("{base}/status/201")})).await.expect("ok");
+    assert!(
+        out["headers"]["content-type"]
+            .as_str()
+            .expect("ct")
+            .contains("json")
+    );
+    let out = http(json!({"url": format!("{base}/status/201")}))
+        .await
+        .expect("ok");
     assert_eq!(out["body"], json!("status 201"), "text body stays text");
 }
 
@@ -464,7 +516,9 @@ async fn http_request_classes_errors_by_status() {
         (429, ErrorClass::Transient),
         (503, ErrorClass::Transient),
     ] {
-        let err = http(json!({"url": format!("{base}/status/{code}")})).await.expect_err("error");
+        let err = http(json!({"url": format!("{base}/status/{code}")}))
+            .await
+            .expect_err("error");
         assert_eq!(err.class, class, "{code}");
         assert_eq!(err.details["status_code"], json!(code));
     }
@@ -481,12 +535,20 @@ async fn http_request_connect_errors_and_timeouts_are_transient() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let err = http(json!({"url": format!("http://{closed}/")})).await.expect_err("refused");
+    let err = http(json!({"url": format!("http://{closed}/")}))
+        .await
+        .expect_err("refused");
     assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
     let base = server().await;
-    let err = http(json!({"url": format!("{base}/slow"), "timeout": 1})).await.expect_err("timeout");
+    let err = http(json!({"url": format!("{base}/slow"), "timeout": 1}))
+        .await
+        .expect_err("timeout");
     assert_eq!(err.class, ErrorClass::Transient);
-    assert!(err.message.contains("timed out after 1s"), "{}", err.message);
+    assert!(
+        err.message.contains("timed out after 1s"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
@@ -495,11 +557,26 @@ async fn http_request_config_errors() {
         (json!({}), "`url` is required"),
         (json!({"url": "not a url"}), "is not a valid URL"),
         (json!({"url": "ftp://127.0.0.1/x"}), "must be http or https"),
-        (json!({"url": "http://127.0.0.1/", "method": "FETCH"}), "`method` must be one of"),
-        (json!({"url": "http://127.0.0.1/", "headers": {"a": 1}}), "`headers.a` must be a string"),
-        (json!({"url": "http://127.0.0.1/", "timeout": 0}), "`timeout` must be"),
-        (json!({"url": "http://127.0.0.1/", "params": [1]}), "`params` must be an object"),
-        (json!({"url": "http://127.0.0.1/", "verify_ssl": "no"}), "`verify_ssl` must be a boolean"),
+        (
+            json!({"url": "http://127.0.0.1/", "method": "FETCH"}),
+            "`method` must be one of",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/", "headers": {"a": 1}}),
+            "`headers.a` must be a string",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/", "timeout": 0}),
+            "`timeout` must be",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/", "params": [1]}),
+            "`params` must be an object",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/", "verify_ssl": "no"}),
+            "`verify_ssl` must be a boolean",
+        ),
     ] {
         let err = http(input.clone()).await.expect_err("config error");
         assert_eq!(err.class, ErrorClass::Config, "{input}");
@@ -510,7 +587,9 @@ async fn http_request_config_errors() {
 #[tokio::test]
 async fn http_request_stops_when_cancelled() {
     let base = server().await;
-    let component = builtin_registry().get("http_request").expect("http_request");
+    let component = builtin_registry()
+        .get("http_request")
+        .expect("http_request");
     let ctx = context("fetch");
     let token = ctx.cancel.clone();
     let task = tokio::spawn(component.execute(json!({"url": format!("{base}/slow")}), ctx));
@@ -527,7 +606,9 @@ async fn http_request_stops_when_cancelled() {
 // The examples through `fm run`
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
 }
 
 fn fm_run(file: &Path, inputs: &[String]) -> Value {
@@ -561,7 +642,10 @@ fn example_branching_runs() {
         out["result"],
         json!({"branch": "true", "route": "urgent", "skipped": ["ignore", "queue"]})
     );
-    let out = fm_run(&example("branching.yaml"), &["score=0.1".into(), "kind=other".into()]);
+    let out = fm_run(
+        &example("branching.yaml"),
+        &["score=0.1".into(), "kind=other".into()],
+    );
     assert_eq!(out["result"]["branch"], json!("false"));
     assert_eq!(out["result"]["route"], json!("default"));
 }
@@ -578,14 +662,22 @@ fn example_foreach_runs() {
 #[test]
 fn example_validate_runs() {
     let out = fm_run(&example("validate.yaml"), &[]);
-    assert_eq!(out["result"], json!({"valid": false, "errors": 1, "kept": [1]}));
+    assert_eq!(
+        out["result"],
+        json!({"valid": false, "errors": 1, "kept": [1]})
+    );
 }
 
 #[test]
 fn example_trycatch_with_a_subpipeline_runs() {
     let out = fm_run(&example("trycatch.yaml"), &[]);
     assert_eq!(out["result"]["status"], json!("caught"));
-    assert!(out["result"]["catch"].as_str().expect("text").contains("id must be a string"));
+    assert!(
+        out["result"]["catch"]
+            .as_str()
+            .expect("text")
+            .contains("id must be a string")
+    );
     let out = fm_run(&example("trycatch.yaml"), &["id=\"seven\"".into()]);
     assert_eq!(out["result"]["status"], json!("success"));
 }
