@@ -226,15 +226,16 @@ fn check(node: &Node, src: &str, bound: &mut Vec<String>) -> Result<(), ExprErro
                         &FUNCTIONS.join(", "),
                     ));
                 }
-                Node::Attribute(a) if METHODS.contains(&a.attr.as_str()) => {
-                    check(&a.value, src, bound)?;
-                }
                 Node::Attribute(a) => {
-                    return Err(unsupported(
-                        src,
-                        format!("method {:?}", a.attr.as_str()),
-                        &METHODS.join(", "),
-                    ));
+                    // The receiver first: an unknown name (`os.system`) is the more useful message.
+                    check(&a.value, src, bound)?;
+                    if !METHODS.contains(&a.attr.as_str()) {
+                        return Err(unsupported(
+                            src,
+                            format!("method {:?}", a.attr.as_str()),
+                            &METHODS.join(", "),
+                        ));
+                    }
                 }
                 _ => return Err(unsupported(src, "calling a computed value", NODES)),
             }
