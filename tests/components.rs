@@ -46,6 +46,7 @@ fn plan(stages: Vec<StagePlan>) -> PlanSpec {
         retry: RetryPolicy::default(),
         output_stage: None,
         env: BTreeMap::new(),
+        env_from: Vec::new(),
     }
 }
 
