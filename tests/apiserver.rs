@@ -601,7 +601,7 @@ async fn status_subresource_and_generation_rules() {
         after_status
             .status
             .as_ref()
-            .and_then(|s| s.phase.clone())
+            .and_then(|s| s.phase)
             .map(|p| format!("{p:?}")),
         Some("Ready".into())
     );
@@ -928,12 +928,22 @@ async fn watcher_and_reflector_stay_consistent_across_forced_watch_drops() {
 // ---------------------------------------------------------------------------------------------------
 // bad input, discovery, auth, TLS
 
+/// method, path, content type, body, expected code, expected reason.
+type BadCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
     let h = Harness::start_with(|c| c.api.max_body_bytes = 4096).await;
     let pipelines = "/apis/flowmason.io/v1/namespaces/default/pipelines";
     let json_ct = "application/json";
-    let cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("POST", pipelines, json_ct, b"{not json".to_vec(), 400, "BadRequest"),
         (
             "POST",
