@@ -24,6 +24,21 @@ if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
     fi
 fi
 
+# tests/triggers.rs starts its own nats-server (JetStream on, loopback, a free port): install Debian's
+# nats-server (2.9.x) when none is on PATH (or set NATS_SERVER to one).
+if [ -z "${NATS_SERVER:-}" ] && ! command -v nats-server >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+    fi
+    if ! command -v nats-server >/dev/null 2>&1; then
+        echo "nats-server is required by tests/triggers.rs: install the nats-server package or set NATS_SERVER" >&2
+        exit 1
+    fi
+fi
+
 # One target dir for every crate and test binary; tests run on the machine's cores.
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo test --workspace --locked

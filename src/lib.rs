@@ -9,3 +9,4 @@ pub mod env;
 pub mod llm;
 pub mod model;
 pub mod runtime;
+pub mod triggers;
