@@ -438,14 +438,16 @@ impl NatsTrigger {
         }
     }
 
+    /// Whether the server has JetStream: only a definite "no responders" means it is off (a timeout
+    /// while reconnecting must not switch a JetStream deployment to at-most-once delivery).
     async fn jetstream_available(&self) -> bool {
         let js = jetstream::new(self.conn.client.clone());
         match js.query_account().await {
             Ok(_) => true,
-            Err(e) => {
-                let text = e.to_string().to_lowercase();
-                !(text.contains("no responders") || text.contains("not enabled"))
-            }
+            Err(e) => !matches!(
+                e.kind(),
+                jetstream::context::AccountErrorKind::JetStreamUnavailable
+            ),
         }
     }
 

@@ -214,8 +214,13 @@ async fn handle(
     State(state): State<Arc<WebhookState>>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        // Over the size limit (413) or a broken body: counted like every other refusal.
+        Err(rejection) => return reject(&state, rejection.status(), rejection.body_text()),
+    };
     let Some(target) = state.routes.get(uri.path()) else {
         return reject(
             &state,
