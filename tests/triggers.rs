@@ -155,11 +155,20 @@ async fn cron_fires_on_schedule_with_injected_time() {
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run.name_any(), scheduled_run_name("tick", first));
-    assert_eq!(run.labels().get(LABEL_TRIGGER).map(String::as_str), Some("cron"));
+    assert_eq!(
+        run.labels().get(LABEL_TRIGGER).map(String::as_str),
+        Some("cron")
+    );
     assert_eq!(run.spec.pipeline_ref, "tick");
     assert_eq!(
-        run.annotations().get(ANNOTATION_SCHEDULED_TIME).map(String::as_str),
-        Some(first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str())
+        run.annotations()
+            .get(ANNOTATION_SCHEDULED_TIME)
+            .map(String::as_str),
+        Some(
+            first
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .as_str()
+        )
     );
     assert_eq!(
         run.owner_references().first().map(|o| o.name.as_str()),
@@ -187,7 +196,11 @@ async fn set_phase(client: &Client, run: &str, phase: &str) {
 #[tokio::test]
 async fn cron_honours_each_concurrency_policy() {
     let h = api().await;
-    for (name, policy) in [("allow", "Allow"), ("forbid", "Forbid"), ("replace", "Replace")] {
+    for (name, policy) in [
+        ("allow", "Allow"),
+        ("forbid", "Forbid"),
+        ("replace", "Replace"),
+    ] {
         let p = create_pipeline(
             &h.client,
             name,
@@ -217,7 +230,10 @@ async fn cron_honours_each_concurrency_policy() {
                 // Once the first one ends, the next instant runs again.
                 set_phase(&h.client, &first, "Succeeded").await;
                 clock.set(minute_after(created_at(&p), 3));
-                assert_eq!(cron.tick().await.expect("tick").outcome, Some(Outcome::Fired));
+                assert_eq!(
+                    cron.tick().await.expect("tick").outcome,
+                    Some(Outcome::Fired)
+                );
             }
             _ => {
                 assert_eq!(second.outcome, Some(Outcome::Fired));
@@ -264,15 +280,27 @@ async fn cron_catches_up_once_after_an_outage_and_prunes_history() {
     let report = cron.tick().await.expect("tick");
     assert_eq!(report.plan.missed, 119);
     let r2 = report.run.expect("catch-up run");
-    assert_eq!(r2, scheduled_run_name("nightly", start + chrono::Duration::hours(2)));
+    assert_eq!(
+        r2,
+        scheduled_run_name("nightly", start + chrono::Duration::hours(2))
+    );
     assert_eq!(runs_of(&h.client, "nightly").await.len(), 2);
 
     // Past the starting deadline, a missed instant is skipped, not run.
     clock.set(start + chrono::Duration::hours(3) + chrono::Duration::minutes(10));
     let _ = cron.tick().await.expect("tick"); // the 3h+10m instant is on time: fires
-    clock.set(start + chrono::Duration::hours(4) + chrono::Duration::minutes(6) + chrono::Duration::seconds(1));
+    clock.set(
+        start
+            + chrono::Duration::hours(4)
+            + chrono::Duration::minutes(6)
+            + chrono::Duration::seconds(1),
+    );
     let late = cron.tick().await.expect("tick");
-    assert_eq!(late.outcome, Some(Outcome::Fired), "the 4h+6m instant is 1s late");
+    assert_eq!(
+        late.outcome,
+        Some(Outcome::Fired),
+        "the 4h+6m instant is 1s late"
+    );
     let runs = runs_of(&h.client, "nightly").await;
     assert_eq!(runs.len(), 4);
 
@@ -310,17 +338,34 @@ async fn backfill_is_bounded_and_deduplicated() {
     let from = minute_after(created_at(&p), -24 * 60);
     let from = DateTime::from_timestamp(from.timestamp().div_euclid(3600) * 3600, 0).expect("hour");
     let to = from + chrono::Duration::hours(5);
-    let err = backfill(&h.client, "default", "bf", from, to + chrono::Duration::hours(100), 24)
-        .await
-        .expect_err("too large");
-    assert!(matches!(err, TriggerError::BackfillTooLarge { max: 24, .. }), "{err}");
+    let err = backfill(
+        &h.client,
+        "default",
+        "bf",
+        from,
+        to + chrono::Duration::hours(100),
+        24,
+    )
+    .await
+    .expect_err("too large");
+    assert!(
+        matches!(err, TriggerError::BackfillTooLarge { max: 24, .. }),
+        "{err}"
+    );
     let first = backfill(&h.client, "default", "bf", from, to, 24)
         .await
         .expect("backfill");
     assert_eq!(first.created.len(), 6);
-    let second = backfill(&h.client, "default", "bf", from, to + chrono::Duration::hours(1), 24)
-        .await
-        .expect("backfill");
+    let second = backfill(
+        &h.client,
+        "default",
+        "bf",
+        from,
+        to + chrono::Duration::hours(1),
+        24,
+    )
+    .await
+    .expect("backfill");
     assert_eq!(second.created.len(), 1);
     assert_eq!(second.deduplicated.len(), 6);
     assert_eq!(runs_of(&h.client, "bf").await.len(), 7);
@@ -397,7 +442,10 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
         Value::Object(run.spec.inputs.clone().expect("inputs")),
         json!({"order": 42, "items": ["a"]})
     );
-    assert_eq!(run.labels().get(LABEL_TRIGGER).map(String::as_str), Some("webhook"));
+    assert_eq!(
+        run.labels().get(LABEL_TRIGGER).map(String::as_str),
+        Some("webhook")
+    );
 
     // Bearer token works too.
     let resp = http
@@ -418,7 +466,13 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
         .await
         .expect("post");
     assert_eq!(resp.status().as_u16(), 403);
-    let resp = http.post(&url).bearer_auth("nope").body("{}").send().await.expect("post");
+    let resp = http
+        .post(&url)
+        .bearer_auth("nope")
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(resp.status().as_u16(), 403);
     let resp = http.post(&url).body("{}").send().await.expect("post");
     assert_eq!(resp.status().as_u16(), 401);
@@ -442,7 +496,13 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
         .expect("post");
     assert_eq!(resp.status().as_u16(), 422);
     let reason: Value = resp.json().await.expect("json");
-    assert!(reason["error"].as_str().expect("error").contains("JSON object"), "{reason}");
+    assert!(
+        reason["error"]
+            .as_str()
+            .expect("error")
+            .contains("JSON object"),
+        "{reason}"
+    );
     let resp = http
         .post(format!("http://{addr}/webhooks/nobody"))
         .body("{}")
@@ -477,7 +537,13 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
 
     // Disarmed with the pipeline: the path is gone.
     t.remove("default", "hook");
-    let resp = http.post(&url).bearer_auth("s3cret").body("{}").send().await.expect("post");
+    let resp = http
+        .post(&url)
+        .bearer_auth("s3cret")
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(resp.status().as_u16(), 404);
     h.server.shutdown().await;
 }
@@ -525,7 +591,10 @@ impl NatsServer {
         self.child = Some(child);
         let port = self.port;
         eventually("nats-server to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
         })
         .await;
     }
@@ -620,13 +689,22 @@ async fn nats_message_becomes_a_run_once_and_bad_payloads_are_dead_lettered() {
         .expect("dead-letter subscription");
     publisher.flush().await.expect("flush");
 
-    publish(&publisher, "orders.new", Some("order-1"), r#"{"id": 1, "sku": "x"}"#).await;
+    publish(
+        &publisher,
+        "orders.new",
+        Some("order-1"),
+        r#"{"id": 1, "sku": "x"}"#,
+    )
+    .await;
     let runs = wait_runs(&h.client, "orders", 1).await;
     assert_eq!(
         Value::Object(runs[0].spec.inputs.clone().expect("inputs")),
         json!({"id": 1, "sku": "x"})
     );
-    assert_eq!(runs[0].labels().get(LABEL_TRIGGER).map(String::as_str), Some("pubsub"));
+    assert_eq!(
+        runs[0].labels().get(LABEL_TRIGGER).map(String::as_str),
+        Some("pubsub")
+    );
 
     // A bad payload goes to the dead-letter subject with the reason, and makes no run.
     publish(&publisher, "orders.new", None, "not json at all").await;
@@ -717,7 +795,12 @@ async fn nats_redelivery_after_a_crash_before_ack_makes_no_second_run() {
     );
     let seq = message.info().expect("info").stream_sequence;
     let (outcome, name) = crashing
-        .process(&message.subject, message.headers.as_ref(), &message.payload, Some(seq))
+        .process(
+            &message.subject,
+            message.headers.as_ref(),
+            &message.payload,
+            Some(seq),
+        )
         .await
         .expect("process");
     assert_eq!(outcome, Outcome::Fired);
@@ -727,7 +810,11 @@ async fn nats_redelivery_after_a_crash_before_ack_makes_no_second_run() {
     let second = nats_triggers(&h.client, &nats.url()).await;
     second.apply(&p);
     eventually("the redelivery to be deduplicated", || async {
-        (second.metrics().get(TriggerKind::Pubsub, Outcome::Deduplicated) == 1).then_some(())
+        (second
+            .metrics()
+            .get(TriggerKind::Pubsub, Outcome::Deduplicated)
+            == 1)
+            .then_some(())
     })
     .await;
     let runs = runs_of(&h.client, "crashy").await;
@@ -755,7 +842,13 @@ async fn two_engines_share_one_durable_consumer_without_duplicates() {
     consumer_ready(&publisher, "shared-group").await;
     let n = 40;
     for i in 0..n {
-        publish(&publisher, &format!("shared.{}", i % 3), None, &format!(r#"{{"i": {i}}}"#)).await;
+        publish(
+            &publisher,
+            &format!("shared.{}", i % 3),
+            None,
+            &format!(r#"{{"i": {i}}}"#),
+        )
+        .await;
     }
     let runs = wait_runs(&h.client, "shared", n).await;
     eventually("every message acknowledged", || async {
@@ -767,7 +860,11 @@ async fn two_engines_share_one_durable_consumer_without_duplicates() {
     assert_eq!(runs_of(&h.client, "shared").await.len(), n);
     let mut inputs: Vec<i64> = runs
         .iter()
-        .map(|r| r.spec.inputs.as_ref().expect("inputs")["i"].as_i64().expect("i"))
+        .map(|r| {
+            r.spec.inputs.as_ref().expect("inputs")["i"]
+                .as_i64()
+                .expect("i")
+        })
         .collect();
     inputs.sort();
     assert_eq!(inputs, (0..n as i64).collect::<Vec<_>>());
@@ -806,12 +903,19 @@ async fn nats_trigger_recovers_after_the_server_restarts() {
         (connected_condition(&h.client, "resilient").await.as_deref() == Some("True")).then_some(())
     })
     .await;
-    publish(&publisher, "resilient.in", Some("before"), r#"{"when": "before"}"#).await;
+    publish(
+        &publisher,
+        "resilient.in",
+        Some("before"),
+        r#"{"when": "before"}"#,
+    )
+    .await;
     wait_runs(&h.client, "resilient", 1).await;
 
     nats.kill();
     eventually("TriggerConnected=False", || async {
-        (connected_condition(&h.client, "resilient").await.as_deref() == Some("False")).then_some(())
+        (connected_condition(&h.client, "resilient").await.as_deref() == Some("False"))
+            .then_some(())
     })
     .await;
     nats.spawn().await;
@@ -820,11 +924,22 @@ async fn nats_trigger_recovers_after_the_server_restarts() {
     })
     .await;
     let publisher = async_nats::connect(nats.url()).await.expect("publisher");
-    publish(&publisher, "resilient.in", Some("after"), r#"{"when": "after"}"#).await;
+    publish(
+        &publisher,
+        "resilient.in",
+        Some("after"),
+        r#"{"when": "after"}"#,
+    )
+    .await;
     let runs = wait_runs(&h.client, "resilient", 2).await;
     let whens: BTreeMap<String, Value> = runs
         .iter()
-        .map(|r| (r.name_any(), r.spec.inputs.as_ref().expect("inputs")["when"].clone()))
+        .map(|r| {
+            (
+                r.name_any(),
+                r.spec.inputs.as_ref().expect("inputs")["when"].clone(),
+            )
+        })
         .collect();
     assert!(whens.values().any(|w| w == "after"), "{whens:?}");
     t.clear();

@@ -1,5 +1,5 @@
 //! `fm serve`: the embedded default. Today it serves the Kubernetes-compatible API (see
-//! `crate::apiserver`); the controllers and the engine join it in the same process through
+//! `crate::apiserver`) and the triggers (cron, NATS with `--nats`, webhooks under `/webhooks/`); the controllers and the engine join it in the same process through
 //! [`crate::apiserver::Server`], which runs on the caller's runtime.
 
 use std::io::Write as _;
@@ -37,6 +37,8 @@ pub struct ServeArgs {
     /// Longest a watch stays open, in seconds (clients re-watch transparently).
     #[arg(long, default_value_t = 1800)]
     pub max_watch_seconds: u64,
+    #[command(flatten)]
+    pub triggers: super::TriggerArgs,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -45,7 +47,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         durability: flowmason_store::Durability::Batch,
     }
     .data_dir()?;
+    let webhooks = crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
     let config = ServeConfig {
+        routes: (!args.triggers.no_triggers).then(|| webhooks.router()),
         bind: args.bind,
         tls: args.tls,
         require_token: args.require_token,
@@ -61,6 +65,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let server = Server::start(config)
             .await
             .context("cannot start the API server")?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let triggers = if args.triggers.no_triggers {
+            None
+        } else {
+            let client = kube::Client::try_from(
+                server
+                    .client_config()
+                    .await
+                    .context("cannot read the kubeconfig just written")?,
+            )
+            .context("cannot build a client of the embedded API server")?;
+            let triggers = args.triggers.start(client, webhooks).await?;
+            Some(tokio::spawn(triggers.watch(stop.clone())))
+        };
         println!("FlowMason API server listening on {}", server.url());
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         std::io::stdout().flush().ok();
@@ -68,6 +86,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .context("cannot wait for Ctrl-C")?;
         eprintln!("shutting down");
+        stop.cancel();
+        if let Some(t) = triggers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         server.shutdown().await;
         Ok(0)
     })?

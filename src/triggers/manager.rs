@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cron::{CronSchedule, CronTrigger};
 use super::nats::{NatsConnection, NatsTrigger};
-use super::webhook::{self, WebhookRoutes, WebhookTarget};
+use super::webhook::{self, WebhookMount, WebhookRoutes, WebhookTarget};
 use super::{ApiStatus, Clock, StatusSink, SystemClock, TriggerContext, TriggerMetrics};
 use crate::model::Pipeline;
 
@@ -27,6 +27,8 @@ pub struct TriggerConfig {
     pub nats: Option<NatsConnection>,
     pub metrics: Arc<TriggerMetrics>,
     pub webhook_max_body: usize,
+    /// A webhook router state made earlier (and already mounted); default: a new one.
+    pub webhooks: Option<WebhookMount>,
 }
 
 impl Default for TriggerConfig {
@@ -37,6 +39,7 @@ impl Default for TriggerConfig {
             nats: None,
             metrics: Arc::new(TriggerMetrics::default()),
             webhook_max_body: webhook::DEFAULT_MAX_BODY,
+            webhooks: None,
         }
     }
 }
@@ -51,8 +54,8 @@ struct Armed {
 pub struct Triggers {
     ctx: TriggerContext,
     nats: Option<NatsConnection>,
+    webhooks: WebhookMount,
     routes: Arc<WebhookRoutes>,
-    max_body: usize,
     armed: Mutex<HashMap<(String, String), Armed>>,
 }
 
@@ -76,16 +79,21 @@ impl Triggers {
                 client: client.clone(),
             })
         });
+        let ctx = TriggerContext {
+            client,
+            clock: config.clock,
+            status,
+            metrics: config.metrics,
+        };
+        let webhooks = config
+            .webhooks
+            .unwrap_or_else(|| WebhookMount::new(config.webhook_max_body));
+        webhooks.bind(ctx.clone());
         Triggers {
-            ctx: TriggerContext {
-                client,
-                clock: config.clock,
-                status,
-                metrics: config.metrics,
-            },
+            ctx,
             nats: config.nats,
-            routes: Arc::new(WebhookRoutes::default()),
-            max_body: config.webhook_max_body,
+            routes: webhooks.routes().clone(),
+            webhooks,
             armed: Mutex::new(HashMap::new()),
         }
     }
@@ -100,7 +108,7 @@ impl Triggers {
 
     /// The webhook router to mount in the HTTP server.
     pub fn webhook_router(&self) -> axum::Router {
-        webhook::router(self.ctx.clone(), self.routes.clone(), self.max_body)
+        self.webhooks.router()
     }
 
     /// Arms the Pipeline's triggers, or re-arms them if their spec changed; unchanged ones keep running.

@@ -9,7 +9,7 @@
 //! the same run instead of starting another.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -101,29 +101,54 @@ impl WebhookRoutes {
     }
 }
 
-struct WebhookState {
-    ctx: TriggerContext,
+/// The webhook router's state, created before the triggers so that a server can mount the router
+/// before the kube client the triggers need exists (`fm serve` learns its own address only once bound);
+/// requests before [`WebhookMount::bind`] get 503.
+#[derive(Clone)]
+pub struct WebhookMount {
     routes: Arc<WebhookRoutes>,
+    ctx: Arc<OnceLock<TriggerContext>>,
+    max_body: usize,
 }
 
-/// The router serving every webhook path under [`PREFIX`], with `max_body` bytes at most per request.
-pub fn router(ctx: TriggerContext, routes: Arc<WebhookRoutes>, max_body: usize) -> Router {
-    let state = Arc::new(WebhookState { ctx, routes });
-    Router::new()
-        .route("/webhooks/{*rest}", post(handle))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+impl WebhookMount {
+    pub fn new(max_body: usize) -> Self {
+        WebhookMount {
+            routes: Arc::new(WebhookRoutes::default()),
+            ctx: Arc::new(OnceLock::new()),
+            max_body,
+        }
+    }
+
+    pub fn routes(&self) -> &Arc<WebhookRoutes> {
+        &self.routes
+    }
+
+    /// Gives the handlers their context (the first call wins).
+    pub fn bind(&self, ctx: TriggerContext) {
+        let _ = self.ctx.set(ctx);
+    }
+
+    /// The router serving every webhook path under [`PREFIX`], with `max_body` bytes at most per
+    /// request.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/webhooks/{*rest}", post(handle))
+            .layer(DefaultBodyLimit::max(self.max_body))
+            .with_state(Arc::new(self.clone()))
+    }
 }
+
+type WebhookState = WebhookMount;
 
 fn answer(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
 fn reject(state: &WebhookState, status: StatusCode, reason: impl Into<String>) -> Response {
-    state
-        .ctx
-        .metrics
-        .record(TriggerKind::Webhook, Outcome::Rejected);
+    if let Some(ctx) = state.ctx.get() {
+        ctx.metrics.record(TriggerKind::Webhook, Outcome::Rejected);
+    }
     answer(status, json!({"error": reason.into()}))
 }
 
@@ -228,7 +253,13 @@ async fn handle(
             format!("no pipeline serves the webhook path {:?}", uri.path()),
         );
     };
-    let client = &state.ctx.client;
+    let Some(ctx) = state.ctx.get() else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "the triggers are starting; retry shortly"}),
+        );
+    };
+    let client = &ctx.client;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &target.namespace);
     let pipeline = match pipelines.get(&target.pipeline).await {
         Ok(p) => p,
@@ -324,10 +355,7 @@ async fn handle(
     .await
     {
         Ok(created) => {
-            state
-                .ctx
-                .metrics
-                .record(TriggerKind::Webhook, created.outcome());
+            ctx.metrics.record(TriggerKind::Webhook, created.outcome());
             answer(
                 StatusCode::ACCEPTED,
                 json!({
