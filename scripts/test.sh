@@ -9,12 +9,34 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# kubectl: the operator tests drive `fm serve` with it (Debian's kubernetes-client is old but speaks the API).
-if ! command -v kubectl >/dev/null 2>&1; then
+# tests/apiserver.rs drives the real kubectl against `fm serve`'s API: install Debian's kubernetes-client
+# when no kubectl is on PATH (or set KUBECTL to one).
+if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
-        (apt-get install -y kubernetes-client || sudo apt-get install -y kubernetes-client) >/dev/null 2>&1 || true
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
     fi
-    command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required by tests/operator.rs" >&2; exit 1; }
+    if ! command -v kubectl >/dev/null 2>&1; then
+        echo "kubectl is required by tests/apiserver.rs: install the kubernetes-client package or set KUBECTL" >&2
+        exit 1
+    fi
+fi
+
+# tests/triggers.rs starts its own nats-server (JetStream on, loopback, a free port): install Debian's
+# nats-server (2.9.x) when none is on PATH (or set NATS_SERVER to one).
+if [ -z "${NATS_SERVER:-}" ] && ! command -v nats-server >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+    fi
+    if ! command -v nats-server >/dev/null 2>&1; then
+        echo "nats-server is required by tests/triggers.rs: install the nats-server package or set NATS_SERVER" >&2
+        exit 1
+    fi
 fi
 
 # The original FlowMason Python client and the Kubernetes client it drives, from PyPI, for the

@@ -11,3 +11,4 @@ pub mod llm;
 pub mod model;
 pub mod operator;
 pub mod runtime;
+pub mod triggers;

@@ -445,6 +445,7 @@ impl Engine {
             env: env.vars,
             store: self.inner.store.clone(),
             components,
+            registry: self.inner.registry.clone(),
             observer,
             outcome: outcome_tx,
             engine: Arc::downgrade(&self.inner),

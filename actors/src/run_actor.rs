@@ -18,7 +18,7 @@ use flowmason_store::{
     StagePhase, StoreError,
 };
 
-use crate::component::{Component, ComponentOutput, LogLine, StageContext};
+use crate::component::{Component, ComponentOutput, LogLine, Registry, RunView, StageContext};
 use crate::engine::{EngineError, EngineRef, deregister};
 use crate::plan::Plan;
 use crate::redact::Redactor;
@@ -34,6 +34,8 @@ pub(crate) struct RunSetup {
     pub redactor: Redactor,
     pub store: EventStore,
     pub components: Vec<Arc<dyn Component>>,
+    /// For stages that run other stages (see `Component::runs_stages`).
+    pub registry: Arc<Registry>,
     pub observer: Option<mpsc::UnboundedSender<Event>>,
     pub outcome: oneshot::Sender<Result<RunState, EngineError>>,
     pub engine: EngineRef,
@@ -89,6 +91,7 @@ pub(crate) struct RunActor {
     context: Value,
     store: EventStore,
     components: Vec<Arc<dyn Component>>,
+    registry: Arc<Registry>,
     observer: Option<mpsc::UnboundedSender<Event>>,
     outcome: Option<oneshot::Sender<Result<RunState, EngineError>>>,
     engine: EngineRef,
@@ -145,6 +148,7 @@ impl RunActor {
             context,
             store: setup.store,
             components: setup.components,
+            registry: setup.registry,
             observer: setup.observer,
             outcome: Some(setup.outcome),
             engine: setup.engine,
@@ -566,7 +570,7 @@ impl RunActor {
             })
         });
         let cancel = CancellationToken::new();
-        let context = StageContext::new(
+        let mut context = StageContext::new(
             self.state.run_id,
             self.state.pipeline.clone(),
             self.state.namespace.clone(),
@@ -575,6 +579,9 @@ impl RunActor {
             cancel.clone(),
             log,
         );
+        if component.runs_stages() {
+            context = context.with_run(Arc::new(self.run_view()));
+        }
         let actor = StageActor {
             index,
             attempt,
@@ -586,6 +593,25 @@ impl RunActor {
             report: me.recipient(),
         };
         self.running[index] = Some((attempt, actor.start()));
+    }
+
+    /// The snapshot a stage that runs other stages works from: plan, registry, inputs, environment and the
+    /// outputs of the stages that have succeeded so far.
+    fn run_view(&self) -> RunView {
+        let outputs = self
+            .state
+            .stages
+            .iter()
+            .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o)))
+            .collect();
+        RunView {
+            plan: self.plan.clone(),
+            registry: self.registry.clone(),
+            inputs: Arc::new(self.state.inputs.clone()),
+            env: Arc::new(self.env.clone()),
+            outputs: Arc::new(outputs),
+            call_stack: vec![self.state.pipeline.clone()],
+        }
     }
 
     fn retry_due(&mut self, index: usize, attempt: u32, ctx: &mut Context<Self>) {

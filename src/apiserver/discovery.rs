@@ -9,8 +9,8 @@
 //! validation, which it decides from the OpenAPI v3 document of the group version (a PATCH operation
 //! tagged with the kind's `x-kubernetes-group-version-kind` that takes a `fieldValidation` query
 //! parameter). `/openapi/v3/<gv>` serves exactly that for every resource, without schemas; so kubectl
-//! leaves validation to us (our kinds are checked on write) and never needs `/openapi/v2`, which is
-//! answered 404.
+//! leaves validation to us (our kinds are checked on write). `/openapi/v2` is served without schemas,
+//! for older kubectl (Debian's 1.20), which validates against it and skips kinds it has no schema for.
 
 use std::sync::Arc;
 
@@ -72,8 +72,35 @@ fn not_found() -> Response {
     })
 }
 
-pub async fn openapi_v2() -> Response {
-    not_found()
+/// `/openapi/v2`: a schema-less document. Older kubectl (Debian's 1.20) validates on the client
+/// against it, and a kind without a schema there is not checked on the client (we check on write).
+/// kubectl asks for protobuf: the document is then the protobuf encoding of `{swagger: "2.0"}`
+/// (gnostic `Document`, field 1).
+pub async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains("protobuf") {
+        let body: Vec<u8> = vec![0x0a, 0x03, b'2', b'.', b'0'];
+        return axum::response::IntoResponse::into_response((
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )],
+            body,
+        ));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "swagger": "2.0",
+            "info": {"title": "FlowMason embedded API", "version": "v1.34.0"},
+            "paths": {},
+            "definitions": {},
+        }),
+    )
 }
 
 /// `/openapi/v3`: one entry per served group version.

@@ -363,10 +363,8 @@ fn normalise_kind(rt: &ResourceType, object: &mut Value) {
                 object["type"] = json!("Opaque");
             }
         }
-        ("", "namespaces") => {
-            if object["status"]["phase"].is_null() {
-                object["status"] = json!({"phase": "Active"});
-            }
+        ("", "namespaces") if object["status"]["phase"].is_null() => {
+            object["status"] = json!({"phase": "Active"});
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let names = object["spec"]["names"].clone();

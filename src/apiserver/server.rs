@@ -38,6 +38,9 @@ pub struct ServeConfig {
     /// Flush every write before answering it.
     pub durable: bool,
     pub api: ApiConfig,
+    /// More routes served next to the API, outside its bearer-token check (they authenticate on their
+    /// own): the trigger webhooks under `/webhooks/`.
+    pub routes: Option<Router>,
 }
 
 impl ServeConfig {
@@ -50,6 +53,7 @@ impl ServeConfig {
             watch_history: 10_000,
             durable: true,
             api: ApiConfig::default(),
+            routes: None,
         }
     }
 }
@@ -166,8 +170,11 @@ impl Server {
             token: token.clone(),
             required: config.require_token || !addr.ip().is_loopback(),
         });
-        let app = handlers::router(state.clone())
+        let mut app = handlers::router(state.clone())
             .layer(axum::middleware::from_fn_with_state(auth, auth::check));
+        if let Some(routes) = config.routes.clone() {
+            app = routes.merge(app);
+        }
         let accept = tokio::spawn(accept_loop(listener, app, acceptor, state.clone()));
         Ok(Server {
             addr,

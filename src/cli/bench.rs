@@ -28,6 +28,19 @@ pub enum BenchTarget {
     /// The operator path in one process (API server, controllers, engine): PipelineRun created ->
     /// Running latency and a burst of queued runs -> all Succeeded.
     K8s(super::bench_k8s::K8sBench),
+    /// NATS publish -> PipelineRun created latency through the pubsub trigger, against an in-process
+    /// API server (without the operator on this branch, "created" is the end point, not Running).
+    Nats(NatsBench),
+}
+
+#[derive(Args, Debug)]
+pub struct NatsBench {
+    /// NATS server with JetStream; default: start `nats-server -js` on a free loopback port.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Messages, published one at a time (each waits for its run).
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +82,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     match args.target {
         BenchTarget::Engine(args) => engine(args),
         BenchTarget::K8s(args) => super::bench_k8s::k8s(args),
+        BenchTarget::Nats(args) => nats(args),
     }
 }
 
@@ -208,4 +222,143 @@ fn rss_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Kills the `nats-server` child the bench started.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats(args: NatsBench) -> anyhow::Result<i32> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::Api;
+    use kube::api::{PostParams, WatchEvent, WatchParams};
+
+    use crate::model::{Pipeline, PipelineRun};
+    use crate::triggers::nats::{NatsConnection, NatsOptions};
+    use crate::triggers::{TriggerConfig, Triggers};
+
+    if args.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let mut _child = None;
+    let url = match &args.nats {
+        Some(u) => u.clone(),
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("cannot find a free port")?
+                .port();
+            let store = dir.path().join("nats");
+            let child = std::process::Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&store)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start nats-server (install it, or pass --nats URL)")?;
+            _child = Some(Child(child));
+            format!("nats://127.0.0.1:{port}")
+        }
+    };
+    crate::runtime::block_on(|| async move {
+        let server = crate::apiserver::Server::start(crate::apiserver::ServeConfig::new(
+            dir.path().join("api"),
+        ))
+        .await
+        .context("cannot start the API server")?;
+        let client = kube::Client::try_from(server.client_config().await?)?;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in [
+            crate::model::crd_yaml::pipeline_crd(),
+            crate::model::crd_yaml::pipelinerun_crd(),
+        ] {
+            crds.create(&PostParams::default(), &serde_json::from_value(crd)?)
+                .await?;
+        }
+        let pipeline: Pipeline = serde_json::from_value(json!({
+            "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+            "metadata": {"name": "bench", "namespace": "default"},
+            "spec": {"stages": [{"id": "a", "componentType": "noop"}],
+                     "triggers": {"pubsub": {"topic": "bench.in", "subscription": "bench"}}},
+        }))?;
+        let pipeline = Api::<Pipeline>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &pipeline)
+            .await?;
+        let mut options = NatsOptions::new(url.clone());
+        options.batch = 1;
+        let conn = NatsConnection::connect(options).await?;
+        for _ in 0..200 {
+            if conn.client.connection_state() == async_nats::connection::State::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let publisher = conn.client.clone();
+        let triggers = Triggers::new(
+            client.clone(),
+            TriggerConfig {
+                nats: Some(conn),
+                ..TriggerConfig::default()
+            },
+        );
+        triggers.apply(&pipeline);
+        let js = async_nats::jetstream::new(publisher.clone());
+        // The consumer exists once the stream holds it.
+        for _ in 0..200 {
+            if let Ok(s) = js.get_stream(crate::triggers::nats::DEFAULT_STREAM).await
+                && s.get_consumer::<async_nats::jetstream::consumer::pull::Config>("bench")
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+        let list = runs.list(&Default::default()).await?;
+        let version = list.metadata.resource_version.unwrap_or_default();
+        let mut watch = runs
+            .watch(&WatchParams::default().timeout(290), &version)
+            .await?
+            .boxed();
+        let mut latencies = Vec::with_capacity(args.messages);
+        for i in 0..args.messages {
+            let start = Instant::now();
+            js.publish("bench.in", format!("{{\"i\": {i}}}").into())
+                .await
+                .context("publish")?;
+            loop {
+                match watch.next().await {
+                    Some(Ok(WatchEvent::Added(_))) => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => bail!("watching runs: {e}"),
+                    None => bail!("the watch on runs ended"),
+                }
+            }
+            latencies.push(start.elapsed());
+        }
+        triggers.clear();
+        server.shutdown().await;
+        latencies.sort();
+        let pct =
+            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        println!(
+            "nats publish -> PipelineRun created: {} messages, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            latencies.len(),
+            pct(0.5).as_secs_f64() * 1e3,
+            pct(0.9).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            latencies[latencies.len() - 1].as_secs_f64() * 1e3,
+        );
+        std::io::stdout().flush().ok();
+        Ok(0)
+    })?
 }

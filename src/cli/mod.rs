@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flowmason_store::{Durability, EventStore, StoreConfig};
 
+mod backfill;
 mod bench;
 mod bench_k8s;
 mod history;
@@ -48,12 +49,75 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Load harnesses measuring the engine end to end.
     Bench(bench::BenchArgs),
+    /// Create the scheduled runs a window missed (bounded, deduplicated by the run names the schedule
+    /// itself uses), against the cluster of $KUBECONFIG.
+    Backfill(backfill::BackfillArgs),
     /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it).
     Serve(serve::ServeArgs),
     /// Run the controllers and the engine against a cluster (kubeconfig or in-cluster).
     Operator(operator::OperatorArgs),
     /// Deploy, run and inspect pipelines on a Kubernetes API server (a cluster or `fm serve`).
     K8s(k8s::K8sArgs),
+}
+
+/// Trigger options shared by `fm serve` (and `fm operator`).
+#[derive(Args, Debug, Clone)]
+pub struct TriggerArgs {
+    /// NATS server for `spec.triggers.pubsub` (e.g. nats://127.0.0.1:4222); without it pubsub
+    /// triggers are reported as not armed.
+    #[arg(long, env = "FM_NATS_URL")]
+    pub nats: Option<String>,
+    /// Secret NAMESPACE/NAME holding the NATS credentials: key `creds` (a .creds file), or `token`, or
+    /// `user` and `password`.
+    #[arg(long)]
+    pub nats_credentials: Option<String>,
+    /// JetStream stream that captures the trigger subjects (found, or created with them).
+    #[arg(long, default_value = crate::triggers::nats::DEFAULT_STREAM)]
+    pub nats_stream: String,
+    /// Dead letters go to PREFIX.<namespace>.<pipeline>.
+    #[arg(long, default_value = crate::triggers::nats::DEFAULT_DEADLETTER_PREFIX)]
+    pub nats_deadletter_prefix: String,
+    /// Largest webhook body accepted (bytes); larger ones are answered 413.
+    #[arg(long, default_value_t = crate::triggers::webhook::DEFAULT_MAX_BODY)]
+    pub webhook_max_body: usize,
+    /// Serve no triggers (no cron, NATS or webhooks).
+    #[arg(long)]
+    pub no_triggers: bool,
+}
+
+impl TriggerArgs {
+    /// Connects NATS (credentials read through `client`) and builds the triggers.
+    pub async fn start(
+        &self,
+        client: kube::Client,
+        webhooks: crate::triggers::webhook::WebhookMount,
+    ) -> anyhow::Result<std::sync::Arc<crate::triggers::Triggers>> {
+        use crate::triggers::nats::{NatsAuth, NatsConnection, NatsOptions};
+        let nats = match &self.nats {
+            None => None,
+            Some(url) => {
+                let mut options = NatsOptions::new(url.clone());
+                options.stream = self.nats_stream.clone();
+                options.deadletter_prefix = self.nats_deadletter_prefix.clone();
+                if let Some(secret) = &self.nats_credentials {
+                    let (ns, name) = secret.split_once('/').with_context(|| {
+                        format!("--nats-credentials {secret:?}: expected NAMESPACE/NAME")
+                    })?;
+                    options.auth = NatsAuth::from_secret(&client, ns, name).await?;
+                }
+                Some(NatsConnection::connect(options).await?)
+            }
+        };
+        Ok(std::sync::Arc::new(crate::triggers::Triggers::new(
+            client,
+            crate::triggers::TriggerConfig {
+                nats,
+                webhook_max_body: self.webhook_max_body,
+                webhooks: Some(webhooks),
+                ..crate::triggers::TriggerConfig::default()
+            },
+        )))
+    }
 }
 
 /// Where runs are recorded.
@@ -154,6 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History(args) => history::history(args),
         Command::Resume(args) => resume::resume(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Backfill(args) => backfill::backfill(args),
         Command::Serve(args) => serve::serve(args),
         Command::Operator(args) => operator::operator(args),
         Command::K8s(args) => k8s::k8s(args),

@@ -1,7 +1,8 @@
 //! `fm serve`: the embedded default. One process: the Kubernetes-compatible API (see
-//! `crate::apiserver`), the Pipeline and PipelineRun controllers and the engine (see `crate::operator`),
-//! with the event log in DATA_DIR/events. The controllers talk to the API over HTTP like any client, so
-//! they behave exactly as `fm operator` does against a cluster.
+//! `crate::apiserver`), the triggers (cron, NATS with `--nats`, webhooks under `/webhooks/`), and the
+//! Pipeline and PipelineRun controllers with the engine (see `crate::operator`), the event log in
+//! DATA_DIR/events. The controllers talk to the API over HTTP like any client, so they behave exactly as
+//! `fm operator` does against a cluster.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -10,35 +11,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::apiserver::{ApiConfig, ServeConfig, Server};
 use crate::components::builtin_registry;
 use crate::operator::{Operator, OperatorConfig};
 
-/// Waits for Ctrl-C or SIGTERM (how Kubernetes and test harnesses stop a process).
-pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot watch SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    Ok(())
-}
-
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Directory holding the API store (DATA_DIR/api) and the kubeconfig (default: $FM_DATA_DIR, else
-    /// ~/.local/share/flowmason).
+    /// Directory holding the API store (DATA_DIR/api), the event log (DATA_DIR/events) and the
+    /// kubeconfig (default: $FM_DATA_DIR, else ~/.local/share/flowmason).
     #[arg(long, env = "FM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address to serve on; port 0 picks a free port. Any non-loopback address requires the bearer
@@ -60,26 +42,49 @@ pub struct ServeArgs {
     /// Longest a watch stays open, in seconds (clients re-watch transparently).
     #[arg(long, default_value_t = 1800)]
     pub max_watch_seconds: u64,
+    #[command(flatten)]
+    pub triggers: super::TriggerArgs,
     /// When appended run events reach the disk: always, batch (group commit; terminal events always
     /// durable) or never.
     #[arg(long, default_value = "batch")]
     pub durability: flowmason_store::Durability,
-    /// Least time between two status writes of one run, in milliseconds (the first and the final write
-    /// of a run are immediate).
+    /// Least time between two status writes of one run, in milliseconds (phase changes and the final
+    /// status are written at once).
     #[arg(long, default_value_t = 250)]
     pub status_interval_ms: u64,
-    /// Serve the API only, without controllers and engine (e.g. for `fm operator` replicas against it).
+    /// Serve the API (and triggers) only, without controllers and engine (e.g. for `fm operator`
+    /// replicas against it).
     #[arg(long)]
     pub no_controllers: bool,
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
-    let data_dir = super::StoreArgs {
-        data_dir: args.data_dir.clone(),
-        durability: flowmason_store::Durability::Batch,
+/// Waits for Ctrl-C or SIGTERM (how Kubernetes and test harnesses stop a process).
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
     }
-    .data_dir()?;
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    Ok(())
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let store_args = super::StoreArgs {
+        data_dir: args.data_dir.clone(),
+        durability: args.durability,
+    };
+    let data_dir = store_args.data_dir()?;
+    let webhooks = crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
     let config = ServeConfig {
+        routes: (!args.triggers.no_triggers).then(|| webhooks.router()),
         bind: args.bind,
         tls: args.tls,
         require_token: args.require_token,
@@ -91,33 +96,35 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         },
         ..ServeConfig::new(data_dir)
     };
-    let store_args = super::StoreArgs {
-        data_dir: args.data_dir.clone(),
-        durability: args.durability,
-    };
     let operator_config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
         ..OperatorConfig::default()
     };
-    let controllers = !args.no_controllers;
     crate::runtime::block_on(|| async move {
         let server = Server::start(config)
             .await
             .context("cannot start the API server")?;
         let stop = CancellationToken::new();
-        let operator = if controllers {
-            let events = store_args.open()?;
-            let client_config = server
+        let client = kube::Client::try_from(
+            server
                 .client_config()
                 .await
-                .context("cannot read the kubeconfig just written")?;
-            let client = kube::Client::try_from(client_config)
-                .context("cannot build a client of the embedded API server")?;
+                .context("cannot read the kubeconfig just written")?,
+        )
+        .context("cannot build a client of the embedded API server")?;
+        let triggers = if args.triggers.no_triggers {
+            None
+        } else {
+            let triggers = args.triggers.start(client.clone(), webhooks).await?;
+            Some(tokio::spawn(triggers.watch(stop.clone())))
+        };
+        let operator = if args.no_controllers {
+            None
+        } else {
+            let events = store_args.open()?;
             let operator = Operator::new(client, events, builtin_registry(), operator_config);
             let stop = stop.clone();
             Some(actix::spawn(async move { operator.run(stop).await }))
-        } else {
-            None
         };
         println!("FlowMason API server listening on {}", server.url());
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
@@ -131,6 +138,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 Ok(_) => {}
                 Err(_) => eprintln!("operator: did not stop within 10s"),
             }
+        }
+        if let Some(t) = triggers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         server.shutdown().await;
         Ok(0)

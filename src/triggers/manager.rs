@@ -1,0 +1,241 @@
+//! [`Triggers`]: arms each Pipeline's triggers (cron loop, NATS consumer, webhook route) and re-arms or
+//! disarms them when the Pipeline changes or goes. The operator's `PipelineActor` calls
+//! [`Triggers::apply`] and [`Triggers::remove`]; without the operator, [`Triggers::watch`] drives the same
+//! calls from a watch on Pipelines.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt as _;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::cron::{CronSchedule, CronTrigger};
+use super::nats::{NatsConnection, NatsTrigger};
+use super::webhook::{self, WebhookMount, WebhookRoutes, WebhookTarget};
+use super::{ApiStatus, Clock, StatusSink, SystemClock, TriggerContext, TriggerMetrics};
+use crate::model::Pipeline;
+
+/// What the triggers of an engine share.
+#[derive(Clone)]
+pub struct TriggerConfig {
+    pub clock: Arc<dyn Clock>,
+    /// Where `nextScheduledRun` and `TriggerConnected` go (default: status patches through the API).
+    pub status: Option<Arc<dyn StatusSink>>,
+    /// NATS, when the engine was given `--nats`.
+    pub nats: Option<NatsConnection>,
+    pub metrics: Arc<TriggerMetrics>,
+    pub webhook_max_body: usize,
+    /// A webhook router state made earlier (and already mounted); default: a new one.
+    pub webhooks: Option<WebhookMount>,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        TriggerConfig {
+            clock: Arc::new(SystemClock),
+            status: None,
+            nats: None,
+            metrics: Arc::new(TriggerMetrics::default()),
+            webhook_max_body: webhook::DEFAULT_MAX_BODY,
+            webhooks: None,
+        }
+    }
+}
+
+struct Armed {
+    fingerprint: String,
+    stop: CancellationToken,
+    webhook_path: Option<String>,
+}
+
+/// The triggers of every Pipeline this engine serves.
+pub struct Triggers {
+    ctx: TriggerContext,
+    nats: Option<NatsConnection>,
+    webhooks: WebhookMount,
+    routes: Arc<WebhookRoutes>,
+    armed: Mutex<HashMap<(String, String), Armed>>,
+}
+
+/// The parts of a Pipeline its triggers depend on: a change re-arms them.
+fn fingerprint(p: &Pipeline) -> String {
+    let s = &p.spec;
+    serde_json::json!([
+        s.schedule,
+        s.time_zone,
+        s.suspend,
+        s.triggers,
+        p.metadata.uid,
+    ])
+    .to_string()
+}
+
+impl Triggers {
+    pub fn new(client: Client, config: TriggerConfig) -> Self {
+        let status = config.status.unwrap_or_else(|| {
+            Arc::new(ApiStatus {
+                client: client.clone(),
+            })
+        });
+        let ctx = TriggerContext {
+            client,
+            clock: config.clock,
+            status,
+            metrics: config.metrics,
+        };
+        let webhooks = config
+            .webhooks
+            .unwrap_or_else(|| WebhookMount::new(config.webhook_max_body));
+        webhooks.bind(ctx.clone());
+        Triggers {
+            ctx,
+            nats: config.nats,
+            routes: webhooks.routes().clone(),
+            webhooks,
+            armed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<TriggerMetrics> {
+        &self.ctx.metrics
+    }
+
+    pub fn context(&self) -> &TriggerContext {
+        &self.ctx
+    }
+
+    /// The webhook router to mount in the HTTP server.
+    pub fn webhook_router(&self) -> axum::Router {
+        self.webhooks.router()
+    }
+
+    /// Arms the Pipeline's triggers, or re-arms them if their spec changed; unchanged ones keep running.
+    /// Returns the problems that kept a trigger from arming (bad schedule, taken path), each naming the
+    /// field.
+    pub fn apply(&self, pipeline: &Pipeline) -> Vec<String> {
+        let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
+        let name = pipeline.name_any();
+        let key = (namespace.clone(), name.clone());
+        let print = fingerprint(pipeline);
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        if armed.get(&key).is_some_and(|a| a.fingerprint == print) {
+            return Vec::new();
+        }
+        if let Some(old) = armed.remove(&key) {
+            self.disarm(&namespace, &name, old);
+        }
+        let mut problems = Vec::new();
+        let stop = CancellationToken::new();
+        let spec = &pipeline.spec;
+        let suspended = spec.suspend.unwrap_or(false);
+        if let Some(expr) = &spec.schedule {
+            match CronSchedule::parse(expr, spec.time_zone.as_deref()) {
+                Ok(_) => {
+                    let cron = CronTrigger::new(self.ctx.clone(), &namespace, &name);
+                    tokio::spawn(cron.run(stop.clone()));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let triggers = spec.triggers.clone().unwrap_or_default();
+        if let Some(pubsub) = triggers.pubsub.filter(|_| !suspended) {
+            match &self.nats {
+                Some(conn) => {
+                    let t = NatsTrigger::new(
+                        self.ctx.clone(),
+                        conn.clone(),
+                        &namespace,
+                        &name,
+                        &pubsub.topic,
+                        pubsub.subscription.as_deref(),
+                    );
+                    tokio::spawn(t.run(stop.clone()));
+                }
+                None => problems.push(format!(
+                    "spec.triggers.pubsub.topic {:?}: this engine has no NATS connection (--nats)",
+                    pubsub.topic
+                )),
+            }
+        }
+        let mut webhook_path = None;
+        if let Some(hook) = triggers.webhook.filter(|w| w.enabled.unwrap_or(true)) {
+            let path = WebhookRoutes::path_for(&namespace, &name, hook.path.as_deref());
+            match self.routes.insert(
+                &path,
+                WebhookTarget {
+                    namespace: namespace.clone(),
+                    pipeline: name.clone(),
+                    secret: hook.secret_ref.clone(),
+                },
+            ) {
+                Ok(()) => webhook_path = Some(path),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        for p in &problems {
+            tracing::warn!("triggers of Pipeline {namespace}/{name}: {p}");
+        }
+        armed.insert(
+            key,
+            Armed {
+                fingerprint: print,
+                stop,
+                webhook_path,
+            },
+        );
+        problems
+    }
+
+    fn disarm(&self, namespace: &str, name: &str, armed: Armed) {
+        armed.stop.cancel();
+        if let Some(path) = armed.webhook_path {
+            self.routes.remove(&path, namespace, name);
+        }
+    }
+
+    /// Disarms a deleted Pipeline's triggers.
+    pub fn remove(&self, namespace: &str, name: &str) {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = armed.remove(&(namespace.to_string(), name.to_string())) {
+            self.disarm(namespace, name, old);
+        }
+    }
+
+    /// Disarms everything.
+    pub fn clear(&self) {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        for ((ns, name), a) in armed.drain() {
+            self.disarm(&ns, &name, a);
+        }
+    }
+
+    /// Keeps the triggers in step with the Pipelines of every namespace until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let api: Api<Pipeline> = Api::all(self.ctx.client.clone());
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                e = events.next() => e,
+            };
+            match event {
+                None => break,
+                Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                    if p.metadata.deletion_timestamp.is_some() {
+                        self.remove(&p.namespace().unwrap_or_default(), &p.name_any());
+                    } else {
+                        self.apply(&p);
+                    }
+                }
+                Some(Ok(watcher::Event::Delete(p))) => {
+                    self.remove(&p.namespace().unwrap_or_default(), &p.name_any());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!("pipeline watch: {e}"),
+            }
+        }
+        self.clear();
+    }
+}
