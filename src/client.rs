@@ -122,7 +122,10 @@ impl FlowMasonClient {
         self.pipelines()
             .create(&PostParams::default(), &pipeline)
             .await
-            .map_err(api_error(format!("create {}", self.what("Pipeline", &pipeline.name_any()))))
+            .map_err(api_error(format!(
+                "create {}",
+                self.what("Pipeline", &pipeline.name_any())
+            )))
     }
 
     /// Creates the Pipeline, or replaces the spec of the existing one of that name.
@@ -159,17 +162,23 @@ impl FlowMasonClient {
         let mut pipeline = pipeline.clone();
         pipeline.metadata.namespace = Some(self.namespace.clone());
         if pipeline.metadata.resource_version.is_none() {
-            let current = self.get_pipeline(&name).await?.ok_or_else(|| ClientError::NotFound {
-                kind: "Pipeline",
-                namespace: self.namespace.clone(),
-                name: name.clone(),
-            })?;
+            let current = self
+                .get_pipeline(&name)
+                .await?
+                .ok_or_else(|| ClientError::NotFound {
+                    kind: "Pipeline",
+                    namespace: self.namespace.clone(),
+                    name: name.clone(),
+                })?;
             pipeline.metadata.resource_version = current.metadata.resource_version;
         }
         self.pipelines()
             .replace(&name, &PostParams::default(), &pipeline)
             .await
-            .map_err(api_error(format!("update {}", self.what("Pipeline", &name))))
+            .map_err(api_error(format!(
+                "update {}",
+                self.what("Pipeline", &name)
+            )))
     }
 
     /// Deletes a Pipeline; its PipelineRuns go with it (they are owned by it).
@@ -202,23 +211,32 @@ impl FlowMasonClient {
         self.runs()
             .create(&PostParams::default(), &run)
             .await
-            .map_err(api_error(format!("create {}", self.what("PipelineRun", &name))))
+            .map_err(api_error(format!(
+                "create {}",
+                self.what("PipelineRun", &name)
+            )))
     }
 
     pub async fn get_run(&self, name: &str) -> Result<Option<PipelineRun>, ClientError> {
-        self.runs()
-            .get_opt(name)
-            .await
-            .map_err(api_error(format!("read {}", self.what("PipelineRun", name))))
+        self.runs().get_opt(name).await.map_err(api_error(format!(
+            "read {}",
+            self.what("PipelineRun", name)
+        )))
     }
 
     /// The run's status (`None` before the operator wrote any).
-    pub async fn get_run_status(&self, name: &str) -> Result<Option<PipelineRunStatus>, ClientError> {
-        let run = self.get_run(name).await?.ok_or_else(|| ClientError::NotFound {
-            kind: "PipelineRun",
-            namespace: self.namespace.clone(),
-            name: name.to_string(),
-        })?;
+    pub async fn get_run_status(
+        &self,
+        name: &str,
+    ) -> Result<Option<PipelineRunStatus>, ClientError> {
+        let run = self
+            .get_run(name)
+            .await?
+            .ok_or_else(|| ClientError::NotFound {
+                kind: "PipelineRun",
+                namespace: self.namespace.clone(),
+                name: name.to_string(),
+            })?;
         Ok(run.status)
     }
 
@@ -228,7 +246,10 @@ impl FlowMasonClient {
             .runs()
             .list(&ListParams::default())
             .await
-            .map_err(api_error(format!("list PipelineRuns in {}", self.namespace)))?
+            .map_err(api_error(format!(
+                "list PipelineRuns in {}",
+                self.namespace
+            )))?
             .items;
         if let Some(p) = pipeline {
             runs.retain(|r| r.spec.pipeline_ref == p);
@@ -264,7 +285,10 @@ impl FlowMasonClient {
                 })),
             )
             .await
-            .map_err(api_error(format!("cancel {}", self.what("PipelineRun", name))))?;
+            .map_err(api_error(format!(
+                "cancel {}",
+                self.what("PipelineRun", name)
+            )))?;
         Ok(())
     }
 
@@ -273,7 +297,10 @@ impl FlowMasonClient {
         self.runs()
             .delete(name, &DeleteParams::default())
             .await
-            .map_err(api_error(format!("delete {}", self.what("PipelineRun", name))))?;
+            .map_err(api_error(format!(
+                "delete {}",
+                self.what("PipelineRun", name)
+            )))?;
         Ok(())
     }
 
@@ -284,7 +311,10 @@ impl FlowMasonClient {
         let mut events = api
             .list(&ListParams::default().labels(&format!("{RUN_LABEL}={run}")))
             .await
-            .map_err(api_error(format!("list the Events of {}", self.what("PipelineRun", run))))?
+            .map_err(api_error(format!(
+                "list the Events of {}",
+                self.what("PipelineRun", run)
+            )))?
             .items;
         events.sort_by_key(event_seq);
         Ok(events)

@@ -3,8 +3,8 @@
 
 pub mod apiserver;
 pub mod bench;
-pub mod client;
 pub mod cli;
+pub mod client;
 pub mod components;
 pub mod env;
 pub mod llm;

@@ -189,9 +189,12 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
         let runs = runs.clone();
         async move {
             let mut phases: Vec<RunPhase> = Vec::new();
-            let stream = watcher(runs, watcher::Config::default().fields("metadata.name=hello-1"))
-                .applied_objects()
-                .boxed();
+            let stream = watcher(
+                runs,
+                watcher::Config::default().fields("metadata.name=hello-1"),
+            )
+            .applied_objects()
+            .boxed();
             let mut stream = stream;
             while let Ok(Some(run)) = stream.try_next().await {
                 if let Some(p) = run.status.and_then(|s| s.phase)
@@ -219,26 +222,48 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
     );
     let done = runs.get("hello-1").await.expect("get");
     let status = done.status.expect("status");
-    assert_eq!(status.output.as_ref().map(|o| o["result"].clone()), Some(json!({"x": 42})));
+    assert_eq!(
+        status.output.as_ref().map(|o| o["result"].clone()),
+        Some(json!({"x": 42}))
+    );
     let ids: Vec<&str> = status.stages.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["wait", "shape"]);
-    assert!(status.stages.iter().all(|s| s.attempts == 1 && s.completion_time.is_some()));
-    assert!(status.run_id.is_some() && status.completion_time.is_some() && status.duration.is_some());
+    assert!(
+        status
+            .stages
+            .iter()
+            .all(|s| s.attempts == 1 && s.completion_time.is_some())
+    );
+    assert!(
+        status.run_id.is_some() && status.completion_time.is_some() && status.duration.is_some()
+    );
     assert_eq!(status.pipeline_generation, Some(1));
     // Owned by its Pipeline, finalizer in place; the Pipeline records the run.
     let owners = done.metadata.owner_references.unwrap_or_default();
     assert_eq!(owners.first().map(|o| o.name.as_str()), Some("hello"));
-    assert!(done.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "flowmason.io/run"));
+    assert!(
+        done.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "flowmason.io/run")
+    );
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let p = eventually("pipeline lastRunStatus", || async {
         let p = pipelines.get("hello").await.ok()?;
         (p.status.as_ref()?.last_run_status.as_deref() == Some("Succeeded")).then_some(p)
     })
     .await;
-    assert_eq!(p.status.as_ref().and_then(|s| s.last_run_id.clone()), status.run_id);
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.last_run_id.clone()),
+        status.run_id
+    );
     // kubectl shows it too.
     let (ok, out) = kubectl(&fm, &["get", "pipelineruns"], None);
-    assert!(ok && out.contains("hello-1") && out.contains("Succeeded"), "{out}");
+    assert!(
+        ok && out.contains("hello-1") && out.contains("Succeeded"),
+        "{out}"
+    );
     fm.stop();
 }
 
@@ -254,10 +279,16 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
         json!([{"id": "bad", "componentType": "json_transform",
                 "config": {"data": {"a": 1}, "expression": "{{input.missing.path}}"}}]),
     );
-    pipelines.create(&PostParams::default(), &failing).await.expect("create");
-    runs.create(&PostParams::default(), &run_of("failing-1", "failing", json!({})))
+    pipelines
+        .create(&PostParams::default(), &failing)
         .await
-        .expect("create run");
+        .expect("create");
+    runs.create(
+        &PostParams::default(),
+        &run_of("failing-1", "failing", json!({})),
+    )
+    .await
+    .expect("create run");
     let run = wait_phase(&runs, "failing-1", &terminal()).await;
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Failed));
@@ -271,7 +302,12 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
         "invalid",
         json!([{"id": "a", "componentType": "no_such_component"}]),
     );
-    assert!(pipelines.create(&PostParams::default(), &invalid).await.is_err());
+    assert!(
+        pipelines
+            .create(&PostParams::default(), &invalid)
+            .await
+            .is_err()
+    );
     let definition = json!({"stages": [
         {"id": "a", "componentType": "no_such_component"},
         {"id": "b", "componentType": "noop", "dependsOn": ["nowhere"]}]});
@@ -290,7 +326,10 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
         "spec": {"source": {"name": "bad-def", "key": "pipeline.yaml"}}
     }))
     .expect("pipeline");
-    pipelines.create(&PostParams::default(), &invalid).await.expect("create");
+    pipelines
+        .create(&PostParams::default(), &invalid)
+        .await
+        .expect("create");
     let p = eventually("invalid pipeline status", || async {
         let p = pipelines.get("invalid").await.ok()?;
         p.status.as_ref()?.phase.map(|_| p.clone())
@@ -299,23 +338,45 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
     let status = p.status.expect("status");
     assert_eq!(status.phase, Some(flowmason::model::PipelinePhase::Failed));
     let ready = &status.conditions[0];
-    assert_eq!((ready.type_.as_str(), ready.status.as_str()), ("Ready", "False"));
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "False")
+    );
     let message = ready.message.clone().unwrap_or_default();
-    assert!(message.contains("stages[0].componentType: unknown component \"no_such_component\""), "{message}");
+    assert!(
+        message.contains("stages[0].componentType: unknown component \"no_such_component\""),
+        "{message}"
+    );
     assert!(message.contains("nowhere"), "{message}");
     // A run of it fails before starting, naming the problem.
-    runs.create(&PostParams::default(), &run_of("invalid-1", "invalid", json!({})))
-        .await
-        .expect("create run");
+    runs.create(
+        &PostParams::default(),
+        &run_of("invalid-1", "invalid", json!({})),
+    )
+    .await
+    .expect("create run");
     let run = wait_phase(&runs, "invalid-1", &terminal()).await;
-    assert_eq!(run.status.as_ref().and_then(|s| s.phase), Some(RunPhase::Failed));
+    assert_eq!(
+        run.status.as_ref().and_then(|s| s.phase),
+        Some(RunPhase::Failed)
+    );
     // And a run of a Pipeline that does not exist names it.
-    runs.create(&PostParams::default(), &run_of("orphan-1", "absent", json!({})))
-        .await
-        .expect("create run");
+    runs.create(
+        &PostParams::default(),
+        &run_of("orphan-1", "absent", json!({})),
+    )
+    .await
+    .expect("create run");
     let run = wait_phase(&runs, "orphan-1", &terminal()).await;
-    let message = run.status.and_then(|s| s.error).map(|e| e.message).unwrap_or_default();
-    assert_eq!(message, "spec.pipelineRef: Pipeline default/absent not found");
+    let message = run
+        .status
+        .and_then(|s| s.error)
+        .map(|e| e.message)
+        .unwrap_or_default();
+    assert_eq!(
+        message,
+        "spec.pipelineRef: Pipeline default/absent not found"
+    );
     fm.stop();
 }
 
@@ -327,18 +388,28 @@ async fn cancel_by_spec_by_annotation_and_by_delete() {
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
     pipelines
-        .create(&PostParams::default(), &pipeline("slow", delay_stages(60_000)))
+        .create(
+            &PostParams::default(),
+            &pipeline("slow", delay_stages(60_000)),
+        )
         .await
         .expect("create");
     for name in ["by-spec", "by-annotation", "by-delete"] {
-        runs.create(&PostParams::default(), &run_of(name, "slow", json!({"x": 1})))
-            .await
-            .expect("create run");
+        runs.create(
+            &PostParams::default(),
+            &run_of(name, "slow", json!({"x": 1})),
+        )
+        .await
+        .expect("create run");
         wait_phase(&runs, name, &[RunPhase::Running]).await;
     }
-    runs.patch("by-spec", &PatchParams::default(), &Patch::Merge(json!({"spec": {"status": "Cancelled"}})))
-        .await
-        .expect("cancel");
+    runs.patch(
+        "by-spec",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"status": "Cancelled"}})),
+    )
+    .await
+    .expect("cancel");
     runs.patch(
         "by-annotation",
         &PatchParams::default(),
@@ -350,7 +421,12 @@ async fn cancel_by_spec_by_annotation_and_by_delete() {
         let run = wait_phase(&runs, name, &terminal()).await;
         let status = run.status.expect("status");
         assert_eq!(status.phase, Some(RunPhase::Cancelled), "{name}");
-        assert!(status.stages.iter().all(|s| s.phase != flowmason::model::StagePhase::Running));
+        assert!(
+            status
+                .stages
+                .iter()
+                .all(|s| s.phase != flowmason::model::StagePhase::Running)
+        );
     }
     // Deleting a running run cancels it, then lets it go; its end is in the event log.
     let run_id = runs
@@ -360,14 +436,25 @@ async fn cancel_by_spec_by_annotation_and_by_delete() {
         .status
         .and_then(|s| s.run_id)
         .expect("runId");
-    runs.delete("by-delete", &DeleteParams::default()).await.expect("delete");
+    runs.delete("by-delete", &DeleteParams::default())
+        .await
+        .expect("delete");
     eventually("deleted run gone", || async {
-        runs.get_opt("by-delete").await.ok().and_then(|r| r.is_none().then_some(()))
+        runs.get_opt("by-delete")
+            .await
+            .ok()
+            .and_then(|r| r.is_none().then_some(()))
     })
     .await;
     fm.stop();
     let out = Command::new(env!("CARGO_BIN_EXE_fm"))
-        .args(["history", "show", &run_id, "--data-dir", data.path().to_str().expect("path")])
+        .args([
+            "history",
+            "show",
+            &run_id,
+            "--data-dir",
+            data.path().to_str().expect("path"),
+        ])
         .output()
         .expect("fm history");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -382,12 +469,18 @@ async fn editing_a_pipeline_never_changes_a_run_in_flight() {
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
     pipelines
-        .create(&PostParams::default(), &pipeline("edited", delay_stages(1_500)))
+        .create(
+            &PostParams::default(),
+            &pipeline("edited", delay_stages(1_500)),
+        )
         .await
         .expect("create");
-    runs.create(&PostParams::default(), &run_of("before", "edited", json!({"x": "old"})))
-        .await
-        .expect("run");
+    runs.create(
+        &PostParams::default(),
+        &run_of("before", "edited", json!({"x": "old"})),
+    )
+    .await
+    .expect("run");
     wait_phase(&runs, "before", &[RunPhase::Running]).await;
     // Generation 2: a different plan (one stage, another output).
     pipelines
@@ -400,16 +493,39 @@ async fn editing_a_pipeline_never_changes_a_run_in_flight() {
         )
         .await
         .expect("edit");
-    runs.create(&PostParams::default(), &run_of("after", "edited", json!({})))
+    runs.create(
+        &PostParams::default(),
+        &run_of("after", "edited", json!({})),
+    )
+    .await
+    .expect("run");
+    let before = wait_phase(&runs, "before", &terminal())
         .await
-        .expect("run");
-    let before = wait_phase(&runs, "before", &terminal()).await.status.expect("status");
-    let after = wait_phase(&runs, "after", &terminal()).await.status.expect("status");
+        .status
+        .expect("status");
+    let after = wait_phase(&runs, "after", &terminal())
+        .await
+        .status
+        .expect("status");
     assert_eq!(before.phase, Some(RunPhase::Succeeded));
     assert_eq!(before.pipeline_generation, Some(1));
-    assert_eq!(before.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["wait", "shape"]);
+    assert_eq!(
+        before
+            .stages
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        ["wait", "shape"]
+    );
     assert_eq!(after.pipeline_generation, Some(2));
-    assert_eq!(after.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["only"]);
+    assert_eq!(
+        after
+            .stages
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        ["only"]
+    );
     fm.stop();
 }
 
@@ -432,7 +548,10 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
         }
     }))
     .expect("pipeline");
-    pipelines.create(&PostParams::default(), &p).await.expect("create");
+    pipelines
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("create");
     // The Secret is missing: Ready=False naming it, and a run fails naming it.
     let missing = eventually("pipeline not ready", || async {
         let p = pipelines.get("secretive").await.ok()?;
@@ -440,35 +559,72 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
         (c.status == "False").then_some(c)
     })
     .await;
-    assert!(missing.message.as_deref().unwrap_or("").contains("Secret default/creds not found"), "{missing:?}");
-    runs.create(&PostParams::default(), &run_of("too-early", "secretive", json!({})))
+    assert!(
+        missing
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("Secret default/creds not found"),
+        "{missing:?}"
+    );
+    runs.create(
+        &PostParams::default(),
+        &run_of("too-early", "secretive", json!({})),
+    )
+    .await
+    .expect("run");
+    let early = wait_phase(&runs, "too-early", &terminal())
         .await
-        .expect("run");
-    let early = wait_phase(&runs, "too-early", &terminal()).await.status.expect("status");
-    assert!(early.error.map(|e| e.message).unwrap_or_default().contains("Secret default/creds"));
+        .status
+        .expect("status");
+    assert!(
+        early
+            .error
+            .map(|e| e.message)
+            .unwrap_or_default()
+            .contains("Secret default/creds")
+    );
     // Creating it makes the Pipeline ready (the Secret is watched) and runs see the value.
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
         "stringData": {"token": "hunter2-xyz"}
     }))
     .expect("secret");
-    secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
     eventually("pipeline ready", || async {
         let p = pipelines.get("secretive").await.ok()?;
         (p.status?.conditions.first()?.status == "True").then_some(())
     })
     .await;
-    runs.create(&PostParams::default(), &run_of("with-secret", "secretive", json!({})))
-        .await
-        .expect("run");
+    runs.create(
+        &PostParams::default(),
+        &run_of("with-secret", "secretive", json!({})),
+    )
+    .await
+    .expect("run");
     let run = wait_phase(&runs, "with-secret", &terminal()).await;
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
     let text = serde_json::to_string(&status).expect("json");
-    assert!(!text.contains("hunter2-xyz"), "secret leaked into status: {text}");
+    assert!(
+        !text.contains("hunter2-xyz"),
+        "secret leaked into status: {text}"
+    );
     // The stage saw the 11-character value; the status shows it masked.
-    assert_eq!(status.output.as_ref().map(|o| o["result"]["length"].clone()), Some(json!(11)));
-    assert_eq!(status.output.as_ref().map(|o| o["result"]["t"].clone()), Some(json!("***")));
+    assert_eq!(
+        status
+            .output
+            .as_ref()
+            .map(|o| o["result"]["length"].clone()),
+        Some(json!(11))
+    );
+    assert_eq!(
+        status.output.as_ref().map(|o| o["result"]["t"].clone()),
+        Some(json!("***"))
+    );
 
     // A Pipeline defined by a ConfigMap, in FlowMason's pipeline.json format.
     let definition = json!({"name": "from-cm", "stages": [
@@ -478,20 +634,35 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
         "data": {"pipeline.json": definition.to_string()}
     }))
     .expect("cm");
-    configmaps.create(&PostParams::default(), &cm).await.expect("cm");
+    configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("cm");
     p = serde_json::from_value(json!({
         "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
         "metadata": {"name": "from-cm", "namespace": "default"},
         "spec": {"source": {"name": "def"}}
     }))
     .expect("pipeline");
-    pipelines.create(&PostParams::default(), &p).await.expect("create");
-    runs.create(&PostParams::default(), &run_of("cm-1", "from-cm", json!({})))
+    pipelines
+        .create(&PostParams::default(), &p)
         .await
-        .expect("run");
-    let status = wait_phase(&runs, "cm-1", &terminal()).await.status.expect("status");
+        .expect("create");
+    runs.create(
+        &PostParams::default(),
+        &run_of("cm-1", "from-cm", json!({})),
+    )
+    .await
+    .expect("run");
+    let status = wait_phase(&runs, "cm-1", &terminal())
+        .await
+        .status
+        .expect("status");
     assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
-    assert_eq!(status.output.map(|o| o["result"].clone()), Some(json!({"g": "hello"})));
+    assert_eq!(
+        status.output.map(|o| o["result"].clone()),
+        Some(json!({"g": "hello"}))
+    );
     fm.stop();
 }
 
@@ -513,19 +684,29 @@ async fn a_long_run_makes_a_bounded_number_of_status_writes() {
         })
         .collect();
     pipelines
-        .create(&PostParams::default(), &pipeline("long", Value::Array(stages)))
+        .create(
+            &PostParams::default(),
+            &pipeline("long", Value::Array(stages)),
+        )
         .await
         .expect("create");
     let watch = tokio::spawn({
         let runs = runs.clone();
         async move {
             let mut versions = HashSet::new();
-            let mut stream = watcher(runs, watcher::Config::default().fields("metadata.name=long-1"))
-                .applied_objects()
-                .boxed();
+            let mut stream = watcher(
+                runs,
+                watcher::Config::default().fields("metadata.name=long-1"),
+            )
+            .applied_objects()
+            .boxed();
             while let Ok(Some(run)) = stream.try_next().await {
                 versions.insert(run.metadata.resource_version.clone());
-                if terminal().contains(&run.status.and_then(|s| s.phase).unwrap_or(RunPhase::Pending)) {
+                if terminal().contains(
+                    &run.status
+                        .and_then(|s| s.phase)
+                        .unwrap_or(RunPhase::Pending),
+                ) {
                     break;
                 }
             }
@@ -535,13 +716,19 @@ async fn a_long_run_makes_a_bounded_number_of_status_writes() {
     runs.create(&PostParams::default(), &run_of("long-1", "long", json!({})))
         .await
         .expect("run");
-    let versions = tokio::time::timeout(PATIENCE, watch).await.expect("ends").expect("watch");
+    let versions = tokio::time::timeout(PATIENCE, watch)
+        .await
+        .expect("ends")
+        .expect("watch");
     let run = runs.get("long-1").await.expect("get");
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Succeeded));
     assert_eq!(status.metrics.map(|m| m.completed_stages), Some(1000));
     // create, finalizer, owner, first status, final status (and at most a few more): not 1,000.
-    assert!(versions <= 8, "{versions} versions of the object for a 1,000-stage run");
+    assert!(
+        versions <= 8,
+        "{versions} versions of the object for a 1,000-stage run"
+    );
     fm.stop();
 }
 
@@ -553,18 +740,27 @@ async fn restart_in_the_middle_of_50_runs_ends_each_exactly_once() {
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
     pipelines
-        .create(&PostParams::default(), &pipeline("fifty", delay_stages(1_000)))
+        .create(
+            &PostParams::default(),
+            &pipeline("fifty", delay_stages(1_000)),
+        )
         .await
         .expect("create");
     for i in 0..50 {
-        runs.create(&PostParams::default(), &run_of(&format!("r-{i}"), "fifty", json!({"x": i})))
-            .await
-            .expect("run");
+        runs.create(
+            &PostParams::default(),
+            &run_of(&format!("r-{i}"), "fifty", json!({"x": i})),
+        )
+        .await
+        .expect("run");
     }
     // Some have started; none can have finished (each waits a second).
     eventually("a run started", || async {
         let list = runs.list(&Default::default()).await.ok()?;
-        list.items.iter().any(|r| r.status.as_ref().and_then(|s| s.run_id.as_ref()).is_some()).then_some(())
+        list.items
+            .iter()
+            .any(|r| r.status.as_ref().and_then(|s| s.run_id.as_ref()).is_some())
+            .then_some(())
     })
     .await;
     fm.kill();
@@ -576,19 +772,39 @@ async fn restart_in_the_middle_of_50_runs_ends_each_exactly_once() {
         let run = wait_phase(&runs, &format!("r-{i}"), &terminal()).await;
         let status = run.status.expect("status");
         assert_eq!(status.phase, Some(RunPhase::Succeeded), "r-{i}: {status:?}");
-        assert_eq!(status.output.map(|o| o["result"].clone()), Some(json!({"x": i})));
+        assert_eq!(
+            status.output.map(|o| o["result"].clone()),
+            Some(json!({"x": i}))
+        );
         ids.insert(i, status.run_id.expect("runId"));
     }
     fm.stop();
     // The event log holds exactly 50 runs, one per PipelineRun, each ended once.
     let out = Command::new(env!("CARGO_BIN_EXE_fm"))
-        .args(["history", "--pipeline", "fifty", "--limit", "1000", "-o", "json", "--data-dir", data.path().to_str().expect("path")])
+        .args([
+            "history",
+            "--pipeline",
+            "fifty",
+            "--limit",
+            "1000",
+            "-o",
+            "json",
+            "--data-dir",
+            data.path().to_str().expect("path"),
+        ])
         .output()
         .expect("fm history");
     let history: Value = serde_json::from_slice(&out.stdout).expect("history json");
-    let listed = history.as_array().or_else(|| history["runs"].as_array()).cloned().unwrap_or_default();
+    let listed = history
+        .as_array()
+        .or_else(|| history["runs"].as_array())
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(listed.len(), 50, "{history}");
-    let listed_ids: HashSet<String> = listed.iter().filter_map(|r| r["runId"].as_str().map(String::from)).collect();
+    let listed_ids: HashSet<String> = listed
+        .iter()
+        .filter_map(|r| r["runId"].as_str().map(String::from))
+        .collect();
     assert_eq!(listed_ids, ids.values().cloned().collect::<HashSet<_>>());
 }
 
@@ -600,12 +816,18 @@ async fn run_whose_events_are_lost_fails_with_a_reason() {
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
     pipelines
-        .create(&PostParams::default(), &pipeline("lossy", delay_stages(60_000)))
+        .create(
+            &PostParams::default(),
+            &pipeline("lossy", delay_stages(60_000)),
+        )
         .await
         .expect("create");
-    runs.create(&PostParams::default(), &run_of("lost", "lossy", json!({"x": 1})))
-        .await
-        .expect("run");
+    runs.create(
+        &PostParams::default(),
+        &run_of("lost", "lossy", json!({"x": 1})),
+    )
+    .await
+    .expect("run");
     wait_phase(&runs, "lost", &[RunPhase::Running]).await;
     fm.kill();
     std::fs::remove_dir_all(data.path().join("events")).expect("lose the event log");
@@ -616,7 +838,13 @@ async fn run_whose_events_are_lost_fails_with_a_reason() {
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Failed));
     assert_eq!(status.conditions[0].reason.as_deref(), Some("EventsLost"));
-    assert!(status.error.map(|e| e.message).unwrap_or_default().contains("event log has no record"));
+    assert!(
+        status
+            .error
+            .map(|e| e.message)
+            .unwrap_or_default()
+            .contains("event log has no record")
+    );
     fm.stop();
 }
 
@@ -628,8 +856,17 @@ async fn of_two_operators_only_the_leader_runs() {
     let dirs = [data.path().join("op-a"), data.path().join("op-b")];
     let operator = |dir: &Path, id: &str| {
         Command::new(env!("CARGO_BIN_EXE_fm"))
-            .args(["operator", "--kubeconfig", &kubeconfig, "--data-dir", dir.to_str().expect("path"),
-                   "--identity", id, "--lease-seconds", "2"])
+            .args([
+                "operator",
+                "--kubeconfig",
+                &kubeconfig,
+                "--data-dir",
+                dir.to_str().expect("path"),
+                "--identity",
+                id,
+                "--lease-seconds",
+                "2",
+            ])
             .env("FM_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -638,7 +875,8 @@ async fn of_two_operators_only_the_leader_runs() {
     };
     let mut a = operator(&dirs[0], "a");
     let client = api.client().await;
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
     eventually("a leads", || async {
         let l = leases.get_opt("flowmason-operator").await.ok()??;
         (l.spec?.holder_identity.as_deref() == Some("a")).then_some(())
@@ -652,9 +890,12 @@ async fn of_two_operators_only_the_leader_runs() {
         .await
         .expect("create");
     for i in 0..5 {
-        runs.create(&PostParams::default(), &run_of(&format!("led-{i}"), "led", json!({"x": i})))
-            .await
-            .expect("run");
+        runs.create(
+            &PostParams::default(),
+            &run_of(&format!("led-{i}"), "led", json!({"x": i})),
+        )
+        .await
+        .expect("run");
     }
     for i in 0..5 {
         wait_phase(&runs, &format!("led-{i}"), &terminal()).await;
@@ -667,20 +908,35 @@ async fn of_two_operators_only_the_leader_runs() {
         (l.spec?.holder_identity.as_deref() == Some("b")).then_some(())
     })
     .await;
-    runs.create(&PostParams::default(), &run_of("led-after", "led", json!({"x": 9})))
-        .await
-        .expect("run");
+    runs.create(
+        &PostParams::default(),
+        &run_of("led-after", "led", json!({"x": 9})),
+    )
+    .await
+    .expect("run");
     wait_phase(&runs, "led-after", &[RunPhase::Succeeded]).await;
-    let _ = Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status();
     let _ = b.wait();
     api.stop();
     let count = |dir: &Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_fm"))
-            .args(["history", "--limit", "1000", "-o", "json", "--data-dir", dir.to_str().expect("path")])
+            .args([
+                "history",
+                "--limit",
+                "1000",
+                "-o",
+                "json",
+                "--data-dir",
+                dir.to_str().expect("path"),
+            ])
             .output()
             .expect("fm history");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v.as_array().or_else(|| v["runs"].as_array()).map_or(0, Vec::len)
+        v.as_array()
+            .or_else(|| v["runs"].as_array())
+            .map_or(0, Vec::len)
     };
     assert_eq!((count(&dirs[0]), count(&dirs[1])), (5, 1));
 }
@@ -720,7 +976,10 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     .expect("write");
     let (code, out, err) = fm_k8s(&fm, &["deploy", file.to_str().expect("path")]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("pipeline.flowmason.io/greeter deployed"), "{out}");
+    assert!(
+        out.contains("pipeline.flowmason.io/greeter deployed"),
+        "{out}"
+    );
     let (code, out, _) = fm_k8s(&fm, &["list"]);
     assert_eq!(code, 0);
     assert!(out.lines().any(|l| l.starts_with("greeter")), "{out}");
@@ -732,7 +991,11 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     // Its logs: the logger's line and the run's end.
     let client = fm.client().await;
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    let run_name = runs.list(&Default::default()).await.expect("list").items[0].metadata.name.clone().expect("name");
+    let run_name = runs.list(&Default::default()).await.expect("list").items[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
     let (code, out, _) = fm_k8s(&fm, &["logs", &run_name]);
     assert_eq!(code, 0);
     assert!(out.contains("[say]") && out.contains("hello Ada"), "{out}");
@@ -740,10 +1003,17 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     // logs -f follows a running run until it ends.
     let (code, out, _) = fm_k8s(&fm, &["run", "greeter", "--input", "who=Bob"]);
     assert_eq!(code, 0);
-    let second = out.trim().trim_start_matches("pipelinerun.flowmason.io/").trim_end_matches(" created").to_string();
+    let second = out
+        .trim()
+        .trim_start_matches("pipelinerun.flowmason.io/")
+        .trim_end_matches(" created")
+        .to_string();
     let (code, out, _) = fm_k8s(&fm, &["logs", &second, "-f"]);
     assert_eq!(code, 0);
-    assert!(out.contains("hello Bob") && out.contains("RunSucceeded"), "{out}");
+    assert!(
+        out.contains("hello Bob") && out.contains("RunSucceeded"),
+        "{out}"
+    );
     let (code, out, _) = fm_k8s(&fm, &["status", "greeter"]);
     assert_eq!(code, 0);
     assert!(out.contains("Ready=True") && out.contains(&second), "{out}");
@@ -753,8 +1023,19 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(v["pipeline"]["metadata"]["name"], json!("greeter"));
     // cancel
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
-    pipelines.create(&PostParams::default(), &pipeline("sleepy", delay_stages(60_000))).await.expect("create");
-    runs.create(&PostParams::default(), &run_of("sleepy-1", "sleepy", json!({"x": 1}))).await.expect("run");
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline("sleepy", delay_stages(60_000)),
+        )
+        .await
+        .expect("create");
+    runs.create(
+        &PostParams::default(),
+        &run_of("sleepy-1", "sleepy", json!({"x": 1})),
+    )
+    .await
+    .expect("run");
     wait_phase(&runs, "sleepy-1", &[RunPhase::Running]).await;
     let (code, _, _) = fm_k8s(&fm, &["cancel", "sleepy-1"]);
     assert_eq!(code, 0);
@@ -765,7 +1046,11 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(code, 0, "{out}");
     let (_, out, _) = fm_k8s(&fm, &["list", "-o", "json"]);
     let v: Value = serde_json::from_str(&out).expect("json");
-    assert!(v.as_array().is_some_and(|a| a.iter().all(|p| p["metadata"]["name"] != json!("greeter"))), "{v}");
+    assert!(
+        v.as_array()
+            .is_some_and(|a| a.iter().all(|p| p["metadata"]["name"] != json!("greeter"))),
+        "{v}"
+    );
     // Bad input is reported, naming the object.
     let (code, _, err) = fm_k8s(&fm, &["status", "nope"]);
     assert_ne!(code, 0);
@@ -783,7 +1068,9 @@ fn python_env() -> Option<PathBuf> {
 async fn original_python_client_drives_fm_serve() {
     let Some(python) = python_env() else {
         // scripts/test.sh always creates it; a bare `cargo test` without network cannot.
-        eprintln!("target/pyenv is missing: run scripts/test.sh to install flowmason and kubernetes from PyPI");
+        eprintln!(
+            "target/pyenv is missing: run scripts/test.sh to install flowmason and kubernetes from PyPI"
+        );
         return;
     };
     let data = tempfile::tempdir().expect("tempdir");
@@ -791,12 +1078,22 @@ async fn original_python_client_drives_fm_serve() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compat.py");
     let out = tokio::task::spawn_blocking({
         let kubeconfig = fm.kubeconfig.clone();
-        move || Command::new(python).arg(script).arg(kubeconfig).output().expect("python runs")
+        move || {
+            Command::new(python)
+                .arg(script)
+                .arg(kubeconfig)
+                .output()
+                .expect("python runs")
+        }
     })
     .await
     .expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: Value = serde_json::from_str(stdout.trim()).expect("json");
     assert_eq!(seen["pipeline"], json!("py-pipeline"));
     assert_eq!(seen["phase"], json!("Succeeded"));
@@ -809,8 +1106,14 @@ async fn original_python_client_drives_fm_serve() {
     // What the Python client sent was stored as it meant it: snake_case normalised, boolean
     // parallelism, timeout as a duration string.
     let client = fm.client().await;
-    let slow = Api::<Pipeline>::namespaced(client, "default").get("py-slow").await.expect("get");
-    assert_eq!(slow.spec.parallelism, Some(flowmason::model::ParallelismSpec::Enabled(false)));
+    let slow = Api::<Pipeline>::namespaced(client, "default")
+        .get("py-slow")
+        .await
+        .expect("get");
+    assert_eq!(
+        slow.spec.parallelism,
+        Some(flowmason::model::ParallelismSpec::Enabled(false))
+    );
     fm.stop();
 }
 
@@ -849,18 +1152,42 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     let sa_name = sa[0].metadata.name.clone().expect("sa name");
     let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole");
     for rule in roles[0].rules.iter().flatten() {
-        assert!(!rule.verbs.iter().any(|v| v == "*" || v == "delete"), "{rule:?}");
-        assert!(!rule.resources.iter().flatten().any(|r| r == "*"), "{rule:?}");
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*" || v == "delete"),
+            "{rule:?}"
+        );
+        assert!(
+            !rule.resources.iter().flatten().any(|r| r == "*"),
+            "{rule:?}"
+        );
         if rule.resources.iter().flatten().any(|r| r == "secrets") {
             assert_eq!(rule.verbs, ["get", "list", "watch"]);
         }
     }
     let leases: Vec<Role> = of_kind(&docs, "Role");
-    assert!(leases[0].rules.iter().flatten().all(|r| r.api_groups == Some(vec!["coordination.k8s.io".into()])));
+    assert!(
+        leases[0]
+            .rules
+            .iter()
+            .flatten()
+            .all(|r| r.api_groups == Some(vec!["coordination.k8s.io".into()]))
+    );
     let bindings: Vec<ClusterRoleBinding> = of_kind(&docs, "ClusterRoleBinding");
     let role_bindings: Vec<RoleBinding> = of_kind(&docs, "RoleBinding");
-    assert!(bindings[0].subjects.iter().flatten().any(|s| s.name == sa_name));
-    assert!(role_bindings[0].subjects.iter().flatten().any(|s| s.name == sa_name));
+    assert!(
+        bindings[0]
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.name == sa_name)
+    );
+    assert!(
+        role_bindings[0]
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.name == sa_name)
+    );
     let sets: Vec<StatefulSet> = of_kind(&docs, "StatefulSet");
     let spec = sets[0].spec.clone();
     let pod = spec.template.spec.clone().expect("pod");
@@ -869,11 +1196,25 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
     let container = &pod.containers[0];
     assert!(container.args.iter().flatten().any(|a| a == "operator"));
-    assert!(container.volume_mounts.iter().flatten().any(|m| m.name == "data" && m.mount_path == "/data"));
-    let ports: HashSet<String> = container.ports.iter().flatten().filter_map(|p| p.name.clone()).collect();
+    assert!(
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "data" && m.mount_path == "/data")
+    );
+    let ports: HashSet<String> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
     let services: Vec<Service> = of_kind(&docs, "Service");
     let svc = services[0].spec.clone().expect("svc");
-    assert_eq!(Some(spec.service_name.clone().unwrap_or_default()), services[0].metadata.name.clone());
+    assert_eq!(
+        Some(spec.service_name.clone().unwrap_or_default()),
+        services[0].metadata.name.clone()
+    );
     for port in svc.ports.iter().flatten() {
         let target = match &port.target_port {
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => s.clone(),
@@ -881,7 +1222,12 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
         };
         assert!(ports.contains(&target), "{target} is not a container port");
     }
-    let pod_labels = spec.template.metadata.clone().and_then(|m| m.labels).unwrap_or_default();
+    let pod_labels = spec
+        .template
+        .metadata
+        .clone()
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
     for (k, v) in svc.selector.clone().unwrap_or_default() {
         assert_eq!(pod_labels.get(&k), Some(&v));
     }
@@ -891,16 +1237,32 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     for crd in ["pipeline.yaml", "pipelinerun.yaml"] {
         assert_eq!(
             std::fs::read_to_string(root.join("deploy/crds").join(crd)).expect("crd"),
-            std::fs::read_to_string(root.join("deploy/helm/flowmason-operator/crds").join(crd)).expect("chart crd"),
+            std::fs::read_to_string(root.join("deploy/helm/flowmason-operator/crds").join(crd))
+                .expect("chart crd"),
             "{crd} differs in the chart"
         );
     }
-    for template in ["rbac.yaml", "statefulset.yaml", "service.yaml", "servicemonitor.yaml"] {
-        let text = std::fs::read_to_string(root.join("deploy/helm/flowmason-operator/templates").join(template))
-            .expect("template");
-        let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
-        let static_text = std::fs::read_to_string(root.join("deploy/operator").join(template)).expect("static");
-        let static_kinds: Vec<&str> = static_text.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+    for template in [
+        "rbac.yaml",
+        "statefulset.yaml",
+        "service.yaml",
+        "servicemonitor.yaml",
+    ] {
+        let text = std::fs::read_to_string(
+            root.join("deploy/helm/flowmason-operator/templates")
+                .join(template),
+        )
+        .expect("template");
+        let kinds: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .collect();
+        let static_text =
+            std::fs::read_to_string(root.join("deploy/operator").join(template)).expect("static");
+        let static_kinds: Vec<&str> = static_text
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .collect();
         assert_eq!(kinds, static_kinds, "{template}");
     }
     // kubectl applies what fm serve serves: the namespace and the CRDs (server-side dry run, then real).
@@ -908,9 +1270,28 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     let fm = Fm::serve(data.path(), &[]);
     let crds = root.join("deploy/crds");
     let ns = root.join("deploy/operator/namespace.yaml");
-    let (ok, out) = kubectl(&fm, &["apply", "--dry-run=server", "-f", crds.to_str().expect("path")], None);
+    let (ok, out) = kubectl(
+        &fm,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            crds.to_str().expect("path"),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(&fm, &["apply", "-f", crds.to_str().expect("path"), "-f", ns.to_str().expect("path")], None);
+    let (ok, out) = kubectl(
+        &fm,
+        &[
+            "apply",
+            "-f",
+            crds.to_str().expect("path"),
+            "-f",
+            ns.to_str().expect("path"),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
     let (ok, out) = kubectl(&fm, &["get", "namespace", "flowmason-system"], None);
     assert!(ok && out.contains("flowmason-system"), "{out}");

@@ -62,7 +62,12 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
         }
         .open()?;
         let client = kube::Client::try_from(server.client_config().await?)?;
-        let operator = Operator::new(client.clone(), events, builtin_registry(), OperatorConfig::default());
+        let operator = Operator::new(
+            client.clone(),
+            events,
+            builtin_registry(),
+            OperatorConfig::default(),
+        );
         let stop = CancellationToken::new();
         let running = actix::spawn({
             let stop = stop.clone();
@@ -72,7 +77,10 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
         let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
         for (name, stages) in [
             // Long enough to be seen Running.
-            ("bench-latency", json!([{"id": "wait", "componentType": "delay", "config": {"ms": 20}}])),
+            (
+                "bench-latency",
+                json!([{"id": "wait", "componentType": "delay", "config": {"ms": 20}}]),
+            ),
             ("bench-queue", json!([{"id": "a", "componentType": "noop"}])),
         ] {
             let p: Pipeline = serde_json::from_value(json!({
@@ -116,8 +124,13 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
                     let done = {
                         let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
                         names.iter().all(|n| {
-                            seen.get(n)
-                                .is_some_and(|e| if succeeded { e.1.is_some() } else { e.0.is_some() })
+                            seen.get(n).is_some_and(|e| {
+                                if succeeded {
+                                    e.1.is_some()
+                                } else {
+                                    e.0.is_some()
+                                }
+                            })
                         })
                     };
                     if done {
@@ -138,7 +151,11 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
             tokio::time::timeout(Duration::from_secs(60), wait_for(vec![name.clone()], false))
                 .await
                 .with_context(|| format!("{name} never showed Running"))?;
-            let at = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&name).and_then(|e| e.0);
+            let at = seen
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .get(&name)
+                .and_then(|e| e.0);
             latencies.push(at.map_or(Duration::ZERO, |t| t - created));
         }
         latencies.sort();
@@ -150,7 +167,11 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
             .map(|name| {
                 let runs = runs.clone();
                 let run = run_of(name, "bench-queue");
-                async move { runs.create(&PostParams::default(), &run?).await.map_err(anyhow::Error::from) }
+                async move {
+                    runs.create(&PostParams::default(), &run?)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
             })
             .buffer_unordered(args.concurrency.max(1))
             .try_collect::<Vec<_>>()
@@ -186,9 +207,15 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
         } else {
             println!(
                 "PipelineRun created -> Running: p50 {:.1} ms, p99 {:.1} ms (max {:.1} ms) over {} runs",
-                figures["created_to_running_ms"]["p50"].as_f64().unwrap_or(0.0),
-                figures["created_to_running_ms"]["p99"].as_f64().unwrap_or(0.0),
-                figures["created_to_running_ms"]["max"].as_f64().unwrap_or(0.0),
+                figures["created_to_running_ms"]["p50"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                figures["created_to_running_ms"]["p99"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                figures["created_to_running_ms"]["max"]
+                    .as_f64()
+                    .unwrap_or(0.0),
                 args.latency_runs
             );
             println!(

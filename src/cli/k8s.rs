@@ -115,8 +115,12 @@ fn run_row(run: &PipelineRun) -> Vec<String> {
         status
             .and_then(|s| s.phase)
             .map_or("Pending".into(), |p| format!("{p:?}")),
-        metrics.map_or("-".into(), |m| format!("{}/{}", m.completed_stages, m.total_stages)),
-        status.and_then(|s| s.duration.clone()).unwrap_or_else(|| "-".into()),
+        metrics.map_or("-".into(), |m| {
+            format!("{}/{}", m.completed_stages, m.total_stages)
+        }),
+        status
+            .and_then(|s| s.duration.clone())
+            .unwrap_or_else(|| "-".into()),
         age(run.metadata.creation_timestamp.as_ref()),
     ]
 }
@@ -179,11 +183,16 @@ async fn dispatch(
             Ok(0)
         }
         K8sCommand::Status { name } => {
-            let pipeline = client.get_pipeline(&name).await?.with_context(|| {
-                format!("Pipeline {}/{name} not found", client.namespace())
-            })?;
+            let pipeline = client
+                .get_pipeline(&name)
+                .await?
+                .with_context(|| format!("Pipeline {}/{name} not found", client.namespace()))?;
             let mut runs = client.list_runs(Some(&name)).await?;
-            runs.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+            runs.sort_by(|a, b| {
+                b.metadata
+                    .creation_timestamp
+                    .cmp(&a.metadata.creation_timestamp)
+            });
             runs.truncate(10);
             if output != OutputFormat::Table {
                 print_structured(&json!({"pipeline": pipeline, "runs": runs}), output)?;
@@ -260,7 +269,9 @@ async fn dispatch(
                 OutputFormat::Table => match status.phase {
                     Some(RunPhase::Succeeded) => println!(
                         "{}",
-                        serde_json::to_string_pretty(&status.output.clone().unwrap_or(Value::Null))?
+                        serde_json::to_string_pretty(
+                            &status.output.clone().unwrap_or(Value::Null)
+                        )?
                     ),
                     _ => println!(
                         "{}",
@@ -314,7 +325,10 @@ fn progress_line(run: &PipelineRun) -> String {
         .map(|s| s.id.as_str())
         .collect();
     let mut line = match &status.metrics {
-        Some(m) => format!("{phase:<9} [{}/{} stages]", m.completed_stages, m.total_stages),
+        Some(m) => format!(
+            "{phase:<9} [{}/{} stages]",
+            m.completed_stages, m.total_stages
+        ),
         None => phase,
     };
     if !running.is_empty() {
@@ -339,7 +353,8 @@ async fn logs(
             .get_run(run)
             .await?
             .with_context(|| format!("PipelineRun {}/{run} not found", client.namespace()))?;
-        let ended = crate::operator::status::is_terminal(current.status.as_ref().and_then(|s| s.phase));
+        let ended =
+            crate::operator::status::is_terminal(current.status.as_ref().and_then(|s| s.phase));
         for event in client.run_events(run).await? {
             let name = event.metadata.name.clone().unwrap_or_default();
             if !seen.insert(name) {

@@ -57,9 +57,12 @@ impl ClusterCache {
                 .for_each(|_| futures::future::ready(())),
         );
         tokio::spawn(
-            reflector::reflector(secret_writer, watcher(secret_api, watcher::Config::default()))
-                .default_backoff()
-                .for_each(|_| futures::future::ready(())),
+            reflector::reflector(
+                secret_writer,
+                watcher(secret_api, watcher::Config::default()),
+            )
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
         );
         ClusterCache {
             client,
@@ -102,10 +105,12 @@ impl ClusterCache {
                 continue;
             }
             let found = match r.kind {
-                RefKind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), &r.namespace)
-                    .get_opt(&r.name)
-                    .await
-                    .map(|o| o.map(|cm| configmap_data(&cm))),
+                RefKind::ConfigMap => {
+                    Api::<ConfigMap>::namespaced(self.client.clone(), &r.namespace)
+                        .get_opt(&r.name)
+                        .await
+                        .map(|o| o.map(|cm| configmap_data(&cm)))
+                }
                 RefKind::Secret => Api::<Secret>::namespaced(self.client.clone(), &r.namespace)
                     .get_opt(&r.name)
                     .await

@@ -25,7 +25,10 @@ pub fn kube_event(involved: &ObjectReference, event: &Event) -> Option<KubeEvent
             message,
             ..
         } => (
-            if level.eq_ignore_ascii_case("error") || level.eq_ignore_ascii_case("warn") || level.eq_ignore_ascii_case("warning") {
+            if level.eq_ignore_ascii_case("error")
+                || level.eq_ignore_ascii_case("warn")
+                || level.eq_ignore_ascii_case("warning")
+            {
                 "Warning"
             } else {
                 "Normal"
@@ -52,12 +55,18 @@ pub fn kube_event(involved: &ObjectReference, event: &Event) -> Option<KubeEvent
         EventKind::RunCancelled { reason } => (
             "Warning",
             "RunCancelled",
-            if reason.is_empty() { "cancelled".into() } else { reason.clone() },
+            if reason.is_empty() {
+                "cancelled".into()
+            } else {
+                reason.clone()
+            },
         ),
         EventKind::RunTimedOut { message } => ("Warning", "RunTimedOut", message.clone()),
         _ => return None,
     };
-    Some(record(involved, event.seq, event.at, type_, reason, message))
+    Some(record(
+        involved, event.seq, event.at, type_, reason, message,
+    ))
 }
 
 /// The Event saying that the rest is only in the event log.

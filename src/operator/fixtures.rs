@@ -18,7 +18,11 @@ pub fn pipeline(name: &str, stages: &[&str]) -> Pipeline {
         .map(|(i, id)| StageSpec {
             id: (*id).into(),
             component_type: "noop".into(),
-            depends_on: if i == 0 { vec![] } else { vec![stages[i - 1].to_string()] },
+            depends_on: if i == 0 {
+                vec![]
+            } else {
+                vec![stages[i - 1].to_string()]
+            },
             ..StageSpec::default()
         })
         .collect();
@@ -95,16 +99,32 @@ pub fn run_state(stages: &[&str], steps: &[Step]) -> RunState {
     for step in steps {
         match step {
             Step::Ok(stage, output) => {
-                kinds.push(EventKind::StageStarted { stage: stage.clone(), attempt: 1 });
-                kinds.push(EventKind::StageSucceeded { stage: stage.clone(), attempt: 1, output: output.clone(), skip: vec![] });
+                kinds.push(EventKind::StageStarted {
+                    stage: stage.clone(),
+                    attempt: 1,
+                });
+                kinds.push(EventKind::StageSucceeded {
+                    stage: stage.clone(),
+                    attempt: 1,
+                    output: output.clone(),
+                    skip: vec![],
+                });
                 last = output.clone();
             }
             Step::Fail(stage, message) => {
-                kinds.push(EventKind::StageStarted { stage: stage.clone(), attempt: 1 });
+                kinds.push(EventKind::StageStarted {
+                    stage: stage.clone(),
+                    attempt: 1,
+                });
                 kinds.push(EventKind::StageFailed {
                     stage: stage.clone(),
                     attempt: 1,
-                    error: StageError { message: message.clone(), class: ErrorClass::Config, retryable: false, details: Value::Null },
+                    error: StageError {
+                        message: message.clone(),
+                        class: ErrorClass::Config,
+                        retryable: false,
+                        details: Value::Null,
+                    },
                 });
                 failed = Some((stage.clone(), message.clone()));
                 break;
@@ -119,10 +139,17 @@ pub fn run_state(stages: &[&str], steps: &[Step]) -> RunState {
             })
             .collect();
         for s in stages.iter().filter(|s| !done.contains(s)) {
-            kinds.push(EventKind::StageSkipped { stage: (*s).into(), reason: SkipReason::UpstreamFailed });
+            kinds.push(EventKind::StageSkipped {
+                stage: (*s).into(),
+                reason: SkipReason::UpstreamFailed,
+            });
         }
         kinds.push(EventKind::RunFailed {
-            error: RunError { message: format!("stage {stage} failed: {message}"), stage: Some(stage), details: Value::Null },
+            error: RunError {
+                message: format!("stage {stage} failed: {message}"),
+                stage: Some(stage),
+                details: Value::Null,
+            },
         });
     } else if !steps.is_empty() && steps.len() == stages.len() {
         kinds.push(EventKind::RunSucceeded { output: last });
@@ -130,7 +157,11 @@ pub fn run_state(stages: &[&str], steps: &[Step]) -> RunState {
     let events: Vec<Event> = kinds
         .into_iter()
         .enumerate()
-        .map(|(i, kind)| Event { seq: i as u64, at: 1_700_000_000_000_000 + i as i64 * 1_000, kind })
+        .map(|(i, kind)| Event {
+            seq: i as u64,
+            at: 1_700_000_000_000_000 + i as i64 * 1_000,
+            kind,
+        })
         .collect();
     match RunState::fold(run_id, &events) {
         Ok(Some(state)) => state,

@@ -63,9 +63,7 @@ pub fn may_take(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> boo
         Some(_) => {
             let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
             match &spec.renew_time {
-                Some(renewed) => {
-                    now.as_second() > renewed.0.as_second().saturating_add(duration)
-                }
+                Some(renewed) => now.as_second() > renewed.0.as_second().saturating_add(duration),
                 None => true,
             }
         }
@@ -104,7 +102,8 @@ pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<Attem
     spec.renew_time = Some(MicroTime(now));
     lease.spec = Some(spec);
     let result = if lease.metadata.resource_version.is_some() {
-        api.replace(&config.name, &PostParams::default(), &lease).await
+        api.replace(&config.name, &PostParams::default(), &lease)
+            .await
     } else {
         api.create(&PostParams::default(), &lease).await
     };
@@ -183,7 +182,9 @@ pub async fn acquire(
             && spec.holder_identity.as_deref() == Some(config.identity.as_str())
         {
             spec.holder_identity = None;
-            let _ = api.replace(&config.name, &PostParams::default(), &lease).await;
+            let _ = api
+                .replace(&config.name, &PostParams::default(), &lease)
+                .await;
         }
     });
     Ok(Some(Leadership {

@@ -11,8 +11,8 @@
 //! - [`Operator`]: wires them onto one engine.
 
 mod cluster;
-pub mod events;
 pub mod error;
+pub mod events;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod leader;

@@ -50,7 +50,12 @@ pub struct Operator {
 impl Operator {
     /// Creates the engine, the ConfigMap/Secret cache and the actor registry. Must be called on a thread
     /// of an actix `System` (inside its tokio runtime).
-    pub fn new(client: Client, store: EventStore, components: Registry, config: OperatorConfig) -> Operator {
+    pub fn new(
+        client: Client,
+        store: EventStore,
+        components: Registry,
+        config: OperatorConfig,
+    ) -> Operator {
         let cluster = ClusterCache::start(client.clone());
         let engine = Engine::new(
             store,

@@ -125,7 +125,11 @@ impl PipelineActor {
         ctx.wait(
             async move {
                 if let Err(e) = api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": next})))
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": next})),
+                    )
                     .await
                 {
                     tracing::debug!(pipeline = %name, error = %e, "Pipeline status write");
@@ -154,9 +158,21 @@ impl Handler<Observed> for PipelineActor {
             && let Some(current) = msg.current
         {
             self.status = PipelineStatus {
-                last_run_id: self.status.last_run_id.clone().or(current.last_run_id.clone()),
-                last_run_time: self.status.last_run_time.clone().or(current.last_run_time.clone()),
-                last_run_status: self.status.last_run_status.clone().or(current.last_run_status.clone()),
+                last_run_id: self
+                    .status
+                    .last_run_id
+                    .clone()
+                    .or(current.last_run_id.clone()),
+                last_run_time: self
+                    .status
+                    .last_run_time
+                    .clone()
+                    .or(current.last_run_time.clone()),
+                last_run_status: self
+                    .status
+                    .last_run_status
+                    .clone()
+                    .or(current.last_run_status.clone()),
                 ..current
             };
         }
@@ -240,20 +256,22 @@ impl PipelineRegistry {
     /// Tells a Pipeline's actor that one of its runs started.
     pub fn run_started(&self, pipeline: &Pipeline, run_id: RunId) {
         let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
-        self.actor(&namespace, &pipeline.name_any()).do_send(RunChanged {
-            run_id,
-            phase: "Running".into(),
-            ended: false,
-        });
+        self.actor(&namespace, &pipeline.name_any())
+            .do_send(RunChanged {
+                run_id,
+                phase: "Running".into(),
+                ended: false,
+            });
     }
 
     /// Tells a Pipeline's actor that one of its runs ended.
     pub fn run_ended(&self, state: &RunState) {
-        self.actor(&state.namespace, &state.pipeline).do_send(RunChanged {
-            run_id: state.run_id,
-            phase: state.phase.as_str().to_string(),
-            ended: true,
-        });
+        self.actor(&state.namespace, &state.pipeline)
+            .do_send(RunChanged {
+                run_id: state.run_id,
+                phase: state.phase.as_str().to_string(),
+                ended: true,
+            });
     }
 
     /// Forgets a deleted Pipeline's actor.
@@ -286,7 +304,11 @@ pub async fn check_pipeline(
         Err(p) => return Ok(Err(p)),
     };
     let more = planning::references(pipeline, Some(&spec), None);
-    let objects = if more == refs { objects } else { cluster.fetch(&more).await? };
+    let objects = if more == refs {
+        objects
+    } else {
+        cluster.fetch(&more).await?
+    };
     if let Err(p) = planning::plan_pipeline(&spec, known) {
         return Ok(Err(p));
     }
@@ -323,7 +345,12 @@ fn error_policy(_p: Arc<Pipeline>, error: &Error, _ctx: Arc<PipelineContext>) ->
 }
 
 /// The Pipelines of `store` that read the object `(kind, namespace, name)`.
-fn readers(store: &Store<Pipeline>, kind: RefKind, namespace: Option<String>, name: String) -> Vec<KubeRef<Pipeline>> {
+fn readers(
+    store: &Store<Pipeline>,
+    kind: RefKind,
+    namespace: Option<String>,
+    name: String,
+) -> Vec<KubeRef<Pipeline>> {
     let target = ObjectRef {
         kind,
         namespace: namespace.unwrap_or_else(|| "default".into()),
@@ -343,16 +370,30 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<Pipeline>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(
+        Api::<Pipeline>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let store = controller.store();
     let for_configmaps = store.clone();
     controller
-        .watches(Api::<ConfigMap>::all(client.clone()), watcher::Config::default(), move |cm| {
-            readers(&for_configmaps, RefKind::ConfigMap, cm.namespace(), cm.name_any())
-        })
-        .watches(Api::<Secret>::all(client), watcher::Config::default(), move |s| {
-            readers(&store, RefKind::Secret, s.namespace(), s.name_any())
-        })
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+            move |cm| {
+                readers(
+                    &for_configmaps,
+                    RefKind::ConfigMap,
+                    cm.namespace(),
+                    cm.name_any(),
+                )
+            },
+        )
+        .watches(
+            Api::<Secret>::all(client),
+            watcher::Config::default(),
+            move |s| readers(&store, RefKind::Secret, s.namespace(), s.name_any()),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -369,18 +410,27 @@ mod tests {
 
     #[test]
     fn invalid_pipeline_is_failed_with_ready_false() {
-        let verdict = Err(Problem { reason: "InvalidSpec", message: "stages[0].id: required".into() });
+        let verdict = Err(Problem {
+            reason: "InvalidSpec",
+            message: "stages[0].id: required".into(),
+        });
         let s = pipeline_status(Some(3), &verdict, false, 0, &PipelineStatus::default());
         assert_eq!(s.phase, Some(PipelinePhase::Failed));
         assert_eq!(s.conditions[0].status, "False");
         assert_eq!(s.conditions[0].reason.as_deref(), Some("InvalidSpec"));
-        assert_eq!(s.conditions[0].message.as_deref(), Some("stages[0].id: required"));
+        assert_eq!(
+            s.conditions[0].message.as_deref(),
+            Some("stages[0].id: required")
+        );
         assert_eq!(s.observed_generation, Some(3));
     }
 
     #[test]
     fn valid_pipeline_is_ready_or_running_and_keeps_history() {
-        let last = PipelineStatus { last_run_id: Some("r1".into()), ..PipelineStatus::default() };
+        let last = PipelineStatus {
+            last_run_id: Some("r1".into()),
+            ..PipelineStatus::default()
+        };
         let s = pipeline_status(Some(1), &Ok(()), false, 0, &last);
         assert_eq!(s.phase, Some(PipelinePhase::Ready));
         assert_eq!(s.conditions[0].status, "True");

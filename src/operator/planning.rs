@@ -54,7 +54,10 @@ pub struct ClusterObjects {
 
 impl ClusterObjects {
     fn key(&self, r: &ObjectRef, key: &str) -> Result<&str, Problem> {
-        let data = self.objects.get(r).ok_or_else(|| Problem::missing(r, None))?;
+        let data = self
+            .objects
+            .get(r)
+            .ok_or_else(|| Problem::missing(r, None))?;
         data.get(key)
             .map(String::as_str)
             .ok_or_else(|| Problem::missing(r, Some(key)))
@@ -118,7 +121,9 @@ pub fn source_ref(pipeline: &Pipeline) -> Option<(ObjectRef, String)> {
 
 fn env_refs(namespace: &str, env: &[EnvVarSpec], out: &mut BTreeSet<ObjectRef>) {
     for var in env {
-        let Some(from) = &var.value_from else { continue };
+        let Some(from) = &var.value_from else {
+            continue;
+        };
         if let Some(s) = &from.secret_key_ref {
             out.insert(ObjectRef {
                 kind: RefKind::Secret,
@@ -151,7 +156,10 @@ pub fn references(
     let spec = spec.unwrap_or(&pipeline.spec);
     env_refs(&namespace, &spec.env, &mut out);
     if let Some(providers) = &spec.providers {
-        for p in [&providers.anthropic, &providers.openai].into_iter().flatten() {
+        for p in [&providers.anthropic, &providers.openai]
+            .into_iter()
+            .flatten()
+        {
             if let Some(s) = &p.secret_ref {
                 out.insert(ObjectRef {
                     kind: RefKind::Secret,
@@ -179,7 +187,10 @@ pub fn references(
 /// The Pipeline's effective spec: its own, or the definition in its `source` ConfigMap (any format `fm
 /// run` reads). Fields set on the Pipeline itself (`env`, `providers`, `timeout`, `retries`,
 /// `parallelism`, `schedule`) override the loaded ones, so a shared definition can be tuned per cluster.
-pub fn resolve_spec(pipeline: &Pipeline, objects: &ClusterObjects) -> Result<PipelineSpec, Problem> {
+pub fn resolve_spec(
+    pipeline: &Pipeline,
+    objects: &ClusterObjects,
+) -> Result<PipelineSpec, Problem> {
     let Some((r, key)) = source_ref(pipeline) else {
         return Ok(pipeline.spec.clone());
     };
@@ -249,7 +260,9 @@ fn resolve_vars(
             out.values.insert(var.name.clone(), value.clone());
             continue;
         }
-        let Some(from) = &var.value_from else { continue };
+        let Some(from) = &var.value_from else {
+            continue;
+        };
         let (kind, sel) = match (&from.secret_key_ref, &from.config_map_key_ref) {
             (Some(s), _) => (RefKind::Secret, s),
             (None, Some(c)) => (RefKind::ConfigMap, c),
@@ -416,7 +429,9 @@ pub const CANCEL_ANNOTATION: &str = "flowmason.io/cancel";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ConfigMapSource, EnvVarSource, KeySelector, ProviderSpec, ProvidersSpec, SecretKeyRef};
+    use crate::model::{
+        ConfigMapSource, EnvVarSource, KeySelector, ProviderSpec, ProvidersSpec, SecretKeyRef,
+    };
     use crate::operator::fixtures;
     use serde_json::json;
 
@@ -425,7 +440,11 @@ mod tests {
             name: name.into(),
             value: None,
             value_from: Some(EnvVarSource {
-                secret_key_ref: Some(KeySelector { name: secret.into(), key: key.into(), optional: None }),
+                secret_key_ref: Some(KeySelector {
+                    name: secret.into(),
+                    key: key.into(),
+                    optional: None,
+                }),
                 config_map_key_ref: None,
             }),
         }
@@ -437,8 +456,14 @@ mod tests {
                 .iter()
                 .map(|(kind, name, data)| {
                     (
-                        ObjectRef { kind: *kind, namespace: "default".into(), name: (*name).into() },
-                        data.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                        ObjectRef {
+                            kind: *kind,
+                            namespace: "default".into(),
+                            name: (*name).into(),
+                        },
+                        data.iter()
+                            .map(|(k, v)| ((*k).into(), (*v).into()))
+                            .collect(),
                     )
                 })
                 .collect(),
@@ -448,8 +473,14 @@ mod tests {
     #[test]
     fn run_id_is_deterministic_and_time_ordered() {
         let a = run_id_for("6f1c0b5e-1111-4c1a-9f00-000000000001", 1_700_000_000_000);
-        assert_eq!(a, run_id_for("6f1c0b5e-1111-4c1a-9f00-000000000001", 1_700_000_000_000));
-        assert_ne!(a, run_id_for("6f1c0b5e-1111-4c1a-9f00-000000000002", 1_700_000_000_000));
+        assert_eq!(
+            a,
+            run_id_for("6f1c0b5e-1111-4c1a-9f00-000000000001", 1_700_000_000_000)
+        );
+        assert_ne!(
+            a,
+            run_id_for("6f1c0b5e-1111-4c1a-9f00-000000000002", 1_700_000_000_000)
+        );
         assert_eq!(a.get_version_num(), 7);
         assert!(run_id_for("x", 1_700_000_000_000) < run_id_for("x", 1_700_000_001_000));
     }
@@ -457,7 +488,14 @@ mod tests {
     #[test]
     fn env_reads_secrets_and_configmaps_and_remembers_secret_values() {
         let mut spec = fixtures::pipeline("p", &["a"]).spec;
-        spec.env = vec![secret_var("TOKEN", "creds", "token"), EnvVarSpec { name: "PLAIN".into(), value: Some("v".into()), value_from: None }];
+        spec.env = vec![
+            secret_var("TOKEN", "creds", "token"),
+            EnvVarSpec {
+                name: "PLAIN".into(),
+                value: Some("v".into()),
+                value_from: None,
+            },
+        ];
         let objs = objects(&[(RefKind::Secret, "creds", &[("token", "hunter2")])]);
         let env = resolve_env("default", &spec, &[], &objs).expect("env");
         assert_eq!(env.values.get("TOKEN").map(String::as_str), Some("hunter2"));
@@ -469,12 +507,19 @@ mod tests {
     fn missing_secret_or_key_is_named() {
         let mut spec = fixtures::pipeline("p", &["a"]).spec;
         spec.env = vec![secret_var("TOKEN", "creds", "token")];
-        let err = resolve_env("default", &spec, &[], &ClusterObjects::default()).expect_err("missing");
+        let err =
+            resolve_env("default", &spec, &[], &ClusterObjects::default()).expect_err("missing");
         assert_eq!(err.reason, "MissingReference");
-        assert_eq!(err.message, "env[0] (TOKEN): Secret default/creds not found");
+        assert_eq!(
+            err.message,
+            "env[0] (TOKEN): Secret default/creds not found"
+        );
         let objs = objects(&[(RefKind::Secret, "creds", &[("other", "x")])]);
         let err = resolve_env("default", &spec, &[], &objs).expect_err("missing key");
-        assert_eq!(err.message, "env[0] (TOKEN): Secret default/creds has no key \"token\"");
+        assert_eq!(
+            err.message,
+            "env[0] (TOKEN): Secret default/creds has no key \"token\""
+        );
     }
 
     #[test]
@@ -482,22 +527,44 @@ mod tests {
         let mut spec = fixtures::pipeline("p", &["a"]).spec;
         spec.providers = Some(ProvidersSpec {
             default: None,
-            anthropic: Some(ProviderSpec { model: None, secret_ref: Some(SecretKeyRef { name: "llm".into(), key: "k".into() }), base_url: None }),
+            anthropic: Some(ProviderSpec {
+                model: None,
+                secret_ref: Some(SecretKeyRef {
+                    name: "llm".into(),
+                    key: "k".into(),
+                }),
+                base_url: None,
+            }),
             openai: None,
         });
-        let err = resolve_env("default", &spec, &[], &ClusterObjects::default()).expect_err("missing");
-        assert_eq!(err.message, "providers.anthropic.secretRef: Secret default/llm not found");
+        let err =
+            resolve_env("default", &spec, &[], &ClusterObjects::default()).expect_err("missing");
+        assert_eq!(
+            err.message,
+            "providers.anthropic.secretRef: Secret default/llm not found"
+        );
         let objs = objects(&[(RefKind::Secret, "llm", &[("k", "sk-1")])]);
         let env = resolve_env("default", &spec, &[], &objs).expect("env");
-        assert_eq!(env.values.get("ANTHROPIC_API_KEY").map(String::as_str), Some("sk-1"));
+        assert_eq!(
+            env.values.get("ANTHROPIC_API_KEY").map(String::as_str),
+            Some("sk-1")
+        );
     }
 
     #[test]
     fn source_configmap_supplies_the_stages() {
         let mut pipeline = fixtures::pipeline("p", &[]);
-        pipeline.spec.source = Some(ConfigMapSource { name: "def".into(), key: None, namespace: None });
+        pipeline.spec.source = Some(ConfigMapSource {
+            name: "def".into(),
+            key: None,
+            namespace: None,
+        });
         let refs = references(&pipeline, None, None);
-        assert!(refs.contains(&ObjectRef { kind: RefKind::ConfigMap, namespace: "default".into(), name: "def".into() }));
+        assert!(refs.contains(&ObjectRef {
+            kind: RefKind::ConfigMap,
+            namespace: "default".into(),
+            name: "def".into()
+        }));
         let err = resolve_spec(&pipeline, &ClusterObjects::default()).expect_err("missing");
         assert_eq!(err.message, "ConfigMap default/def not found");
         let def = r#"{"name": "x", "stages": [{"id": "a", "component_type": "noop"}]}"#;
@@ -513,7 +580,12 @@ mod tests {
         spec.stages[1].component_type = "nope".into();
         let err = plan_pipeline(&spec, &|c| c == "noop").expect_err("invalid");
         assert_eq!(err.reason, "InvalidSpec");
-        assert!(err.message.contains("stages[1].componentType: unknown component \"nope\""), "{}", err.message);
+        assert!(
+            err.message
+                .contains("stages[1].componentType: unknown component \"nope\""),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("duplicate"), "{}", err.message);
     }
 
@@ -523,14 +595,24 @@ mod tests {
         let mut spec = pipeline.spec.clone();
         spec.sample_input = Some(json!({"s": 1}));
         let mut run = fixtures::pipeline_run("r", "p");
-        assert_eq!(resolve_inputs("default", &spec, &run, &ClusterObjects::default()).expect("inputs"), json!({"s": 1}));
+        assert_eq!(
+            resolve_inputs("default", &spec, &run, &ClusterObjects::default()).expect("inputs"),
+            json!({"s": 1})
+        );
         run.spec.inputs_from = Some([("n".to_string(), "configmap/cfg/n".to_string())].into());
         run.spec.inputs = Some(json!({"a": "b"}).as_object().cloned().unwrap_or_default());
         let objs = objects(&[(RefKind::ConfigMap, "cfg", &[("n", "42")])]);
-        assert_eq!(resolve_inputs("default", &spec, &run, &objs).expect("inputs"), json!({"a": "b", "n": 42}));
+        assert_eq!(
+            resolve_inputs("default", &spec, &run, &objs).expect("inputs"),
+            json!({"a": "b", "n": 42})
+        );
         run.spec.inputs_from = Some([("n".to_string(), "bogus".to_string())].into());
         let err = resolve_inputs("default", &spec, &run, &objs).expect_err("bad ref");
-        assert!(err.message.starts_with("spec.inputsFrom.n:"), "{}", err.message);
+        assert!(
+            err.message.starts_with("spec.inputsFrom.n:"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -540,7 +622,8 @@ mod tests {
         run.spec.status = Some(crate::model::RunRequest::Cancelled);
         assert!(cancel_requested(&run));
         let mut run = fixtures::pipeline_run("r", "p");
-        run.metadata.annotations = Some([(CANCEL_ANNOTATION.to_string(), "true".to_string())].into());
+        run.metadata.annotations =
+            Some([(CANCEL_ANNOTATION.to_string(), "true".to_string())].into());
         assert!(cancel_requested(&run));
     }
 

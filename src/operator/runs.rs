@@ -152,7 +152,8 @@ async fn reconcile(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action
     // kube's helper adds the first finalizer with a JSON patch whose `test` of the absent
     // `/metadata/finalizers` not every API server accepts (the embedded one answers 422); a merge patch
     // guarded by resourceVersion does the same everywhere.
-    if run.metadata.deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == FINALIZER) {
+    if run.metadata.deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == FINALIZER)
+    {
         let mut finalizers = run.finalizers().to_vec();
         finalizers.push(FINALIZER.to_string());
         api.patch(
@@ -237,7 +238,11 @@ struct Prepared {
     pipeline: Pipeline,
 }
 
-async fn prepare(run: &PipelineRun, run_id: RunId, ctx: &RunContext) -> Result<Result<Prepared, Problem>> {
+async fn prepare(
+    run: &PipelineRun,
+    run_id: RunId,
+    ctx: &RunContext,
+) -> Result<Result<Prepared, Problem>> {
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     if let Some(problem) = crate::model::validate_run(&run.spec).first() {
         return Ok(Err(Problem {
@@ -249,7 +254,12 @@ async fn prepare(run: &PipelineRun, run_id: RunId, ctx: &RunContext) -> Result<R
     let Some(pipeline) = pipelines
         .get_opt(&run.spec.pipeline_ref)
         .await
-        .map_err(|e| Error::kube(format!("read Pipeline {namespace}/{}", run.spec.pipeline_ref), e))?
+        .map_err(|e| {
+            Error::kube(
+                format!("read Pipeline {namespace}/{}", run.spec.pipeline_ref),
+                e,
+            )
+        })?
     else {
         return Ok(Err(Problem {
             reason: "PipelineNotFound",
@@ -312,10 +322,12 @@ async fn own(run: &PipelineRun, pipeline: &Pipeline, ctx: &RunContext) -> Result
     }
     let mut refs = run.owner_references().to_vec();
     if !owned {
-        refs.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-            controller: Some(false),
-            ..owner
-        });
+        refs.push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                controller: Some(false),
+                ..owner
+            },
+        );
     }
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     Api::<PipelineRun>::namespaced(ctx.client.clone(), &namespace)
@@ -355,7 +367,17 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
     ctx.pipelines.run_started(&prepared.pipeline, run_id);
     let events = handle.take_events();
     let involved = run.object_ref(&());
-    spawn_writer(&ctx, run_id, involved, namespace, name, prepared.secrets, None, events, handle);
+    spawn_writer(
+        &ctx,
+        run_id,
+        involved,
+        namespace,
+        name,
+        prepared.secrets,
+        None,
+        events,
+        handle,
+    );
     Ok(Action::await_change())
 }
 
@@ -379,14 +401,22 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
     let Some(mut handle) = handle else {
         // Ended while we looked (or was ended as unusable): project what the log says.
         if let Ok(Some(state)) = ctx.engine.store().fold(run_id) {
-            write_status(&ctx.client, &namespace, &name, &status::project_run(&state, &secrets, ctx.limits)).await?;
+            write_status(
+                &ctx.client,
+                &namespace,
+                &name,
+                &status::project_run(&state, &secrets, ctx.limits),
+            )
+            .await?;
         }
         return Ok(Action::await_change());
     };
     let initial = ctx.engine.store().fold(run_id).ok().flatten();
     let events = handle.take_events();
     let involved = run.object_ref(&());
-    spawn_writer(&ctx, run_id, involved, namespace, name, secrets, initial, events, handle);
+    spawn_writer(
+        &ctx, run_id, involved, namespace, name, secrets, initial, events, handle,
+    );
     if planning::cancel_requested(&run) {
         ctx.engine.cancel(run_id, "cancelled through the API");
     }
@@ -489,7 +519,10 @@ fn spawn_writer(
             for _ in 0..20 {
                 match write_status(&ctx.client, &namespace, &name, &status).await {
                     Ok(()) => break,
-                    Err(Error::Kube { source: kube::Error::Api(e), .. }) if e.code == 404 => break,
+                    Err(Error::Kube {
+                        source: kube::Error::Api(e),
+                        ..
+                    }) if e.code == 404 => break,
                     Err(e) => {
                         tracing::warn!(%run_id, error = %e, "final status write; retrying");
                         tokio::time::sleep(delay).await;
@@ -516,7 +549,10 @@ struct Recorder {
 
 impl Recorder {
     fn new(client: Client, involved: ObjectReference) -> Recorder {
-        let namespace = involved.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = involved
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         Recorder {
             api: Api::namespaced(client, &namespace),
             involved,
@@ -532,7 +568,8 @@ impl Recorder {
         }
         if let Some(k) = events::kube_event(&self.involved, event) {
             if queued == events::MAX_EVENTS_PER_RUN {
-                self.pending.push(events::truncated(&self.involved, event.seq, event.at));
+                self.pending
+                    .push(events::truncated(&self.involved, event.seq, event.at));
             } else {
                 self.pending.push(k);
             }

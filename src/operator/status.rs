@@ -193,7 +193,9 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
             start_time: stage.and_then(|s| s.started_at).and_then(time_from_micros),
             completion_time: stage.and_then(|s| s.finished_at).and_then(time_from_micros),
             duration: stage.and_then(|s| Some(duration_between(s.started_at?, s.finished_at?))),
-            error: stage.and_then(|s| s.error.as_ref()).map(|e| e.message.clone()),
+            error: stage
+                .and_then(|s| s.error.as_ref())
+                .map(|e| e.message.clone()),
             output_preview: stage
                 .and_then(|s| s.output.as_ref())
                 .map(|o| cut(&o.to_string(), limits.preview_bytes).0),
@@ -350,13 +352,22 @@ mod tests {
 
     #[test]
     fn succeeded_run_has_times_outputs_and_metrics() {
-        let state = fixtures::run_state(&["a", "b"], &[fixtures::ok("a", json!({"x": 1})), fixtures::ok("b", json!("done"))]);
+        let state = fixtures::run_state(
+            &["a", "b"],
+            &[
+                fixtures::ok("a", json!({"x": 1})),
+                fixtures::ok("b", json!("done")),
+            ],
+        );
         let status = project_run(&state, &[], Limits::default());
         assert_eq!(status.phase, Some(RunPhase::Succeeded));
         assert!(status.completion_time.is_some() && status.duration.is_some());
         assert_eq!(status.output, Some(json!({"value": "done"})));
         assert_eq!(status.output_truncated, Some(false));
-        assert_eq!(status.stages[0].output_preview.as_deref(), Some(r#"{"x":1}"#));
+        assert_eq!(
+            status.stages[0].output_preview.as_deref(),
+            Some(r#"{"x":1}"#)
+        );
         assert_eq!(status.stages[0].attempts, 1);
         let m = status.metrics.expect("metrics");
         assert_eq!((m.completed_stages, m.failed_stages), (2, 0));
@@ -387,7 +398,12 @@ mod tests {
         assert_eq!(output["bytes"], json!(100_002));
         let text = output["preview"].as_str().expect("preview");
         assert!(text.len() <= limits.output_bytes + 4);
-        assert!(status.stages[0].output_preview.as_ref().is_some_and(|p| p.len() <= limits.preview_bytes + 4));
+        assert!(
+            status.stages[0]
+                .output_preview
+                .as_ref()
+                .is_some_and(|p| p.len() <= limits.preview_bytes + 4)
+        );
     }
 
     #[test]
@@ -404,7 +420,14 @@ mod tests {
         let ids: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let state = fixtures::run_state(&refs, &[]);
-        let status = project_run(&state, &[], Limits { max_stages: 10, ..Limits::default() });
+        let status = project_run(
+            &state,
+            &[],
+            Limits {
+                max_stages: 10,
+                ..Limits::default()
+            },
+        );
         assert_eq!(status.stages.len(), 10);
         assert_eq!(status.metrics.map(|m| m.total_stages), Some(50));
     }
