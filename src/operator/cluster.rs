@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
 
 use super::error::{Error, Result};
 use super::planning::{ClusterObjects, ObjectRef, RefKind};
@@ -44,26 +45,29 @@ fn secret_data(secret: &Secret) -> BTreeMap<String, String> {
 }
 
 impl ClusterCache {
-    /// Starts the reflectors on the current tokio runtime; they stop when `client`'s server goes away
-    /// and restart with backoff.
-    pub fn start(client: Client) -> ClusterCache {
+    /// Starts the reflectors on the current tokio runtime (they retry with backoff while the API server
+    /// is unreachable) until `stop` is cancelled.
+    pub fn start(client: Client, stop: CancellationToken) -> ClusterCache {
         let (configmaps, cm_writer) = reflector::store();
         let (secrets, secret_writer) = reflector::store();
         let cm_api: Api<ConfigMap> = Api::all(client.clone());
         let secret_api: Api<Secret> = Api::all(client.clone());
-        tokio::spawn(
+        let configmap_stream =
             reflector::reflector(cm_writer, watcher(cm_api, watcher::Config::default()))
                 .default_backoff()
-                .for_each(|_| futures::future::ready(())),
-        );
-        tokio::spawn(
-            reflector::reflector(
-                secret_writer,
-                watcher(secret_api, watcher::Config::default()),
-            )
-            .default_backoff()
-            .for_each(|_| futures::future::ready(())),
-        );
+                .for_each(|_| futures::future::ready(()));
+        let secret_stream = reflector::reflector(
+            secret_writer,
+            watcher(secret_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = futures::future::join(configmap_stream, secret_stream) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
         ClusterCache {
             client,
             configmaps,

@@ -45,6 +45,8 @@ pub struct Operator {
     registry: PipelineRegistry,
     config: OperatorConfig,
     cluster: ClusterCache,
+    /// Stops the ConfigMap/Secret reflectors when the operator stops.
+    cache_stop: CancellationToken,
 }
 
 impl Operator {
@@ -56,7 +58,8 @@ impl Operator {
         components: Registry,
         config: OperatorConfig,
     ) -> Operator {
-        let cluster = ClusterCache::start(client.clone());
+        let cache_stop = CancellationToken::new();
+        let cluster = ClusterCache::start(client.clone(), cache_stop.clone());
         let engine = Engine::new(
             store,
             components,
@@ -73,6 +76,7 @@ impl Operator {
             engine,
             config,
             cluster,
+            cache_stop,
         }
     }
 
@@ -88,7 +92,10 @@ impl Operator {
         let leadership = match &self.config.lease {
             Some(lease) => match leader::acquire(self.client.clone(), lease, &stop).await? {
                 Some(l) => Some(l),
-                None => return Ok(()),
+                None => {
+                    self.cache_stop.cancel();
+                    return Ok(());
+                }
             },
             None => None,
         };
@@ -134,6 +141,7 @@ impl Operator {
             let _ = runs.await;
         })
         .await;
+        self.cache_stop.cancel();
         let _ = self.engine.store().flush();
         if let Some(l) = leadership {
             l.release().await;
