@@ -37,6 +37,9 @@ pub struct K8sBench {
     pub json: bool,
 }
 
+/// When each run was first seen past Pending, and first seen Succeeded.
+type Sightings = HashMap<String, (Option<Instant>, Option<Instant>)>;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -90,7 +93,7 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
             pipelines.create(&PostParams::default(), &p).await?;
         }
         // One watch sees every status change; the first sighting of a phase per run is recorded.
-        let seen: Arc<Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>> = Arc::default();
+        let seen: Arc<Mutex<Sightings>> = Arc::default();
         let watch = tokio::spawn({
             let seen = seen.clone();
             let runs = runs.clone();

@@ -21,7 +21,7 @@ pub mod planning;
 pub mod runs;
 pub mod status;
 
-mod operator;
+mod wiring;
 
 pub use error::{Error, Result};
-pub use operator::{Operator, OperatorConfig};
+pub use wiring::{Operator, OperatorConfig};

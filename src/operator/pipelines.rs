@@ -210,12 +210,15 @@ impl Handler<RunChanged> for PipelineActor {
     }
 }
 
+/// Pipeline actors by (namespace, name).
+type ActorMap = HashMap<(String, String), Addr<PipelineActor>>;
+
 /// The `PipelineActor`s by namespace and name, created on first use on the operator's arbiter.
 #[derive(Clone)]
 pub struct PipelineRegistry {
     client: Client,
     arbiter: ArbiterHandle,
-    actors: Arc<Mutex<HashMap<(String, String), Addr<PipelineActor>>>>,
+    actors: Arc<Mutex<ActorMap>>,
 }
 
 impl PipelineRegistry {

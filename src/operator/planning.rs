@@ -450,7 +450,9 @@ mod tests {
         }
     }
 
-    fn objects(entries: &[(RefKind, &str, &[(&str, &str)])]) -> ClusterObjects {
+    type Entry<'a> = (RefKind, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn objects(entries: &[Entry]) -> ClusterObjects {
         ClusterObjects {
             objects: entries
                 .iter()
