@@ -451,6 +451,12 @@ fn spawn_writer(
         tokio::pin!(finished);
         let mut events = events;
         let mut recorder = Recorder::new(ctx.client.clone(), involved);
+        // The status names the run id, and a status naming a run the log does not have means the log was
+        // lost (`EventsLost`); so `RunAccepted` must be on disk before the first write, whatever the
+        // durability policy (group commit: concurrent starts share the fsync).
+        if let Err(e) = ctx.engine.store().sync().await {
+            tracing::warn!(%run_id, error = %e, "event log sync");
+        }
         loop {
             let due = last_write.map(|t| t + ctx.write_interval);
             tokio::select! {
