@@ -834,6 +834,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                     attempt: 1,
                     output: json!({ "v": 1 }),
                     skip: vec![],
+                    reused_from: None,
                 },
                 EventKind::StageStarted {
                     stage: "b".into(),

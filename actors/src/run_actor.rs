@@ -19,7 +19,7 @@ use flowmason_store::{
 };
 
 use crate::component::{Component, ComponentOutput, LogLine, StageContext};
-use crate::engine::{EngineError, EngineRef, deregister};
+use crate::engine::{EngineError, EngineRef, EventObserver, Observation, deregister};
 use crate::plan::Plan;
 use crate::redact::Redactor;
 use crate::stage_actor::{CancelStage, StageActor, StageDone, humanize};
@@ -35,6 +35,7 @@ pub(crate) struct RunSetup {
     pub store: EventStore,
     pub components: Vec<Arc<dyn Component>>,
     pub observer: Option<mpsc::UnboundedSender<Event>>,
+    pub on_event: Option<EventObserver>,
     pub outcome: oneshot::Sender<Result<RunState, EngineError>>,
     pub engine: EngineRef,
 }
@@ -90,6 +91,7 @@ pub(crate) struct RunActor {
     store: EventStore,
     components: Vec<Arc<dyn Component>>,
     observer: Option<mpsc::UnboundedSender<Event>>,
+    on_event: Option<EventObserver>,
     outcome: Option<oneshot::Sender<Result<RunState, EngineError>>>,
     engine: EngineRef,
     /// Stage phases by plan index, kept in step with `state`.
@@ -146,6 +148,7 @@ impl RunActor {
             store: setup.store,
             components: setup.components,
             observer: setup.observer,
+            on_event: setup.on_event,
             outcome: Some(setup.outcome),
             engine: setup.engine,
             phases: vec![StagePhase::Pending; n],
@@ -184,6 +187,18 @@ impl RunActor {
         };
         self.must_sync |= appended.must_wait();
         for event in &appended.events {
+            if let Some(on_event) = &self.on_event {
+                let component = event
+                    .kind
+                    .stage()
+                    .and_then(|id| self.plan.index_of(id))
+                    .map(|i| self.plan.stage(i).component.as_str());
+                on_event(&Observation {
+                    event,
+                    before: &self.state,
+                    component,
+                });
+            }
             if let Err(e) = self.state.apply(event) {
                 self.store_error = Some(StoreError::Fold(e));
                 return;
@@ -708,6 +723,7 @@ impl Handler<StageDone> for RunActor {
                     attempt,
                     output,
                     skip: skip.clone(),
+                    reused_from: None,
                 });
                 self.phases[index] = StagePhase::Succeeded;
                 for excluded in skip.iter().filter_map(|s| self.plan.index_of(s)) {
