@@ -392,7 +392,9 @@ async fn rerun(
     let mut options: RerunOptions = if body.iter().all(u8::is_ascii_whitespace) {
         RerunOptions::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice::<Option<RerunOptions>>(&body)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
             ApiError(
                 StatusCode::BAD_REQUEST,
                 format!("request body: expected {{\"fromFailed\": bool}}: {e}"),
