@@ -31,8 +31,8 @@ const RUN_BUCKETS: &[f64] = &[
 ];
 /// Stages are often much shorter than runs.
 const STAGE_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
 ];
 /// A write cycle of the log takes microseconds to tens of milliseconds.
 const WRITE_BUCKETS: &[f64] = &[
@@ -60,7 +60,12 @@ pub struct Metrics {
     leader: IntGauge,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
@@ -73,7 +78,10 @@ fn histogram(
     labels: &[&str],
     buckets: &[f64],
 ) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
 }
@@ -218,7 +226,12 @@ impl Metrics {
             state
                 .stages
                 .get(stage)
-                .and_then(|s| s.attempt_history.iter().rev().find(|a| a.attempt == attempt))
+                .and_then(|s| {
+                    s.attempt_history
+                        .iter()
+                        .rev()
+                        .find(|a| a.attempt == attempt)
+                })
                 .map(|a| micros_to_seconds(o.event.at - a.started_at))
         };
         match &o.event.kind {
@@ -323,7 +336,9 @@ impl Metrics {
     /// A trigger event and what came of it (`kind`: cron, webhook, pubsub; `outcome`: e.g. started,
     /// deduplicated, rejected, error).
     pub fn trigger_event(&self, kind: &str, outcome: &str) {
-        self.trigger_events.with_label_values(&[kind, outcome]).inc();
+        self.trigger_events
+            .with_label_values(&[kind, outcome])
+            .inc();
     }
 
     /// A PipelineRun status write and its outcome (ok, conflict, error).

@@ -1126,8 +1126,14 @@ async fn reused_stages_are_recorded_as_succeeded_and_never_executed() {
     let old = uuid::Uuid::now_v7();
     let spec = plan(vec![
         with_config(stage("a", "flaky", &[]), json!({ "fail_times": 0 })),
-        with_config(stage("route", "branch", &["a"]), json!({ "skip": ["never"] })),
-        with_config(stage("never", "flaky", &["route"]), json!({ "fail_times": 0 })),
+        with_config(
+            stage("route", "branch", &["a"]),
+            json!({ "skip": ["never"] }),
+        ),
+        with_config(
+            stage("never", "flaky", &["route"]),
+            json!({ "fail_times": 0 }),
+        ),
         with_config(
             stage("c", "echo", &["route"]),
             json!({ "from_a": "{{upstream.a.v}}" }),

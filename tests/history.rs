@@ -54,7 +54,11 @@ impl SideEffects {
 }
 
 async fn side_effect(State(s): State<SideEffects>, Path(stage): Path<String>) -> StatusCode {
-    *s.hits.lock().expect("lock").entry(stage.clone()).or_default() += 1;
+    *s.hits
+        .lock()
+        .expect("lock")
+        .entry(stage.clone())
+        .or_default() += 1;
     if s.failing.lock().expect("lock").contains(&stage) {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
@@ -336,11 +340,39 @@ async fn runs_filter_newest_first_and_page_without_missing_or_repeating_while_ru
     let f = fixture().await;
     let base = now() - 100 * HOUR;
     let runs = vec![
-        synthetic("ci", "build", Trigger::Manual, &[("team", "a")], base, succeeded()),
-        synthetic("ci", "build", Trigger::Cron, &[("team", "b")], base + HOUR, failed()),
-        synthetic("ci", "deploy", Trigger::Webhook, &[("team", "a")], base + 2 * HOUR, succeeded()),
+        synthetic(
+            "ci",
+            "build",
+            Trigger::Manual,
+            &[("team", "a")],
+            base,
+            succeeded(),
+        ),
+        synthetic(
+            "ci",
+            "build",
+            Trigger::Cron,
+            &[("team", "b")],
+            base + HOUR,
+            failed(),
+        ),
+        synthetic(
+            "ci",
+            "deploy",
+            Trigger::Webhook,
+            &[("team", "a")],
+            base + 2 * HOUR,
+            succeeded(),
+        ),
         synthetic("prod", "build", Trigger::Cron, &[], base + 3 * HOUR, None),
-        synthetic("ci", "build", Trigger::Cron, &[("team", "a"), ("tier", "1")], base + 4 * HOUR, failed()),
+        synthetic(
+            "ci",
+            "build",
+            Trigger::Cron,
+            &[("team", "a"), ("tier", "1")],
+            base + 4 * HOUR,
+            failed(),
+        ),
     ];
     f.store.import_runs(&runs).expect("import");
     let id = |i: usize| runs[i].0.to_string();
@@ -366,7 +398,11 @@ async fn runs_filter_newest_first_and_page_without_missing_or_repeating_while_ru
     }
     // since is inclusive and until exclusive, on acceptance; RFC 3339 or Unix micros.
     let (_, page) = f
-        .get(&format!("/api/v1/runs?since={}&until={}", base + HOUR, base + 4 * HOUR))
+        .get(&format!(
+            "/api/v1/runs?since={}&until={}",
+            base + HOUR,
+            base + 4 * HOUR
+        ))
         .await;
     assert_eq!(ids(&page), [id(3), id(2), id(1)]);
     let since = chrono::DateTime::from_timestamp_micros(base + 3 * HOUR)
@@ -394,10 +430,21 @@ async fn runs_filter_newest_first_and_page_without_missing_or_repeating_while_ru
     // Pagination while new runs keep arriving: every run that existed is listed once, in order.
     let mut more = Vec::new();
     for i in 0..20 {
-        more.push(synthetic("ci", "build", Trigger::Manual, &[], base + (10 + i) * HOUR, succeeded()));
+        more.push(synthetic(
+            "ci",
+            "build",
+            Trigger::Manual,
+            &[],
+            base + (10 + i) * HOUR,
+            succeeded(),
+        ));
     }
     f.store.import_runs(&more).expect("import");
-    for filter in ["", "&namespace=ci&pipeline=build", "&phase=Succeeded&phase=Failed"] {
+    for filter in [
+        "",
+        "&namespace=ci&pipeline=build",
+        "&phase=Succeeded&phase=Failed",
+    ] {
         let (_, all) = f.get(&format!("/api/v1/runs?limit=1000{filter}")).await;
         let expected = ids(&all);
         let mut seen = Vec::new();
@@ -452,22 +499,39 @@ async fn a_run_shows_stages_attempts_durations_errors_and_pipeline_stats_count_i
     assert_eq!(detail["pipeline"], "shop");
     assert!(detail["durationSeconds"].as_f64().is_some(), "{detail}");
     let stages = detail["stages"].as_array().expect("stages");
-    let order: Vec<&str> = stages.iter().map(|s| s["id"].as_str().expect("id")).collect();
+    let order: Vec<&str> = stages
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
     assert_eq!(order, ["a", "b", "c", "d", "e"]);
     let c = &stages[2];
     assert_eq!(c["phase"], "Failed");
     assert_eq!(c["attempts"], 1);
     assert_eq!(c["attemptHistory"].as_array().expect("attempts").len(), 1);
-    assert!(c["error"]["message"].as_str().expect("message").contains("500"), "{c}");
+    assert!(
+        c["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("500"),
+        "{c}"
+    );
     assert!(c["durationSeconds"].as_f64().is_some());
     assert_eq!(stages[3]["phase"], "Skipped");
     assert_eq!(stages[0]["output"], json!({ "stage": "a" }));
-    assert!(detail["error"]["message"].as_str().expect("run error").contains("\"c\""));
+    assert!(
+        detail["error"]["message"]
+            .as_str()
+            .expect("run error")
+            .contains("\"c\"")
+    );
 
     let (status, detail) = f.get(&format!("/api/v1/runs/{ok_run}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["phase"], "Succeeded");
-    assert_eq!(detail["output"], json!({ "d": { "stage": "d" }, "e": { "stage": "e" } }));
+    assert_eq!(
+        detail["output"],
+        json!({ "d": { "stage": "d" }, "e": { "stage": "e" } })
+    );
 
     let (status, events) = f.get(&format!("/api/v1/runs/{ok_run}/events")).await;
     assert_eq!(status, StatusCode::OK);
@@ -481,9 +545,16 @@ async fn a_run_shows_stages_attempts_durations_errors_and_pipeline_stats_count_i
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = f.get("/api/v1/runs/not-a-uuid").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().expect("error").contains("not-a-uuid"));
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("not-a-uuid")
+    );
 
-    let (status, s) = f.get("/api/v1/pipelines/default/shop/stats?window=1h").await;
+    let (status, s) = f
+        .get("/api/v1/pipelines/default/shop/stats?window=1h")
+        .await;
     assert_eq!(status, StatusCode::OK, "{s}");
     assert_eq!(s["total"], 2);
     assert_eq!(s["counts"]["Succeeded"], 1);
@@ -492,9 +563,16 @@ async fn a_run_shows_stages_attempts_durations_errors_and_pipeline_stats_count_i
     assert!(s["p50Seconds"].as_f64().is_some() && s["p95Seconds"].as_f64().is_some());
     let (_, other) = f.get("/api/v1/pipelines/default/nothing/stats").await;
     assert_eq!(other["total"], 0);
-    let (status, body) = f.get("/api/v1/pipelines/default/shop/stats?window=forever").await;
+    let (status, body) = f
+        .get("/api/v1/pipelines/default/shop/stats?window=forever")
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().expect("error").contains("window \"forever\""));
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("window \"forever\"")
+    );
 }
 
 #[actix_rt::test]
@@ -504,16 +582,33 @@ async fn stats_read_only_the_window_of_the_pipeline() {
     let mut runs = Vec::new();
     for i in 0..10 {
         let end = if i % 5 == 0 { failed() } else { succeeded() };
-        runs.push(synthetic("ns", "p", Trigger::Manual, &[], t + i * HOUR, end));
+        runs.push(synthetic(
+            "ns",
+            "p",
+            Trigger::Manual,
+            &[],
+            t + i * HOUR,
+            end,
+        ));
     }
-    runs.push(synthetic("ns", "q", Trigger::Manual, &[], t + HOUR / 2, failed()));
+    runs.push(synthetic(
+        "ns",
+        "q",
+        Trigger::Manual,
+        &[],
+        t + HOUR / 2,
+        failed(),
+    ));
     f.store.import_runs(&runs).expect("import");
     // [t + 2h, t + 7h): runs 2..=6, of which 5 failed.
     let s = stats::pipeline_stats(&f.store, "ns", "p", t + 2 * HOUR, t + 7 * HOUR).expect("stats");
     assert_eq!(s.total, 5);
     assert_eq!(s.counts[&RunPhase::Failed], 1);
     assert_eq!(s.success_rate, Some(0.8));
-    assert!(s.p50_seconds.is_some_and(|p| (p - 0.999_999).abs() < 1e-9), "{s:?}");
+    assert!(
+        s.p50_seconds.is_some_and(|p| (p - 0.999_999).abs() < 1e-9),
+        "{s:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -553,12 +648,20 @@ async fn follow_streams_events_appended_after_it_connected_until_the_run_ends() 
             .to_string();
         assert_eq!(
             content_type,
-            if sse { "text/event-stream" } else { "application/x-ndjson" }
+            if sse {
+                "text/event-stream"
+            } else {
+                "application/x-ndjson"
+            }
         );
         // The first frame is the event that existed when the stream connected.
         let mut text = String::new();
         while !text.contains('\n') {
-            let chunk = response.chunk().await.expect("chunk").expect("a first frame");
+            let chunk = response
+                .chunk()
+                .await
+                .expect("chunk")
+                .expect("a first frame");
             text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
         }
         assert!(text.contains("RunAccepted"), "{text}");
@@ -618,15 +721,36 @@ async fn retention_deletes_exactly_what_the_policy_says_and_nothing_in_flight() 
     // Pipeline q: 3 finished runs 1 hour old.
     let mut runs = Vec::new();
     for i in 0..4 {
-        runs.push(synthetic("ns", "p", Trigger::Manual, &[], t - 240 * HOUR + i, succeeded()));
+        runs.push(synthetic(
+            "ns",
+            "p",
+            Trigger::Manual,
+            &[],
+            t - 240 * HOUR + i,
+            succeeded(),
+        ));
     }
     let in_flight = synthetic("ns", "p", Trigger::Manual, &[], t - 240 * HOUR + 10, None);
     runs.push(in_flight.clone());
     for i in 0..2 {
-        runs.push(synthetic("ns", "p", Trigger::Manual, &[], t - HOUR + i, failed()));
+        runs.push(synthetic(
+            "ns",
+            "p",
+            Trigger::Manual,
+            &[],
+            t - HOUR + i,
+            failed(),
+        ));
     }
     for i in 0..3 {
-        runs.push(synthetic("ns", "q", Trigger::Manual, &[], t - HOUR + i, succeeded()));
+        runs.push(synthetic(
+            "ns",
+            "q",
+            Trigger::Manual,
+            &[],
+            t - HOUR + i,
+            succeeded(),
+        ));
     }
     f.store.import_runs(&runs).expect("import");
     let all: Vec<_> = runs.iter().map(|(id, _)| *id).collect();
@@ -662,7 +786,9 @@ async fn retention_deletes_exactly_what_the_policy_says_and_nothing_in_flight() 
         .map(|id| id.to_string())
         .collect();
     assert_eq!(listed, remaining);
-    let (_, page) = f.get("/api/v1/runs?phase=Succeeded&namespace=ns&pipeline=p").await;
+    let (_, page) = f
+        .get("/api/v1/runs?phase=Succeeded&namespace=ns&pipeline=p")
+        .await;
     assert!(ids(&page).is_empty(), "{page}");
     assert!(f.store.summary(in_flight.0).expect("read").is_some());
     // A second sweep has nothing left to do.
@@ -745,7 +871,11 @@ async fn rerun_and_rerun_from_failed_run_only_the_failed_stage_and_its_dependant
     assert_eq!(status, 409);
     let body: Value = body.json().await.expect("json");
     assert!(body["error"].as_str().expect("error").contains("succeeded"));
-    let (status, _) = post(format!("/api/v1/runs/{}/rerun", RunId::now_v7()), Value::Null).await;
+    let (status, _) = post(
+        format!("/api/v1/runs/{}/rerun", RunId::now_v7()),
+        Value::Null,
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -788,7 +918,9 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
     let runs = |phase: &str| {
         sample(
             &text,
-            &format!("flowmason_pipeline_runs_total{{namespace=\"default\",phase=\"{phase}\",pipeline=\"shop\"}}"),
+            &format!(
+                "flowmason_pipeline_runs_total{{namespace=\"default\",phase=\"{phase}\",pipeline=\"shop\"}}"
+            ),
         )
     };
     assert_eq!(runs("Succeeded"), Some(3.0), "{text}");
@@ -832,14 +964,20 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
     assert_eq!(sample(&text, "flowmason_stages_running"), Some(0.0));
     assert_eq!(sample(&text, "flowmason_runs_in_flight"), Some(0.0));
     assert_eq!(
-        sample(&text, "flowmason_trigger_events_total{kind=\"cron\",outcome=\"started\"}"),
+        sample(
+            &text,
+            "flowmason_trigger_events_total{kind=\"cron\",outcome=\"started\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(sample(&text, "flowmason_leader"), Some(1.0));
     let appended = sample(&text, "flowmason_event_log_appended_events_total").expect("appended");
     assert!(appended >= 4.0 * 12.0, "{appended}");
     assert!(sample(&text, "flowmason_event_log_write_seconds_count").is_some_and(|n| n >= 1.0));
-    assert!(!text.contains("run_id") && !text.contains("runId"), "run ids never label metrics");
+    assert!(
+        !text.contains("run_id") && !text.contains("runId"),
+        "run ids never label metrics"
+    );
 
     // promtool (Debian package prometheus; scripts/test.sh installs it) accepts the exposition.
     let mut child = std::process::Command::new("promtool")
@@ -848,7 +986,9 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool must be installed (scripts/test.sh installs the Debian package prometheus)");
+        .expect(
+            "promtool must be installed (scripts/test.sh installs the Debian package prometheus)",
+        );
     use std::io::Write as _;
     child
         .stdin
@@ -866,8 +1006,11 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
 
     // The Grafana dashboard queries only metric names that the exposition has.
     let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/flowmason.json"))
-            .expect("dashboard"),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/flowmason.json"
+        ))
+        .expect("dashboard"),
     )
     .expect("dashboard JSON");
     let mut exprs = Vec::new();
@@ -876,7 +1019,10 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
             exprs.push(target["expr"].as_str().expect("expr").to_string());
         }
     }
-    for var in dashboard["templating"]["list"].as_array().expect("variables") {
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
         if let Some(q) = var["query"].as_str().filter(|q| q.contains("flowmason_")) {
             exprs.push(q.to_string());
         }
@@ -894,7 +1040,10 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
             .collect();
         assert!(!names.is_empty(), "{expr}");
         for name in names {
-            assert!(exposed.contains(name), "dashboard metric {name} is not exposed ({expr})");
+            assert!(
+                exposed.contains(name),
+                "dashboard metric {name} is not exposed ({expr})"
+            );
         }
     }
 }
@@ -903,7 +1052,12 @@ async fn metrics_count_runs_histogram_buckets_and_errors_and_pass_promtool() {
 async fn health_endpoints_report_liveness_and_pluggable_readiness() {
     let f = fixture().await;
     let (status, _) = {
-        let r = f.http.get(format!("{}/healthz", f.api)).send().await.expect("healthz");
+        let r = f
+            .http
+            .get(format!("{}/healthz", f.api))
+            .send()
+            .await
+            .expect("healthz");
         (r.status().as_u16(), r.text().await.expect("text"))
     };
     assert_eq!(status, 200);
@@ -912,18 +1066,26 @@ async fn health_endpoints_report_liveness_and_pluggable_readiness() {
     assert_eq!(body["status"], "ready");
 
     // A check that fails (say, the leader state is not known yet) makes the server not ready, named.
-    let health = HealthState::new()
-        .store(f.store.clone())
-        .check(
-            "leader",
-            Arc::new(|| Box::pin(async { Err("leader state not known yet".to_string()) })),
-        );
+    let health = HealthState::new().store(f.store.clone()).check(
+        "leader",
+        Arc::new(|| Box::pin(async { Err("leader state not known yet".to_string()) })),
+    );
     let url = serve(flowmason::http::health::router(health), &f.stop).await;
-    let r = f.http.get(format!("{url}/readyz")).send().await.expect("readyz");
+    let r = f
+        .http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(r.status().as_u16(), 503);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["failed"]["leader"], "leader state not known yet");
     assert!(body["failed"].get("eventLog").is_none(), "{body}");
-    let r = f.http.get(format!("{url}/healthz")).send().await.expect("healthz");
+    let r = f
+        .http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(r.status().as_u16(), 200);
 }

@@ -12,8 +12,8 @@ pub mod template;
 
 pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
 pub use engine::{
-    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, ResolvedEnv,
-    ReusedStage, Reuse, RunHandle, RunRequest,
+    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, ResolvedEnv, Reuse,
+    ReusedStage, RunHandle, RunRequest,
 };
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;

@@ -138,7 +138,10 @@ fn synthetic_run(i: usize, accepted_at: i64) -> (RunId, Vec<Event>) {
 }
 
 /// Microsecond latencies of `repeat` calls of `f`, sorted; with the result of the last call.
-fn time_query<T>(repeat: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(Vec<f64>, T)> {
+fn time_query<T>(
+    repeat: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<f64>, T)> {
     let mut times = Vec::with_capacity(repeat);
     let mut last = f()?; // warm-up
     for _ in 0..repeat {
@@ -211,13 +214,21 @@ fn history(args: HistoryBench) -> anyhow::Result<i32> {
         results.push(json!({ "query": name, "rows": rows, "p50Us": pct(0.5), "p99Us": pct(0.99) }));
     };
     let (t, p) = time_query(args.repeat, page(ns_pipeline_failed.clone()))?;
-    record("namespace+pipeline+phase=Failed, first page", t, p.runs.len());
+    record(
+        "namespace+pipeline+phase=Failed, first page",
+        t,
+        p.runs.len(),
+    );
     let second = RunQuery {
         continue_token: p.continue_token.clone(),
         ..ns_pipeline_failed.clone()
     };
     let (t, p) = time_query(args.repeat, page(second))?;
-    record("namespace+pipeline+phase=Failed, next page", t, p.runs.len());
+    record(
+        "namespace+pipeline+phase=Failed, next page",
+        t,
+        p.runs.len(),
+    );
     let (t, p) = time_query(
         args.repeat,
         page(RunQuery {

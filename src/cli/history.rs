@@ -233,7 +233,10 @@ fn client() -> anyhow::Result<reqwest::blocking::Client> {
 }
 
 /// The body of a successful answer, else an error naming the URL and the server's message.
-fn expect_ok(url: &str, response: reqwest::blocking::Response) -> anyhow::Result<serde_json::Value> {
+fn expect_ok(
+    url: &str,
+    response: reqwest::blocking::Response,
+) -> anyhow::Result<serde_json::Value> {
     let status = response.status();
     let body: serde_json::Value = response
         .json()

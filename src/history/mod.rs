@@ -19,11 +19,15 @@ use serde_json::Value;
 /// Why a history request cannot be answered as given.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamError {
-    #[error("{field} {value:?}: expected an RFC 3339 time (2026-11-28T10:00:00Z), an age (90s, 2h, 7d) or Unix microseconds")]
+    #[error(
+        "{field} {value:?}: expected an RFC 3339 time (2026-11-28T10:00:00Z), an age (90s, 2h, 7d) or Unix microseconds"
+    )]
     Time { field: String, value: String },
     #[error("{field} {value:?}: expected a duration (90s, 2h, 7d)")]
     Duration { field: String, value: String },
-    #[error("labelSelector {value:?}: expected key=value pairs separated by commas (only equality is supported)")]
+    #[error(
+        "labelSelector {value:?}: expected key=value pairs separated by commas (only equality is supported)"
+    )]
     LabelSelector { value: String },
     #[error("{field} {value:?}: {reason}")]
     Invalid {
@@ -156,7 +160,10 @@ impl RunDetail {
             .unwrap_or_default();
         let mut stages: Vec<StageView> = Vec::with_capacity(state.stages.len().max(order.len()));
         let mut remaining = state.stages.clone();
-        for id in order.iter().chain(state.stages.keys().filter(|k| !order.contains(k))) {
+        for id in order
+            .iter()
+            .chain(state.stages.keys().filter(|k| !order.contains(k)))
+        {
             let s = remaining.remove(id).unwrap_or_default();
             let duration_seconds = match (s.started_at, s.finished_at) {
                 (Some(a), Some(b)) if s.phase.is_terminal() => Some((b - a).max(0) as f64 / 1e6),

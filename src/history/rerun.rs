@@ -101,13 +101,10 @@ pub fn engine_rerunner(engine: Engine) -> Rerunner {
                 .as_ref()
                 .map(|r| r.stages.keys().cloned().collect())
                 .unwrap_or_default();
-            let handle = engine
-                .start(request)
-                .await
-                .map_err(|e| RerunError::Start {
-                    run: old.run_id,
-                    message: e.to_string(),
-                })?;
+            let handle = engine.start(request).await.map_err(|e| RerunError::Start {
+                run: old.run_id,
+                message: e.to_string(),
+            })?;
             Ok(RerunStarted {
                 run_id: handle.run_id,
                 rerun_of: old.run_id,

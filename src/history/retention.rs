@@ -140,10 +140,9 @@ pub fn spawn(
                 _ = ticks.tick() => {}
             }
             let store = store.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                sweep(&store, policy, super::now_micros())
-            })
-            .await;
+            let result =
+                tokio::task::spawn_blocking(move || sweep(&store, policy, super::now_micros()))
+                    .await;
             match result {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::info!(deleted = n, "history retention deleted runs"),

@@ -220,7 +220,10 @@ async fn get_run(
     let folded = blocking(move || Ok(state.store.fold(run)?)).await?;
     match folded {
         Some(s) => Ok(Json(RunDetail::from_state(s)).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("run {run} not found"))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("run {run} not found"),
+        )),
     }
 }
 
@@ -237,7 +240,11 @@ fn frame(event: &Event, framing: Framing) -> Bytes {
     });
     Bytes::from(match framing {
         Framing::Ndjson => format!("{json}\n"),
-        Framing::Sse => format!("id: {}\nevent: {}\ndata: {json}\n\n", event.seq, event.kind.name()),
+        Framing::Sse => format!(
+            "id: {}\nevent: {}\ndata: {json}\n\n",
+            event.seq,
+            event.kind.name()
+        ),
     })
 }
 
@@ -279,12 +286,13 @@ async fn get_events(
     // Subscribe before the first read: an append between the read and the wait still wakes the stream.
     let notify = state.store.subscribe_appends();
     let store = state.store.clone();
-    let (summary, events) = blocking(move || {
-        Ok((store.summary(run)?, store.events_from(run, from)?))
-    })
-    .await?;
+    let (summary, events) =
+        blocking(move || Ok((store.summary(run)?, store.events_from(run, from)?))).await?;
     let Some(summary) = summary else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("run {run} not found")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("run {run} not found"),
+        ));
     };
     if !follow && !sse && !ndjson {
         return Ok(Json(events).into_response());
@@ -395,11 +403,11 @@ async fn rerun(
         serde_json::from_slice::<Option<RerunOptions>>(&body)
             .map(Option::unwrap_or_default)
             .map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("request body: expected {{\"fromFailed\": bool}}: {e}"),
-            )
-        })?
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body: expected {{\"fromFailed\": bool}}: {e}"),
+                )
+            })?
     };
     for (key, value) in parse_query(raw.as_deref()) {
         if key == "fromFailed" {
@@ -457,12 +465,17 @@ mod tests {
 
     #[test]
     fn query_strings_decode_with_repeated_keys() {
-        let q = parse_query(Some("phase=Failed&phase=Running%2CPending&labelSelector=team%3Da+b&x"));
+        let q = parse_query(Some(
+            "phase=Failed&phase=Running%2CPending&labelSelector=team%3Da+b&x",
+        ));
         assert_eq!(q[0], ("phase".into(), "Failed".into()));
         assert_eq!(q[1], ("phase".into(), "Running,Pending".into()));
         assert_eq!(q[2], ("labelSelector".into(), "team=a b".into()));
         assert_eq!(q[3], ("x".into(), String::new()));
-        assert_eq!(parse_query(Some("a=%zz%4")), vec![("a".into(), "%zz%4".into())]);
+        assert_eq!(
+            parse_query(Some("a=%zz%4")),
+            vec![("a".into(), "%zz%4".into())]
+        );
         let rq = run_query(&q[..3], 0).expect("valid");
         assert_eq!(
             rq.phases,

@@ -53,7 +53,10 @@ async fn scrape(State(state): State<MetricsState>) -> Response {
     }
     match state.metrics.render() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

@@ -22,7 +22,11 @@ pub struct Served {
 }
 
 /// Serves `router` on `listener` (HTTP/1.1) until `stop` is cancelled; in-flight streams end with it.
-pub fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> std::io::Result<Served> {
+pub fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<Served> {
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         axum::serve(listener, router)

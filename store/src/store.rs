@@ -203,8 +203,12 @@ impl EventStore {
         let buffer = Arc::new(WriteBuffer::default());
         let written = Arc::new(Notify::default());
         let write_out = {
-            let (buffer, tree, cursors, written) =
-                (buffer.clone(), tree.clone(), cursors.clone(), written.clone());
+            let (buffer, tree, cursors, written) = (
+                buffer.clone(),
+                tree.clone(),
+                cursors.clone(),
+                written.clone(),
+            );
             Box::new(move || write_buffered(&buffer, &tree, &cursors, &written))
         };
         let flusher = Flusher::start(
@@ -588,10 +592,7 @@ impl EventStore {
                 records.push(codec::encode_event(run, event.seq, event.at, &event.kind)?);
             }
             let last = events.len() as u64 - 1;
-            batch.insert(
-                &keys::event_key(run, last),
-                codec::encode_segment(&records),
-            );
+            batch.insert(&keys::event_key(run, last), codec::encode_segment(&records));
             let pos = keys::position(summary.accepted_at, run);
             for index in keys::fixed_indexes(&summary.namespace, &summary.pipeline) {
                 batch.insert(index.key(&pos), IVec::default());
