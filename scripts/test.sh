@@ -20,6 +20,21 @@ if ! command -v promtool >/dev/null 2>&1; then
     fi
 fi
 
+# tests/apiserver.rs drives the real kubectl against `fm serve`'s API: install Debian's kubernetes-client
+# when no kubectl is on PATH (or set KUBECTL to one).
+if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+    fi
+    if ! command -v kubectl >/dev/null 2>&1; then
+        echo "kubectl is required by tests/apiserver.rs: install the kubernetes-client package or set KUBECTL" >&2
+        exit 1
+    fi
+fi
+
 # One target dir for every crate and test binary; tests run on the machine's cores.
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo test --workspace --locked

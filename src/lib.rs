@@ -1,6 +1,7 @@
 //! FlowMason: the product crate. Resource model (CRD types, loading, validation), components, and the `fm`
 //! command line, wired onto the engine (`flowmason-actors`) and the event log (`flowmason-store`).
 
+pub mod apiserver;
 pub mod bench;
 pub mod cli;
 pub mod components;

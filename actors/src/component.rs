@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use flowmason_store::{ErrorClass, StageError};
 
+use crate::plan::Plan;
+
 /// One stage attempt's view of the run it belongs to.
 #[derive(Clone)]
 pub struct StageContext {
@@ -24,6 +26,40 @@ pub struct StageContext {
     /// the component's future also cancels it; the token lets work outside that future stop too.
     pub cancel: CancellationToken,
     log: Arc<dyn Fn(LogLine) + Send + Sync>,
+    /// The run as a stage that runs other stages sees it; set only for components whose
+    /// [`Component::runs_stages`] is true.
+    run: Option<Arc<RunView>>,
+    /// For a stage run inside another (see [`StageContext::nested`]): the outer stages and iterations,
+    /// `outer[label]/`, so that idempotency keys differ per iteration. Empty for a stage of the run.
+    scope: String,
+}
+
+/// What a component that runs other stages (`foreach`, `trycatch`, `subpipeline`) needs of its run: the plan
+/// the stages come from, the components to run them with, and the data their templates read. A snapshot
+/// taken when the attempt starts; see `crate::nested`.
+#[derive(Clone)]
+pub struct RunView {
+    pub plan: Arc<Plan>,
+    pub registry: Arc<Registry>,
+    /// The run's inputs (`{{input...}}`).
+    pub inputs: Arc<Value>,
+    /// The run's environment (`{{env.NAME}}`).
+    pub env: Arc<BTreeMap<String, String>>,
+    /// The outputs of the run's stages that had succeeded when the attempt started (`{{upstream...}}`).
+    pub outputs: Arc<BTreeMap<String, Value>>,
+    /// The pipelines being run as subpipelines around this stage, outermost first (the run's own pipeline
+    /// first), so that a cycle of subpipelines is caught.
+    pub call_stack: Vec<String>,
+}
+
+impl fmt::Debug for RunView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunView")
+            .field("stages", &self.plan.len())
+            .field("outputs", &self.outputs.keys().collect::<Vec<_>>())
+            .field("call_stack", &self.call_stack)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A line a component logs; the engine records it as a `StageLog` event.
@@ -52,13 +88,62 @@ impl StageContext {
             attempt,
             cancel,
             log,
+            run: None,
+            scope: String::new(),
+        }
+    }
+
+    /// The same context with a view of the run, for components that run other stages.
+    pub fn with_run(mut self, view: Arc<RunView>) -> StageContext {
+        self.run = Some(view);
+        self
+    }
+
+    /// The view of the run, when the engine gave one (see [`Component::runs_stages`]).
+    pub fn run_view(&self) -> Option<&Arc<RunView>> {
+        self.run.as_ref()
+    }
+
+    /// A context for a stage run inside this one (a loop body, a try block): same run and attempt, its
+    /// own stage id, a cancellation token that is cancelled with this one's, log lines recorded under
+    /// this (the outer) stage with the inner stage named in `data.nestedStage`.
+    /// `label` tells runs of the same inner stage apart (the iteration index, `try`, `catch`, ...) in its
+    /// idempotency key: `runId/outer[label]/inner/attempt`.
+    pub fn nested(&self, stage_id: &str, label: &str, view: Option<Arc<RunView>>) -> StageContext {
+        let outer = self.log.clone();
+        let inner = stage_id.to_string();
+        let log = Arc::new(move |mut line: LogLine| {
+            line.data = match line.data {
+                Value::Object(mut map) => {
+                    map.insert("nestedStage".into(), Value::String(inner.clone()));
+                    Value::Object(map)
+                }
+                Value::Null => serde_json::json!({ "nestedStage": inner }),
+                other => serde_json::json!({ "nestedStage": inner, "data": other }),
+            };
+            outer(line)
+        });
+        StageContext {
+            run_id: self.run_id,
+            pipeline: self.pipeline.clone(),
+            namespace: self.namespace.clone(),
+            stage_id: stage_id.to_string(),
+            attempt: self.attempt,
+            cancel: self.cancel.child_token(),
+            log,
+            run: view,
+            scope: format!("{}{}[{label}]/", self.scope, self.stage_id),
         }
     }
 
     /// `runId/stageId/attempt`: the same for a retried request within one attempt, different across
     /// attempts, so that a remote side can deduplicate what the engine's at-least-once delivery repeats.
+    /// A stage run inside another has the outer stage and iteration in it: `runId/loop[2]/fetch/1`.
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}/{}", self.run_id, self.stage_id, self.attempt)
+        format!(
+            "{}/{}{}/{}",
+            self.run_id, self.scope, self.stage_id, self.attempt
+        )
     }
 
     /// Records a log line for this attempt (a `StageLog` event).
@@ -160,6 +245,13 @@ pub trait Component: Send + Sync + 'static {
     /// everything; components override it to reject bad fields early.
     fn validate(&self, _config: &Value) -> Result<(), ComponentError> {
         Ok(())
+    }
+
+    /// Whether the component runs other stages of its plan (`foreach`, `trycatch`, `subpipeline`) and so
+    /// needs [`StageContext::run_view`]. The engine snapshots finished stage outputs only for these, so
+    /// ordinary stages cost nothing extra.
+    fn runs_stages(&self) -> bool {
+        false
     }
 
     fn execute(

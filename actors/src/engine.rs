@@ -569,6 +569,7 @@ impl Engine {
             env: env.vars,
             store: self.inner.store.clone(),
             components,
+            registry: self.inner.registry.clone(),
             observer,
             on_event: self.inner.on_event.clone(),
             outcome: outcome_tx,

@@ -4,13 +4,16 @@
 
 pub mod component;
 pub mod engine;
+pub mod nested;
 pub mod plan;
 pub mod redact;
 mod run_actor;
 mod stage_actor;
 pub mod template;
 
-pub use component::{Component, ComponentError, ComponentOutput, LogLine, Registry, StageContext};
+pub use component::{
+    Component, ComponentError, ComponentOutput, LogLine, Registry, RunView, StageContext,
+};
 pub use engine::{
     Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, ResolvedEnv, Reuse,
     ReusedStage, RunHandle, RunRequest,

@@ -18,7 +18,7 @@ use flowmason_store::{
     StagePhase, StoreError,
 };
 
-use crate::component::{Component, ComponentOutput, LogLine, StageContext};
+use crate::component::{Component, ComponentOutput, LogLine, Registry, RunView, StageContext};
 use crate::engine::{EngineError, EngineRef, EventObserver, Observation, deregister};
 use crate::plan::Plan;
 use crate::redact::Redactor;
@@ -34,6 +34,8 @@ pub(crate) struct RunSetup {
     pub redactor: Redactor,
     pub store: EventStore,
     pub components: Vec<Arc<dyn Component>>,
+    /// For stages that run other stages (see `Component::runs_stages`).
+    pub registry: Arc<Registry>,
     pub observer: Option<mpsc::UnboundedSender<Event>>,
     pub on_event: Option<EventObserver>,
     pub outcome: oneshot::Sender<Result<RunState, EngineError>>,
@@ -90,6 +92,7 @@ pub(crate) struct RunActor {
     context: Value,
     store: EventStore,
     components: Vec<Arc<dyn Component>>,
+    registry: Arc<Registry>,
     observer: Option<mpsc::UnboundedSender<Event>>,
     on_event: Option<EventObserver>,
     outcome: Option<oneshot::Sender<Result<RunState, EngineError>>>,
@@ -147,6 +150,7 @@ impl RunActor {
             context,
             store: setup.store,
             components: setup.components,
+            registry: setup.registry,
             observer: setup.observer,
             on_event: setup.on_event,
             outcome: Some(setup.outcome),
@@ -581,7 +585,7 @@ impl RunActor {
             })
         });
         let cancel = CancellationToken::new();
-        let context = StageContext::new(
+        let mut context = StageContext::new(
             self.state.run_id,
             self.state.pipeline.clone(),
             self.state.namespace.clone(),
@@ -590,6 +594,9 @@ impl RunActor {
             cancel.clone(),
             log,
         );
+        if component.runs_stages() {
+            context = context.with_run(Arc::new(self.run_view()));
+        }
         let actor = StageActor {
             index,
             attempt,
@@ -601,6 +608,25 @@ impl RunActor {
             report: me.recipient(),
         };
         self.running[index] = Some((attempt, actor.start()));
+    }
+
+    /// The snapshot a stage that runs other stages works from: plan, registry, inputs, environment and the
+    /// outputs of the stages that have succeeded so far.
+    fn run_view(&self) -> RunView {
+        let outputs = self
+            .state
+            .stages
+            .iter()
+            .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o)))
+            .collect();
+        RunView {
+            plan: self.plan.clone(),
+            registry: self.registry.clone(),
+            inputs: Arc::new(self.state.inputs.clone()),
+            env: Arc::new(self.env.clone()),
+            outputs: Arc::new(outputs),
+            call_stack: vec![self.state.pipeline.clone()],
+        }
     }
 
     fn retry_due(&mut self, index: usize, attempt: u32, ctx: &mut Context<Self>) {

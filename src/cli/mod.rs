@@ -12,6 +12,7 @@ mod inputs;
 mod progress;
 mod resume;
 mod run;
+mod serve;
 mod validate;
 
 /// Exit code of a run that did not succeed (failed, cancelled, timed out).
@@ -44,6 +45,8 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Load harnesses measuring the engine end to end.
     Bench(bench::BenchArgs),
+    /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it).
+    Serve(serve::ServeArgs),
 }
 
 /// Where runs are recorded.
@@ -144,6 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History(args) => history::history(args),
         Command::Resume(args) => resume::resume(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Serve(args) => serve::serve(args),
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::progress::Progress;
 use super::{EXIT_INVALID, EXIT_RUN_FAILED, EnvArgs, StoreArgs, inputs};
-use crate::components::builtin_registry;
+use crate::components::{DirectoryResolver, registry_with_resolver};
 use crate::model;
 
 #[derive(Args, Debug)]
@@ -41,7 +41,12 @@ pub enum RunOutput {
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let loaded = model::load_pipeline_file(&args.file)?;
-    let registry = builtin_registry();
+    // `subpipeline` stages find the pipelines they name among the files next to this one.
+    let dir = match args.file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let registry = registry_with_resolver(std::sync::Arc::new(DirectoryResolver::new(dir)));
     let problems = model::validate(&loaded.spec, &|name| registry.contains(name));
     if !problems.is_empty() {
         for problem in &problems {

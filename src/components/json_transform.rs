@@ -366,6 +366,32 @@ fn compile_jmespath(expr: &str) -> Result<jmespath::Expression<'static>, Compone
 
 type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
 
+/// A compiled jq filter for other components (`filter`'s `jq_condition`); errors name `component`.
+pub(crate) struct Jq {
+    code: String,
+    filter: JqFilter,
+}
+
+impl Jq {
+    pub(crate) fn compile(component: &str, code: &str) -> Result<Jq, ComponentError> {
+        let filter = compile_jq(code).map_err(|e| rename(e, component))?;
+        Ok(Jq {
+            code: code.to_string(),
+            filter,
+        })
+    }
+
+    /// Runs the filter on `data`: `null` for no output, the value for one, an array for several.
+    pub(crate) fn run(&self, component: &str, data: &Value) -> Result<Value, ComponentError> {
+        run_jq(&self.filter, &self.code, data).map_err(|e| rename(e, component))
+    }
+}
+
+fn rename(mut error: ComponentError, component: &str) -> ComponentError {
+    error.message = error.message.replacen(NAME, component, 1);
+    error
+}
+
 /// Parses and compiles a jq filter with jaq's core, standard and JSON libraries.
 fn compile_jq(code: &str) -> Result<JqFilter, ComponentError> {
     let invalid = |why: String| {

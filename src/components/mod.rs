@@ -6,30 +6,59 @@
 //! Field names, defaults, output shapes and error behaviour follow FlowMason's operators of the same name;
 //! `docs/components.md` documents every field.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use flowmason_actors::{ComponentError, Registry};
 
 pub mod chat;
+pub mod conditional;
 pub mod critic;
 pub mod delay;
+pub mod expr;
+pub mod filter;
+pub mod foreach;
 pub mod generator;
+pub mod http_request;
 pub mod json_transform;
 pub mod logger;
 pub mod noop;
+pub mod router;
+pub mod schema_validate;
+pub mod subpipeline;
 pub mod summarizer;
+pub mod switch_router;
+pub mod trycatch;
+pub mod variable_set;
 
 pub use chat::Chat;
+pub use conditional::Conditional;
 pub use critic::Critic;
 pub use delay::Delay;
+pub use filter::Filter;
+pub use foreach::ForEach;
 pub use generator::Generator;
+pub use http_request::HttpRequest;
 pub use json_transform::JsonTransform;
 pub use logger::Logger;
 pub use noop::Noop;
+pub use router::Router;
+pub use schema_validate::SchemaValidate;
+pub use subpipeline::{DirectoryResolver, NoPipelines, PipelineResolver, SubPipeline};
 pub use summarizer::Summarizer;
+pub use switch_router::SwitchRouter;
+pub use trycatch::TryCatch;
+pub use variable_set::VariableSet;
 
-/// Every built-in component, under its FlowMason name (`componentType`).
+/// Every built-in component, under its FlowMason name (`componentType`). `subpipeline` finds no
+/// pipelines here; use [`registry_with_resolver`] to give it some.
 pub fn builtin_registry() -> Registry {
+    registry_with_resolver(Arc::new(NoPipelines))
+}
+
+/// Every built-in component, with `subpipeline` resolving pipeline references through `resolver`.
+pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
     let mut registry = Registry::new();
     registry
         .register(json_transform::NAME, JsonTransform)
@@ -39,7 +68,17 @@ pub fn builtin_registry() -> Registry {
         .register(generator::NAME, Generator)
         .register(critic::NAME, Critic)
         .register(summarizer::NAME, Summarizer)
-        .register(chat::NAME, Chat);
+        .register(chat::NAME, Chat)
+        .register(filter::NAME, Filter)
+        .register(variable_set::NAME, VariableSet)
+        .register(schema_validate::NAME, SchemaValidate)
+        .register(conditional::NAME, Conditional)
+        .register(router::NAME, Router)
+        .register(switch_router::NAME, SwitchRouter)
+        .register(foreach::NAME, ForEach)
+        .register(trycatch::NAME, TryCatch)
+        .register(subpipeline::NAME, SubPipeline::new(resolver))
+        .register(http_request::NAME, HttpRequest::new());
     registry
 }
 
@@ -107,6 +146,31 @@ pub(crate) fn opt_bool(
     }
 }
 
+/// An optional list of strings (stage ids): absent or `null` gives an empty list.
+pub(crate) fn opt_str_list(
+    component: &str,
+    map: &Map<String, Value>,
+    field: &str,
+) -> Result<Vec<String>, ComponentError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(ComponentError::config(format!(
+                    "{component}: `{field}` must be a list of stage ids, got an element that is {}",
+                    type_name(other)
+                ))),
+            })
+            .collect(),
+        Some(other) => Err(ComponentError::config(format!(
+            "{component}: `{field}` must be a list of stage ids, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
 /// An optional string field: absent or `null` gives `None`.
 pub(crate) fn opt_str<'a>(
     component: &str,
@@ -162,13 +226,23 @@ mod tests {
             names,
             [
                 "chat",
+                "conditional",
                 "critic",
                 "delay",
+                "filter",
+                "foreach",
                 "generator",
+                "http_request",
                 "json_transform",
                 "logger",
                 "noop",
-                "summarizer"
+                "router",
+                "schema_validate",
+                "subpipeline",
+                "summarizer",
+                "switch_router",
+                "trycatch",
+                "variable_set"
             ]
         );
     }

@@ -94,7 +94,69 @@ pub fn validate(
     if let Err(more) = to_plan(spec) {
         errors.extend(more);
     }
+    check_owned_stages(spec, &mut errors);
     errors
+}
+
+/// Config fields that name stages a control-flow stage chooses among or runs itself (FlowMason's
+/// directives), by component type.
+const STAGE_LIST_FIELDS: &[(&str, &[&str])] = &[
+    ("foreach", &["loop_stages"]),
+    (
+        "trycatch",
+        &["try_stages", "catch_stages", "finally_stages"],
+    ),
+    (
+        "conditional",
+        &["true_branch_stages", "false_branch_stages"],
+    ),
+    ("router", &["default_route"]),
+];
+
+/// Stages named by a branching or nesting stage must exist and be downstream of it: a loop stage that
+/// is not would also run as an ordinary stage, a branch stage that is not could run before the choice.
+/// Only literal lists are checked (a templated list is known at run time).
+fn check_owned_stages(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    let ids: BTreeSet<&str> = spec.stages.iter().map(|s| s.id.as_str()).collect();
+    let upstream = upstream_sets(&spec.stages);
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let Some((_, fields)) = STAGE_LIST_FIELDS
+            .iter()
+            .find(|(c, _)| *c == stage.component_type)
+        else {
+            continue;
+        };
+        for field in *fields {
+            let value = stage
+                .input_mapping
+                .get(*field)
+                .or_else(|| stage.config.as_ref().and_then(|c| c.get(*field)));
+            let Some(Value::Array(items)) = value else {
+                continue;
+            };
+            for named in items.iter().filter_map(Value::as_str) {
+                let at = format!("stages[{i}].config.{field}");
+                if !ids.contains(named) {
+                    errors.push(ValidationError::new(
+                        at,
+                        format!("stage {:?} names unknown stage {named:?}", stage.id),
+                    ));
+                } else if !upstream
+                    .get(named)
+                    .is_some_and(|up| up.contains(stage.id.as_str()))
+                {
+                    errors.push(ValidationError::new(
+                        at,
+                        format!(
+                            "stage {named:?} must depend on {:?} (dependsOn, directly or through other stages), \
+                             or it would not wait for {:?}",
+                            stage.id, stage.component_type
+                        ),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn check_component(
@@ -837,6 +899,36 @@ mod tests {
             vec![
                 "stages[0].config.x: template references stage \"b\", which is not upstream of \"a\" (add it to dependsOn)",
                 "stages[1].inputMapping.y: template references unknown stage \"ghost\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn stages_named_by_control_flow_must_be_downstream() {
+        let mut each = stage("each", "foreach", &[]);
+        each.config = Some(
+            serde_json::json!({"items": [], "loop_stages": ["body", "stray", "ghost"]})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let errors = validate(
+            &spec(vec![
+                each,
+                stage("body", "noop", &["each"]),
+                stage("stray", "noop", &[]),
+            ]),
+            &known,
+        );
+        let owned: Vec<String> = messages(&errors)
+            .into_iter()
+            .filter(|m| m.contains("loop_stages"))
+            .collect();
+        assert_eq!(
+            owned,
+            [
+                "stages[0].config.loop_stages: stage \"stray\" must depend on \"each\" (dependsOn, directly or through other stages), or it would not wait for \"foreach\"",
+                "stages[0].config.loop_stages: stage \"each\" names unknown stage \"ghost\"",
             ]
         );
     }

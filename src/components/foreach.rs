@@ -1,0 +1,208 @@
+//! `foreach`: runs its loop stages once per item, inside this stage, as FlowMason's executor does.
+//!
+//! Input: `items` (a list), `loop_stages` (stage ids of this pipeline), `item_variable` (default `item`),
+//! `index_variable` (default `index`), `collect_results` (default true), `parallel` (default false),
+//! `max_parallel` (default 5), `break_on_error` (default true), `filter_expression` (optional FlowMason
+//! Python expression over `item`; items it is false for, or fails on, are left out).
+//!
+//! Loop stages see the current item as FlowMason's loop stages do, through this stage's id:
+//! `{{upstream.<foreach>.current_item}}`, `{{upstream.<foreach>.current_index}}`,
+//! `{{upstream.<foreach>.<item_variable>}}`, `{{upstream.<foreach>.<index_variable>}}` and
+//! `{{upstream.<foreach>.loop_total}}`; and the outputs of earlier loop stages of the same iteration. The
+//! loop stages run in the pipeline's dependency order (see `flowmason_actors::nested`); an iteration's
+//! result is the output of its last stage. The loop stages are returned as this stage's `skip`, so the
+//! engine ends them `Skipped` (`BranchNotTaken`) rather than running them again as ordinary stages;
+//! stages after the loop should depend on the foreach stage and read `results`.
+//!
+//! Output: `{total_items, processed_items, skipped_items, items_to_process, results, errors,
+//! is_complete}`; `results` in item order (empty unless `collect_results`), `errors` lists the failed
+//! iterations `{index, stage, error}` when `break_on_error` is false. Errors: with `break_on_error` the
+//! first failing iteration fails the stage, with that stage's class; `config` for bad fields; `cancelled`
+//! when the attempt is cancelled (the loop stops at once).
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use flowmason_actors::nested::{self, NestedError};
+use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
+use flowmason_store::ErrorClass;
+
+use super::expr::Expr;
+use super::{
+    config_object, input_object, is_templated, opt_bool, opt_str, opt_str_list, type_name,
+};
+
+/// The component type name.
+pub const NAME: &str = "foreach";
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForEach;
+
+struct Settings {
+    loop_stages: Vec<String>,
+    item_variable: String,
+    index_variable: String,
+    collect_results: bool,
+    parallel: bool,
+    max_parallel: usize,
+    break_on_error: bool,
+    filter: Option<Expr>,
+}
+
+fn settings(map: &Map<String, Value>) -> Result<Settings, ComponentError> {
+    let max_parallel = match map.get("max_parallel") {
+        None | Some(Value::Null) => 5,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => n as usize,
+            _ => {
+                return Err(ComponentError::config(format!(
+                    "{NAME}: `max_parallel` must be an integer of at least 1, got {v}"
+                )));
+            }
+        },
+    };
+    let filter = match opt_str(NAME, map, "filter_expression")? {
+        Some(src) if !src.trim().is_empty() => Some(
+            Expr::parse(src, &["item"])
+                .map_err(|e| ComponentError::config(format!("{NAME}: `filter_expression`: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(Settings {
+        loop_stages: opt_str_list(NAME, map, "loop_stages")?,
+        item_variable: opt_str(NAME, map, "item_variable")?
+            .unwrap_or("item")
+            .to_string(),
+        index_variable: opt_str(NAME, map, "index_variable")?
+            .unwrap_or("index")
+            .to_string(),
+        collect_results: opt_bool(NAME, map, "collect_results", true)?,
+        parallel: opt_bool(NAME, map, "parallel", false)?,
+        max_parallel,
+        break_on_error: opt_bool(NAME, map, "break_on_error", true)?,
+        filter,
+    })
+}
+
+impl Component for ForEach {
+    fn validate(&self, config: &Value) -> Result<(), ComponentError> {
+        let Some(map) = config_object(NAME, config)? else {
+            return Ok(());
+        };
+        let statics: Map<String, Value> = map
+            .iter()
+            .filter(|(_, v)| !is_templated(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        settings(&statics).map(|_| ())
+    }
+
+    fn runs_stages(&self) -> bool {
+        true
+    }
+
+    fn execute(
+        &self,
+        input: Value,
+        ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        Box::pin(async move {
+            let mut map = input_object(NAME, input)?;
+            let s = settings(&map)?;
+            let items = match map.remove("items") {
+                Some(Value::Array(items)) => items,
+                None | Some(Value::Null) => {
+                    return Err(ComponentError::config(format!(
+                        "{NAME}: `items` is required"
+                    )));
+                }
+                Some(other) => {
+                    return Err(ComponentError::config(format!(
+                        "{NAME}: `items` must be a list, got {}",
+                        type_name(&other)
+                    )));
+                }
+            };
+            let view = ctx.run_view().cloned().ok_or_else(|| {
+                ComponentError::internal(format!(
+                    "{NAME}: the engine gave this stage no view of its run"
+                ))
+            })?;
+            let total = items.len();
+            let items: Vec<Value> = match &s.filter {
+                Some(expr) => items
+                    .into_iter()
+                    .filter(|item| expr.eval_bool(&[("item", item.clone())]).unwrap_or(false))
+                    .collect(),
+                None => items,
+            };
+            let count = items.len();
+            let iteration = |index: usize, item: Value| {
+                let mut vars = Map::new();
+                vars.insert("current_item".into(), item.clone());
+                vars.insert("current_index".into(), Value::from(index));
+                vars.insert("loop_total".into(), Value::from(count));
+                vars.insert(s.item_variable.clone(), item);
+                vars.insert(s.index_variable.clone(), Value::from(index));
+                let overlay = BTreeMap::from([(ctx.stage_id.clone(), Value::Object(vars))]);
+                let (ctx, view, stages) = (&ctx, &view, &s.loop_stages);
+                async move {
+                    let label = index.to_string();
+                    (
+                        index,
+                        nested::run_stages(ctx, view, stages, &label, overlay).await,
+                    )
+                }
+            };
+            let mut results = vec![Value::Null; count];
+            let mut errors = Vec::new();
+            let mut record =
+                |index: usize, outcome: Result<nested::NestedOutcome, NestedError>| match outcome {
+                    Ok(o) => {
+                        results[index] = o.last.unwrap_or(Value::Null);
+                        Ok(())
+                    }
+                    Err(e) if s.break_on_error || e.error.class == ErrorClass::Cancelled => {
+                        Err(e.into_component_error(&format!("{NAME}: iteration {index}")))
+                    }
+                    Err(e) => {
+                        errors.push(serde_json::json!({
+                            "index": index, "stage": e.stage, "error": e.error.message,
+                        }));
+                        Ok(())
+                    }
+                };
+            let width = if s.parallel { s.max_parallel } else { 1 };
+            let mut stream = futures::stream::iter(items.iter().cloned().enumerate())
+                .map(|(i, item)| iteration(i, item))
+                .buffered(width);
+            while let Some((index, outcome)) = stream.next().await {
+                if ctx.cancel.is_cancelled() {
+                    return Err(ComponentError::new(
+                        ErrorClass::Cancelled,
+                        format!("{NAME}: cancelled"),
+                    ));
+                }
+                record(index, outcome)?;
+            }
+            drop(stream);
+            let output = serde_json::json!({
+                "total_items": total,
+                "processed_items": count,
+                "skipped_items": total - count,
+                "items_to_process": items,
+                "results": if s.collect_results { results } else { Vec::new() },
+                "errors": errors,
+                "is_complete": true,
+            });
+            Ok(ComponentOutput {
+                output,
+                skip: s.loop_stages,
+            })
+        })
+    }
+}
