@@ -239,18 +239,18 @@ impl Metrics {
             EventKind::StageSucceeded {
                 stage,
                 attempt,
-                reused_from,
+                reused_from: None,
                 ..
             } => {
-                if reused_from.is_none() {
-                    self.stage_ended();
-                    if let Some(seconds) = attempt_seconds(stage, *attempt) {
-                        self.stage_duration
-                            .with_label_values(&[ns, pipeline, component, "Succeeded"])
-                            .observe(seconds);
-                    }
+                self.stage_ended();
+                if let Some(seconds) = attempt_seconds(stage, *attempt) {
+                    self.stage_duration
+                        .with_label_values(&[ns, pipeline, component, "Succeeded"])
+                        .observe(seconds);
                 }
             }
+            // Taken over from another run: nothing ran here.
+            EventKind::StageSucceeded { .. } => {}
             EventKind::StageFailed { stage, attempt, .. } => {
                 self.stage_ended();
                 if let Some(seconds) = attempt_seconds(stage, *attempt) {
