@@ -102,7 +102,9 @@ fn synthetic_run(i: usize, accepted_at: i64) -> (RunId, Vec<Event>) {
     let mut labels = BTreeMap::new();
     labels.insert("team".to_string(), ["a", "b", "c"][i % 3].to_string());
     let kind = |k: EventKind, seq: u64, at: i64| Event { seq, at, kind: k };
-    let end = match i % 20 {
+    // Phase and trigger vary independently of namespace and pipeline: every pipeline has 10% failed,
+    // 5% cancelled and 85% succeeded runs, and every trigger.
+    let end = match (i / 200) % 20 {
         0 | 1 => EventKind::RunFailed {
             error: RunError {
                 message: "stage \"fetch\" failed: 503".into(),
@@ -122,7 +124,7 @@ fn synthetic_run(i: usize, accepted_at: i64) -> (RunId, Vec<Event>) {
                 pipeline,
                 namespace,
                 generation: 1,
-                trigger: Trigger::ALL[i % 4],
+                trigger: Trigger::ALL[(i / 7) % 4],
                 run_name: None,
                 labels,
                 plan: json!({}),
