@@ -72,6 +72,7 @@ fn stage_pair(store: &EventStore, run: RunId, stage: &str) {
         attempt: 1,
         output: json!({"n": 1}),
         skip: vec![],
+        reused_from: None,
     };
     black_box(
         store
@@ -158,6 +159,7 @@ fn always(c: &mut Criterion) {
                                             attempt: 1,
                                             output: json!({"n": 1}),
                                             skip: vec![],
+                                            reused_from: None,
                                         };
                                         store
                                             .append_durable(run, vec![succeeded])

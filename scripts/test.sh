@@ -9,6 +9,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# promtool (Debian package prometheus) checks the /metrics exposition in tests/history.rs.
+if ! command -v promtool >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    else
+        echo "promtool is required: install the Debian package prometheus (apt-get install prometheus)" >&2
+        exit 1
+    fi
+fi
+
 # tests/apiserver.rs drives the real kubectl against `fm serve`'s API: install Debian's kubernetes-client
 # when no kubectl is on PATH (or set KUBECTL to one).
 if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then

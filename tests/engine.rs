@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use flowmason_actors::{
     Component, ComponentError, ComponentOutput, Engine, EngineConfig, EngineError, EnvResolver,
-    PlanSpec, Registry, ResolvedEnv, RetryPolicy, RunRequest, StageContext, StagePlan,
+    PlanSpec, Registry, ResolvedEnv, RetryPolicy, Reuse, ReusedStage, RunRequest, StageContext,
+    StagePlan,
 };
 use flowmason_store::{
     Durability, ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason,
@@ -834,6 +835,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                     attempt: 1,
                     output: json!({ "v": 1 }),
                     skip: vec![],
+                    reused_from: None,
                 },
                 EventKind::StageStarted {
                     stage: "b".into(),
@@ -1113,4 +1115,80 @@ async fn a_component_retry_after_is_a_floor_under_the_retry_backoff() {
         retry_at - calls[0]
     );
     assert!(calls[1] - calls[0] >= 300_000);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reuse (rerun from the failed stage)
+
+#[actix_rt::test]
+async fn reused_stages_are_recorded_as_succeeded_and_never_executed() {
+    let f = fixture();
+    let old = uuid::Uuid::now_v7();
+    let spec = plan(vec![
+        with_config(stage("a", "flaky", &[]), json!({ "fail_times": 0 })),
+        with_config(
+            stage("route", "branch", &["a"]),
+            json!({ "skip": ["never"] }),
+        ),
+        with_config(
+            stage("never", "flaky", &["route"]),
+            json!({ "fail_times": 0 }),
+        ),
+        with_config(
+            stage("c", "echo", &["route"]),
+            json!({ "from_a": "{{upstream.a.v}}" }),
+        ),
+    ]);
+    let mut request = RunRequest::new("test", spec.clone(), json!({}));
+    let stages = [
+        ("a", json!({ "v": 7 }), vec![]),
+        ("route", json!({}), vec!["never".to_string()]),
+    ]
+    .into_iter()
+    .map(|(id, output, skip)| (id.to_string(), ReusedStage { output, skip }))
+    .collect();
+    request.reuse = Some(Reuse { from: old, stages });
+    let state = f
+        .engine
+        .start(request)
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
+    assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
+    assert_eq!(f.flaky.calls.load(Ordering::SeqCst), 0, "reused stages ran");
+    let events = f.store.events(state.run_id).expect("events");
+    for id in ["a", "route"] {
+        let reused: Vec<_> = stage_events(&events, "StageSucceeded", id).collect();
+        assert!(
+            matches!(&reused[..], [e] if matches!(&e.kind, EventKind::StageSucceeded { reused_from: Some(r), attempt: 0, .. } if *r == old)),
+            "{id}: {reused:?}"
+        );
+        assert_eq!(stage_events(&events, "StageStarted", id).count(), 0);
+        assert_eq!(state.stage(id).reused_from, Some(old));
+    }
+    assert_eq!(state.stage("never").phase, StagePhase::Skipped);
+    assert_eq!(state.stage("c").phase, StagePhase::Succeeded);
+    assert_eq!(state.output, Some(json!({ "c": { "from_a": 7 } })));
+    // Reused stages are in the log before anything runs: RunAccepted, RunStarted, then the reused ones.
+    assert_eq!(events[1].kind, EventKind::RunStarted);
+    assert_eq!(events[2].kind.stage(), Some("a"));
+
+    // A stage that is not in the plan is refused before anything is recorded.
+    let mut bad = RunRequest::new("test", spec, json!({}));
+    bad.reuse = Some(Reuse {
+        from: old,
+        stages: [(
+            "ghost".to_string(),
+            ReusedStage {
+                output: json!(1),
+                skip: vec![],
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let err = f.engine.start(bad).await.err().expect("refused");
+    assert!(err.to_string().contains("\"ghost\""), "{err}");
 }

@@ -62,6 +62,66 @@ pub enum EngineError {
     Encode { run: RunId, reason: String },
     #[error("run {run}: the engine stopped before the run ended")]
     Lost { run: RunId },
+    #[error("reuse.stages: stage {stage:?} is not in the plan")]
+    UnknownReusedStage { stage: String },
+}
+
+/// One event as the engine recorded it, shown to an [`EventObserver`].
+pub struct Observation<'a> {
+    pub event: &'a Event,
+    /// The run's state just before the event was folded in (for `RunAccepted`, just after): a stage's
+    /// attempt start and the run's start are there for durations, and the stages still running for a
+    /// terminal event.
+    pub before: &'a RunState,
+    /// The component type of the stage the event is about, when it is about one.
+    pub component: Option<&'a str>,
+}
+
+/// Sees every event the engine records, in order per run, on the thread that recorded it: how metrics
+/// are fed without the engine knowing about them. Must be cheap and must not block (it runs on the
+/// append path).
+pub type EventObserver = Arc<dyn Fn(&Observation<'_>) + Send + Sync>;
+
+/// Stage outputs a run takes over from an earlier run instead of executing those stages (a rerun from
+/// the failed stage).
+#[derive(Debug, Clone)]
+pub struct Reuse {
+    /// The run the outputs come from; recorded on each reused stage's `StageSucceeded`.
+    pub from: RunId,
+    /// By stage id.
+    pub stages: BTreeMap<String, ReusedStage>,
+}
+
+/// What a reused stage produced in the earlier run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReusedStage {
+    pub output: Value,
+    /// The branch decision it took (stages it left out), so that the rerun takes the same branches.
+    pub skip: Vec<String>,
+}
+
+impl Reuse {
+    /// Every stage that succeeded in `state` (a finished run), to rerun from its failed stage on.
+    pub fn succeeded_stages(state: &RunState) -> Reuse {
+        let stages = state
+            .stages
+            .iter()
+            .filter(|(_, s)| s.phase == flowmason_store::StagePhase::Succeeded)
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    ReusedStage {
+                        output: s.output.clone().unwrap_or(Value::Null),
+                        skip: s.skip.clone(),
+                    },
+                )
+            })
+            .collect();
+        Reuse {
+            from: state.run_id,
+            stages,
+        }
+    }
 }
 
 /// Settings of an engine.
@@ -71,6 +131,8 @@ pub struct EngineConfig {
     /// of the thread that creates the engine.
     pub workers: usize,
     pub env: EnvResolver,
+    /// Sees every recorded event (metrics); `None` costs nothing.
+    pub observer: Option<EventObserver>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +140,7 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 0,
             env: Arc::new(|_| Box::pin(async { Ok(ResolvedEnv::default()) })),
+            observer: None,
         }
     }
 }
@@ -101,6 +164,9 @@ pub struct RunRequest {
     /// Secret values to mask in everything the run records, besides those `EngineConfig::env` reports.
     /// Never written anywhere.
     pub secrets: Vec<String>,
+    /// Stages not to execute: recorded as succeeded with these outputs (marked `reused_from`) when the
+    /// run is accepted, in the same atomic append, so a restart never runs them either.
+    pub reuse: Option<Reuse>,
 }
 
 /// Leaves out environment and secret values.
@@ -118,6 +184,7 @@ impl std::fmt::Debug for RunRequest {
             .field("inputs", &self.inputs)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("secrets", &self.secrets.len())
+            .field("reuse", &self.reuse)
             .finish()
     }
 }
@@ -136,6 +203,7 @@ impl RunRequest {
             inputs,
             env: BTreeMap::new(),
             secrets: Vec::new(),
+            reuse: None,
         }
     }
 }
@@ -165,6 +233,7 @@ pub(crate) struct Inner {
     store: EventStore,
     registry: Arc<Registry>,
     env: EnvResolver,
+    pub(crate) on_event: Option<EventObserver>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     runs: Mutex<HashMap<RunId, Addr<RunActor>>>,
@@ -191,6 +260,7 @@ impl Engine {
                 store,
                 registry: Arc::new(registry),
                 env: config.env,
+                on_event: config.observer,
                 arbiters,
                 next_arbiter: AtomicUsize::new(0),
                 runs: Mutex::new(HashMap::new()),
@@ -260,10 +330,31 @@ impl Engine {
             plan: plan_value,
             inputs: request.inputs,
         };
+        let mut kinds = vec![accepted];
+        if let Some(reuse) = request.reuse.filter(|r| !r.stages.is_empty()) {
+            kinds.push(EventKind::RunStarted);
+            // In plan order, so that the log reads like a run.
+            let mut reused = reuse.stages;
+            for &index in plan.order() {
+                let id = &plan.stage(index).id;
+                if let Some(stage) = reused.remove(id) {
+                    kinds.push(EventKind::StageSucceeded {
+                        stage: id.clone(),
+                        attempt: 0,
+                        output: stage.output,
+                        skip: stage.skip,
+                        reused_from: Some(reuse.from),
+                    });
+                }
+            }
+            if let Some(stage) = reused.into_keys().next() {
+                return Err(EngineError::UnknownReusedStage { stage });
+            }
+        }
         let events = self
             .inner
             .store
-            .append(run_id, vec![accepted])
+            .append(run_id, kinds)
             .map_err(|source| EngineError::Store {
                 run: run_id,
                 source,
@@ -274,12 +365,7 @@ impl Engine {
                 run: run_id,
                 source,
             })?;
-        let state = RunState::fold(run_id, &events)
-            .map_err(|e| EngineError::Store {
-                run: run_id,
-                source: StoreError::Fold(e),
-            })?
-            .ok_or(EngineError::Lost { run: run_id })?;
+        let state = self.observe(&plan, run_id, &events)?;
         // The environment is resolved once the run is on record, so that a missing secret leaves a
         // failed run behind (visible in history and status) rather than nothing.
         let mut resolved = match (self.inner.env)(&state).await {
@@ -289,6 +375,37 @@ impl Engine {
         resolved.vars.extend(request.env);
         resolved.secrets.extend(request.secrets);
         self.spawn(plan, state, resolved, observe, events)
+    }
+
+    /// Folds the first events of a run, showing each to the observer.
+    fn observe(&self, plan: &Plan, run: RunId, events: &[Event]) -> Result<RunState, EngineError> {
+        let mut state: Option<RunState> = None;
+        for event in events {
+            if let (Some(on_event), Some(before)) = (&self.inner.on_event, &state) {
+                let component = event
+                    .kind
+                    .stage()
+                    .and_then(|id| plan.index_of(id))
+                    .map(|i| plan.stage(i).component.as_str());
+                on_event(&Observation {
+                    event,
+                    before,
+                    component,
+                });
+            }
+            RunState::apply_to(&mut state, run, event).map_err(|e| EngineError::Store {
+                run,
+                source: StoreError::Fold(e),
+            })?;
+            if let (Some(on_event), Some(after), 0) = (&self.inner.on_event, &state, event.seq) {
+                on_event(&Observation {
+                    event,
+                    before: after,
+                    component: None,
+                });
+            }
+        }
+        state.ok_or(EngineError::Lost { run })
     }
 
     /// Ends a run whose environment cannot be resolved: `RunFailed` before any stage started. The handle
@@ -313,6 +430,13 @@ impl Engine {
             .await
             .map_err(|source| EngineError::Store { run, source })?;
         for event in &failed {
+            if let Some(on_event) = &self.inner.on_event {
+                on_event(&Observation {
+                    event,
+                    before: &state,
+                    component: None,
+                });
+            }
             state.apply(event).map_err(|e| EngineError::Store {
                 run,
                 source: StoreError::Fold(e),
@@ -447,6 +571,7 @@ impl Engine {
             components,
             registry: self.inner.registry.clone(),
             observer,
+            on_event: self.inner.on_event.clone(),
             outcome: outcome_tx,
             engine: Arc::downgrade(&self.inner),
         };

@@ -15,7 +15,8 @@ pub use component::{
     Component, ComponentError, ComponentOutput, LogLine, Registry, RunView, StageContext,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, EnvResolver, ResolvedEnv, RunHandle, RunRequest,
+    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, ResolvedEnv, Reuse,
+    ReusedStage, RunHandle, RunRequest,
 };
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;

@@ -19,7 +19,7 @@ use flowmason_store::{
 };
 
 use crate::component::{Component, ComponentOutput, LogLine, Registry, RunView, StageContext};
-use crate::engine::{EngineError, EngineRef, deregister};
+use crate::engine::{EngineError, EngineRef, EventObserver, Observation, deregister};
 use crate::plan::Plan;
 use crate::redact::Redactor;
 use crate::stage_actor::{CancelStage, StageActor, StageDone, humanize};
@@ -37,6 +37,7 @@ pub(crate) struct RunSetup {
     /// For stages that run other stages (see `Component::runs_stages`).
     pub registry: Arc<Registry>,
     pub observer: Option<mpsc::UnboundedSender<Event>>,
+    pub on_event: Option<EventObserver>,
     pub outcome: oneshot::Sender<Result<RunState, EngineError>>,
     pub engine: EngineRef,
 }
@@ -93,6 +94,7 @@ pub(crate) struct RunActor {
     components: Vec<Arc<dyn Component>>,
     registry: Arc<Registry>,
     observer: Option<mpsc::UnboundedSender<Event>>,
+    on_event: Option<EventObserver>,
     outcome: Option<oneshot::Sender<Result<RunState, EngineError>>>,
     engine: EngineRef,
     /// Stage phases by plan index, kept in step with `state`.
@@ -150,6 +152,7 @@ impl RunActor {
             components: setup.components,
             registry: setup.registry,
             observer: setup.observer,
+            on_event: setup.on_event,
             outcome: Some(setup.outcome),
             engine: setup.engine,
             phases: vec![StagePhase::Pending; n],
@@ -188,6 +191,18 @@ impl RunActor {
         };
         self.must_sync |= appended.must_wait();
         for event in &appended.events {
+            if let Some(on_event) = &self.on_event {
+                let component = event
+                    .kind
+                    .stage()
+                    .and_then(|id| self.plan.index_of(id))
+                    .map(|i| self.plan.stage(i).component.as_str());
+                on_event(&Observation {
+                    event,
+                    before: &self.state,
+                    component,
+                });
+            }
             if let Err(e) = self.state.apply(event) {
                 self.store_error = Some(StoreError::Fold(e));
                 return;
@@ -734,6 +749,7 @@ impl Handler<StageDone> for RunActor {
                     attempt,
                     output,
                     skip: skip.clone(),
+                    reused_from: None,
                 });
                 self.phases[index] = StagePhase::Succeeded;
                 for excluded in skip.iter().filter_map(|s| self.plan.index_of(s)) {

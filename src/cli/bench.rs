@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use flowmason_actors::{Engine, EngineConfig, RunRequest};
-use flowmason_store::{Durability, EventStore, RunPhase, StoreConfig};
+use std::collections::BTreeMap;
+
+use flowmason_store::{
+    Durability, Event, EventKind, EventStore, RunError, RunId, RunPhase, RunQuery, StoreConfig,
+    Trigger,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -31,6 +36,8 @@ pub enum BenchTarget {
     /// NATS publish -> PipelineRun created latency through the pubsub trigger, against an in-process
     /// API server (without the operator on this branch, "created" is the end point, not Running).
     Nats(NatsBench),
+    /// Fills an event log with many finished runs and measures history queries on it.
+    History(HistoryBench),
 }
 
 #[derive(Args, Debug)]
@@ -41,6 +48,25 @@ pub struct NatsBench {
     /// Messages, published one at a time (each waits for its run).
     #[arg(long, default_value_t = 200)]
     pub messages: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryBench {
+    /// Runs to fill the log with (spread over 30 days, 4 namespaces x 50 pipelines).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub runs: usize,
+    /// Times each query is repeated.
+    #[arg(long, default_value_t = 200)]
+    pub repeat: usize,
+    /// Page size of the listings.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Keep the event log here instead of a temporary directory that is removed afterwards.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the figures as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -83,7 +109,206 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         BenchTarget::Engine(args) => engine(args),
         BenchTarget::K8s(args) => super::bench_k8s::k8s(args),
         BenchTarget::Nats(args) => nats(args),
+        BenchTarget::History(args) => history(args),
     }
+}
+
+/// The events of one synthetic finished run: accepted, started, then an end by `i`.
+fn synthetic_run(i: usize, accepted_at: i64) -> (RunId, Vec<Event>) {
+    let namespace = format!("ns-{}", i % 4);
+    let pipeline = format!("pipeline-{}", (i / 4) % 50);
+    let mut labels = BTreeMap::new();
+    labels.insert("team".to_string(), ["a", "b", "c"][i % 3].to_string());
+    let kind = |k: EventKind, seq: u64, at: i64| Event { seq, at, kind: k };
+    // Phase and trigger vary independently of namespace and pipeline: every pipeline has 10% failed,
+    // 5% cancelled and 85% succeeded runs, and every trigger.
+    let end = match (i / 200) % 20 {
+        0 | 1 => EventKind::RunFailed {
+            error: RunError {
+                message: "stage \"fetch\" failed: 503".into(),
+                stage: Some("fetch".into()),
+                details: Value::Null,
+            },
+        },
+        2 => EventKind::RunCancelled {
+            reason: String::new(),
+        },
+        _ => EventKind::RunSucceeded { output: json!({}) },
+    };
+    let run = RunId::from_u64_pair(accepted_at as u64, i as u64);
+    let events = vec![
+        kind(
+            EventKind::RunAccepted {
+                pipeline,
+                namespace,
+                generation: 1,
+                trigger: Trigger::ALL[(i / 7) % 4],
+                run_name: None,
+                labels,
+                plan: json!({}),
+                inputs: json!({ "i": i }),
+            },
+            0,
+            accepted_at,
+        ),
+        kind(EventKind::RunStarted, 1, accepted_at + 10),
+        kind(end, 2, accepted_at + 1_000 + (i % 1000) as i64 * 1_000),
+    ];
+    (run, events)
+}
+
+/// Microsecond latencies of `repeat` calls of `f`, sorted; with the result of the last call.
+fn time_query<T>(
+    repeat: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<f64>, T)> {
+    let mut times = Vec::with_capacity(repeat);
+    let mut last = f()?; // warm-up
+    for _ in 0..repeat {
+        let t0 = Instant::now();
+        last = f()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, last))
+}
+
+fn history(args: HistoryBench) -> anyhow::Result<i32> {
+    if args.runs == 0 || args.repeat == 0 {
+        bail!("--runs and --repeat must be at least 1");
+    }
+    let temp;
+    let dir = match &args.data_dir {
+        Some(dir) => dir.join("events"),
+        None => {
+            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            temp.path().join("events")
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = EventStore::open(
+        &dir,
+        StoreConfig {
+            durability: Durability::Never,
+            ..StoreConfig::default()
+        },
+    )
+    .with_context(|| format!("cannot open the event log in {}", dir.display()))?;
+
+    // Accepted times spread evenly over the last 30 days, oldest first.
+    let now = crate::history::now_micros();
+    let span: i64 = 30 * 86_400_000_000;
+    let step = (span / args.runs as i64).max(1);
+    let start = now - step * args.runs as i64;
+    let fill_started = Instant::now();
+    const BATCH: usize = 10_000;
+    for first in (0..args.runs).step_by(BATCH) {
+        let batch: Vec<(RunId, Vec<Event>)> = (first..(first + BATCH).min(args.runs))
+            .map(|i| synthetic_run(i, start + i as i64 * step))
+            .collect();
+        store.import_runs(&batch).context("cannot import runs")?;
+        if !args.json && first % 100_000 == 0 {
+            eprint!("\rfilled {first} runs");
+        }
+    }
+    store.flush().context("cannot flush the event log")?;
+    let fill_secs = fill_started.elapsed().as_secs_f64();
+    if !args.json {
+        eprintln!("\rfilled {} runs in {fill_secs:.1} s", args.runs);
+    }
+
+    let limit = args.limit;
+    let page = |q: RunQuery| {
+        let store = store.clone();
+        move || Ok(store.query(&RunQuery { limit, ..q.clone() })?)
+    };
+    let ns_pipeline_failed = RunQuery {
+        namespace: Some("ns-1".into()),
+        pipeline: Some("pipeline-7".into()),
+        phases: vec![RunPhase::Failed],
+        ..RunQuery::default()
+    };
+    let mut results = Vec::new();
+    let mut record = |name: &str, times: Vec<f64>, rows: usize| {
+        let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+        results.push(json!({ "query": name, "rows": rows, "p50Us": pct(0.5), "p99Us": pct(0.99) }));
+    };
+    let (t, p) = time_query(args.repeat, page(ns_pipeline_failed.clone()))?;
+    record(
+        "namespace+pipeline+phase=Failed, first page",
+        t,
+        p.runs.len(),
+    );
+    let second = RunQuery {
+        continue_token: p.continue_token.clone(),
+        ..ns_pipeline_failed.clone()
+    };
+    let (t, p) = time_query(args.repeat, page(second))?;
+    record(
+        "namespace+pipeline+phase=Failed, next page",
+        t,
+        p.runs.len(),
+    );
+    let (t, p) = time_query(
+        args.repeat,
+        page(RunQuery {
+            phases: vec![RunPhase::Failed, RunPhase::Cancelled],
+            since: Some(now - 86_400_000_000),
+            ..RunQuery::default()
+        }),
+    )?;
+    record("phase=Failed,Cancelled since 24h", t, p.runs.len());
+    let (t, p) = time_query(
+        args.repeat,
+        page(RunQuery {
+            namespace: Some("ns-2".into()),
+            trigger: Some(Trigger::Cron),
+            ..RunQuery::default()
+        }),
+    )?;
+    record("namespace+trigger=cron", t, p.runs.len());
+    let (t, p) = time_query(args.repeat, page(RunQuery::default()))?;
+    record("all runs, first page", t, p.runs.len());
+    let (t, s) = time_query(args.repeat, || {
+        Ok(crate::history::stats::pipeline_stats(
+            &store,
+            "ns-1",
+            "pipeline-7",
+            now - 86_400_000_000,
+            now,
+        )?)
+    })?;
+    record("pipeline stats over 24h", t, s.total as usize);
+
+    let figures = json!({
+        "runs": args.runs,
+        "fillSeconds": fill_secs,
+        "fillRunsPerSecond": args.runs as f64 / fill_secs,
+        "limit": args.limit,
+        "repeat": args.repeat,
+        "queries": results,
+    });
+    if args.json {
+        println!("{figures}");
+    } else {
+        println!(
+            "{} runs filled in {fill_secs:.1} s ({:.0} runs/s); page size {}, {} repetitions:",
+            args.runs,
+            args.runs as f64 / fill_secs,
+            args.limit,
+            args.repeat
+        );
+        for r in &results {
+            println!(
+                "  {:<45} rows {:>5}  p50 {:>9.1} us  p99 {:>9.1} us",
+                r["query"].as_str().unwrap_or_default(),
+                r["rows"],
+                r["p50Us"].as_f64().unwrap_or_default(),
+                r["p99Us"].as_f64().unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn engine(args: EngineBench) -> anyhow::Result<i32> {

@@ -4,8 +4,12 @@
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use flowmason_store::{RunId, RunPhase, RunQuery, RunState, RunSummary, Trigger};
+use flowmason_store::{RunId, RunPage, RunPhase, RunQuery, RunState, RunSummary, Trigger};
 use serde_json::json;
+
+use crate::history::rerun::{self, RerunOptions};
+use crate::history::retention::{self, RetentionPolicy};
+use crate::history::{self, RunDetail};
 
 use super::{EXIT_INVALID, OutputFormat, StoreArgs, print_structured, progress::describe};
 
@@ -38,8 +42,14 @@ pub struct HistoryArgs {
     /// Continue after the last run of a previous page (the token it printed).
     #[arg(long = "continue")]
     pub continue_token: Option<String>,
+    /// Only runs with these labels: key=value pairs separated by commas.
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: OutputFormat,
+    /// Read the history API of this server (http://HOST:PORT) instead of the data dir.
+    #[arg(long)]
+    pub server: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -51,19 +61,115 @@ pub enum HistoryCommand {
         run_id: String,
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
+        /// Read the history API of this server instead of the data dir.
+        #[arg(long)]
+        server: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Run a finished run again with the same plan and inputs (in-process on the data dir, waiting for
+    /// the end; or through a server's API, returning at once).
+    Rerun(RerunArgs),
+    /// Delete finished runs as a retention policy says (once; servers do it in the background).
+    Prune {
+        #[command(flatten)]
+        retention: RetentionArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Serve the history API, /metrics, /healthz and /readyz over the data dir, with an engine for
+    /// reruns and the retention policy applied in the background.
+    Serve(ServeHistoryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RerunArgs {
+    pub run_id: String,
+    /// Take the stages that succeeded from the old run; run only the failed stage and its dependants.
+    #[arg(long)]
+    pub from_failed: bool,
+    /// Ask this server (http://HOST:PORT) to start the rerun instead of running it here.
+    #[arg(long)]
+    pub server: Option<String>,
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub env: super::EnvArgs,
+}
+
+/// How much history to keep (both limits apply).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RetentionArgs {
+    /// Delete finished runs that ended longer ago than this (90m, 12h, 30d).
+    #[arg(long)]
+    pub history_ttl: Option<String>,
+    /// Keep at most this many finished runs per pipeline (the newest).
+    #[arg(long)]
+    pub history_keep_per_pipeline: Option<usize>,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> anyhow::Result<RetentionPolicy> {
+        let ttl = self
+            .history_ttl
+            .as_deref()
+            .map(|t| history::parse_duration_ms("--history-ttl", t))
+            .transpose()?
+            .map(std::time::Duration::from_millis);
+        Ok(RetentionPolicy {
+            ttl,
+            keep_per_pipeline: self.history_keep_per_pipeline,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeHistoryArgs {
+    /// Address to serve on; port 0 picks a free port (printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// How often the retention policy is applied.
+    #[arg(long, default_value = "5m")]
+    pub retention_interval: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub env: super::EnvArgs,
 }
 
 pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
-    if let Some(HistoryCommand::Show {
-        run_id,
-        output,
-        store,
-    }) = args.show
-    {
-        return show(&run_id, output, &store);
+    match args.show {
+        Some(HistoryCommand::Show {
+            run_id,
+            output,
+            server: Some(server),
+            ..
+        }) => return show_remote(&server, &run_id, output),
+        Some(HistoryCommand::Show {
+            run_id,
+            output,
+            store,
+            ..
+        }) => return show(&run_id, output, &store),
+        Some(HistoryCommand::Rerun(args)) => return rerun(args),
+        Some(HistoryCommand::Prune { retention, store }) => {
+            let policy = retention.policy()?;
+            let store = store.open()?;
+            let deleted = retention::sweep(&store, policy, history::now_micros())
+                .context("retention sweep failed")?;
+            store.flush().context("cannot flush the event log")?;
+            println!("deleted {deleted} runs");
+            return Ok(0);
+        }
+        Some(HistoryCommand::Serve(args)) => return serve(args),
+        None => {}
+    }
+    if let Some(server) = &args.server {
+        return list_remote(server, &args);
     }
     let query = RunQuery {
         namespace: args.namespace,
@@ -81,12 +187,21 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             .map(|t| parse_time("--until", t))
             .transpose()?,
         limit: args.limit,
-        continue_token: args.continue_token,
-        ..RunQuery::default()
+        continue_token: args.continue_token.clone(),
+        labels: args
+            .selector
+            .as_deref()
+            .map(history::parse_label_selector)
+            .transpose()?
+            .unwrap_or_default(),
     };
     let store = args.store.open()?;
     let page = store.query(&query).context("history query failed")?;
-    match args.output {
+    print_page(&page, args.output)
+}
+
+fn print_page(page: &RunPage, output: OutputFormat) -> anyhow::Result<i32> {
+    match output {
         OutputFormat::Table => {
             let rows: Vec<Vec<String>> = page.runs.iter().map(summary_row).collect();
             print_table(
@@ -105,9 +220,232 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
                 eprintln!("more runs: --continue {token}");
             }
         }
-        format => print_structured(&page, format)?,
+        format => print_structured(page, format)?,
     }
     Ok(0)
+}
+
+/// A blocking client of a history server.
+fn client() -> anyhow::Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// The body of a successful answer, else an error naming the URL and the server's message.
+fn expect_ok(
+    url: &str,
+    response: reqwest::blocking::Response,
+) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .with_context(|| format!("{url}: the answer is not JSON"))?;
+    if !status.is_success() {
+        let message = body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string());
+        bail!("{url}: {status}: {message}");
+    }
+    Ok(body)
+}
+
+fn list_remote(server: &str, args: &HistoryArgs) -> anyhow::Result<i32> {
+    let url = format!("{}/api/v1/runs", server.trim_end_matches('/'));
+    let mut params: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
+    let opt = [
+        ("namespace", args.namespace.clone()),
+        ("pipeline", args.pipeline.clone()),
+        ("trigger", args.trigger.map(|t| t.to_string())),
+        ("since", args.since.clone()),
+        ("until", args.until.clone()),
+        ("labelSelector", args.selector.clone()),
+        ("continue", args.continue_token.clone()),
+    ];
+    params.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    params.extend(args.phase.iter().map(|p| ("phase", p.to_string())));
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode_component(v)))
+        .collect();
+    let url = format!("{url}?{}", query.join("&"));
+    let response = client()?
+        .get(&url)
+        .send()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let page: RunPage = serde_json::from_value(expect_ok(&url, response)?)
+        .with_context(|| format!("{url}: unexpected answer"))?;
+    print_page(&page, args.output)
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode_component(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn show_remote(server: &str, run_id: &str, output: OutputFormat) -> anyhow::Result<i32> {
+    let base = server.trim_end_matches('/');
+    let url = format!("{base}/api/v1/runs/{run_id}");
+    let http = client()?;
+    let response = http
+        .get(&url)
+        .send()
+        .with_context(|| format!("cannot reach {url}"))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        eprintln!("run {run_id} not found");
+        return Ok(EXIT_INVALID);
+    }
+    let run = expect_ok(&url, response)?;
+    let events_url = format!("{url}/events");
+    let response = http
+        .get(&events_url)
+        .send()
+        .with_context(|| format!("cannot reach {events_url}"))?;
+    let events: Vec<flowmason_store::Event> =
+        serde_json::from_value(expect_ok(&events_url, response)?)
+            .with_context(|| format!("{events_url}: unexpected answer"))?;
+    match output {
+        OutputFormat::Table => {
+            // The detail is the fold of the same events: fold them here for the table.
+            let run_id: RunId = run_id
+                .parse()
+                .with_context(|| format!("run id {run_id:?} is not a UUID"))?;
+            let state = RunState::fold(run_id, &events)
+                .with_context(|| format!("{events_url}: the events do not fold"))?
+                .with_context(|| format!("{events_url}: no events"))?;
+            print_run(&state, &events);
+        }
+        format => print_structured(&json!({ "run": run, "events": events }), format)?,
+    }
+    Ok(0)
+}
+
+fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
+    let options = RerunOptions {
+        from_failed: args.from_failed,
+    };
+    if let Some(server) = &args.server {
+        let url = format!(
+            "{}/api/v1/runs/{}/rerun",
+            server.trim_end_matches('/'),
+            args.run_id
+        );
+        let response = client()?
+            .post(&url)
+            .json(&options)
+            .send()
+            .with_context(|| format!("cannot reach {url}"))?;
+        let started = expect_ok(&url, response)?;
+        match args.output {
+            OutputFormat::Table => println!(
+                "{}",
+                started
+                    .get("runId")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or_default()
+            ),
+            format => print_structured(&started, format)?,
+        }
+        return Ok(0);
+    }
+    let run: RunId = args
+        .run_id
+        .parse()
+        .with_context(|| format!("run id {:?} is not a UUID", args.run_id))?;
+    let store = args.store.open()?;
+    let old = store
+        .fold(run)
+        .with_context(|| format!("cannot read run {run}"))?
+        .with_context(|| format!("run {run} not found"))?;
+    let request = rerun::request(&old, options)?;
+    let env = args.env.resolver()?;
+    let state = crate::runtime::block_on(|| async move {
+        let engine = flowmason_actors::Engine::new(
+            store.clone(),
+            crate::components::builtin_registry(),
+            flowmason_actors::EngineConfig {
+                env,
+                ..Default::default()
+            },
+        );
+        let handle = engine.start(request).await?;
+        let state = handle.finished().await;
+        let _ = store.flush();
+        state
+    })??;
+    match args.output {
+        OutputFormat::Table => {
+            println!("rerun of {run}: run {} {}", state.run_id, state.phase);
+        }
+        format => print_structured(&RunDetail::from_state(state.clone()), format)?,
+    }
+    Ok(if state.phase == RunPhase::Succeeded {
+        0
+    } else {
+        super::EXIT_RUN_FAILED
+    })
+}
+
+fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
+    let policy = args.retention.policy()?;
+    let every = std::time::Duration::from_millis(history::parse_duration_ms(
+        "--retention-interval",
+        &args.retention_interval,
+    )?);
+    let store = args.store.open()?;
+    let env = args.env.resolver()?;
+    crate::runtime::block_on(|| async move {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
+        store.observe_writes(metrics.store_observer());
+        let engine = flowmason_actors::Engine::new(
+            store.clone(),
+            crate::components::builtin_registry(),
+            flowmason_actors::EngineConfig {
+                env,
+                observer: Some(metrics.engine_observer()),
+                workers: 1,
+            },
+        );
+        // Runs left unfinished by a previous process go on here.
+        engine.resume_all().await.context("cannot resume runs")?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let router = crate::http::history::router(crate::http::history::HistoryState {
+            store: store.clone(),
+            rerun: Some(rerun::engine_rerunner(engine.clone())),
+            stop: stop.clone(),
+        })
+        .merge(crate::http::metrics::router(
+            crate::http::metrics::MetricsState::new(metrics.clone()).with_engine(engine.clone()),
+        ))
+        .merge(crate::http::health::router(
+            crate::http::health::HealthState::new().store(store.clone()),
+        ));
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("--bind {}: cannot listen", args.bind))?;
+        let served = crate::http::serve(listener, router, stop.clone())?;
+        let retention = retention::spawn(store.clone(), policy, every, stop.clone());
+        println!("FlowMason history API listening on http://{}", served.addr);
+        std::io::Write::flush(&mut std::io::stdout()).ok();
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        stop.cancel();
+        let _ = served.task.await;
+        let _ = retention.await;
+        store.flush().context("cannot flush the event log")?;
+        anyhow::Ok(0)
+    })?
 }
 
 fn show(run_id: &str, output: OutputFormat, store: &StoreArgs) -> anyhow::Result<i32> {

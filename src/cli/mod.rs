@@ -44,7 +44,7 @@ pub enum Command {
     /// Print the CustomResourceDefinitions of Pipeline and PipelineRun as YAML.
     Crds,
     /// Query the run history kept in the data dir.
-    History(history::HistoryArgs),
+    History(Box<history::HistoryArgs>),
     /// Finish every run in the data dir that has not ended (after a crash or a kill).
     Resume(resume::ResumeArgs),
     /// Load harnesses measuring the engine end to end.
@@ -215,7 +215,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::History(args) => history::history(args),
+        Command::History(args) => history::history(*args),
         Command::Resume(args) => resume::resume(args),
         Command::Bench(args) => bench::bench(args),
         Command::Backfill(args) => backfill::backfill(args),

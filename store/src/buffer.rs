@@ -30,6 +30,15 @@ struct Pending {
     ops: Vec<(Vec<u8>, Option<IVec>)>,
 }
 
+/// What one write cycle moved into sled.
+pub(crate) struct Written {
+    /// Runs whose terminal event was among what was written.
+    pub ended: Vec<RunId>,
+    pub events: usize,
+    /// Encoded size of the events.
+    pub bytes: usize,
+}
+
 /// Appends not yet in sled.
 #[derive(Default)]
 pub(crate) struct WriteBuffer {
@@ -73,17 +82,20 @@ impl WriteBuffer {
         pending.ops.extend(ops);
     }
 
-    /// Moves everything buffered into `tree` in one atomic batch. Returns the runs whose terminal event was
-    /// among what was written. On error the buffered writes are kept for the next cycle.
-    pub(crate) fn write(&self, tree: &sled::Tree) -> Result<Vec<RunId>, sled::Error> {
+    /// Moves everything buffered into `tree` in one atomic batch; `None` when nothing was buffered. On
+    /// error the buffered writes are kept for the next cycle.
+    pub(crate) fn write(&self, tree: &sled::Tree) -> Result<Option<Written>, sled::Error> {
         let _cycle = lock(&self.writing);
         let taken = std::mem::take(&mut *lock(&self.pending));
         if taken.segments.is_empty() && taken.ops.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut batch = Batch::default();
         let mut ended = Vec::new();
+        let (mut events, mut bytes) = (0, 0);
         for (run, segment) in &taken.segments {
+            events += segment.records.len();
+            bytes += segment.records.iter().map(|r| r.len()).sum::<usize>();
             let last = segment.first_seq + segment.records.len() as u64 - 1;
             batch.insert(
                 &keys::event_key(*run, last),
@@ -103,7 +115,11 @@ impl WriteBuffer {
             self.restore(taken);
             return Err(e);
         }
-        Ok(ended)
+        Ok(Some(Written {
+            ended,
+            events,
+            bytes,
+        }))
     }
 
     /// Puts a cycle that could not be written back in front of what was appended since.

@@ -234,6 +234,10 @@ pub enum EventKind {
         /// Stages the branching decision of this stage left out (router, conditional).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         skip: Vec<String>,
+        /// Set when the stage did not run in this run: its output was taken from the run named here (a
+        /// rerun from the failed stage), whose events hold the attempts that produced it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reused_from: Option<RunId>,
     },
     StageFailed {
         stage: String,

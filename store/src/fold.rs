@@ -88,6 +88,10 @@ pub struct StageState {
     /// Number of `StageLog` events.
     #[serde(default)]
     pub logs: u32,
+    /// The run this stage's output was taken from, when it did not run here (a rerun from the failed
+    /// stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<RunId>,
 }
 
 /// The events of a run did not make a valid stream.
@@ -300,9 +304,11 @@ impl RunState {
                 attempt,
                 output,
                 skip,
+                reused_from,
             } => {
                 let s = self.stages.entry(stage.clone()).or_default();
                 s.phase = StagePhase::Succeeded;
+                s.reused_from = *reused_from;
                 s.finished_at = Some(at);
                 s.output = Some(output.clone());
                 s.skip = skip.clone();
@@ -489,6 +495,7 @@ mod tests {
                 attempt: 2,
                 output: json!(7),
                 skip: vec![],
+                reused_from: None,
             },
             EventKind::RunSucceeded { output: json!(7) },
         ]);
@@ -527,6 +534,7 @@ mod tests {
                 attempt: 1,
                 output: json!(null),
                 skip: vec![],
+                reused_from: None,
             },
             EventKind::StageStarted {
                 stage: "c".into(),
@@ -628,6 +636,7 @@ mod tests {
             attempt: 1,
             output,
             skip: Vec::new(),
+            reused_from: None,
         };
         let events = stream(vec![
             accepted(),

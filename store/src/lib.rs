@@ -22,5 +22,5 @@ pub use error::StoreError;
 pub use event::*;
 pub use fold::*;
 pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
-pub use store::{Appended, EventStore};
+pub use store::{Appended, EventStore, WriteCycle, WriteObserver};
 pub use summary::RunSummary;

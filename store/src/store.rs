@@ -5,10 +5,11 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sled::{Batch, IVec};
+use tokio::sync::watch;
 
 use crate::buffer::WriteBuffer;
 use crate::codec;
@@ -59,6 +60,37 @@ pub(crate) struct Inner {
     buffer: Arc<WriteBuffer>,
     /// The last timestamp handed out: stamps never go backwards, so newer runs always sort first.
     clock: AtomicI64,
+    /// Published after every write cycle that wrote something (and every deletion or import).
+    written: Arc<Notify>,
+}
+
+/// What one write cycle of the log did, for observers (metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteCycle {
+    /// Events moved from the write-behind buffer into the log.
+    pub events: usize,
+    /// Their encoded size.
+    pub bytes: usize,
+    /// How long the atomic batch took (not the fsync that may follow).
+    pub duration: Duration,
+}
+
+/// Sees every write cycle; runs on the thread that wrote (the flusher, or a reader), so must be cheap.
+pub type WriteObserver = Arc<dyn Fn(&WriteCycle) + Send + Sync>;
+
+/// What happens after a write cycle: followers are woken, the observer is told.
+#[derive(Default)]
+struct Notify {
+    /// Bumped per cycle: what followers of a run's events wait on. Published once per cycle, never on
+    /// the append hot path.
+    cycles: watch::Sender<u64>,
+    observer: OnceLock<WriteObserver>,
+}
+
+impl Notify {
+    fn bump(&self) {
+        self.cycles.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// The sled-backed event log of all runs. Cheap to clone (one `Arc`); all methods take `&self` and may be
@@ -169,9 +201,15 @@ impl EventStore {
             .map(|_| Mutex::new(CursorMap::default()))
             .collect();
         let buffer = Arc::new(WriteBuffer::default());
+        let written = Arc::new(Notify::default());
         let write_out = {
-            let (buffer, tree, cursors) = (buffer.clone(), tree.clone(), cursors.clone());
-            Box::new(move || write_buffered(&buffer, &tree, &cursors))
+            let (buffer, tree, cursors, written) = (
+                buffer.clone(),
+                tree.clone(),
+                cursors.clone(),
+                written.clone(),
+            );
+            Box::new(move || write_buffered(&buffer, &tree, &cursors, &written))
         };
         let flusher = Flusher::start(
             db.clone(),
@@ -188,6 +226,7 @@ impl EventStore {
                 cursors,
                 buffer,
                 clock: AtomicI64::new(0),
+                written,
             }),
         })
     }
@@ -506,7 +545,65 @@ impl EventStore {
         tree.apply_batch(batch)?;
         shard.remove(&run);
         self.inner.flusher.note_append();
+        self.inner.written.bump();
         Ok(true)
+    }
+
+    /// A receiver that changes whenever appended events become readable (a write cycle moved them from
+    /// the write-behind buffer into the log) or a run was deleted or imported. Followers of a run's events
+    /// wait on it, then read [`events_from`](Self::events_from) where they left off: the notification
+    /// costs one publication per write cycle, nothing per append.
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.inner.written.cycles.subscribe()
+    }
+
+    /// Sets the one observer of write cycles (metrics); returns false when one was already set.
+    pub fn observe_writes(&self, observer: WriteObserver) -> bool {
+        self.inner.written.observer.set(observer).is_ok()
+    }
+
+    /// Bytes the log takes on disk, as sled counts them.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Writes whole runs with their own timestamps in one atomic batch: events, summaries and index
+    /// entries, as appends would have left them. For importing history from elsewhere and for filling a
+    /// store quickly (`fm bench history`); the engine appends. Each stream must fold (start with
+    /// `RunAccepted` at seq 0, consecutive seqs, nothing after a terminal event); a run that already
+    /// exists is refused with [`StoreError::AlreadyAccepted`]. Nothing is written when any run is refused.
+    pub fn import_runs(&self, runs: &[(RunId, Vec<Event>)]) -> Result<(), StoreError> {
+        self.inner.write_buffered()?;
+        let mut batch = Batch::default();
+        for (run, events) in runs {
+            let run = *run;
+            RunState::fold(run, events)?;
+            let Some(first) = events.first() else {
+                continue;
+            };
+            if self.inner.tree.contains_key(keys::summary_key(run))? {
+                return Err(StoreError::AlreadyAccepted { run });
+            }
+            let mut summary = RunSummary::accepted(run, &first.kind, first.at, first.seq)
+                .ok_or(StoreError::NotAccepted { run })?;
+            let mut records = Vec::with_capacity(events.len());
+            for event in events {
+                summary.apply_phase_change(&event.kind, event.at, event.seq);
+                records.push(codec::encode_event(run, event.seq, event.at, &event.kind)?);
+            }
+            let last = events.len() as u64 - 1;
+            batch.insert(&keys::event_key(run, last), codec::encode_segment(&records));
+            let pos = keys::position(summary.accepted_at, run);
+            for index in keys::fixed_indexes(&summary.namespace, &summary.pipeline) {
+                batch.insert(index.key(&pos), IVec::default());
+            }
+            batch.insert(Index::Phase(summary.phase).key(&pos), IVec::default());
+            batch.insert(&keys::summary_key(run), codec::encode_summary(&summary)?);
+        }
+        self.inner.tree.apply_batch(batch)?;
+        self.inner.flusher.note_append();
+        self.inner.written.bump();
+        Ok(())
     }
 }
 
@@ -524,8 +621,21 @@ fn write_buffered(
     buffer: &WriteBuffer,
     tree: &sled::Tree,
     cursors: &[Mutex<CursorMap>],
+    written: &Notify,
 ) -> Result<(), sled::Error> {
-    for run in buffer.write(tree)? {
+    let started = Instant::now();
+    let Some(cycle) = buffer.write(tree)? else {
+        return Ok(());
+    };
+    if let Some(observer) = written.observer.get() {
+        observer(&WriteCycle {
+            events: cycle.events,
+            bytes: cycle.bytes,
+            duration: started.elapsed(),
+        });
+    }
+    written.bump();
+    for run in cycle.ended {
         let mut shard = shard_of(cursors, run);
         if shard
             .get(&run)
@@ -546,7 +656,12 @@ impl Inner {
     /// Writes the appends buffered so far into sled (not yet durable): every read path calls this first,
     /// so that readers see every append that returned before they started.
     pub(crate) fn write_buffered(&self) -> Result<(), StoreError> {
-        Ok(write_buffered(&self.buffer, &self.tree, &self.cursors)?)
+        Ok(write_buffered(
+            &self.buffer,
+            &self.tree,
+            &self.cursors,
+            &self.written,
+        )?)
     }
 
     pub(crate) fn summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
@@ -581,7 +696,6 @@ impl Inner {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use serde_json::json;
 
@@ -635,6 +749,7 @@ pub(crate) mod tests {
             attempt: 1,
             output: json!({"ok": stage}),
             skip: vec![],
+            reused_from: None,
         }
     }
 
