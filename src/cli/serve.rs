@@ -83,8 +83,22 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     };
     let data_dir = store_args.data_dir()?;
     let webhooks = crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
+    // The event log, shared by the engine and the history API (`/api/v1/runs/...`, served next to the
+    // Kubernetes API; read-only here: reruns go through PipelineRun objects).
+    let events = store_args.open()?;
+    let stop = CancellationToken::new();
+    let history = crate::http::history::router(crate::http::history::HistoryState {
+        store: events.clone(),
+        rerun: None,
+        stop: stop.clone(),
+    });
+    let routes = if args.triggers.no_triggers {
+        history
+    } else {
+        webhooks.router().merge(history)
+    };
     let config = ServeConfig {
-        routes: (!args.triggers.no_triggers).then(|| webhooks.router()),
+        routes: Some(routes),
         bind: args.bind,
         tls: args.tls,
         require_token: args.require_token,
@@ -104,7 +118,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let server = Server::start(config)
             .await
             .context("cannot start the API server")?;
-        let stop = CancellationToken::new();
         let client = kube::Client::try_from(
             server
                 .client_config()
@@ -121,7 +134,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let operator = if args.no_controllers {
             None
         } else {
-            let events = store_args.open()?;
             let operator = Operator::new(client, events, builtin_registry(), operator_config);
             let stop = stop.clone();
             Some(actix::spawn(async move { operator.run(stop).await }))

@@ -68,6 +68,7 @@ impl Operator {
                 // `env` valueFrom and provider keys are recorded in the plan as references only and read
                 // from the cluster each time a run starts or resumes (values never enter the event log).
                 env: crate::env::resolver(Arc::new(cluster.clone())),
+                observer: None,
             },
         );
         Operator {
