@@ -108,6 +108,7 @@ pub fn run_state(stages: &[&str], steps: &[Step]) -> RunState {
                     attempt: 1,
                     output: output.clone(),
                     skip: vec![],
+                    reused_from: None,
                 });
                 last = output.clone();
             }
