@@ -60,6 +60,12 @@ pub struct Metrics {
     leader: IntGauge,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 fn counter(
     r: &Registry,
     name: &str,

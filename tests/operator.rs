@@ -267,6 +267,74 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
     fm.stop();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn fm_serve_exposes_metrics_health_and_the_history_of_its_runs() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline("metered", delay_stages(10)),
+        )
+        .await
+        .expect("create pipeline");
+    runs.create(
+        &PostParams::default(),
+        &run_of("metered-1", "metered", json!({"x": 1})),
+    )
+    .await
+    .expect("create run");
+    let done = wait_phase(&runs, "metered-1", &terminal()).await;
+    assert_eq!(done.status.and_then(|s| s.phase), Some(RunPhase::Succeeded));
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .expect("server url");
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{server}{path}"));
+        async move { http.get(url).send().await.expect("request") }
+    };
+    let metrics = eventually("the run counted in /metrics", || async {
+        let text = get("/metrics").await.text().await.ok()?;
+        text.lines()
+            .any(|l| {
+                l.starts_with("flowmason_pipeline_runs_total{")
+                    && l.contains("pipeline=\"metered\"")
+                    && l.contains("phase=\"Succeeded\"")
+                    && l.ends_with(" 1")
+            })
+            .then_some(text)
+    })
+    .await;
+    for family in [
+        "flowmason_stage_duration_seconds_bucket",
+        "flowmason_pipeline_run_duration_seconds_count",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
+    }
+    assert_eq!(get("/healthz").await.status().as_u16(), 200);
+    assert_eq!(get("/readyz").await.status().as_u16(), 200);
+    let page: Value = get("/api/v1/runs?pipeline=metered")
+        .await
+        .json()
+        .await
+        .expect("history JSON");
+    let listed = page["runs"].as_array().expect("runs");
+    assert_eq!(listed.len(), 1, "{page}");
+    assert_eq!(listed[0]["phase"], json!("Succeeded"));
+    fm.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -848,6 +916,101 @@ async fn run_whose_events_are_lost_fails_with_a_reason() {
     fm.stop();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
+    let api = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(api.path(), &["--no-controllers", "--no-triggers"]);
+    let client = fm.client().await;
+    let engine_dir = tempfile::tempdir().expect("tempdir");
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args([
+            "operator",
+            "--kubeconfig",
+            fm.kubeconfig.to_str().expect("path"),
+            "--data-dir",
+            engine_dir.path().to_str().expect("path"),
+            "--no-leader-election",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--webhook-bind",
+            "127.0.0.1:0",
+        ])
+        .env("FM_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fm operator");
+    let stderr = operator.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let base = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("history API, /metrics, /healthz and /readyz on ")
+                .map(String::from)
+        })
+        .expect("the operator prints its HTTP address");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline("counted", delay_stages(10)),
+        )
+        .await
+        .expect("create pipeline");
+    runs.create(
+        &PostParams::default(),
+        &run_of("counted-1", "counted", json!({"x": 1})),
+    )
+    .await
+    .expect("create run");
+    let done = wait_phase(&runs, "counted-1", &terminal()).await;
+    assert_eq!(done.status.and_then(|s| s.phase), Some(RunPhase::Succeeded));
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("flowmason_pipeline_runs_total{")
+                && l.contains("pipeline=\"counted\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    for path in ["/healthz", "/readyz"] {
+        let status = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("probe")
+            .status();
+        assert_eq!(status.as_u16(), 200, "{path}");
+    }
+    let page: Value = http
+        .get(format!("{base}/api/v1/runs?pipeline=counted"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(page["runs"].as_array().map(Vec::len), Some(1), "{page}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
+    let _ = operator.wait();
+    fm.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_operators_only_the_leader_runs() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -866,6 +1029,10 @@ async fn of_two_operators_only_the_leader_runs() {
                 id,
                 "--lease-seconds",
                 "2",
+                "--http-bind",
+                "127.0.0.1:0",
+                "--webhook-bind",
+                "127.0.0.1:0",
             ])
             .env("FM_LOG", "error")
             .stdout(Stdio::null())

@@ -1,5 +1,6 @@
 //! `fm operator`: the controllers and the engine against a cluster (kubeconfig or in-cluster config), with
-//! Lease leader election so that several replicas never run the same runs.
+//! Lease leader election so that several replicas never run the same runs, the triggers (cron, NATS,
+//! webhooks on `--webhook-bind`), and the history API, `/metrics` and health on `--http-bind`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +43,14 @@ pub struct OperatorArgs {
     /// Least time between two status writes of one run, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub status_interval_ms: u64,
+    /// Address of the history API, /metrics, /healthz and /readyz (the Service's `metrics` port).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub http_bind: std::net::SocketAddr,
+    /// Address of the trigger webhooks (the Service's `webhooks` port).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub webhook_bind: std::net::SocketAddr,
+    #[command(flatten)]
+    pub triggers: super::TriggerArgs,
 }
 
 /// A kube client from a kubeconfig path and context, or the default chain (`$KUBECONFIG`,
@@ -82,16 +91,48 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         name: args.lease_name.clone(),
         ..LeaseConfig::new(args.lease_namespace.clone(), identity)
     });
+    let events = args.store.open()?;
+    let stop = CancellationToken::new();
+    let surface = crate::http::surface::Surface::new(&events, stop.clone())
+        .context("cannot set up /metrics")?;
     let config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
         lease,
+        metrics: Some(surface.metrics.clone()),
         ..OperatorConfig::default()
     };
-    let events = args.store.open()?;
     crate::runtime::block_on(|| async move {
         let client = client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+        let http = tokio::net::TcpListener::bind(args.http_bind)
+            .await
+            .with_context(|| format!("--http-bind {}: cannot listen", args.http_bind))?;
+        let served = crate::http::serve(
+            http,
+            surface.router.clone().merge(surface.health.clone()),
+            stop.clone(),
+        )
+        .with_context(|| format!("--http-bind {}: cannot serve", args.http_bind))?;
+        eprintln!(
+            "history API, /metrics, /healthz and /readyz on http://{}",
+            served.addr
+        );
+        let triggers = if args.triggers.no_triggers {
+            None
+        } else {
+            let webhooks =
+                crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
+            let listener = tokio::net::TcpListener::bind(args.webhook_bind)
+                .await
+                .with_context(|| format!("--webhook-bind {}: cannot listen", args.webhook_bind))?;
+            let served = crate::http::serve(listener, webhooks.router(), stop.clone())
+                .with_context(|| format!("--webhook-bind {}: cannot serve", args.webhook_bind))?;
+            eprintln!("webhooks on http://{}", served.addr);
+            let triggers = args.triggers.start(client.clone(), webhooks).await?;
+            triggers.metrics().forward_to(surface.metrics.clone());
+            Some(tokio::spawn(triggers.watch(stop.clone())))
+        };
         let operator = Operator::new(client, events, builtin_registry(), config);
-        let stop = CancellationToken::new();
+        surface.engine_started(operator.engine().clone());
         let signal_stop = stop.clone();
         actix::spawn(async move {
             if wait_for_signal().await.is_ok() {
@@ -99,7 +140,11 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             }
         });
         eprintln!("FlowMason operator started");
-        operator.run(stop).await?;
+        operator.run(stop.clone()).await?;
+        stop.cancel();
+        if let Some(t) = triggers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         eprintln!("FlowMason operator stopped");
         Ok(0)
     })?

@@ -87,15 +87,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     // Kubernetes API; read-only here: reruns go through PipelineRun objects).
     let events = store_args.open()?;
     let stop = CancellationToken::new();
-    let history = crate::http::history::router(crate::http::history::HistoryState {
-        store: events.clone(),
-        rerun: None,
-        stop: stop.clone(),
-    });
+    // History API, /metrics, /healthz and /readyz, served next to the Kubernetes API.
+    let surface = crate::http::surface::Surface::new(&events, stop.clone())
+        .context("cannot set up /metrics")?;
     let routes = if args.triggers.no_triggers {
-        history
+        surface.router.clone()
     } else {
-        webhooks.router().merge(history)
+        webhooks.router().merge(surface.router.clone())
     };
     let config = ServeConfig {
         routes: Some(routes),
@@ -112,6 +110,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     };
     let operator_config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
+        metrics: Some(surface.metrics.clone()),
         ..OperatorConfig::default()
     };
     crate::runtime::block_on(|| async move {
@@ -129,12 +128,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             None
         } else {
             let triggers = args.triggers.start(client.clone(), webhooks).await?;
+            triggers.metrics().forward_to(surface.metrics.clone());
             Some(tokio::spawn(triggers.watch(stop.clone())))
         };
         let operator = if args.no_controllers {
             None
         } else {
             let operator = Operator::new(client, events, builtin_registry(), operator_config);
+            surface.engine_started(operator.engine().clone());
             let stop = stop.clone();
             Some(actix::spawn(async move { operator.run(stop).await }))
         };

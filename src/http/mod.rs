@@ -3,11 +3,13 @@
 //!
 //! - [`history`]: `/api/v1/runs...` and `/api/v1/pipelines/{ns}/{name}/stats`, over the event log;
 //! - [`metrics`]: `/metrics`, the Prometheus text exposition;
-//! - [`health`]: `/healthz` and `/readyz`, with pluggable readiness checks.
+//! - [`health`]: `/healthz` and `/readyz`, with pluggable readiness checks;
+//! - [`surface`]: all of the above as `fm serve` and `fm operator` mount them.
 
 pub mod health;
 pub mod history;
 pub mod metrics;
+pub mod surface;
 
 use std::net::SocketAddr;
 

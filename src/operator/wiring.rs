@@ -26,6 +26,8 @@ pub struct OperatorConfig {
     pub lease: Option<LeaseConfig>,
     /// Arbiters (threads) hosting run actors.
     pub workers: usize,
+    /// Where the engine's events are counted (`/metrics`); `None` counts nothing.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for OperatorConfig {
@@ -34,6 +36,7 @@ impl Default for OperatorConfig {
             write_interval: Duration::from_millis(250),
             lease: None,
             workers: 2,
+            metrics: None,
         }
     }
 }
@@ -68,7 +71,7 @@ impl Operator {
                 // `env` valueFrom and provider keys are recorded in the plan as references only and read
                 // from the cluster each time a run starts or resumes (values never enter the event log).
                 env: crate::env::resolver(Arc::new(cluster.clone())),
-                observer: None,
+                observer: config.metrics.as_ref().map(|m| m.engine_observer()),
             },
         );
         Operator {

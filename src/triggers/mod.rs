@@ -232,6 +232,9 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct TriggerMetrics {
     counts: [[AtomicU64; 3]; 3],
+    /// The process's Prometheus registry, once `fm serve`/`fm operator` connect one: every outcome is
+    /// counted there as well, so that `/metrics` shows it.
+    forward: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl TriggerMetrics {
@@ -252,6 +255,14 @@ impl TriggerMetrics {
     pub fn record(&self, kind: TriggerKind, outcome: Outcome) {
         let (k, o) = Self::index(kind, outcome);
         self.counts[k][o].fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.forward.get() {
+            metrics.trigger_event(kind.as_str(), outcome.as_str());
+        }
+    }
+
+    /// Counts every later outcome in `metrics` too (the first call wins).
+    pub fn forward_to(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.forward.set(metrics);
     }
 
     pub fn get(&self, kind: TriggerKind, outcome: Outcome) -> u64 {
