@@ -67,16 +67,24 @@ pub fn pipeline_status(
         .find(|c| c.type_ == CONDITION_READY && c.status == condition_status)
         .and_then(|c| c.last_transition_time.clone())
         .unwrap_or_else(status::now);
+    // `Ready` is this actor's; other conditions (the triggers' `TriggerConnected`) are kept as observed.
+    let mut conditions = vec![Condition {
+        type_: CONDITION_READY.into(),
+        status: condition_status.into(),
+        reason: Some(reason),
+        message: Some(message),
+        last_transition_time: Some(transition),
+        observed_generation: generation,
+    }];
+    conditions.extend(
+        last.conditions
+            .iter()
+            .filter(|c| c.type_ != CONDITION_READY)
+            .cloned(),
+    );
     PipelineStatus {
         phase: Some(phase),
-        conditions: vec![Condition {
-            type_: CONDITION_READY.into(),
-            status: condition_status.into(),
-            reason: Some(reason),
-            message: Some(message),
-            last_transition_time: Some(transition),
-            observed_generation: generation,
-        }],
+        conditions,
         last_run_id: last.last_run_id.clone(),
         last_run_time: last.last_run_time.clone(),
         last_run_status: last.last_run_status.clone(),
@@ -155,7 +163,7 @@ impl Handler<Observed> for PipelineActor {
     type Result = ();
     fn handle(&mut self, msg: Observed, ctx: &mut Context<Self>) {
         if !self.observed
-            && let Some(current) = msg.current
+            && let Some(current) = msg.current.clone()
         {
             self.status = PipelineStatus {
                 last_run_id: self
@@ -175,6 +183,20 @@ impl Handler<Observed> for PipelineActor {
                     .or(current.last_run_status.clone()),
                 ..current
             };
+        }
+        if let Some(current) = &msg.current {
+            // The triggers write these directly on the object; a status write here must carry them on.
+            self.status.next_scheduled_run = current.next_scheduled_run.clone();
+            self.status
+                .conditions
+                .retain(|c| c.type_ == CONDITION_READY);
+            self.status.conditions.extend(
+                current
+                    .conditions
+                    .iter()
+                    .filter(|c| c.type_ != CONDITION_READY)
+                    .cloned(),
+            );
         }
         self.observed = true;
         self.generation = msg.generation;
@@ -442,5 +464,27 @@ mod tests {
         assert_eq!(s.phase, Some(PipelinePhase::Running));
         let s = pipeline_status(Some(1), &Ok(()), true, 0, &last);
         assert_eq!(s.phase, Some(PipelinePhase::Suspended));
+    }
+
+    #[test]
+    fn trigger_conditions_and_next_scheduled_run_are_carried_over() {
+        let trigger = Condition {
+            type_: "TriggerConnected".into(),
+            status: "True".into(),
+            reason: Some("Connected".into()),
+            message: None,
+            last_transition_time: None,
+            observed_generation: None,
+        };
+        let last = PipelineStatus {
+            conditions: vec![trigger.clone()],
+            next_scheduled_run: Some(status::now()),
+            ..PipelineStatus::default()
+        };
+        let s = pipeline_status(Some(2), &Ok(()), false, 0, &last);
+        assert_eq!(s.conditions.len(), 2);
+        assert_eq!(s.conditions[0].type_, CONDITION_READY);
+        assert_eq!(s.conditions[1], trigger);
+        assert_eq!(s.next_scheduled_run, last.next_scheduled_run);
     }
 }
