@@ -303,16 +303,22 @@ async fn fm_serve_exposes_metrics_health_and_the_history_of_its_runs() {
     };
     let metrics = eventually("the run counted in /metrics", || async {
         let text = get("/metrics").await.text().await.ok()?;
-        text.lines()
-            .any(|l| {
-                l.starts_with("flowmason_pipeline_runs_total{")
-                    && l.contains("pipeline=\"metered\"")
-                    && l.contains("phase=\"Succeeded\"")
-                    && l.ends_with(" 1")
-            })
-            .then_some(text)
+        (text.lines().any(|l| {
+            l.starts_with("flowmason_pipeline_runs_total{")
+                && l.contains("pipeline=\"metered\"")
+                && l.contains("phase=\"Succeeded\"")
+                && l.ends_with(" 1")
+        }) && text
+            .lines()
+            .any(|l| l.starts_with("flowmason_status_writes_total{outcome=\"ok\"}")))
+        .then_some(text)
     })
     .await;
+    // `fm serve` runs without leader election: it leads from the start.
+    assert!(
+        metrics.lines().any(|l| l == "flowmason_leader 1"),
+        "flowmason_leader 1 missing from:\n{metrics}"
+    );
     for family in [
         "flowmason_stage_duration_seconds_bucket",
         "flowmason_pipeline_run_duration_seconds_count",
