@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use flowmason_actors::{Engine, RunRequest};
+use flowmason_actors::{Engine, Reuse, RunRequest};
 use flowmason_store::{Event, RunId, RunState, Trigger};
 
 use super::cluster::ClusterCache;
@@ -29,6 +29,7 @@ use super::events;
 use super::pipelines::PipelineRegistry;
 use super::planning::{self, Problem};
 use super::status::{self, Limits};
+use crate::history::rerun::RerunOptions;
 use crate::metrics::Metrics;
 use crate::model::{Pipeline, PipelineRun, PipelineRunStatus};
 
@@ -293,6 +294,10 @@ async fn prepare(
             ),
         }));
     };
+    let reuse = match rerun_reuse(run, ctx) {
+        Ok(reuse) => reuse,
+        Err(problem) => return Ok(Err(problem)),
+    };
     let refs = planning::references(&pipeline, None, Some(run));
     let mut objects = ctx.cluster.fetch(&refs).await?;
     let spec = match planning::resolve_spec(&pipeline, &objects) {
@@ -321,6 +326,7 @@ async fn prepare(
                 .unwrap_or(Trigger::Manual);
             request.run_name = Some(run.name_any());
             request.labels = run.labels().clone();
+            request.reuse = reuse;
             // The engine reads `envFrom` itself (at start and on resume); the values resolved here only
             // checked that every reference exists, and the secret ones are masked by the engine too.
             request.secrets = env.secrets.clone();
@@ -331,6 +337,41 @@ async fn prepare(
             })
         });
     Ok(prepared)
+}
+
+/// What a rerun (`spec.rerunOf`) takes over from the old run: with `fromFailed`, its succeeded stages,
+/// read from the event log (the old run's fold). The checks are the history API's
+/// ([`crate::history::rerun::reuse`]), so a rerun refused there is refused here too.
+fn rerun_reuse(run: &PipelineRun, ctx: &RunContext) -> Result<Option<Reuse>, Problem> {
+    let Some(rerun) = &run.spec.rerun_of else {
+        return Ok(None);
+    };
+    let invalid = |message: String| Problem {
+        reason: "InvalidRerun",
+        message: format!("spec.rerunOf.runId: {message}"),
+    };
+    let old_id: RunId = rerun
+        .run_id
+        .parse()
+        .map_err(|_| invalid(format!("{:?} is not a run id", rerun.run_id)))?;
+    if !rerun.from_failed {
+        // A plain rerun is a new run with the same spec: nothing of the old run is needed.
+        return Ok(None);
+    }
+    let old = match ctx.engine.store().fold(old_id) {
+        Ok(Some(old)) => old,
+        Ok(None) => {
+            return Err(Problem {
+                reason: "RerunOfNotFound",
+                message: format!("spec.rerunOf.runId: run {old_id} is not in the event log"),
+            });
+        }
+        Err(e) => return Err(invalid(format!("run {old_id} cannot be read: {e}"))),
+    };
+    let options = RerunOptions {
+        from_failed: rerun.from_failed,
+    };
+    crate::history::rerun::reuse(&old, options).map_err(|e| invalid(e.to_string()))
 }
 
 /// Gives a PipelineRun an ownerReference to its Pipeline (deleting the Pipeline deletes its runs) and
