@@ -11,7 +11,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
-use crate::model::{Pipeline, PipelineRun, PipelineRunSpec, PipelineRunStatus};
+use crate::history::rerun::RERUN_OF_LABEL;
+use crate::model::{Pipeline, PipelineRun, PipelineRunSpec, PipelineRunStatus, RerunOf};
 use crate::operator::planning::CANCEL_ANNOTATION;
 
 /// Label on every Kubernetes Event the operator records for a run: the PipelineRun's name.
@@ -215,6 +216,63 @@ impl FlowMasonClient {
                 "create {}",
                 self.what("PipelineRun", &name)
             )))
+    }
+
+    /// Creates a rerun of the run `old_run_id`: a PipelineRun with `spec` (the old run's, so the same
+    /// pipeline and inputs) and `spec.rerunOf`, named `<pipeline>-rerun-<8 hex digits>` and labelled with
+    /// the run it reruns. The operator starts it; with `from_failed` it takes the old run's succeeded
+    /// stages over from the event log.
+    pub async fn create_rerun(
+        &self,
+        spec: PipelineRunSpec,
+        old_run_id: &str,
+        from_failed: bool,
+    ) -> Result<PipelineRun, ClientError> {
+        let pipeline = spec.pipeline_ref.clone();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("{pipeline}-rerun-{}", &suffix[..8]);
+        let mut run = PipelineRun::new(
+            &name,
+            PipelineRunSpec {
+                status: None,
+                rerun_of: Some(RerunOf {
+                    run_id: old_run_id.to_string(),
+                    from_failed,
+                }),
+                ..spec
+            },
+        );
+        run.metadata.namespace = Some(self.namespace.clone());
+        run.metadata.labels = Some(
+            [
+                (PIPELINE_LABEL.to_string(), pipeline),
+                (RERUN_OF_LABEL.to_string(), old_run_id.to_string()),
+            ]
+            .into(),
+        );
+        self.runs()
+            .create(&PostParams::default(), &run)
+            .await
+            .map_err(api_error(format!(
+                "create {}",
+                self.what("PipelineRun", &name)
+            )))
+    }
+
+    /// The PipelineRun named `name_or_run_id`, or else the one whose `status.runId` it is.
+    pub async fn find_run(&self, name_or_run_id: &str) -> Result<PipelineRun, ClientError> {
+        if let Some(run) = self.get_run(name_or_run_id).await? {
+            return Ok(run);
+        }
+        self.list_runs(None)
+            .await?
+            .into_iter()
+            .find(|r| r.status.as_ref().and_then(|s| s.run_id.as_deref()) == Some(name_or_run_id))
+            .ok_or_else(|| ClientError::NotFound {
+                kind: "PipelineRun (by name or status.runId)",
+                namespace: self.namespace.clone(),
+                name: name_or_run_id.to_string(),
+            })
     }
 
     pub async fn get_run(&self, name: &str) -> Result<Option<PipelineRun>, ClientError> {

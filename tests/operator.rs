@@ -303,16 +303,22 @@ async fn fm_serve_exposes_metrics_health_and_the_history_of_its_runs() {
     };
     let metrics = eventually("the run counted in /metrics", || async {
         let text = get("/metrics").await.text().await.ok()?;
-        text.lines()
-            .any(|l| {
-                l.starts_with("flowmason_pipeline_runs_total{")
-                    && l.contains("pipeline=\"metered\"")
-                    && l.contains("phase=\"Succeeded\"")
-                    && l.ends_with(" 1")
-            })
-            .then_some(text)
+        (text.lines().any(|l| {
+            l.starts_with("flowmason_pipeline_runs_total{")
+                && l.contains("pipeline=\"metered\"")
+                && l.contains("phase=\"Succeeded\"")
+                && l.ends_with(" 1")
+        }) && text
+            .lines()
+            .any(|l| l.starts_with("flowmason_status_writes_total{outcome=\"ok\"}")))
+        .then_some(text)
     })
     .await;
+    // `fm serve` runs without leader election: it leads from the start.
+    assert!(
+        metrics.lines().any(|l| l == "flowmason_leader 1"),
+        "flowmason_leader 1 missing from:\n{metrics}"
+    );
     for family in [
         "flowmason_stage_duration_seconds_bucket",
         "flowmason_pipeline_run_duration_seconds_count",
@@ -1122,6 +1128,164 @@ fn fm_k8s(fm: &Fm, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Calls per path, served on 127.0.0.1:0; `/second` answers 400 to its first call only.
+async fn side_effect_server() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let hits: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
+    let counted = hits.clone();
+    let router = axum::Router::new().route(
+        "/{path}",
+        axum::routing::any(
+            move |axum::extract::Path(path): axum::extract::Path<String>| {
+                let hits = counted.clone();
+                async move {
+                    let mut hits = hits.lock().expect("lock");
+                    let n = hits.entry(path.clone()).or_default();
+                    *n += 1;
+                    if path == "second" && *n == 1 {
+                        (axum::http::StatusCode::BAD_REQUEST, "first call fails")
+                    } else {
+                        (axum::http::StatusCode::OK, "ok")
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}"), hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_from_failed_through_fm_k8s_and_the_api_skips_the_stages_that_succeeded() {
+    let (base, hits) = side_effect_server().await;
+    let calls = |path: &str| hits.lock().expect("lock").get(path).copied().unwrap_or(0);
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline(
+                "flaky",
+                json!([
+                    {"id": "first", "componentType": "http_request",
+                     "config": {"url": format!("{base}/first")}},
+                    {"id": "second", "componentType": "http_request", "dependsOn": ["first"],
+                     "config": {"url": format!("{base}/second")}}
+                ]),
+            ),
+        )
+        .await
+        .expect("create pipeline");
+    runs.create(
+        &PostParams::default(),
+        &run_of("flaky-1", "flaky", json!({"x": 1})),
+    )
+    .await
+    .expect("create run");
+    let failed = wait_phase(&runs, "flaky-1", &terminal()).await;
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.phase),
+        Some(RunPhase::Failed)
+    );
+    assert_eq!((calls("first"), calls("second")), (1, 1));
+
+    let (code, out, err) = fm_k8s(&fm, &["rerun", "flaky-1", "--from-failed"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let name = out
+        .trim()
+        .strip_prefix("pipelinerun.flowmason.io/")
+        .and_then(|s| s.strip_suffix(" created"))
+        .expect("fm k8s rerun prints the new PipelineRun")
+        .to_string();
+    assert!(name.starts_with("flaky-rerun-"), "{name}");
+    let rerun = wait_phase(&runs, &name, &terminal()).await;
+    let status = rerun.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
+    assert_eq!(
+        rerun
+            .spec
+            .rerun_of
+            .as_ref()
+            .map(|r| (r.run_id.clone(), r.from_failed)),
+        Some((
+            failed
+                .status
+                .as_ref()
+                .and_then(|s| s.run_id.clone())
+                .expect("runId"),
+            true
+        ))
+    );
+    // `first` was taken over from the old run, not called again.
+    assert_eq!((calls("first"), calls("second")), (1, 2));
+
+    // The history API of fm serve reruns too (a plain rerun runs every stage).
+    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .expect("server url");
+    let run_id = status.run_id.expect("runId");
+    let response = reqwest::Client::new()
+        .post(format!("{server}/api/v1/runs/{run_id}/rerun"))
+        .send()
+        .await
+        .expect("rerun request");
+    assert_eq!(response.status().as_u16(), 201);
+    let started: Value = response.json().await.expect("json");
+    assert_eq!(started["rerunOf"], json!(run_id));
+    let api_name = started["runName"].as_str().expect("runName").to_string();
+    let again = wait_phase(&runs, &api_name, &terminal()).await;
+    assert_eq!(
+        again.status.as_ref().and_then(|s| s.phase),
+        Some(RunPhase::Succeeded)
+    );
+    assert_eq!(
+        again.status.as_ref().and_then(|s| s.run_id.clone()),
+        started["runId"].as_str().map(String::from)
+    );
+    assert_eq!((calls("first"), calls("second")), (2, 3));
+    // A succeeded run has no failed stage to rerun from.
+    let refused = reqwest::Client::new()
+        .post(format!(
+            "{server}/api/v1/runs/{run_id}/rerun?fromFailed=true"
+        ))
+        .send()
+        .await
+        .expect("rerun request");
+    assert_eq!(refused.status().as_u16(), 409);
+    // A rerun from failed of a run the event log does not have fails before start, naming the field.
+    let mut orphan = run_of("flaky-orphan", "flaky", json!({}));
+    orphan.spec.rerun_of = Some(flowmason::model::RerunOf {
+        run_id: "0190a0a0-0000-7000-8000-000000000000".into(),
+        from_failed: true,
+    });
+    runs.create(&PostParams::default(), &orphan)
+        .await
+        .expect("create orphan rerun");
+    let orphan = wait_phase(&runs, "flaky-orphan", &terminal()).await;
+    let status = orphan.status.expect("status");
+    assert_eq!(status.phase, Some(RunPhase::Failed));
+    let message = status.error.map(|e| e.message).unwrap_or_default();
+    assert!(
+        message.contains("spec.rerunOf.runId")
+            && message.contains("0190a0a0-0000-7000-8000-000000000000"),
+        "{message}"
+    );
+    fm.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,15 @@ pub enum K8sCommand {
     },
     /// Cancel a run.
     Cancel { run: String },
+    /// Rerun a finished run (by PipelineRun name or engine run id): a new PipelineRun with the same
+    /// spec and `spec.rerunOf` (prints its name).
+    Rerun {
+        run: String,
+        /// Take the stages that succeeded over from the old run; run the failed stage and its
+        /// dependants only.
+        #[arg(long)]
+        from_failed: bool,
+    },
 }
 
 pub fn k8s(args: K8sArgs) -> anyhow::Result<i32> {
@@ -302,6 +311,26 @@ async fn dispatch(
         K8sCommand::Cancel { run } => {
             client.cancel_run(&run).await?;
             println!("pipelinerun.flowmason.io/{run} cancel requested");
+            Ok(0)
+        }
+        K8sCommand::Rerun { run, from_failed } => {
+            let old = client.find_run(&run).await?;
+            let Some(old_id) = old.status.as_ref().and_then(|s| s.run_id.clone()) else {
+                anyhow::bail!(
+                    "PipelineRun {}/{} has no status.runId: it has not started, so there is nothing to rerun",
+                    client.namespace(),
+                    old.name_any()
+                );
+            };
+            let created = client
+                .create_rerun(old.spec.clone(), &old_id, from_failed)
+                .await?;
+            match output {
+                OutputFormat::Table => {
+                    println!("pipelinerun.flowmason.io/{} created", created.name_any())
+                }
+                format => print_structured(&created, format)?,
+            }
             Ok(0)
         }
     }

@@ -103,6 +103,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
     };
     crate::runtime::block_on(|| async move {
         let client = client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+        surface.client_ready(client.clone());
         let http = tokio::net::TcpListener::bind(args.http_bind)
             .await
             .with_context(|| format!("--http-bind {}: cannot listen", args.http_bind))?;

@@ -84,7 +84,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let data_dir = store_args.data_dir()?;
     let webhooks = crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
     // The event log, shared by the engine and the history API (`/api/v1/runs/...`, served next to the
-    // Kubernetes API; read-only here: reruns go through PipelineRun objects).
+    // Kubernetes API; reruns are PipelineRun objects the operator starts).
     let events = store_args.open()?;
     let stop = CancellationToken::new();
     // History API, /metrics, /healthz and /readyz, served next to the Kubernetes API.
@@ -124,6 +124,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 .context("cannot read the kubeconfig just written")?,
         )
         .context("cannot build a client of the embedded API server")?;
+        surface.client_ready(client.clone());
         let triggers = if args.triggers.no_triggers {
             None
         } else {

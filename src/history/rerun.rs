@@ -60,8 +60,11 @@ pub type Rerunner = Arc<
         + Sync,
 >;
 
-/// The request that reruns `old` (a finished run); pure.
-pub fn request(old: &RunState, options: RerunOptions) -> Result<RunRequest, RerunError> {
+/// What a rerun of `old` takes over from it: the succeeded stages with `fromFailed`, else nothing.
+/// Errors when `old` is still in flight, or succeeded and `fromFailed` asks for its failed stage. Pure;
+/// the engine path, the API path and the PipelineRun controller (`spec.rerunOf`) share it, so all three
+/// refuse the same reruns.
+pub fn reuse(old: &RunState, options: RerunOptions) -> Result<Option<Reuse>, RerunError> {
     let run = old.run_id;
     if !old.phase.is_terminal() {
         return Err(RerunError::InFlight {
@@ -69,9 +72,19 @@ pub fn request(old: &RunState, options: RerunOptions) -> Result<RunRequest, Reru
             phase: old.phase,
         });
     }
-    if options.from_failed && old.phase == RunPhase::Succeeded {
+    if !options.from_failed {
+        return Ok(None);
+    }
+    if old.phase == RunPhase::Succeeded {
         return Err(RerunError::NothingFailed { run });
     }
+    Ok(Some(Reuse::succeeded_stages(old)))
+}
+
+/// The request that reruns `old` (a finished run); pure.
+pub fn request(old: &RunState, options: RerunOptions) -> Result<RunRequest, RerunError> {
+    let run = old.run_id;
+    let reuse = reuse(old, options)?;
     let plan: PlanSpec =
         serde_json::from_value(old.plan.clone()).map_err(|e| RerunError::BadPlan {
             run,
@@ -84,9 +97,7 @@ pub fn request(old: &RunState, options: RerunOptions) -> Result<RunRequest, Reru
     request.generation = old.generation;
     request.trigger = Trigger::Manual;
     request.labels = labels;
-    if options.from_failed {
-        request.reuse = Some(Reuse::succeeded_stages(old));
-    }
+    request.reuse = reuse;
     Ok(request)
 }
 
@@ -110,6 +121,63 @@ pub fn engine_rerunner(engine: Engine) -> Rerunner {
                 rerun_of: old.run_id,
                 reused_stages,
                 run_name: None,
+            })
+        })
+    })
+}
+
+/// Reruns through the Kubernetes API (`fm serve`, `fm operator`): creates a PipelineRun of the old run's
+/// pipeline with its inputs and `spec.rerunOf`, and answers at once; the operator starts it, taking the
+/// succeeded stages over from the event log when `fromFailed`. The client is set once the API server is
+/// up (the routes are built before it); until then reruns answer an error naming that.
+pub fn api_rerunner(client: Arc<std::sync::OnceLock<kube::Client>>) -> Rerunner {
+    Arc::new(move |old: RunState, options: RerunOptions| {
+        let client = client.clone();
+        Box::pin(async move {
+            let run = old.run_id;
+            // Refuse what the controller would refuse, before creating anything.
+            let reused_stages = reuse(&old, options)?
+                .map(|r| r.stages.keys().cloned().collect())
+                .unwrap_or_default();
+            let Some(client) = client.get().cloned() else {
+                return Err(RerunError::Start {
+                    run,
+                    message: "the Kubernetes API server is not up yet".into(),
+                });
+            };
+            let inputs = match &old.inputs {
+                serde_json::Value::Object(map) => Some(map.clone()),
+                serde_json::Value::Null => None,
+                other => {
+                    return Err(RerunError::Start {
+                        run,
+                        message: format!("recorded inputs are not an object: {other}"),
+                    });
+                }
+            };
+            let spec = crate::model::PipelineRunSpec {
+                pipeline_ref: old.pipeline.clone(),
+                inputs,
+                ..crate::model::PipelineRunSpec::default()
+            };
+            let api = crate::client::FlowMasonClient::new(client, old.namespace.clone());
+            let created = api
+                .create_rerun(spec, &run.to_string(), options.from_failed)
+                .await
+                .map_err(|e| RerunError::Start {
+                    run,
+                    message: e.to_string(),
+                })?;
+            let run_id =
+                crate::operator::runs::run_id_of(&created).map_err(|e| RerunError::Start {
+                    run,
+                    message: e.to_string(),
+                })?;
+            Ok(RerunStarted {
+                run_id,
+                rerun_of: run,
+                reused_stages,
+                run_name: Some(kube::ResourceExt::name_any(&created)),
             })
         })
     })

@@ -19,6 +19,8 @@ pub struct Surface {
     /// `/healthz` and `/readyz` (the event log must answer); `fm serve`'s API server has its own.
     pub health: Router,
     engine: Arc<OnceLock<Engine>>,
+    /// The client reruns create their PipelineRuns with (set by [`Surface::client_ready`]).
+    client: Arc<OnceLock<kube::Client>>,
 }
 
 impl Surface {
@@ -41,9 +43,11 @@ impl Surface {
                 m.set_event_log_size(bytes);
             }
         }));
+        let client: Arc<OnceLock<kube::Client>> = Arc::new(OnceLock::new());
         let history = super::history::router(super::history::HistoryState {
             store: events.clone(),
-            rerun: None,
+            // Reruns are PipelineRuns created through the API (the operator starts them).
+            rerun: Some(crate::history::rerun::api_rerunner(client.clone())),
             stop,
         });
         let health = super::health::router(super::health::HealthState::new().store(events.clone()));
@@ -53,11 +57,17 @@ impl Surface {
             router,
             health,
             engine,
+            client,
         })
     }
 
     /// Tells the metrics which engine runs the runs (for the runs-in-flight gauge).
     pub fn engine_started(&self, engine: Engine) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Gives `POST /api/v1/runs/{runId}/rerun` the client it creates PipelineRuns with.
+    pub fn client_ready(&self, client: kube::Client) {
+        let _ = self.client.set(client);
     }
 }

@@ -471,6 +471,23 @@ pub struct PipelineRunSpec {
     pub node_selector: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
+    /// Makes this run a rerun of an earlier one (what `POST /api/v1/runs/{runId}/rerun` and
+    /// `fm k8s rerun` create). With `fromFailed`, the stages that succeeded in the old run are taken
+    /// over from its events instead of running again; the old run must be in this operator's event log.
+    #[serde(default, alias = "rerun_of", skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RerunOf>,
+}
+
+/// `spec.rerunOf` of a PipelineRun: which run it reruns and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RerunOf {
+    /// Engine run id of the old run (its `status.runId`).
+    #[serde(default, alias = "run_id")]
+    pub run_id: String,
+    /// Reuse the old run's succeeded stages; run only the failed stage and its dependants.
+    #[serde(default, alias = "from_failed")]
+    pub from_failed: bool,
 }
 
 /// A state a user can request for a run through `spec.status`.

@@ -314,6 +314,14 @@ pub fn validate_run(run: &PipelineRunSpec) -> Vec<ValidationError> {
     retry_policy("retries", run.retries.as_ref(), &mut errors);
     parallelism("parallelism", run.parallelism, &mut errors);
     check_env(&run.env, &mut errors);
+    if let Some(rerun) = &run.rerun_of
+        && rerun.run_id.parse::<flowmason_store::RunId>().is_err()
+    {
+        errors.push(ValidationError::new(
+            "rerunOf.runId",
+            format!("{:?} is not a run id", rerun.run_id),
+        ));
+    }
     errors
 }
 
@@ -960,6 +968,26 @@ mod tests {
                 "timeout: invalid duration \"x\": expected a number followed by a unit (ms, s, m, h, d), e.g. \"90s\" or \"1h30m\"",
             ]
         );
+    }
+
+    #[test]
+    fn rerun_of_needs_a_run_id() {
+        let mut run = PipelineRunSpec {
+            pipeline_ref: "p".into(),
+            rerun_of: Some(crate::model::RerunOf {
+                run_id: "nope".into(),
+                from_failed: true,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            messages(&validate_run(&run)),
+            vec!["rerunOf.runId: \"nope\" is not a run id"]
+        );
+        if let Some(r) = run.rerun_of.as_mut() {
+            r.run_id = uuid::Uuid::now_v7().to_string();
+        }
+        assert!(validate_run(&run).is_empty());
     }
 
     #[test]

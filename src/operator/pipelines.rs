@@ -25,6 +25,7 @@ use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::planning::{self, ObjectRef, Problem, RefKind};
 use super::status::{self, CONDITION_READY};
+use crate::metrics::Metrics;
 use crate::model::{Condition, Pipeline, PipelinePhase, PipelineStatus};
 
 /// The Pipeline status as a pure function of what the actor knows.
@@ -105,6 +106,8 @@ pub struct PipelineActor {
     status: PipelineStatus,
     /// Whether the controller has observed the Pipeline (before that, run ends only update history).
     observed: bool,
+    /// Where status writes are counted; `None` counts nothing.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Actor for PipelineActor {
@@ -130,16 +133,20 @@ impl PipelineActor {
         self.status = next.clone();
         let api: Api<Pipeline> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = self.name.clone();
+        let metrics = self.metrics.clone();
         ctx.wait(
             async move {
-                if let Err(e) = api
+                let result = api
                     .patch_status(
                         &name,
                         &PatchParams::default(),
                         &Patch::Merge(json!({"status": next})),
                     )
-                    .await
-                {
+                    .await;
+                if let Some(metrics) = &metrics {
+                    metrics.status_write(super::runs::write_outcome(&result));
+                }
+                if let Err(e) = result {
                     tracing::debug!(pipeline = %name, error = %e, "Pipeline status write");
                 }
             }
@@ -241,13 +248,15 @@ pub struct PipelineRegistry {
     client: Client,
     arbiter: ArbiterHandle,
     actors: Arc<Mutex<ActorMap>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PipelineRegistry {
     /// Must be created on a thread of the actix system (the actors live on its arbiter).
-    pub fn new(client: Client) -> PipelineRegistry {
+    pub fn new(client: Client, metrics: Option<Arc<Metrics>>) -> PipelineRegistry {
         PipelineRegistry {
             client,
+            metrics,
             arbiter: Arbiter::current(),
             actors: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -262,6 +271,7 @@ impl PipelineRegistry {
             .entry((namespace.to_string(), name.to_string()))
             .or_insert_with(|| {
                 let client = self.client.clone();
+                let metrics = self.metrics.clone();
                 let (namespace, name) = (namespace.to_string(), name.to_string());
                 PipelineActor::start_in_arbiter(&self.arbiter, move |_| PipelineActor {
                     client,
@@ -273,6 +283,7 @@ impl PipelineRegistry {
                     running: BTreeSet::new(),
                     status: PipelineStatus::default(),
                     observed: false,
+                    metrics,
                 })
             })
             .clone()
@@ -313,6 +324,8 @@ pub struct PipelineContext {
     pub(crate) cluster: ClusterCache,
     pub(crate) registry: PipelineRegistry,
     pub known: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Where failed reconciles are counted; `None` counts nothing.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// The verdict on a Pipeline: resolved, valid, and every reference present.
@@ -364,8 +377,11 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<PipelineContext>) -> Result
     Ok(Action::await_change())
 }
 
-fn error_policy(_p: Arc<Pipeline>, error: &Error, _ctx: Arc<PipelineContext>) -> Action {
+fn error_policy(_p: Arc<Pipeline>, error: &Error, ctx: Arc<PipelineContext>) -> Action {
     tracing::warn!(%error, "Pipeline reconcile failed");
+    if let Some(metrics) = &ctx.metrics {
+        metrics.reconcile_error("pipeline");
+    }
     Action::requeue(Duration::from_secs(1))
 }
 

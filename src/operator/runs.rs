@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use flowmason_actors::{Engine, RunRequest};
+use flowmason_actors::{Engine, Reuse, RunRequest};
 use flowmason_store::{Event, RunId, RunState, Trigger};
 
 use super::cluster::ClusterCache;
@@ -29,6 +29,8 @@ use super::events;
 use super::pipelines::PipelineRegistry;
 use super::planning::{self, Problem};
 use super::status::{self, Limits};
+use crate::history::rerun::RerunOptions;
+use crate::metrics::Metrics;
 use crate::model::{Pipeline, PipelineRun, PipelineRunStatus};
 
 /// The finalizer that lets a deleted run be cancelled and recorded before it goes.
@@ -52,6 +54,8 @@ pub struct RunContext {
     /// Least time between two status writes of one run.
     pub write_interval: Duration,
     pub limits: Limits,
+    /// Where status writes and failed reconciles are counted; `None` counts nothing.
+    pub metrics: Option<Arc<Metrics>>,
     active: Mutex<HashMap<RunId, Active>>,
 }
 
@@ -62,6 +66,7 @@ impl RunContext {
         cluster: ClusterCache,
         pipelines: PipelineRegistry,
         write_interval: Duration,
+        metrics: Option<Arc<Metrics>>,
     ) -> RunContext {
         RunContext {
             client,
@@ -70,6 +75,7 @@ impl RunContext {
             pipelines,
             write_interval,
             limits: Limits::default(),
+            metrics,
             active: Mutex::new(HashMap::new()),
         }
     }
@@ -105,22 +111,38 @@ pub fn run_id_of(run: &PipelineRun) -> Result<RunId> {
     Ok(planning::run_id_for(uid, created_ms))
 }
 
-/// Patches a PipelineRun's status through the status subresource.
+/// Patches a PipelineRun's status through the status subresource, counting the outcome in
+/// `flowmason_status_writes_total` (ok, conflict, error) so that a stream of failing writes shows on a
+/// dashboard rather than only in debug logs.
 pub async fn write_status(
-    client: &Client,
+    ctx: &RunContext,
     namespace: &str,
     name: &str,
     status: &PipelineRunStatus,
 ) -> Result<()> {
-    let api: Api<PipelineRun> = Api::namespaced(client.clone(), namespace);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("write status of PipelineRun {namespace}/{name}"), e))?;
+    let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let result = api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await;
+    if let Some(metrics) = &ctx.metrics {
+        metrics.status_write(write_outcome(&result));
+    }
+    result
+        .map_err(|e| Error::kube(format!("write status of PipelineRun {namespace}/{name}"), e))?;
     Ok(())
+}
+
+/// The `outcome` label of a status write.
+pub(crate) fn write_outcome<T>(result: &std::result::Result<T, kube::Error>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(kube::Error::Api(e)) if e.code == 409 => "conflict",
+        Err(_) => "error",
+    }
 }
 
 /// Runs the PipelineRun controller until `shutdown` resolves.
@@ -140,8 +162,11 @@ pub async fn run_controller(
         .await;
 }
 
-fn error_policy(_run: Arc<PipelineRun>, error: &Error, _ctx: Arc<RunContext>) -> Action {
+fn error_policy(_run: Arc<PipelineRun>, error: &Error, ctx: Arc<RunContext>) -> Action {
     tracing::warn!(%error, "PipelineRun reconcile failed");
+    if let Some(metrics) = &ctx.metrics {
+        metrics.reconcile_error("pipelinerun");
+    }
     Action::requeue(Duration::from_millis(500))
 }
 
@@ -206,7 +231,7 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
     match folded {
         Some(state) if state.phase.is_terminal() => {
             let status = status::project_run(&state, &[], ctx.limits);
-            write_status(&ctx.client, &namespace, &name, &status).await?;
+            write_status(&ctx, &namespace, &name, &status).await?;
             ctx.pipelines.run_ended(&state);
             Ok(Action::await_change())
         }
@@ -219,12 +244,12 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
                     "run {run_id} was started but the event log has no record of it (was the data dir lost?); it cannot be resumed"
                 ),
             );
-            write_status(&ctx.client, &namespace, &name, &status).await?;
+            write_status(&ctx, &namespace, &name, &status).await?;
             Ok(Action::await_change())
         }
         None if cancel => {
             let status = status::cancelled_before_start(None);
-            write_status(&ctx.client, &namespace, &name, &status).await?;
+            write_status(&ctx, &namespace, &name, &status).await?;
             Ok(Action::await_change())
         }
         None => start(run, run_id, ctx).await,
@@ -269,6 +294,10 @@ async fn prepare(
             ),
         }));
     };
+    let reuse = match rerun_reuse(run, ctx) {
+        Ok(reuse) => reuse,
+        Err(problem) => return Ok(Err(problem)),
+    };
     let refs = planning::references(&pipeline, None, Some(run));
     let mut objects = ctx.cluster.fetch(&refs).await?;
     let spec = match planning::resolve_spec(&pipeline, &objects) {
@@ -297,6 +326,7 @@ async fn prepare(
                 .unwrap_or(Trigger::Manual);
             request.run_name = Some(run.name_any());
             request.labels = run.labels().clone();
+            request.reuse = reuse;
             // The engine reads `envFrom` itself (at start and on resume); the values resolved here only
             // checked that every reference exists, and the secret ones are masked by the engine too.
             request.secrets = env.secrets.clone();
@@ -307,6 +337,41 @@ async fn prepare(
             })
         });
     Ok(prepared)
+}
+
+/// What a rerun (`spec.rerunOf`) takes over from the old run: with `fromFailed`, its succeeded stages,
+/// read from the event log (the old run's fold). The checks are the history API's
+/// ([`crate::history::rerun::reuse`]), so a rerun refused there is refused here too.
+fn rerun_reuse(run: &PipelineRun, ctx: &RunContext) -> Result<Option<Reuse>, Problem> {
+    let Some(rerun) = &run.spec.rerun_of else {
+        return Ok(None);
+    };
+    let invalid = |message: String| Problem {
+        reason: "InvalidRerun",
+        message: format!("spec.rerunOf.runId: {message}"),
+    };
+    let old_id: RunId = rerun
+        .run_id
+        .parse()
+        .map_err(|_| invalid(format!("{:?} is not a run id", rerun.run_id)))?;
+    if !rerun.from_failed {
+        // A plain rerun is a new run with the same spec: nothing of the old run is needed.
+        return Ok(None);
+    }
+    let old = match ctx.engine.store().fold(old_id) {
+        Ok(Some(old)) => old,
+        Ok(None) => {
+            return Err(Problem {
+                reason: "RerunOfNotFound",
+                message: format!("spec.rerunOf.runId: run {old_id} is not in the event log"),
+            });
+        }
+        Err(e) => return Err(invalid(format!("run {old_id} cannot be read: {e}"))),
+    };
+    let options = RerunOptions {
+        from_failed: rerun.from_failed,
+    };
+    crate::history::rerun::reuse(&old, options).map_err(|e| invalid(e.to_string()))
 }
 
 /// Gives a PipelineRun an ownerReference to its Pipeline (deleting the Pipeline deletes its runs) and
@@ -351,7 +416,7 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
         Ok(p) => p,
         Err(problem) => {
             let status = status::failed_before_start(None, problem.reason, problem.message);
-            write_status(&ctx.client, &namespace, &name, &status).await?;
+            write_status(&ctx, &namespace, &name, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -402,7 +467,7 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
         // Ended while we looked (or was ended as unusable): project what the log says.
         if let Ok(Some(state)) = ctx.engine.store().fold(run_id) {
             write_status(
-                &ctx.client,
+                &ctx,
                 &namespace,
                 &name,
                 &status::project_run(&state, &secrets, ctx.limits),
@@ -476,7 +541,7 @@ fn spawn_writer(
                                 written_phase = phase;
                                 if let Some(s) = &state {
                                     let status = status::project_run(s, &secrets, ctx.limits);
-                                    if let Err(e) = write_status(&ctx.client, &namespace, &name, &status).await {
+                                    if let Err(e) = write_status(&ctx, &namespace, &name, &status).await {
                                         tracing::debug!(error = %e, "status write");
                                     }
                                 }
@@ -491,7 +556,7 @@ fn spawn_writer(
                 _ = async { match due { Some(t) if dirty => tokio::time::sleep_until(t).await, _ => std::future::pending().await } } => {
                     if let Some(s) = &state {
                         let status = status::project_run(s, &secrets, ctx.limits);
-                        if let Err(e) = write_status(&ctx.client, &namespace, &name, &status).await {
+                        if let Err(e) = write_status(&ctx, &namespace, &name, &status).await {
                             tracing::debug!(error = %e, "status write");
                         }
                     }
@@ -523,7 +588,7 @@ fn spawn_writer(
             let status = status::project_run(s, &secrets, ctx.limits);
             let mut delay = Duration::from_millis(50);
             for _ in 0..20 {
-                match write_status(&ctx.client, &namespace, &name, &status).await {
+                match write_status(&ctx, &namespace, &name, &status).await {
                     Ok(()) => break,
                     Err(Error::Kube {
                         source: kube::Error::Api(e),

@@ -75,7 +75,7 @@ impl Operator {
             },
         );
         Operator {
-            registry: PipelineRegistry::new(client.clone()),
+            registry: PipelineRegistry::new(client.clone(), config.metrics.clone()),
             client,
             engine,
             config,
@@ -104,12 +104,21 @@ impl Operator {
             None => None,
         };
         let halt = stop.child_token();
+        // Leader from here on: the Lease is held, or there is no election (a single replica).
+        let metrics = self.config.metrics.clone();
+        if let Some(m) = &metrics {
+            m.set_leader(true);
+        }
         if let Some(l) = &leadership {
             let lost = l.lost.clone();
             let halt = halt.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 lost.cancelled().await;
                 tracing::error!("lost the operator lease; stopping the controllers");
+                if let Some(m) = &metrics {
+                    m.set_leader(false);
+                }
                 halt.cancel();
             });
         }
@@ -123,6 +132,7 @@ impl Operator {
             cluster: cluster.clone(),
             registry: self.registry.clone(),
             known,
+            metrics: self.config.metrics.clone(),
         });
         let run_ctx = Arc::new(RunContext::new(
             self.client.clone(),
@@ -130,6 +140,7 @@ impl Operator {
             cluster,
             self.registry.clone(),
             self.config.write_interval,
+            self.config.metrics.clone(),
         ));
         let (h1, h2) = (halt.clone(), halt.clone());
         let pipelines = tokio::spawn(pipelines::run_controller(pipeline_ctx, async move {
@@ -149,6 +160,9 @@ impl Operator {
         let _ = self.engine.store().flush();
         if let Some(l) = leadership {
             l.release().await;
+        }
+        if let Some(m) = &metrics {
+            m.set_leader(false);
         }
         Ok(())
     }
