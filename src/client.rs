@@ -104,6 +104,12 @@ impl FlowMasonClient {
         &self.namespace
     }
 
+    /// The underlying kube client, for verbs built on other modules' functions (e.g. the cron
+    /// backfill) that take one.
+    pub fn kube_client(&self) -> &Client {
+        &self.client
+    }
+
     fn pipelines(&self) -> Api<Pipeline> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }

@@ -1628,3 +1628,78 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     assert!(ok && out.contains("flowmason-system"), "{out}");
     fm.stop();
 }
+
+/// With the controllers running, the Pipeline controller owns the triggers: editing a Pipeline's
+/// webhook path through the API re-arms it (the old path answers 404, the new one 202 and creates a
+/// run), and deleting the Pipeline disarms it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_pipelines_webhook_through_the_api_re_arms_it() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let mut hooked = pipeline("hooked", json!([{"id": "a", "componentType": "noop"}]));
+    hooked.spec.triggers = Some(
+        serde_json::from_value(json!({"webhook": {"enabled": true, "path": "/webhooks/old"}}))
+            .expect("triggers"),
+    );
+    pipelines
+        .create(&PostParams::default(), &hooked)
+        .await
+        .expect("create pipeline");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .expect("server url");
+    let http = reqwest::Client::new();
+    let post = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{server}{path}"));
+        async move {
+            http.post(url)
+                .body(r#"{"x": 1}"#)
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    eventually("/webhooks/old armed", || async {
+        (post("/webhooks/old").await == 202).then_some(())
+    })
+    .await;
+
+    pipelines
+        .patch(
+            "hooked",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"triggers": {"webhook": {"path": "/webhooks/new"}}}})),
+        )
+        .await
+        .expect("patch the webhook path");
+    eventually("/webhooks/new armed", || async {
+        (post("/webhooks/new").await == 202).then_some(())
+    })
+    .await;
+    assert_eq!(post("/webhooks/old").await, 404, "the old path is disarmed");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let fired = runs
+        .list(&kube::api::ListParams::default().labels("flowmason.io/trigger=webhook"))
+        .await
+        .expect("list runs")
+        .items
+        .len();
+    assert!(fired >= 2, "one run per accepted webhook call, got {fired}");
+
+    pipelines
+        .delete("hooked", &DeleteParams::default())
+        .await
+        .expect("delete pipeline");
+    eventually("/webhooks/new disarmed", || async {
+        (post("/webhooks/new").await == 404).then_some(())
+    })
+    .await;
+    fm.stop();
+}

@@ -372,6 +372,70 @@ async fn backfill_is_bounded_and_deduplicated() {
     h.server.shutdown().await;
 }
 
+/// `fm k8s backfill` is the command line over [`backfill`]: it talks to the server of `--kubeconfig`,
+/// prints what it created and what already existed, and turns a window that is too large into an
+/// error naming `--max-runs` (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_k8s_backfill_creates_the_missed_runs() {
+    let h = api().await;
+    let p = create_pipeline(&h.client, "bfcli", json!({"schedule": "0 * * * *"})).await;
+    let from = minute_after(created_at(&p), -24 * 60);
+    let from = DateTime::from_timestamp(from.timestamp().div_euclid(3600) * 3600, 0).expect("hour");
+    let to = from + chrono::Duration::hours(2);
+    let kubeconfig = h.server.kubeconfig_path().to_path_buf();
+    let fm = move |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_fm"))
+                    .arg("k8s")
+                    .arg("backfill")
+                    .args(&args)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["-n", "default"])
+                    .env("FM_LOG", "error")
+                    .output()
+                    .expect("fm k8s backfill runs")
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let window = |to: DateTime<Utc>, max: &str| {
+        vec![
+            "bfcli".to_string(),
+            "--from".into(),
+            from.to_rfc3339(),
+            "--to".into(),
+            to.to_rfc3339(),
+            "--max-runs".into(),
+            max.into(),
+        ]
+    };
+    let out = fm(window(to, "24")).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 created, 0 already existed"), "{stdout}");
+    assert_eq!(runs_of(&h.client, "bfcli").await.len(), 3);
+
+    let out = fm(window(to + chrono::Duration::hours(1), "24")).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 created, 3 already existed"), "{stdout}");
+
+    let out = fm(window(to + chrono::Duration::hours(100), "5")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-runs 5"), "{stderr}");
+    assert_eq!(runs_of(&h.client, "bfcli").await.len(), 4);
+    h.server.shutdown().await;
+}
+
 /// Serves `router` on a free loopback port.
 async fn serve(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

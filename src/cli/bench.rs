@@ -33,8 +33,8 @@ pub enum BenchTarget {
     /// The operator path in one process (API server, controllers, engine): PipelineRun created ->
     /// Running latency and a burst of queued runs -> all Succeeded.
     K8s(super::bench_k8s::K8sBench),
-    /// NATS publish -> PipelineRun created latency through the pubsub trigger, against an in-process
-    /// API server (without the operator on this branch, "created" is the end point, not Running).
+    /// NATS publish -> PipelineRun Running latency through the pubsub trigger, against an in-process
+    /// API server with the operator (controllers and engine) as `fm serve` runs them.
     Nats(NatsBench),
     /// Fills an event log with many finished runs and measures history queries on it.
     History(HistoryBench),
@@ -45,7 +45,7 @@ pub struct NatsBench {
     /// NATS server with JetStream; default: start `nats-server -js` on a free loopback port.
     #[arg(long)]
     pub nats: Option<String>,
-    /// Messages, published one at a time (each waits for its run).
+    /// Messages, published one at a time (each waits for its run to show Running).
     #[arg(long, default_value_t = 200)]
     pub messages: usize,
 }
@@ -508,10 +508,29 @@ fn nats(args: NatsBench) -> anyhow::Result<i32> {
             crds.create(&PostParams::default(), &serde_json::from_value(crd)?)
                 .await?;
         }
+        // The controllers and the engine, as `fm serve` runs them (this closure runs on the actix
+        // system thread `Operator::new` needs).
+        let events = crate::cli::StoreArgs {
+            data_dir: Some(dir.path().to_path_buf()),
+            durability: flowmason_store::Durability::Batch,
+        }
+        .open()?;
+        let operator = crate::operator::Operator::new(
+            client.clone(),
+            events,
+            builtin_registry(),
+            crate::operator::OperatorConfig::default(),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let operator = actix::spawn({
+            let stop = stop.clone();
+            async move { operator.run(stop).await }
+        });
+        // A stage long enough for the Running status to be written before the run ends.
         let pipeline: Pipeline = serde_json::from_value(json!({
             "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
             "metadata": {"name": "bench", "namespace": "default"},
-            "spec": {"stages": [{"id": "a", "componentType": "noop"}],
+            "spec": {"stages": [{"id": "wait", "componentType": "delay", "config": {"ms": 20}}],
                      "triggers": {"pubsub": {"topic": "bench.in", "subscription": "bench"}}},
         }))?;
         let pipeline = Api::<Pipeline>::namespaced(client.clone(), "default")
@@ -555,28 +574,74 @@ fn nats(args: NatsBench) -> anyhow::Result<i32> {
             .await?
             .boxed();
         let mut latencies = Vec::with_capacity(args.messages);
+        // Runs already measured (their later status changes are ignored).
+        let mut seen = std::collections::HashSet::new();
         for i in 0..args.messages {
             let start = Instant::now();
             js.publish("bench.in", format!("{{\"i\": {i}}}").into())
                 .await
                 .context("publish")?;
+            // The run this message created is the first one seen Added; its end point is the first
+            // status past Pending (Running is written as soon as the engine starts it).
+            let mut this_run: Option<String> = None;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
-                match watch.next().await {
-                    Some(Ok(WatchEvent::Added(_))) => break,
-                    Some(Ok(_)) => {}
+                let event = tokio::time::timeout_at(deadline, watch.next())
+                    .await
+                    .with_context(|| format!("message {i}: no run showed Running within 60 s"))?;
+                let run = match event {
+                    Some(Ok(WatchEvent::Added(run) | WatchEvent::Modified(run))) => run,
+                    Some(Ok(_)) => continue,
                     Some(Err(e)) => bail!("watching runs: {e}"),
                     None => bail!("the watch on runs ended"),
+                };
+                let name = run.metadata.name.clone().unwrap_or_default();
+                if this_run.is_none() && !seen.contains(&name) {
+                    this_run = Some(name.clone());
+                }
+                if this_run.as_deref() != Some(name.as_str()) {
+                    continue;
+                }
+                let phase = run.status.as_ref().and_then(|s| s.phase);
+                if matches!(phase, Some(p) if p != crate::model::RunPhase::Pending) {
+                    seen.insert(name);
+                    break;
                 }
             }
             latencies.push(start.elapsed());
         }
         triggers.clear();
+        // Let the runs end before the API server goes, so no status write is left failing.
+        let drained = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let all_ended = runs.list(&Default::default()).await.is_ok_and(|list| {
+                    list.items.iter().all(|r| {
+                        r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                            !matches!(
+                                p,
+                                crate::model::RunPhase::Pending | crate::model::RunPhase::Running
+                            )
+                        })
+                    })
+                });
+                if all_ended {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            eprintln!("warning: some runs had not ended 60 s after the last message");
+        }
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
         server.shutdown().await;
         latencies.sort();
         let pct =
             |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         println!(
-            "nats publish -> PipelineRun created: {} messages, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "nats publish -> PipelineRun Running: {} messages, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             latencies.len(),
             pct(0.5).as_secs_f64() * 1e3,
             pct(0.9).as_secs_f64() * 1e3,

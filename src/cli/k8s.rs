@@ -1,6 +1,7 @@
 //! `fm k8s ...`: FlowMason pipelines on a Kubernetes API server (a cluster, or `fm serve`), through
 //! [`crate::client::FlowMasonClient`]. The verbs of the seed: `deploy`, `list`, `status`, `run`
-//! (`--wait` follows it with a progress view), `logs` (`-f` follows), `delete`, `cancel`.
+//! (`--wait` follows it with a progress view), `logs` (`-f` follows), `delete`, `cancel`; and
+//! `backfill`, which creates the scheduled runs a window missed.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use serde_json::{Map, Value, json};
 use super::{EXIT_RUN_FAILED, OutputFormat, inputs, print_structured};
 use crate::client::{FlowMasonClient, follow_run};
 use crate::model::{self, Pipeline, PipelineRun, RunPhase};
+use crate::triggers::cron::{self, parse_instant};
 
 #[derive(Args, Debug)]
 pub struct K8sArgs {
@@ -80,6 +82,22 @@ pub enum K8sCommand {
         /// dependants only.
         #[arg(long)]
         from_failed: bool,
+    },
+    /// Create the scheduled runs a window missed (e.g. one the engine was down for), named as the
+    /// schedule names them so instants that already ran are skipped; refuses windows of more than
+    /// `--max-runs` runs.
+    Backfill {
+        /// The Pipeline (it must have a `spec.schedule`).
+        name: String,
+        /// Window start (inclusive), RFC 3339 or YYYY-MM-DDTHH:MM (UTC).
+        #[arg(long, value_parser = parse_instant)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Window end (inclusive).
+        #[arg(long, value_parser = parse_instant)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// Most runs one backfill may create.
+        #[arg(long, default_value_t = 100)]
+        max_runs: usize,
     },
 }
 
@@ -330,6 +348,42 @@ async fn dispatch(
                     println!("pipelinerun.flowmason.io/{} created", created.name_any())
                 }
                 format => print_structured(&created, format)?,
+            }
+            Ok(0)
+        }
+        K8sCommand::Backfill {
+            name,
+            from,
+            to,
+            max_runs,
+        } => {
+            let report = cron::backfill(
+                client.kube_client(),
+                client.namespace(),
+                &name,
+                from,
+                to,
+                max_runs,
+            )
+            .await?;
+            match output {
+                OutputFormat::Table => {
+                    for run in &report.created {
+                        println!("created {run}");
+                    }
+                    for run in &report.deduplicated {
+                        println!("exists  {run}");
+                    }
+                    println!(
+                        "{} created, {} already existed",
+                        report.created.len(),
+                        report.deduplicated.len()
+                    );
+                }
+                format => print_structured(
+                    &json!({"created": report.created, "existed": report.deduplicated}),
+                    format,
+                )?,
             }
             Ok(0)
         }

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flowmason_store::{Durability, EventStore, StoreConfig};
 
-mod backfill;
 mod bench;
 mod bench_k8s;
 mod history;
@@ -49,9 +48,6 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Load harnesses measuring the engine end to end.
     Bench(bench::BenchArgs),
-    /// Create the scheduled runs a window missed (bounded, deduplicated by the run names the schedule
-    /// itself uses), against the cluster of $KUBECONFIG.
-    Backfill(backfill::BackfillArgs),
     /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it).
     Serve(serve::ServeArgs),
     /// Run the controllers and the engine against a cluster (kubeconfig or in-cluster).
@@ -218,7 +214,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History(args) => history::history(*args),
         Command::Resume(args) => resume::resume(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Backfill(args) => backfill::backfill(args),
         Command::Serve(args) => serve::serve(args),
         Command::Operator(args) => operator::operator(args),
         Command::K8s(args) => k8s::k8s(args),

@@ -95,7 +95,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
     let stop = CancellationToken::new();
     let surface = crate::http::surface::Surface::new(&events, stop.clone())
         .context("cannot set up /metrics")?;
-    let config = OperatorConfig {
+    let mut config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
         lease,
         metrics: Some(surface.metrics.clone()),
@@ -130,7 +130,14 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             eprintln!("webhooks on http://{}", served.addr);
             let triggers = args.triggers.start(client.clone(), webhooks).await?;
             triggers.metrics().forward_to(surface.metrics.clone());
-            Some(tokio::spawn(triggers.watch(stop.clone())))
+            if config.lease.is_some() {
+                // Every replica answers webhooks and shares the NATS consumers, not only the leader
+                // running the controllers: the triggers keep a watch of their own.
+                Some(tokio::spawn(triggers.watch(stop.clone())))
+            } else {
+                config.triggers = Some(triggers);
+                None
+            }
         };
         let operator = Operator::new(client, events, builtin_registry(), config);
         surface.engine_started(operator.engine().clone());

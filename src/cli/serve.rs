@@ -108,7 +108,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         },
         ..ServeConfig::new(data_dir)
     };
-    let operator_config = OperatorConfig {
+    let mut operator_config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
         metrics: Some(surface.metrics.clone()),
         ..OperatorConfig::default()
@@ -125,12 +125,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         )
         .context("cannot build a client of the embedded API server")?;
         surface.client_ready(client.clone());
+        // With the controllers running, the Pipeline controller owns the triggers (armed on every
+        // observed Pipeline, disarmed on delete); without them, a watch of their own drives them.
         let triggers = if args.triggers.no_triggers {
             None
         } else {
             let triggers = args.triggers.start(client.clone(), webhooks).await?;
             triggers.metrics().forward_to(surface.metrics.clone());
-            Some(tokio::spawn(triggers.watch(stop.clone())))
+            if args.no_controllers {
+                Some(tokio::spawn(triggers.watch(stop.clone())))
+            } else {
+                operator_config.triggers = Some(triggers);
+                None
+            }
         };
         let operator = if args.no_controllers {
             None

@@ -3,7 +3,8 @@
 //! `PipelineActor` per Pipeline owns the outcome (the validated plan's generation, the Ready condition)
 //! and the run history (`lastRunId`, `lastRunTime`, `lastRunStatus`), and is the only writer of that
 //! Pipeline's status, so that observations and run ends never race each other. ConfigMap and Secret
-//! changes re-reconcile the Pipelines that reference them.
+//! changes re-reconcile the Pipelines that reference them. When the operator owns the triggers, the
+//! controller also arms each observed Pipeline's triggers and disarms them when it is deleted.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef as KubeRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -326,6 +327,8 @@ pub struct PipelineContext {
     pub known: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where failed reconciles are counted; `None` counts nothing.
     pub metrics: Option<Arc<Metrics>>,
+    /// Armed on every observed Pipeline, disarmed on delete (see `OperatorConfig::triggers`).
+    pub triggers: Option<Arc<crate::triggers::Triggers>>,
 }
 
 /// The verdict on a Pipeline: resolved, valid, and every reference present.
@@ -357,8 +360,16 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<PipelineContext>) -> Result
     let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
     let name = pipeline.name_any();
     if pipeline.metadata.deletion_timestamp.is_some() {
+        if let Some(triggers) = &ctx.triggers {
+            triggers.remove(&namespace, &name);
+        }
         ctx.registry.forget(&namespace, &name);
         return Ok(Action::await_change());
+    }
+    if let Some(triggers) = &ctx.triggers {
+        // Unchanged trigger specs keep running (apply compares a fingerprint); problems are logged
+        // and reported on the Pipeline's trigger conditions by the triggers themselves.
+        triggers.apply(&pipeline);
     }
     let verdict = check_pipeline(&pipeline, &ctx.cluster, ctx.known.as_ref()).await?;
     ctx.registry
@@ -411,10 +422,26 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
+    // The controller's own watch, tapped for deletes: a deleted Pipeline (no finalizer) is never
+    // reconciled, yet its triggers must be disarmed.
+    let (reader, writer) = reflector::store();
+    let triggers = ctx.triggers.clone();
+    let pipelines = watcher(
         Api::<Pipeline>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .default_backoff()
+    .reflect(writer)
+    .inspect(move |event| {
+        if let (Some(triggers), Ok(watcher::Event::Delete(p))) = (&triggers, event) {
+            triggers.remove(
+                &p.namespace().unwrap_or_else(|| "default".into()),
+                &p.name_any(),
+            );
+        }
+    })
+    .applied_objects();
+    let controller = Controller::for_stream(pipelines, reader);
     let store = controller.store();
     let for_configmaps = store.clone();
     controller

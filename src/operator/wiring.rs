@@ -18,7 +18,7 @@ use super::pipelines::{self, PipelineContext, PipelineRegistry};
 use super::runs::{self, RunContext};
 
 /// Settings of an operator.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OperatorConfig {
     /// Least time between two status writes of one run (the first and the final write are immediate).
     pub write_interval: Duration,
@@ -28,6 +28,24 @@ pub struct OperatorConfig {
     pub workers: usize,
     /// Where the engine's events are counted (`/metrics`); `None` counts nothing.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The triggers this operator owns: the Pipeline controller arms them on every Pipeline it
+    /// observes and disarms them when the Pipeline is deleted, so that triggers and the Ready verdict
+    /// come from the same watch (and stop with the controllers). `None` leaves the triggers to
+    /// [`crate::triggers::Triggers::watch`] (e.g. `fm operator` replicas that must all answer
+    /// webhooks while only the leader runs controllers).
+    pub triggers: Option<Arc<crate::triggers::Triggers>>,
+}
+
+impl std::fmt::Debug for OperatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorConfig")
+            .field("write_interval", &self.write_interval)
+            .field("lease", &self.lease)
+            .field("workers", &self.workers)
+            .field("metrics", &self.metrics.is_some())
+            .field("triggers", &self.triggers.is_some())
+            .finish()
+    }
 }
 
 impl Default for OperatorConfig {
@@ -37,6 +55,7 @@ impl Default for OperatorConfig {
             lease: None,
             workers: 2,
             metrics: None,
+            triggers: None,
         }
     }
 }
@@ -133,6 +152,7 @@ impl Operator {
             registry: self.registry.clone(),
             known,
             metrics: self.config.metrics.clone(),
+            triggers: self.config.triggers.clone(),
         });
         let run_ctx = Arc::new(RunContext::new(
             self.client.clone(),
@@ -157,6 +177,10 @@ impl Operator {
         })
         .await;
         self.cache_stop.cancel();
+        // Owned triggers stop with the controllers that armed them (e.g. on a lost lease).
+        if let Some(triggers) = &self.config.triggers {
+            triggers.clear();
+        }
         let _ = self.engine.store().flush();
         if let Some(l) = leadership {
             l.release().await;
