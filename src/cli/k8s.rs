@@ -430,8 +430,11 @@ async fn logs(
     output: OutputFormat,
 ) -> anyhow::Result<i32> {
     let mut seen = HashSet::new();
+    let mut saw_end = false;
+    // The operator writes a run's final status and its last Kubernetes Events separately: after the
+    // status says the run ended, follow a little longer until its terminal event is listed too.
+    let mut ended_at: Option<std::time::Instant> = None;
     loop {
-        // Read the run first: events recorded before it ended are then all listed below.
         let current = client
             .get_run(run)
             .await?
@@ -443,6 +446,10 @@ async fn logs(
             if !seen.insert(name) {
                 continue;
             }
+            saw_end |= matches!(
+                event.reason.as_deref(),
+                Some("RunSucceeded" | "RunFailed" | "RunCancelled" | "RunTimedOut")
+            );
             match output {
                 OutputFormat::Table => println!(
                     "{} {:<13} {}",
@@ -458,8 +465,14 @@ async fn logs(
                 OutputFormat::Yaml => print_structured(&event, output)?,
             }
         }
-        if !follow || ended {
+        if !follow {
             return Ok(0);
+        }
+        if ended {
+            let since = *ended_at.get_or_insert_with(std::time::Instant::now);
+            if saw_end || since.elapsed() > Duration::from_secs(5) {
+                return Ok(0);
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
