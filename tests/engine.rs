@@ -1192,3 +1192,22 @@ async fn reused_stages_are_recorded_as_succeeded_and_never_executed() {
     let err = f.engine.start(bad).await.err().expect("refused");
     assert!(err.to_string().contains("\"ghost\""), "{err}");
 }
+
+#[actix_rt::test]
+async fn context_fields_resolve_in_both_spellings() {
+    let f = fixture();
+    let spec = plan(vec![with_config(
+        stage("who", "echo", &[]),
+        json!({
+            "camel": "{{context.runId}}/{{context.stageId}}/{{context.attempt}}",
+            "snake": "{{context.run_id}}/{{context.stage_id}}/{{context.attempt}}",
+            "pipeline": "{{context.pipeline}}",
+        }),
+    )]);
+    let (state, _) = run(&f, spec, json!({})).await;
+    let expected = format!("{}/who/1", state.run_id);
+    assert_eq!(
+        state.output,
+        Some(json!({ "camel": expected, "snake": expected, "pipeline": "test" }))
+    );
+}

@@ -125,9 +125,9 @@ impl RunActor {
         for (pos, &index) in setup.plan.order().iter().enumerate() {
             position[index] = pos;
         }
+        // Canonical spellings only: templates map FlowMason's `run_id`/`stage_id` onto them.
         let context = serde_json::json!({
             "runId": setup.state.run_id.to_string(),
-            "run_id": setup.state.run_id.to_string(),
             "pipeline": setup.state.pipeline,
             "namespace": setup.state.namespace,
             "generation": setup.state.generation,
@@ -462,7 +462,6 @@ impl RunActor {
         let mut context = self.context.clone();
         if let Value::Object(map) = &mut context {
             map.insert("stageId".into(), Value::String(stage.id.clone()));
-            map.insert("stage_id".into(), Value::String(stage.id.clone()));
             map.insert("attempt".into(), Value::from(attempt));
         }
         let stages = &self.state.stages;
