@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus text exposition of [`crate::metrics::Metrics`]. Gauges that are read
 //! rather than counted (runs in flight, event log size) are refreshed by the scrape itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -30,11 +30,32 @@ impl MetricsState {
     }
 
     /// Refreshes the runs-in-flight gauge from `engine` and the log size from its store at each scrape.
-    pub fn with_engine(mut self, engine: flowmason_actors::Engine) -> MetricsState {
+    pub fn with_engine(self, engine: flowmason_actors::Engine) -> MetricsState {
+        let store = engine.store().clone();
+        let slot = Arc::new(OnceLock::new());
+        let _ = slot.set(engine);
+        self.with_store(store).with_engine_slot(slot)
+    }
+
+    /// Refreshes the event log's size from `store` at each scrape.
+    pub fn with_store(mut self, store: flowmason_store::EventStore) -> MetricsState {
         self.refresh.push(Arc::new(move |m: &Metrics| {
-            m.set_runs_in_flight(engine.running());
-            if let Ok(bytes) = engine.store().size_on_disk() {
+            if let Ok(bytes) = store.size_on_disk() {
                 m.set_event_log_size(bytes);
+            }
+        }));
+        self
+    }
+
+    /// Refreshes the runs-in-flight gauge from the engine in `slot` once there is one (for routes built
+    /// before the engine, which `fm serve` and `fm operator` create after their Kubernetes client).
+    pub fn with_engine_slot(
+        mut self,
+        slot: Arc<OnceLock<flowmason_actors::Engine>>,
+    ) -> MetricsState {
+        self.refresh.push(Arc::new(move |m: &Metrics| {
+            if let Some(engine) = slot.get() {
+                m.set_runs_in_flight(engine.running());
             }
         }));
         self

@@ -30,19 +30,9 @@ impl Surface {
         events.observe_writes(metrics.store_observer());
         // The engine is created later (it needs a Kubernetes client): the scrape reads it once there.
         let engine: Arc<OnceLock<Engine>> = Arc::new(OnceLock::new());
-        let mut state = super::metrics::MetricsState::new(metrics.clone());
-        let scraped = engine.clone();
-        state.refresh.push(Arc::new(move |m: &Metrics| {
-            if let Some(engine) = scraped.get() {
-                m.set_runs_in_flight(engine.running());
-            }
-        }));
-        let log = events.clone();
-        state.refresh.push(Arc::new(move |m: &Metrics| {
-            if let Ok(bytes) = log.size_on_disk() {
-                m.set_event_log_size(bytes);
-            }
-        }));
+        let state = super::metrics::MetricsState::new(metrics.clone())
+            .with_store(events.clone())
+            .with_engine_slot(engine.clone());
         let client: Arc<OnceLock<kube::Client>> = Arc::new(OnceLock::new());
         let history = super::history::router(super::history::HistoryState {
             store: events.clone(),
