@@ -5,15 +5,24 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use flowmason::apiserver::{ServeConfig, Server};
+use flowmason::components::builtin_registry;
+use flowmason::model::crd_yaml::{pipeline_crd, pipelinerun_crd};
 use flowmason::model::{Pipeline, PipelineRun, RunPhase};
+use flowmason::operator::{Operator, OperatorConfig};
+use flowmason_store::{EventStore, StoreConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// Safety net of every wait: a broken operator fails the test instead of hanging it. Not a performance
 /// assertion: every wait ends as soon as its condition holds.
@@ -1702,4 +1711,139 @@ async fn editing_a_pipelines_webhook_through_the_api_re_arms_it() {
     })
     .await;
     fm.stop();
+}
+
+/// Holds the operator's metadata patches of PipelineRuns (the finalizer it adds first) until opened,
+/// so that reconciles stay in progress for as long as a test needs; counts the requests it holds.
+#[derive(Clone)]
+struct PatchGate {
+    open: tokio::sync::watch::Sender<bool>,
+    held: Arc<AtomicUsize>,
+}
+
+impl PatchGate {
+    fn closed() -> PatchGate {
+        PatchGate {
+            open: tokio::sync::watch::channel(false).0,
+            held: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A client that sends everything through `inner`, PipelineRun metadata patches once the gate opens.
+    fn client(&self, inner: Client) -> Client {
+        let gate = self.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let (gate, inner) = (gate.clone(), inner.clone());
+            async move {
+                let path = request.uri().path();
+                if request.method() == http::Method::PATCH
+                    && path.contains("/pipelineruns/")
+                    && !path.ends_with("/status")
+                {
+                    gate.held.fetch_add(1, Ordering::SeqCst);
+                    let mut open = gate.open.subscribe();
+                    let _ = open.wait_for(|open| *open).await;
+                }
+                inner.send(request).await
+            }
+        });
+        Client::new(service, "default")
+    }
+}
+
+fn queue_depth(metrics: &flowmason::metrics::Metrics, controller: &str) -> Option<i64> {
+    let prefix = format!("flowmason_controller_queue_depth{{controller=\"{controller}\"}} ");
+    metrics
+        .render()
+        .expect("render metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse().expect("gauge")))
+}
+
+/// The operator in process, its client behind a [`PatchGate`]: three runs' reconciles are held in
+/// progress, a change to each is then seen by the controller and must wait, and the gauge shows exactly
+/// those three until the gate opens and the queue drains.
+#[test]
+fn queue_depth_counts_runs_whose_changes_wait_for_a_reconcile() {
+    flowmason::runtime::block_on(|| async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Server::start(ServeConfig::new(dir.path().join("api")))
+            .await
+            .expect("server starts");
+        let direct =
+            Client::try_from(server.client_config().await.expect("kubeconfig")).expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(direct.clone());
+        for crd in [pipeline_crd(), pipelinerun_crd()] {
+            let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd");
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("crd create");
+        }
+        let gate = PatchGate::closed();
+        let metrics = Arc::new(flowmason::metrics::Metrics::new().expect("metrics"));
+        let events =
+            EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("events");
+        let operator = Operator::new(
+            gate.client(direct.clone()),
+            events,
+            builtin_registry(),
+            OperatorConfig {
+                metrics: Some(metrics.clone()),
+                ..OperatorConfig::default()
+            },
+        );
+        let stop = CancellationToken::new();
+        let running = actix::spawn(operator.run(stop.clone()));
+
+        let pipelines: Api<Pipeline> = Api::namespaced(direct.clone(), "default");
+        let runs: Api<PipelineRun> = Api::namespaced(direct.clone(), "default");
+        pipelines
+            .create(&PostParams::default(), &pipeline("queued", delay_stages(1)))
+            .await
+            .expect("create pipeline");
+        for i in 0..3 {
+            runs.create(
+                &PostParams::default(),
+                &run_of(&format!("q-{i}"), "queued", json!({"x": i})),
+            )
+            .await
+            .expect("create run");
+        }
+        eventually("three reconciles held at their finalizer patch", || async {
+            (gate.held.load(Ordering::SeqCst) == 3).then_some(())
+        })
+        .await;
+        assert_eq!(queue_depth(&metrics, "pipelinerun"), Some(0));
+        for i in 0..3 {
+            runs.patch(
+                &format!("q-{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .expect("label run");
+        }
+        eventually("the three changes queued", || async {
+            (queue_depth(&metrics, "pipelinerun") == Some(3)).then_some(())
+        })
+        .await;
+        gate.open.send_replace(true);
+        for i in 0..3 {
+            let done = wait_phase(&runs, &format!("q-{i}"), &terminal()).await;
+            let status = done.status.expect("status");
+            assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
+        }
+        // The final status writes are changes too: the queue drains once they are reconciled.
+        eventually("both queues drained", || async {
+            (queue_depth(&metrics, "pipelinerun") == Some(0)
+                && queue_depth(&metrics, "pipeline") == Some(0))
+            .then_some(())
+        })
+        .await;
+        stop.cancel();
+        let _ = running.await;
+        server.shutdown().await;
+    })
+    .expect("runtime");
 }

@@ -6,10 +6,12 @@
 //! - [`status`]: the status projection from `RunState`;
 //! - [`pipelines`]: the Pipeline controller and its `PipelineActor`s;
 //! - [`runs`]: the PipelineRun controller, the run starter and the coalescing status writer;
+//! - [`backlog`]: each controller's queue depth;
 //! - [`cluster`]: the cached view of the ConfigMaps and Secrets that runs read;
 //! - [`leader`]: Lease-based leader election;
 //! - [`Operator`]: wires them onto one engine.
 
+mod backlog;
 mod cluster;
 pub mod error;
 pub mod events;

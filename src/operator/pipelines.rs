@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Controller, Error as ControllerError};
 use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -22,6 +22,7 @@ use serde_json::json;
 
 use flowmason_store::{RunId, RunState};
 
+use super::backlog::Backlog;
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::planning::{self, ObjectRef, Problem, RefKind};
@@ -327,8 +328,19 @@ pub struct PipelineContext {
     pub known: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where failed reconciles are counted; `None` counts nothing.
     pub metrics: Option<Arc<Metrics>>,
+    /// Pipelines changed (or whose ConfigMaps and Secrets changed) and not yet reconciled.
+    pub(crate) backlog: Backlog,
     /// Armed on every observed Pipeline, disarmed on delete (see `OperatorConfig::triggers`).
     pub triggers: Option<Arc<crate::triggers::Triggers>>,
+}
+
+impl PipelineContext {
+    /// Counts the Pipelines a ConfigMap or Secret change hands to the controller.
+    fn request(&self, pipelines: &[KubeRef<Pipeline>]) {
+        for p in pipelines {
+            self.backlog.requested(p.namespace.as_deref(), &p.name);
+        }
+    }
 }
 
 /// The verdict on a Pipeline: resolved, valid, and every reference present.
@@ -357,6 +369,8 @@ pub async fn check_pipeline(
 }
 
 async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<PipelineContext>) -> Result<Action> {
+    ctx.backlog
+        .started(pipeline.namespace().as_deref(), &pipeline.name_any());
     let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
     let name = pipeline.name_any();
     if pipeline.metadata.deletion_timestamp.is_some() {
@@ -441,35 +455,54 @@ pub async fn run_controller(
         }
     })
     .applied_objects();
+    let requests = ctx.clone();
+    let pipelines = pipelines.inspect_ok(move |p| {
+        requests
+            .backlog
+            .requested(p.namespace().as_deref(), &p.name_any())
+    });
     let controller = Controller::for_stream(pipelines, reader);
     let store = controller.store();
-    let for_configmaps = store.clone();
+    let (for_configmaps, for_secrets) = (ctx.clone(), ctx.clone());
+    let configmaps_store = store.clone();
     controller
         .watches(
             Api::<ConfigMap>::all(client.clone()),
             watcher::Config::default(),
             move |cm| {
-                readers(
-                    &for_configmaps,
+                let refs = readers(
+                    &configmaps_store,
                     RefKind::ConfigMap,
                     cm.namespace(),
                     cm.name_any(),
-                )
+                );
+                for_configmaps.request(&refs);
+                refs
             },
         )
         .watches(
             Api::<Secret>::all(client),
             watcher::Config::default(),
-            move |s| readers(&store, RefKind::Secret, s.namespace(), s.name_any()),
+            move |s| {
+                let refs = readers(&store, RefKind::Secret, s.namespace(), s.name_any());
+                for_secrets.request(&refs);
+                refs
+            },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            if let Err(e) = &result {
+                if let ControllerError::ObjectNotFound(object) = e {
+                    ctx.backlog
+                        .dropped(object.namespace.as_deref(), &object.name);
+                }
                 tracing::debug!(error = %e, "Pipeline reconcile");
             }
+            std::future::ready(())
         })
         .await;
+    ctx.backlog.clear();
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Controller, Error as ControllerError};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use flowmason_actors::{Engine, Reuse, RunRequest};
 use flowmason_store::{Event, RunId, RunState, Trigger};
 
+use super::backlog::Backlog;
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::events;
@@ -56,6 +57,8 @@ pub struct RunContext {
     pub limits: Limits,
     /// Where status writes and failed reconciles are counted; `None` counts nothing.
     pub metrics: Option<Arc<Metrics>>,
+    /// PipelineRuns changed and not yet reconciled (the controller's queue depth).
+    pub(crate) backlog: Backlog,
     active: Mutex<HashMap<RunId, Active>>,
 }
 
@@ -75,6 +78,7 @@ impl RunContext {
             pipelines,
             write_interval,
             limits: Limits::default(),
+            backlog: Backlog::new("pipelinerun", metrics.clone()),
             metrics,
             active: Mutex::new(HashMap::new()),
         }
@@ -151,15 +155,33 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<PipelineRun> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    let requests = ctx.clone();
+    let runs = watcher(api, watcher::Config::default())
+        .reflect(writer)
+        .applied_objects()
+        .inspect_ok(move |run| {
+            requests
+                .backlog
+                .requested(run.namespace().as_deref(), &run.name_any())
+        });
+    let results = ctx.clone();
+    Controller::for_stream(runs, reader)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            if let Err(e) = &result {
+                if let ControllerError::ObjectNotFound(object) = e {
+                    results
+                        .backlog
+                        .dropped(object.namespace.as_deref(), &object.name);
+                }
                 tracing::debug!(error = %e, "PipelineRun reconcile");
             }
+            std::future::ready(())
         })
         .await;
+    ctx.backlog.clear();
 }
 
 fn error_policy(_run: Arc<PipelineRun>, error: &Error, ctx: Arc<RunContext>) -> Action {
@@ -171,6 +193,8 @@ fn error_policy(_run: Arc<PipelineRun>, error: &Error, ctx: Arc<RunContext>) -> 
 }
 
 async fn reconcile(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
+    ctx.backlog
+        .started(run.namespace().as_deref(), &run.name_any());
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let object = object_name(&run);

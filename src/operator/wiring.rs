@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use flowmason_actors::{Engine, EngineConfig, Registry};
 use flowmason_store::EventStore;
 
+use super::backlog::Backlog;
 use super::cluster::ClusterCache;
 use super::error::Result;
 use super::leader::{self, LeaseConfig};
@@ -152,6 +153,7 @@ impl Operator {
             registry: self.registry.clone(),
             known,
             metrics: self.config.metrics.clone(),
+            backlog: Backlog::new("pipeline", self.config.metrics.clone()),
             triggers: self.config.triggers.clone(),
         });
         let run_ctx = Arc::new(RunContext::new(
