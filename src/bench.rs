@@ -38,6 +38,17 @@ impl FromStr for Shape {
     }
 }
 
+/// The form `FromStr` reads, so that a shape can be handed on to a child `fm bench`.
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Chain(n) => write!(f, "chain:{n}"),
+            Shape::Fanout(n) => write!(f, "fanout:{n}"),
+            Shape::Diamond => f.write_str("diamond"),
+        }
+    }
+}
+
 impl Shape {
     /// (id, dependencies) of each stage.
     fn stages(self) -> Vec<(String, Vec<String>)> {
@@ -113,6 +124,9 @@ mod tests {
         assert_eq!("diamond".parse::<Shape>(), Ok(Shape::Diamond));
         assert!("chain:0".parse::<Shape>().is_err());
         assert!("ring:3".parse::<Shape>().is_err());
+        for shape in [Shape::Chain(7), Shape::Fanout(3), Shape::Diamond] {
+            assert_eq!(shape.to_string().parse::<Shape>(), Ok(shape));
+        }
         let fanout = Shape::Fanout(2).plan(10, 0);
         assert_eq!(fanout.stages.len(), 4);
         assert_eq!(fanout.stages[3].depends_on, vec!["f0", "f1"]);

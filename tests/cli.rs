@@ -309,6 +309,19 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
 
 #[test]
 fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
+    killed_mid_flight_then_resumed("always");
+}
+
+/// Under `batch` a crash may lose the last stage events (resume re-runs those stages), but never a run
+/// whose start was reported nor an outcome that was reported.
+#[test]
+fn under_batch_durability_no_reported_start_or_end_is_lost_to_a_kill() {
+    killed_mid_flight_then_resumed("batch");
+}
+
+/// Kills `fm bench engine` (SIGKILL) with runs in flight, checks that every run it reported started or
+/// ended is in the log as reported, then resumes the rest: each ends once, no stage succeeds twice.
+fn killed_mid_flight_then_resumed(durability: &str) {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().to_str().expect("path");
     let mut child = fm()
@@ -324,7 +337,7 @@ fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
             "--stage-ms",
             "50",
             "--durability",
-            "always",
+            durability,
             "--print-runs",
             "--data-dir",
             data_dir,
@@ -333,20 +346,27 @@ fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn fm bench");
-    // Let the first wave of runs end (each reported after its terminal event is durable); the next wave is
-    // then accepted and a stage or so into its 200 ms: kill -9 there.
+    // Let the first wave of runs end (each reported after its terminal event is durable) while the next
+    // wave is accepted and some stages into its 200 ms; kill -9 the moment one more run is reported
+    // started, before anything else can be written.
     let stdout = child.stdout.take().expect("stdout");
     let mut reported = HashSet::new();
+    let mut started = HashSet::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("line");
         let value: Value = serde_json::from_str(&line).expect("JSON line");
-        assert_eq!(value["phase"], json!("Succeeded"));
-        reported.insert(value["runId"].as_str().expect("id").to_string());
-        if reported.len() >= 10 {
-            break;
+        let run = value["runId"].as_str().expect("id").to_string();
+        if value["event"] == json!("started") {
+            started.insert(run);
+            if reported.len() >= 10 {
+                break;
+            }
+            continue;
         }
+        assert_eq!(value["event"], json!("ended"));
+        assert_eq!(value["phase"], json!("Succeeded"));
+        reported.insert(run);
     }
-    std::thread::sleep(std::time::Duration::from_millis(80));
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 
@@ -357,6 +377,13 @@ fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
     let (unfinished_before, total) = {
         let store = EventStore::open(data.path().join("events"), StoreConfig::default())
             .expect("open after kill");
+        for run in &started {
+            let run = run.parse().expect("uuid");
+            assert!(
+                store.summary(run).expect("read").is_some(),
+                "run {run} was reported started, so it survives the kill"
+            );
+        }
         for run in &reported {
             let summary = store
                 .summary(run.parse().expect("uuid"))
@@ -424,6 +451,34 @@ fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
     let again = run_fm(&["resume", "--data-dir", data_dir]);
     assert_eq!(again.status.code(), Some(0));
     assert!(again.stdout.is_empty(), "nothing left to resume");
+}
+
+#[test]
+fn bench_resume_kills_runs_in_flight_and_finds_each_ended_once() {
+    let out = run_fm(&[
+        "bench",
+        "resume",
+        "--runs",
+        "50",
+        "--shape",
+        "chain:2",
+        "--stage-ms",
+        "400",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let figures: Value = serde_json::from_slice(&out.stdout).expect("JSON figures");
+    assert_eq!(figures["resumedRuns"], json!(50), "{figures}");
+    assert_eq!(figures["runsInLog"], json!(50), "{figures}");
+    assert_eq!(figures["phases"], json!({"Succeeded": 50}), "{figures}");
+    for zero in [
+        "unfinished",
+        "notSucceeded",
+        "endedTwice",
+        "stageSucceededTwice",
+    ] {
+        assert_eq!(figures[zero], json!(0), "{zero}: {figures}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------

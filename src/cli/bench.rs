@@ -38,6 +38,9 @@ pub enum BenchTarget {
     Nats(NatsBench),
     /// Fills an event log with many finished runs and measures history queries on it.
     History(HistoryBench),
+    /// Kills a process with many runs in flight (SIGKILL), restarts on its event log and measures how
+    /// long resuming them takes; checks that none is lost or ends twice.
+    Resume(super::bench_resume::ResumeBench),
 }
 
 #[derive(Args, Debug)]
@@ -96,7 +99,9 @@ pub struct EngineBench {
     /// Keep the event log here instead of a temporary directory that is removed afterwards.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Print one JSON line per run as soon as its end is reported (after its terminal event is durable).
+    /// Print JSON lines per run: `{"runId","event":"started"}` once it is accepted and running, and
+    /// `{"runId","event":"ended","phase"}` as soon as its end is reported (after its terminal event is
+    /// durable). `fm bench resume` and the crash tests kill the process on these.
     #[arg(long)]
     pub print_runs: bool,
     /// Print the figures as JSON instead of text.
@@ -110,6 +115,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         BenchTarget::K8s(args) => super::bench_k8s::k8s(args),
         BenchTarget::Nats(args) => nats(args),
         BenchTarget::History(args) => history(args),
+        BenchTarget::Resume(args) => super::bench_resume::resume(args),
     }
 }
 
@@ -358,13 +364,20 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
                     async move {
                         let t0 = Instant::now();
                         let request = RunRequest::new("bench", plan, json!({ "i": i }));
-                        let state = engine.start(request).await?.finished().await?;
-                        if print_runs {
-                            // A reader that went away (a closed pipe) is no reason to stop the benchmark.
-                            let line =
-                                json!({ "runId": state.run_id.to_string(), "phase": state.phase });
-                            let _ = writeln!(std::io::stdout().lock(), "{line}");
-                        }
+                        // A reader that went away (a closed pipe) is no reason to stop the benchmark.
+                        let print = |line: Value| {
+                            if print_runs {
+                                let _ = writeln!(std::io::stdout().lock(), "{line}");
+                            }
+                        };
+                        let handle = engine.start(request).await?;
+                        print(json!({ "runId": handle.run_id.to_string(), "event": "started" }));
+                        let state = handle.finished().await?;
+                        print(json!({
+                            "runId": state.run_id.to_string(),
+                            "event": "ended",
+                            "phase": state.phase,
+                        }));
                         Ok((t0.elapsed(), state.phase))
                     }
                 })

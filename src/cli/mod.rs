@@ -8,6 +8,7 @@ use flowmason_store::{Durability, EventStore, StoreConfig};
 
 mod bench;
 mod bench_k8s;
+mod bench_resume;
 mod history;
 mod inputs;
 mod k8s;

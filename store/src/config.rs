@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 pub enum Durability {
     /// Every receipt waits for a flush (group commit: one fsync serves every append queued meanwhile).
     Always,
-    /// Receipts of terminal events wait for a flush; everything else is flushed in the background every
-    /// [`StoreConfig::flush_interval`]. A crash may lose the last few milliseconds of stage events, which
-    /// resume re-runs (at-least-once), but never a reported run outcome.
+    /// Receipts of a run's acceptance and of terminal events wait for a flush; everything else is
+    /// flushed in the background every [`StoreConfig::flush_interval`]. A crash may lose the last few
+    /// milliseconds of stage events, which resume re-runs (at-least-once), but never an accepted run nor
+    /// a reported run outcome.
     #[default]
     Batch,
     /// Nothing waits and the store never flushes on its own; sled's background flush (every 500 ms) is all

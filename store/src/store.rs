@@ -126,8 +126,8 @@ impl fmt::Debug for Appended {
 }
 
 impl Appended {
-    /// Whether acting on these events must wait for durability: always under `always`, under `batch` iff a
-    /// terminal event is among them, never under `never`.
+    /// Whether acting on these events must wait for durability: always under `always`, under `batch` iff
+    /// they accept the run or a terminal event is among them, never under `never`.
     pub fn must_wait(&self) -> bool {
         self.wait.is_some()
     }
@@ -410,9 +410,12 @@ impl EventStore {
         }
         drop(shard);
 
+        // Under `batch`, a run's acceptance waits as its end does: whoever started the run is told it
+        // exists (and may record its id elsewhere, as a PipelineRun's status does) only once a crash can no
+        // longer lose it.
         let wait = match self.inner.durability {
             Durability::Always => true,
-            Durability::Batch => terminal,
+            Durability::Batch => terminal || old_phase.is_none(),
             Durability::Never => false,
         };
         let events = kinds
@@ -1184,18 +1187,18 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn receipts_wait_as_the_policy_says() {
-        for (durability, stage_waits, terminal_waits) in [
-            (Durability::Always, true, true),
-            (Durability::Batch, false, true),
-            (Durability::Never, false, false),
+        // (policy, acceptance waits, stage event waits, terminal event waits)
+        for (durability, accepted_waits, stage_waits, terminal_waits) in [
+            (Durability::Always, true, true, true),
+            (Durability::Batch, true, false, true),
+            (Durability::Never, false, false, false),
         ] {
             let store = EventStore::temporary(config(durability)).unwrap();
             assert_eq!(store.durability(), durability);
             let run = new_run();
-            store
-                .append_durable(run, vec![accepted("p", "ns")])
-                .await
-                .unwrap();
+            let r = store.append(run, vec![accepted("p", "ns")]).unwrap();
+            assert_eq!(r.must_wait(), accepted_waits, "{durability}");
+            r.durable().await.unwrap();
             let r = store.append(run, vec![started("a")]).unwrap();
             assert_eq!(r.must_wait(), stage_waits, "{durability}");
             assert_eq!(r.durable().await.unwrap().len(), 1);
