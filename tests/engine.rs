@@ -887,6 +887,85 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
 }
 
 #[actix_rt::test]
+async fn cancel_unfinished_ends_an_orphaned_run_without_running_it_and_leaves_others_alone() {
+    let f = fixture_with(Durability::Always);
+    let spec = plan(vec![stage("a", "echo", &[])]);
+    let run = uuid::Uuid::now_v7();
+    f.store
+        .append_durable(
+            run,
+            vec![
+                EventKind::RunAccepted {
+                    pipeline: "test".into(),
+                    namespace: "default".into(),
+                    generation: 1,
+                    trigger: Default::default(),
+                    run_name: Some("gone".into()),
+                    labels: BTreeMap::new(),
+                    plan: serde_json::to_value(&spec).expect("plan"),
+                    inputs: json!({}),
+                },
+                EventKind::RunStarted,
+                EventKind::StageStarted {
+                    stage: "a".into(),
+                    attempt: 1,
+                },
+            ],
+        )
+        .await
+        .expect("append");
+    let reason = "its PipelineRun was deleted";
+    assert!(
+        f.engine
+            .cancel_unfinished(run, reason)
+            .await
+            .expect("cancel")
+    );
+    let state = f.store.fold(run).expect("fold").expect("state");
+    assert_eq!(state.phase, RunPhase::Cancelled);
+    assert_eq!(state.error.map(|e| e.message), Some(reason.to_string()));
+    assert_eq!(state.stages["a"].attempts, 1, "the stage was not run again");
+    assert!(
+        !f.engine
+            .cancel_unfinished(run, reason)
+            .await
+            .expect("again"),
+        "an ended run stays as it ended"
+    );
+    assert!(
+        !f.engine
+            .cancel_unfinished(uuid::Uuid::now_v7(), reason)
+            .await
+            .expect("unknown"),
+        "a run not in the log is not invented"
+    );
+    // A run this engine is running is cancelled through `cancel`, not behind its actor's back.
+    let running = f
+        .engine
+        .start(RunRequest::new(
+            "test",
+            plan(vec![with_config(
+                stage("wait", "sleep", &[]),
+                json!({ "ms": 60_000 }),
+            )]),
+            json!({}),
+        ))
+        .await
+        .expect("start");
+    assert!(
+        !f.engine
+            .cancel_unfinished(running.run_id, reason)
+            .await
+            .expect("active")
+    );
+    assert!(f.engine.cancel(running.run_id, "done"));
+    assert_eq!(
+        running.finished().await.expect("end").phase,
+        RunPhase::Cancelled
+    );
+}
+
+#[actix_rt::test]
 async fn resume_fails_a_run_whose_plan_cannot_be_read() {
     let f = fixture();
     let run = uuid::Uuid::now_v7();

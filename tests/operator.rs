@@ -931,6 +931,90 @@ async fn run_whose_events_are_lost_fails_with_a_reason() {
     fm.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_whose_pipelinerun_was_force_deleted_while_down_ends_cancelled_on_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline("orphans", delay_stages(60_000)),
+        )
+        .await
+        .expect("create");
+    for name in ["orphan", "kept"] {
+        runs.create(
+            &PostParams::default(),
+            &run_of(name, "orphans", json!({"x": 1})),
+        )
+        .await
+        .expect("run");
+    }
+    let orphan = wait_phase(&runs, "orphan", &[RunPhase::Running]).await;
+    let run_id = orphan.status.and_then(|s| s.run_id).expect("runId");
+    wait_phase(&runs, "kept", &[RunPhase::Running]).await;
+    fm.kill();
+
+    // With only the API up, the run's finalizer is removed by hand and the object deleted.
+    let fm = Fm::serve(data.path(), &["--no-controllers", "--no-triggers"]);
+    let runs: Api<PipelineRun> = Api::namespaced(fm.client().await, "default");
+    runs.patch(
+        "orphan",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop the finalizer");
+    runs.delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete");
+    fm.stop();
+
+    let fm = Fm::serve(data.path(), &[]);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .expect("server url");
+    let http = reqwest::Client::new();
+    let detail = eventually("the orphaned run ended in the history", || async {
+        let detail: Value = http
+            .get(format!("{server}/api/v1/runs/{run_id}"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (detail["phase"] == json!("Cancelled")).then_some(detail)
+    })
+    .await;
+    assert!(
+        detail["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PipelineRun was deleted")),
+        "{detail}"
+    );
+    // The run whose PipelineRun still exists was resumed, not ended.
+    let runs: Api<PipelineRun> = Api::namespaced(fm.client().await, "default");
+    let kept = wait_phase(&runs, "kept", &[RunPhase::Running]).await;
+    let kept_id = kept.status.and_then(|s| s.run_id).expect("runId");
+    let kept: Value = http
+        .get(format!("{server}/api/v1/runs/{kept_id}"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(kept["phase"], json!("Running"), "{kept}");
+    fm.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
     let api = tempfile::tempdir().expect("tempdir");

@@ -595,6 +595,51 @@ impl Engine {
         })
     }
 
+    /// Ends a run that has not ended and is not running in this engine as `Cancelled`, without resuming
+    /// it: for a run whose owner is gone (e.g. its PipelineRun was deleted while no operator ran), which
+    /// nothing would otherwise ever end. Returns whether it ended the run; a run that is running here,
+    /// has already ended or is not in the log is left alone.
+    pub async fn cancel_unfinished(
+        &self,
+        run: RunId,
+        reason: impl Into<String>,
+    ) -> Result<bool, EngineError> {
+        let active = self
+            .inner
+            .runs
+            .lock()
+            .map(|r| r.contains_key(&run))
+            .unwrap_or(true);
+        if active {
+            return Ok(false);
+        }
+        let store = &self.inner.store;
+        let state = match store.fold(run) {
+            Ok(Some(state)) if !state.phase.is_terminal() => state,
+            Ok(_) => return Ok(false),
+            Err(source) => return Err(EngineError::Store { run, source }),
+        };
+        let cancelled = EventKind::RunCancelled {
+            reason: reason.into(),
+        };
+        match store.append_durable(run, vec![cancelled]).await {
+            Ok(events) => {
+                if let Some(on_event) = &self.inner.on_event {
+                    for event in &events {
+                        on_event(&Observation {
+                            event,
+                            before: &state,
+                            component: None,
+                        });
+                    }
+                }
+                Ok(true)
+            }
+            Err(StoreError::RunEnded { .. }) => Ok(false),
+            Err(source) => Err(EngineError::Store { run, source }),
+        }
+    }
+
     /// Asks a run to stop; it ends `Cancelled`. Returns false when the run is not running here.
     pub fn cancel(&self, run: RunId, reason: impl Into<String>) -> bool {
         let addr = self

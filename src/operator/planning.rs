@@ -3,13 +3,13 @@
 //! the controllers fetch the objects these functions name ([`references`]) and pass them in as a
 //! [`ClusterObjects`] snapshot, so every decision is unit-tested without an API server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
 
 use flowmason_actors::PlanSpec;
-use flowmason_store::RunId;
+use flowmason_store::{RunId, RunSummary};
 
 use crate::model::validate::ValidationReport;
 use crate::model::{
@@ -411,6 +411,20 @@ pub fn run_id_for(uid: &str, created_ms: u64) -> RunId {
     uuid::Builder::from_unix_timestamp_millis(created_ms, &bytes).into_uuid()
 }
 
+/// The runs of the event log that no PipelineRun owns any more, so that nothing would ever end them:
+/// unfinished, started for a PipelineRun (they carry its name; runs started by `fm run` on the same data
+/// dir carry none and are left alone), and not the run of any PipelineRun that exists (`existing`: the
+/// ids [`run_id_for`] derives for them). Happens when a PipelineRun's finalizer is removed by hand while
+/// no operator runs.
+pub fn orphaned_runs(unfinished: &[RunSummary], existing: &HashSet<RunId>) -> Vec<RunId> {
+    unfinished
+        .iter()
+        .filter(|s| !s.phase.is_terminal() && s.run_name.is_some())
+        .map(|s| s.run_id)
+        .filter(|id| !existing.contains(id))
+        .collect()
+}
+
 /// Whether a run was asked to stop: `spec.status: Cancelled`, or the annotation
 /// `flowmason.io/cancel: "true"` that the original Python client sets.
 pub fn cancel_requested(run: &PipelineRun) -> bool {
@@ -434,6 +448,41 @@ mod tests {
     };
     use crate::operator::fixtures;
     use serde_json::json;
+
+    fn summary(id: u128, run_name: Option<&str>, phase: flowmason_store::RunPhase) -> RunSummary {
+        RunSummary {
+            run_id: RunId::from_u128(id),
+            pipeline: "p".into(),
+            namespace: "default".into(),
+            run_name: run_name.map(String::from),
+            trigger: flowmason_store::Trigger::Manual,
+            generation: 1,
+            labels: Default::default(),
+            phase,
+            accepted_at: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            last_seq: 0,
+        }
+    }
+
+    #[test]
+    fn orphaned_runs_are_unfinished_pipelinerun_runs_whose_pipelinerun_is_gone() {
+        use flowmason_store::RunPhase::{Running, Succeeded};
+        let unfinished = [
+            summary(1, Some("kept"), Running),
+            summary(2, Some("deleted"), Running),
+            summary(3, None, Running),
+            summary(4, Some("ended-meanwhile"), Succeeded),
+        ];
+        let existing = HashSet::from([RunId::from_u128(1)]);
+        assert_eq!(
+            orphaned_runs(&unfinished, &existing),
+            vec![RunId::from_u128(2)],
+            "the run of an existing PipelineRun, a run without one (fm run) and an ended run stay"
+        );
+    }
 
     fn secret_var(name: &str, secret: &str, key: &str) -> EnvVarSpec {
         EnvVarSpec {

@@ -156,9 +156,21 @@ pub async fn run_controller(
 ) {
     let api: Api<PipelineRun> = Api::all(ctx.client.clone());
     let (reader, writer) = reflector::store();
+    // The first complete listing, signalled from the stream itself: the reflector's own readiness
+    // (`Store::wait_until_ready`) wakes only the last of its waiters, and the controller waits on it too.
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    let mut listed_tx = Some(listed_tx);
+    let sweep = tokio::spawn(end_orphaned_runs(ctx.clone(), reader.clone(), listed));
     let requests = ctx.clone();
     let runs = watcher(api, watcher::Config::default())
         .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone))
+                && let Some(tx) = listed_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        })
         .applied_objects()
         .inspect_ok(move |run| {
             requests
@@ -181,7 +193,54 @@ pub async fn run_controller(
             std::future::ready(())
         })
         .await;
+    sweep.abort();
     ctx.backlog.clear();
+}
+
+/// Ends, once, the unfinished runs of the event log whose PipelineRun no longer exists (see
+/// [`planning::orphaned_runs`]): they were never resumed, since only a PipelineRun's reconcile resumes
+/// its run. The log is read before the PipelineRuns are (`listed`: the cache holds the first complete
+/// listing), so a run started meanwhile always has its PipelineRun in the cache.
+async fn end_orphaned_runs(
+    ctx: Arc<RunContext>,
+    runs: reflector::Store<PipelineRun>,
+    listed: tokio::sync::oneshot::Receiver<()>,
+) {
+    let store = ctx.engine.store().clone();
+    let unfinished = tokio::task::spawn_blocking(move || {
+        store
+            .unfinished_runs()?
+            .into_iter()
+            .filter_map(|run| store.summary(run).transpose())
+            .collect::<std::result::Result<Vec<_>, _>>()
+    })
+    .await;
+    let unfinished = match unfinished {
+        Ok(Ok(unfinished)) => unfinished,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot list the unfinished runs of the event log");
+            return;
+        }
+        Err(_) => return,
+    };
+    if unfinished.is_empty() || listed.await.is_err() {
+        return;
+    }
+    let existing = runs
+        .state()
+        .iter()
+        .filter_map(|run| run_id_of(run).ok())
+        .collect();
+    for run in planning::orphaned_runs(&unfinished, &existing) {
+        let reason = "its PipelineRun was deleted while no operator was running";
+        match ctx.engine.cancel_unfinished(run, reason).await {
+            Ok(true) => tracing::warn!(%run, "ended a run whose PipelineRun is gone"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(%run, error = %e, "cannot end a run whose PipelineRun is gone")
+            }
+        }
+    }
 }
 
 fn error_policy(_run: Arc<PipelineRun>, error: &Error, ctx: Arc<RunContext>) -> Action {
