@@ -5,9 +5,11 @@
 //! a run appends in that time into one segment under one key, and the summary and index updates of all
 //! runs into one batch. Nothing is weaker for it: an append was never durable before the flush that
 //! follows it, and a write cycle always precedes that flush. Readers see their writes because every read
-//! path writes the buffer out first.
+//! path writes the buffer out first. The buffer is bounded: past `StoreConfig::max_buffered_bytes` the
+//! appender runs the write cycle itself, so a slow disk slows appends down instead of filling memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sled::{Batch, IVec};
@@ -43,6 +45,8 @@ pub(crate) struct Written {
 #[derive(Default)]
 pub(crate) struct WriteBuffer {
     pending: Mutex<Pending>,
+    /// Encoded event bytes in `pending` (what bounds the buffer; see `StoreConfig::max_buffered_bytes`).
+    bytes: AtomicUsize,
     /// Held for a whole write cycle: cycles never overlap, so they reach sled in append order.
     writing: Mutex<()>,
 }
@@ -61,7 +65,8 @@ impl WriteBuffer {
         records: Vec<IVec>,
         ended: bool,
         ops: Vec<(Vec<u8>, Option<IVec>)>,
-    ) {
+    ) -> usize {
+        let added: usize = records.iter().map(|r| r.len()).sum();
         let mut pending = lock(&self.pending);
         match pending.segments.get_mut(&run) {
             Some(segment) => {
@@ -80,13 +85,24 @@ impl WriteBuffer {
             }
         }
         pending.ops.extend(ops);
+        self.bytes.fetch_add(added, Ordering::Relaxed) + added
+    }
+
+    /// Encoded event bytes buffered now.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Moves everything buffered into `tree` in one atomic batch; `None` when nothing was buffered. On
     /// error the buffered writes are kept for the next cycle.
     pub(crate) fn write(&self, tree: &sled::Tree) -> Result<Option<Written>, sled::Error> {
         let _cycle = lock(&self.writing);
-        let taken = std::mem::take(&mut *lock(&self.pending));
+        let taken = {
+            let mut pending = lock(&self.pending);
+            self.bytes.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *pending)
+        };
         if taken.segments.is_empty() && taken.ops.is_empty() {
             return Ok(None);
         }
@@ -125,6 +141,13 @@ impl WriteBuffer {
     /// Puts a cycle that could not be written back in front of what was appended since.
     fn restore(&self, mut taken: Pending) {
         let mut pending = lock(&self.pending);
+        let restored: usize = taken
+            .segments
+            .values()
+            .flat_map(|s| &s.records)
+            .map(|r| r.len())
+            .sum();
+        self.bytes.fetch_add(restored, Ordering::Relaxed);
         for (run, newer) in std::mem::take(&mut pending.segments) {
             match taken.segments.get_mut(&run) {
                 Some(older) => {

@@ -59,6 +59,10 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     /// sled's page cache size.
     pub cache_capacity_bytes: u64,
+    /// Most encoded event bytes the write-behind buffer holds: an append that finds more buffered writes
+    /// the buffer into sled itself (waiting for a write cycle in progress), so appenders slow down to
+    /// sled's pace instead of growing memory without bound when sled falls behind.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +71,7 @@ impl Default for StoreConfig {
             durability: Durability::Batch,
             flush_interval: Duration::from_millis(5),
             cache_capacity_bytes: 256 * 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }

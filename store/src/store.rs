@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     durability: Durability,
     cursors: Arc<[Mutex<CursorMap>]>,
     buffer: Arc<WriteBuffer>,
+    /// Past this many buffered bytes an append writes the buffer out itself (back-pressure).
+    max_buffered_bytes: usize,
     /// The last timestamp handed out: stamps never go backwards, so newer runs always sort first.
     clock: AtomicI64,
     /// Published after every write cycle that wrote something (and every deletion or import).
@@ -225,6 +227,7 @@ impl EventStore {
                 durability: config.durability,
                 cursors,
                 buffer,
+                max_buffered_bytes: config.max_buffered_bytes,
                 clock: AtomicI64::new(0),
                 written,
             }),
@@ -376,7 +379,8 @@ impl EventStore {
                 ops.push((Index::Phase(summary.phase).key(&pos), Some(IVec::default())));
             }
         }
-        self.inner
+        let buffered = self
+            .inner
             .buffer
             .push(run, first_seq, records, terminal, ops);
         self.inner.flusher.note_append();
@@ -409,6 +413,15 @@ impl EventStore {
             }
         }
         drop(shard);
+        if buffered > self.inner.max_buffered_bytes {
+            // sled is behind: this appender pays for a write cycle (after the one in progress, if any)
+            // rather than letting the buffer grow. Not yet durable either way; the flusher still syncs.
+            // The events are appended whatever happens here: a failed cycle keeps them buffered for the
+            // next one, and whoever waits for durability hears of the failure.
+            if let Err(e) = self.inner.write_buffered() {
+                tracing::warn!(error = %e, "event log write cycle under back-pressure failed");
+            }
+        }
 
         // Under `batch`, a run's acceptance waits as its end does: whoever started the run is told it
         // exists (and may record its id elsewhere, as a PipelineRun's status does) only once a crash can no
@@ -711,6 +724,7 @@ pub(crate) mod tests {
             durability,
             flush_interval: Duration::from_millis(5),
             cache_capacity_bytes: 16 << 20,
+            max_buffered_bytes: 64 << 20,
         }
     }
 
@@ -767,6 +781,41 @@ pub(crate) mod tests {
 
     pub(crate) fn new_run() -> RunId {
         RunId::now_v7()
+    }
+
+    #[test]
+    fn appends_past_the_buffer_bound_write_the_buffer_out_themselves() {
+        let bounded = |max_buffered_bytes| {
+            EventStore::temporary(StoreConfig {
+                // No timer-driven write cycle during the test: only the bound empties the buffer.
+                flush_interval: Duration::from_secs(3600),
+                max_buffered_bytes,
+                ..config(Durability::Never)
+            })
+            .unwrap()
+        };
+        let append_200 = |store: &EventStore| {
+            let run = new_run();
+            let _ = store.append(run, vec![accepted("p", "ns")]).unwrap();
+            let mut most = 0;
+            for i in 0..200 {
+                let _ = store.append(run, vec![started(&format!("s{i}"))]).unwrap();
+                most = most.max(store.inner.buffer.bytes());
+            }
+            (run, most)
+        };
+        let (_, unbounded_most) = append_200(&bounded(usize::MAX));
+        assert!(
+            unbounded_most > 4_000,
+            "200 events buffer {unbounded_most} bytes"
+        );
+        let store = bounded(1_000);
+        let (run, most) = append_200(&store);
+        assert!(most > 0, "appends are still buffered");
+        assert!(most <= 1_000, "the buffer stayed within its bound: {most}");
+        let events = store.events(run).unwrap();
+        assert_eq!(events.len(), 201);
+        assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64));
     }
 
     #[test]
