@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use flowmason::apiserver::{ServeConfig, Server};
 use flowmason::components::builtin_registry;
 use flowmason::model::crd_yaml::{pipeline_crd, pipelinerun_crd};
-use flowmason::model::{Pipeline, PipelineRun, RunPhase};
+use flowmason::model::{Pipeline, PipelineRun, PipelineRunStatus, RunPhase};
 use flowmason::operator::{Operator, OperatorConfig};
 use flowmason_store::{EventStore, StoreConfig};
 use futures::{StreamExt, TryStreamExt};
@@ -142,6 +142,19 @@ fn run_of(name: &str, pipeline: &str, inputs: Value) -> PipelineRun {
     .expect("run")
 }
 
+async fn create_pipeline(pipelines: &Api<Pipeline>, name: &str, stages: Value) {
+    pipelines
+        .create(&PostParams::default(), &pipeline(name, stages))
+        .await
+        .expect("create pipeline");
+}
+
+async fn create_run(runs: &Api<PipelineRun>, name: &str, pipeline: &str, inputs: Value) {
+    runs.create(&PostParams::default(), &run_of(name, pipeline, inputs))
+        .await
+        .expect("create run");
+}
+
 fn delay_stages(ms: u64) -> Value {
     json!([
         {"id": "wait", "componentType": "delay", "config": {"ms": ms}},
@@ -173,6 +186,14 @@ async fn wait_phase(api: &Api<PipelineRun>, name: &str, phases: &[RunPhase]) -> 
         phases.contains(&phase).then_some(run)
     })
     .await
+}
+
+/// The status of run `name` once it has ended.
+async fn final_status(api: &Api<PipelineRun>, name: &str) -> PipelineRunStatus {
+    wait_phase(api, name, &terminal())
+        .await
+        .status
+        .expect("status")
 }
 
 fn terminal() -> [RunPhase; 4] {
@@ -283,19 +304,8 @@ async fn fm_serve_exposes_metrics_health_and_the_history_of_its_runs() {
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("metered", delay_stages(10)),
-        )
-        .await
-        .expect("create pipeline");
-    runs.create(
-        &PostParams::default(),
-        &run_of("metered-1", "metered", json!({"x": 1})),
-    )
-    .await
-    .expect("create run");
+    create_pipeline(&pipelines, "metered", delay_stages(10)).await;
+    create_run(&runs, "metered-1", "metered", json!({"x": 1})).await;
     let done = wait_phase(&runs, "metered-1", &terminal()).await;
     assert_eq!(done.status.and_then(|s| s.phase), Some(RunPhase::Succeeded));
 
@@ -366,12 +376,7 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
         .create(&PostParams::default(), &failing)
         .await
         .expect("create");
-    runs.create(
-        &PostParams::default(),
-        &run_of("failing-1", "failing", json!({})),
-    )
-    .await
-    .expect("create run");
+    create_run(&runs, "failing-1", "failing", json!({})).await;
     let run = wait_phase(&runs, "failing-1", &terminal()).await;
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Failed));
@@ -432,24 +437,14 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
     );
     assert!(message.contains("nowhere"), "{message}");
     // A run of it fails before starting, naming the problem.
-    runs.create(
-        &PostParams::default(),
-        &run_of("invalid-1", "invalid", json!({})),
-    )
-    .await
-    .expect("create run");
+    create_run(&runs, "invalid-1", "invalid", json!({})).await;
     let run = wait_phase(&runs, "invalid-1", &terminal()).await;
     assert_eq!(
         run.status.as_ref().and_then(|s| s.phase),
         Some(RunPhase::Failed)
     );
     // And a run of a Pipeline that does not exist names it.
-    runs.create(
-        &PostParams::default(),
-        &run_of("orphan-1", "absent", json!({})),
-    )
-    .await
-    .expect("create run");
+    create_run(&runs, "orphan-1", "absent", json!({})).await;
     let run = wait_phase(&runs, "orphan-1", &terminal()).await;
     let message = run
         .status
@@ -470,20 +465,9 @@ async fn cancel_by_spec_by_annotation_and_by_delete() {
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("slow", delay_stages(60_000)),
-        )
-        .await
-        .expect("create");
+    create_pipeline(&pipelines, "slow", delay_stages(60_000)).await;
     for name in ["by-spec", "by-annotation", "by-delete"] {
-        runs.create(
-            &PostParams::default(),
-            &run_of(name, "slow", json!({"x": 1})),
-        )
-        .await
-        .expect("create run");
+        create_run(&runs, name, "slow", json!({"x": 1})).await;
         wait_phase(&runs, name, &[RunPhase::Running]).await;
     }
     runs.patch(
@@ -551,19 +535,8 @@ async fn editing_a_pipeline_never_changes_a_run_in_flight() {
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("edited", delay_stages(1_500)),
-        )
-        .await
-        .expect("create");
-    runs.create(
-        &PostParams::default(),
-        &run_of("before", "edited", json!({"x": "old"})),
-    )
-    .await
-    .expect("run");
+    create_pipeline(&pipelines, "edited", delay_stages(1_500)).await;
+    create_run(&runs, "before", "edited", json!({"x": "old"})).await;
     wait_phase(&runs, "before", &[RunPhase::Running]).await;
     // Generation 2: a different plan (one stage, another output).
     pipelines
@@ -576,20 +549,9 @@ async fn editing_a_pipeline_never_changes_a_run_in_flight() {
         )
         .await
         .expect("edit");
-    runs.create(
-        &PostParams::default(),
-        &run_of("after", "edited", json!({})),
-    )
-    .await
-    .expect("run");
-    let before = wait_phase(&runs, "before", &terminal())
-        .await
-        .status
-        .expect("status");
-    let after = wait_phase(&runs, "after", &terminal())
-        .await
-        .status
-        .expect("status");
+    create_run(&runs, "after", "edited", json!({})).await;
+    let before = final_status(&runs, "before").await;
+    let after = final_status(&runs, "after").await;
     assert_eq!(before.phase, Some(RunPhase::Succeeded));
     assert_eq!(before.pipeline_generation, Some(1));
     assert_eq!(
@@ -650,16 +612,8 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
             .contains("Secret default/creds not found"),
         "{missing:?}"
     );
-    runs.create(
-        &PostParams::default(),
-        &run_of("too-early", "secretive", json!({})),
-    )
-    .await
-    .expect("run");
-    let early = wait_phase(&runs, "too-early", &terminal())
-        .await
-        .status
-        .expect("status");
+    create_run(&runs, "too-early", "secretive", json!({})).await;
+    let early = final_status(&runs, "too-early").await;
     assert!(
         early
             .error
@@ -682,12 +636,7 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
         (p.status?.conditions.first()?.status == "True").then_some(())
     })
     .await;
-    runs.create(
-        &PostParams::default(),
-        &run_of("with-secret", "secretive", json!({})),
-    )
-    .await
-    .expect("run");
+    create_run(&runs, "with-secret", "secretive", json!({})).await;
     let run = wait_phase(&runs, "with-secret", &terminal()).await;
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
@@ -731,16 +680,8 @@ async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipe
         .create(&PostParams::default(), &p)
         .await
         .expect("create");
-    runs.create(
-        &PostParams::default(),
-        &run_of("cm-1", "from-cm", json!({})),
-    )
-    .await
-    .expect("run");
-    let status = wait_phase(&runs, "cm-1", &terminal())
-        .await
-        .status
-        .expect("status");
+    create_run(&runs, "cm-1", "from-cm", json!({})).await;
+    let status = final_status(&runs, "cm-1").await;
     assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
     assert_eq!(
         status.output.map(|o| o["result"].clone()),
@@ -766,13 +707,7 @@ async fn a_long_run_makes_a_bounded_number_of_status_writes() {
             }
         })
         .collect();
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("long", Value::Array(stages)),
-        )
-        .await
-        .expect("create");
+    create_pipeline(&pipelines, "long", Value::Array(stages)).await;
     let watch = tokio::spawn({
         let runs = runs.clone();
         async move {
@@ -796,9 +731,7 @@ async fn a_long_run_makes_a_bounded_number_of_status_writes() {
             versions.len()
         }
     });
-    runs.create(&PostParams::default(), &run_of("long-1", "long", json!({})))
-        .await
-        .expect("run");
+    create_run(&runs, "long-1", "long", json!({})).await;
     let versions = tokio::time::timeout(PATIENCE, watch)
         .await
         .expect("ends")
@@ -822,20 +755,9 @@ async fn restart_in_the_middle_of_50_runs_ends_each_exactly_once() {
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("fifty", delay_stages(1_000)),
-        )
-        .await
-        .expect("create");
+    create_pipeline(&pipelines, "fifty", delay_stages(1_000)).await;
     for i in 0..50 {
-        runs.create(
-            &PostParams::default(),
-            &run_of(&format!("r-{i}"), "fifty", json!({"x": i})),
-        )
-        .await
-        .expect("run");
+        create_run(&runs, &format!("r-{i}"), "fifty", json!({"x": i})).await;
     }
     // Some have started; none can have finished (each waits a second).
     eventually("a run started", || async {
@@ -898,19 +820,8 @@ async fn run_whose_events_are_lost_fails_with_a_reason() {
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("lossy", delay_stages(60_000)),
-        )
-        .await
-        .expect("create");
-    runs.create(
-        &PostParams::default(),
-        &run_of("lost", "lossy", json!({"x": 1})),
-    )
-    .await
-    .expect("run");
+    create_pipeline(&pipelines, "lossy", delay_stages(60_000)).await;
+    create_run(&runs, "lost", "lossy", json!({"x": 1})).await;
     wait_phase(&runs, "lost", &[RunPhase::Running]).await;
     fm.kill();
     std::fs::remove_dir_all(data.path().join("events")).expect("lose the event log");
@@ -938,20 +849,9 @@ async fn run_whose_pipelinerun_was_force_deleted_while_down_ends_cancelled_on_re
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("orphans", delay_stages(60_000)),
-        )
-        .await
-        .expect("create");
+    create_pipeline(&pipelines, "orphans", delay_stages(60_000)).await;
     for name in ["orphan", "kept"] {
-        runs.create(
-            &PostParams::default(),
-            &run_of(name, "orphans", json!({"x": 1})),
-        )
-        .await
-        .expect("run");
+        create_run(&runs, name, "orphans", json!({"x": 1})).await;
     }
     let orphan = wait_phase(&runs, "orphan", &[RunPhase::Running]).await;
     let run_id = orphan.status.and_then(|s| s.run_id).expect("runId");
@@ -1053,19 +953,8 @@ async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
 
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("counted", delay_stages(10)),
-        )
-        .await
-        .expect("create pipeline");
-    runs.create(
-        &PostParams::default(),
-        &run_of("counted-1", "counted", json!({"x": 1})),
-    )
-    .await
-    .expect("create run");
+    create_pipeline(&pipelines, "counted", delay_stages(10)).await;
+    create_run(&runs, "counted-1", "counted", json!({"x": 1})).await;
     let done = wait_phase(&runs, "counted-1", &terminal()).await;
     assert_eq!(done.status.and_then(|s| s.phase), Some(RunPhase::Succeeded));
     let http = reqwest::Client::new();
@@ -1151,17 +1040,9 @@ async fn of_two_operators_only_the_leader_runs() {
     let mut b = operator(&dirs[1], "b");
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(&PostParams::default(), &pipeline("led", delay_stages(10)))
-        .await
-        .expect("create");
+    create_pipeline(&pipelines, "led", delay_stages(10)).await;
     for i in 0..5 {
-        runs.create(
-            &PostParams::default(),
-            &run_of(&format!("led-{i}"), "led", json!({"x": i})),
-        )
-        .await
-        .expect("run");
+        create_run(&runs, &format!("led-{i}"), "led", json!({"x": i})).await;
     }
     for i in 0..5 {
         wait_phase(&runs, &format!("led-{i}"), &terminal()).await;
@@ -1174,12 +1055,7 @@ async fn of_two_operators_only_the_leader_runs() {
         (l.spec?.holder_identity.as_deref() == Some("b")).then_some(())
     })
     .await;
-    runs.create(
-        &PostParams::default(),
-        &run_of("led-after", "led", json!({"x": 9})),
-    )
-    .await
-    .expect("run");
+    create_run(&runs, "led-after", "led", json!({"x": 9})).await;
     wait_phase(&runs, "led-after", &[RunPhase::Succeeded]).await;
     let _ = Command::new("kill")
         .args(["-TERM", &b.id().to_string()])
@@ -1266,27 +1142,18 @@ async fn rerun_from_failed_through_fm_k8s_and_the_api_skips_the_stages_that_succ
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline(
-                "flaky",
-                json!([
-                    {"id": "first", "componentType": "http_request",
-                     "config": {"url": format!("{base}/first")}},
-                    {"id": "second", "componentType": "http_request", "dependsOn": ["first"],
-                     "config": {"url": format!("{base}/second")}}
-                ]),
-            ),
-        )
-        .await
-        .expect("create pipeline");
-    runs.create(
-        &PostParams::default(),
-        &run_of("flaky-1", "flaky", json!({"x": 1})),
+    create_pipeline(
+        &pipelines,
+        "flaky",
+        json!([
+            {"id": "first", "componentType": "http_request",
+             "config": {"url": format!("{base}/first")}},
+            {"id": "second", "componentType": "http_request", "dependsOn": ["first"],
+             "config": {"url": format!("{base}/second")}}
+        ]),
     )
-    .await
-    .expect("create run");
+    .await;
+    create_run(&runs, "flaky-1", "flaky", json!({"x": 1})).await;
     let failed = wait_phase(&runs, "flaky-1", &terminal()).await;
     assert_eq!(
         failed.status.as_ref().and_then(|s| s.phase),
@@ -1447,19 +1314,8 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(v["pipeline"]["metadata"]["name"], json!("greeter"));
     // cancel
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
-    pipelines
-        .create(
-            &PostParams::default(),
-            &pipeline("sleepy", delay_stages(60_000)),
-        )
-        .await
-        .expect("create");
-    runs.create(
-        &PostParams::default(),
-        &run_of("sleepy-1", "sleepy", json!({"x": 1})),
-    )
-    .await
-    .expect("run");
+    create_pipeline(&pipelines, "sleepy", delay_stages(60_000)).await;
+    create_run(&runs, "sleepy-1", "sleepy", json!({"x": 1})).await;
     wait_phase(&runs, "sleepy-1", &[RunPhase::Running]).await;
     let (code, _, _) = fm_k8s(&fm, &["cancel", "sleepy-1"]);
     assert_eq!(code, 0);
@@ -1882,17 +1738,9 @@ fn queue_depth_counts_runs_whose_changes_wait_for_a_reconcile() {
 
         let pipelines: Api<Pipeline> = Api::namespaced(direct.clone(), "default");
         let runs: Api<PipelineRun> = Api::namespaced(direct.clone(), "default");
-        pipelines
-            .create(&PostParams::default(), &pipeline("queued", delay_stages(1)))
-            .await
-            .expect("create pipeline");
+        create_pipeline(&pipelines, "queued", delay_stages(1)).await;
         for i in 0..3 {
-            runs.create(
-                &PostParams::default(),
-                &run_of(&format!("q-{i}"), "queued", json!({"x": i})),
-            )
-            .await
-            .expect("create run");
+            create_run(&runs, &format!("q-{i}"), "queued", json!({"x": i})).await;
         }
         eventually("three reconciles held at their finalizer patch", || async {
             (gate.held.load(Ordering::SeqCst) == 3).then_some(())
