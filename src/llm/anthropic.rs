@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use flowmason_actors::ComponentError;
 
 use super::http;
-use super::{ChatRequest, Completion, Provider, ProviderKind, Usage};
+use super::{ChatRequest, Completion, Provider, ProviderKind};
 
 /// The API version we speak.
 pub const API_VERSION: &str = "2023-06-01";
@@ -50,28 +50,14 @@ pub fn parse(model: &str, answer: &Value) -> Result<Completion, ComponentError> 
         Some("max_tokens") => "length".to_string(),
         Some(other) => other.to_string(),
     };
-    let tokens = |field: &str| {
-        answer
-            .pointer(&format!("/usage/{field}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    let model = answer
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(model)
-        .to_string();
-    Ok(Completion {
+    Ok(Completion::from_answer(
+        answer,
+        model,
+        ProviderKind::Anthropic,
         content,
         finish_reason,
-        usage: Usage {
-            input_tokens: tokens("input_tokens"),
-            output_tokens: tokens("output_tokens"),
-            model: model.clone(),
-            provider: ProviderKind::Anthropic,
-        },
-        model,
-    })
+        ["input_tokens", "output_tokens"],
+    ))
 }
 
 fn malformed(what: &str) -> ComponentError {

@@ -110,6 +110,44 @@ pub struct Completion {
     pub usage: Usage,
 }
 
+impl Completion {
+    /// A completion from what a protocol module read off an answer (its text and finish reason), with
+    /// the answering model (`model` of the answer, else the one asked for) and the usage counters both
+    /// protocols keep under `usage` (missing counters count 0).
+    pub(crate) fn from_answer(
+        answer: &Value,
+        requested_model: &str,
+        provider: ProviderKind,
+        content: String,
+        finish_reason: String,
+        [input_tokens, output_tokens]: [&str; 2],
+    ) -> Completion {
+        let tokens = |field: &str| {
+            answer
+                .get("usage")
+                .and_then(|usage| usage.get(field))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let model = answer
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(requested_model)
+            .to_string();
+        Completion {
+            content,
+            finish_reason,
+            usage: Usage {
+                input_tokens: tokens(input_tokens),
+                output_tokens: tokens(output_tokens),
+                model: model.clone(),
+                provider,
+            },
+            model,
+        }
+    }
+}
+
 /// Sends one request to `provider` and returns its answer.
 pub async fn complete(
     provider: &Provider,

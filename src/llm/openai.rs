@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use flowmason_actors::ComponentError;
 
 use super::http;
-use super::{ChatRequest, Completion, Provider, ProviderKind, Usage};
+use super::{ChatRequest, Completion, Provider, ProviderKind};
 
 /// The request body; the system prompt is the first message.
 pub fn body(model: &str, request: &ChatRequest) -> Value {
@@ -48,28 +48,14 @@ pub fn parse(model: &str, answer: &Value) -> Result<Completion, ComponentError> 
         .and_then(Value::as_str)
         .unwrap_or("stop")
         .to_string();
-    let tokens = |field: &str| {
-        answer
-            .pointer(&format!("/usage/{field}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    let model = answer
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(model)
-        .to_string();
-    Ok(Completion {
+    Ok(Completion::from_answer(
+        answer,
+        model,
+        ProviderKind::OpenAi,
         content,
         finish_reason,
-        usage: Usage {
-            input_tokens: tokens("prompt_tokens"),
-            output_tokens: tokens("completion_tokens"),
-            model: model.clone(),
-            provider: ProviderKind::OpenAi,
-        },
-        model,
-    })
+        ["prompt_tokens", "completion_tokens"],
+    ))
 }
 
 fn malformed(what: &str) -> ComponentError {
