@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 
-use super::{input_object, opt_str, type_name};
+use super::{input_object, opt_int_in, opt_str, type_name};
 use crate::llm::{self, ChatRequest, LlmOptions, Message, Role};
 
 /// The component type name.
@@ -38,17 +38,8 @@ impl Component for Chat {
             let input = input_object(NAME, input)?;
             let message = llm::required_str(NAME, &input, "message")?;
             let options = LlmOptions::from_input(NAME, &input, 0.7, 2048)?;
-            let max_history = match input.get("max_history") {
-                None | Some(Value::Null) => 10,
-                Some(v) => match v.as_u64() {
-                    Some(n @ 1..=100) => n as usize,
-                    _ => {
-                        return Err(ComponentError::config(format!(
-                            "{NAME}: `max_history` must be an integer from 1 to 100, got {v}"
-                        )));
-                    }
-                },
-            };
+            let max_history =
+                opt_int_in(NAME, &input, "max_history", 1..=100)?.unwrap_or(10) as usize;
             let history = history(&input)?;
             let kept = &history[history.len().saturating_sub(max_history * 2)..];
             let mut system = opt_str(NAME, &input, "system_prompt")?

@@ -187,6 +187,30 @@ pub(crate) fn opt_str<'a>(
     }
 }
 
+/// An optional integer field within `range` (inclusive): `None` when absent or null; anything else is a
+/// configuration error naming the field, the range and the value.
+pub(crate) fn opt_int_in(
+    component: &str,
+    map: &Map<String, Value>,
+    field: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ComponentError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| range.contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                ComponentError::config(format!(
+                    "{component}: `{field}` must be an integer from {} to {}, got {v}",
+                    range.start(),
+                    range.end()
+                ))
+            }),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! A `StageContext` whose log lines are collected, for component tests.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 
-use super::{input_object, opt_str};
+use super::{input_object, opt_int_in, opt_str};
 use crate::llm::{self, ChatRequest, LlmOptions, Message};
 
 /// The component type name.
@@ -36,17 +36,7 @@ impl Component for Summarizer {
             let text = llm::required_str(NAME, &input, "text")?;
             let style = opt_str(NAME, &input, "style")?.unwrap_or("brief");
             let focus = opt_str(NAME, &input, "focus")?;
-            let max_length = match input.get("max_length") {
-                None | Some(Value::Null) => None,
-                Some(v) => match v.as_u64() {
-                    Some(n @ 10..=10_000) => Some(n),
-                    _ => {
-                        return Err(ComponentError::config(format!(
-                            "{NAME}: `max_length` must be an integer from 10 to 10000, got {v}"
-                        )));
-                    }
-                },
-            };
+            let max_length = opt_int_in(NAME, &input, "max_length", 10..=10_000)?;
             let options = LlmOptions::from_input(NAME, &input, 0.3, 2048)?;
             let request = ChatRequest {
                 system: Some(SYSTEM_PROMPT.into()),

@@ -179,7 +179,7 @@ impl LlmOptions {
         temperature: f64,
         max_tokens: u32,
     ) -> Result<LlmOptions, ComponentError> {
-        use crate::components::opt_str;
+        use crate::components::{opt_int_in, opt_str};
         let temperature = match input.get("temperature") {
             None | Some(Value::Null) => temperature,
             Some(v) => match v.as_f64() {
@@ -191,17 +191,8 @@ impl LlmOptions {
                 }
             },
         };
-        let max_tokens = match input.get("max_tokens") {
-            None | Some(Value::Null) => max_tokens,
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=128_000) => n as u32,
-                _ => {
-                    return Err(ComponentError::config(format!(
-                        "{component}: `max_tokens` must be an integer from 1 to 128000, got {v}"
-                    )));
-                }
-            },
-        };
+        let max_tokens = opt_int_in(component, input, "max_tokens", 1..=128_000)?
+            .map_or(max_tokens, |n| n as u32);
         Ok(LlmOptions {
             provider: opt_str(component, input, "provider")?.map(str::to_string),
             model: opt_str(component, input, "model")?.map(str::to_string),
