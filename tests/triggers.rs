@@ -1061,3 +1061,67 @@ async fn core_nats_queue_group_when_jetstream_is_off() {
     t.clear();
     h.server.shutdown().await;
 }
+
+/// The operator in process with lifecycle events on: a run's phase changes reach a NATS subscriber on
+/// `flowmason.runs.<namespace>.<pipeline>.<phase>`, in order, with the run's names in the body.
+#[test]
+fn run_phase_changes_are_published_on_nats() {
+    flowmason::runtime::block_on(|| async {
+        let h = api().await;
+        let nats = NatsServer::start(false).await;
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let mut events = client
+            .subscribe("flowmason.runs.default.announced.*")
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("subscription registered");
+        let events_dir = tempfile::tempdir().expect("tempdir");
+        let store = flowmason_store::EventStore::open(events_dir.path(), Default::default())
+            .expect("event log");
+        let operator = flowmason::operator::Operator::new(
+            h.client.clone(),
+            store,
+            flowmason::components::builtin_registry(),
+            flowmason::operator::OperatorConfig {
+                observer: Some(flowmason::triggers::lifecycle::publisher(client.clone())),
+                ..Default::default()
+            },
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = actix::spawn(operator.run(stop.clone()));
+        create_pipeline(&h.client, "announced", json!({})).await;
+        let run: PipelineRun = serde_json::from_value(json!({
+            "apiVersion": "flowmason.io/v1", "kind": "PipelineRun",
+            "metadata": {"name": "announced-1", "namespace": "default"},
+            "spec": {"pipelineRef": "announced"}
+        }))
+        .expect("run");
+        Api::<PipelineRun>::namespaced(h.client.clone(), "default")
+            .create(&PostParams::default(), &run)
+            .await
+            .expect("create run");
+        let mut phases = Vec::new();
+        while phases.last().map(String::as_str) != Some("Succeeded") {
+            let message = tokio::time::timeout(Duration::from_secs(60), events.next())
+                .await
+                .expect("a lifecycle event within a minute")
+                .expect("subscription open");
+            let body: Value = serde_json::from_slice(&message.payload).expect("JSON body");
+            assert_eq!(body["runName"], json!("announced-1"), "{body}");
+            assert_eq!(body["pipeline"], json!("announced"), "{body}");
+            assert_eq!(
+                message.subject.as_str(),
+                format!(
+                    "flowmason.runs.default.announced.{}",
+                    body["phase"].as_str().unwrap_or("?")
+                )
+            );
+            phases.push(body["phase"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(phases, ["Pending", "Running", "Succeeded"]);
+        stop.cancel();
+        let _ = running.await;
+        h.server.shutdown().await;
+    })
+    .expect("runtime");
+}

@@ -130,6 +130,9 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             eprintln!("webhooks on http://{}", served.addr);
             let triggers = args.triggers.start(client.clone(), webhooks).await?;
             triggers.metrics().forward_to(surface.metrics.clone());
+            config.observer = triggers
+                .nats_client()
+                .map(crate::triggers::lifecycle::publisher);
             if config.lease.is_some() {
                 // Every replica answers webhooks and shares the NATS consumers, not only the leader
                 // running the controllers: the triggers keep a watch of their own.

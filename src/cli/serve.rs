@@ -132,6 +132,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         } else {
             let triggers = args.triggers.start(client.clone(), webhooks).await?;
             triggers.metrics().forward_to(surface.metrics.clone());
+            operator_config.observer = triggers
+                .nats_client()
+                .map(crate::triggers::lifecycle::publisher);
             if args.no_controllers {
                 Some(tokio::spawn(triggers.watch(stop.clone())))
             } else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
-use flowmason_actors::{Engine, EngineConfig, Registry};
+use flowmason_actors::{Engine, EngineConfig, EventObserver, Observation, Registry};
 use flowmason_store::EventStore;
 
 use super::backlog::Backlog;
@@ -35,6 +35,8 @@ pub struct OperatorConfig {
     /// [`crate::triggers::Triggers::watch`] (e.g. `fm operator` replicas that must all answer
     /// webhooks while only the leader runs controllers).
     pub triggers: Option<Arc<crate::triggers::Triggers>>,
+    /// Sees every engine event next to the metrics (e.g. [`crate::triggers::lifecycle::publisher`]).
+    pub observer: Option<EventObserver>,
 }
 
 impl std::fmt::Debug for OperatorConfig {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for OperatorConfig {
             .field("workers", &self.workers)
             .field("metrics", &self.metrics.is_some())
             .field("triggers", &self.triggers.is_some())
+            .field("observer", &self.observer.is_some())
             .finish()
     }
 }
@@ -57,7 +60,19 @@ impl Default for OperatorConfig {
             workers: 2,
             metrics: None,
             triggers: None,
+            observer: None,
         }
+    }
+}
+
+/// One observer that shows each event to `a`, then to `b`.
+fn both(a: Option<EventObserver>, b: Option<EventObserver>) -> Option<EventObserver> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Arc::new(move |o: &Observation<'_>| {
+            a(o);
+            b(o);
+        })),
+        (a, b) => a.or(b),
     }
 }
 
@@ -91,7 +106,10 @@ impl Operator {
                 // `env` valueFrom and provider keys are recorded in the plan as references only and read
                 // from the cluster each time a run starts or resumes (values never enter the event log).
                 env: crate::env::resolver(Arc::new(cluster.clone())),
-                observer: config.metrics.as_ref().map(|m| m.engine_observer()),
+                observer: both(
+                    config.metrics.as_ref().map(|m| m.engine_observer()),
+                    config.observer.clone(),
+                ),
             },
         );
         Operator {

@@ -102,6 +102,11 @@ impl Triggers {
         &self.ctx.metrics
     }
 
+    /// The NATS client, when the triggers were given `--nats` (also carries run lifecycle events).
+    pub fn nats_client(&self) -> Option<async_nats::Client> {
+        self.nats.as_ref().map(|n| n.client.clone())
+    }
+
     pub fn context(&self) -> &TriggerContext {
         &self.ctx
     }

@@ -14,6 +14,7 @@
 //! - [`manager`]: [`Triggers`], which arms, re-arms and disarms the triggers of each Pipeline.
 
 pub mod cron;
+pub mod lifecycle;
 pub mod manager;
 pub mod nats;
 pub mod webhook;
