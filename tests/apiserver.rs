@@ -1339,6 +1339,47 @@ async fn kubectl_works_against_the_embedded_server() {
         .await;
     assert_eq!(out, r#"{"b":"2"}"#);
 
+    // The imperative creates send protobuf bodies.
+    kubectl.ok(&["create", "namespace", "team"]).await;
+    let out = kubectl
+        .ok(&[
+            "create",
+            "secret",
+            "generic",
+            "llm-keys",
+            "-n",
+            "team",
+            "--from-literal=api-key=sekret",
+        ])
+        .await;
+    assert!(out.contains("secret/llm-keys created"), "{out}");
+    kubectl
+        .ok(&[
+            "create",
+            "configmap",
+            "flags",
+            "-n",
+            "team",
+            "--from-literal=mode=fast",
+        ])
+        .await;
+    let out = kubectl
+        .ok(&[
+            "get",
+            "secret,configmap",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.items[*].data}",
+        ])
+        .await;
+    assert_eq!(out, r#"{"api-key":"c2VrcmV0"} {"mode":"fast"}"#);
+    let (code, _, err) = kubectl
+        .run(&["create", "configmap", "flags", "-n", "team"])
+        .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+
     let out = kubectl.ok(&["delete", "pipeline", "hello"]).await;
     assert!(
         out.contains("pipeline.flowmason.io \"hello\" deleted"),

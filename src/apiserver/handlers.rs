@@ -225,8 +225,7 @@ async fn handle(state: Arc<ApiState>, request: Request) -> Result<Response, ApiE
             let Some(ns) = namespace.or_else(|| (!rt.namespaced).then(String::new)) else {
                 return Err(method_not_allowed(&Method::POST));
             };
-            check_json_content(&parts.headers)?;
-            create(state, rt, ns, parse_json(&body)?, dry_run).await
+            create(state, rt, ns, read_object(&parts.headers, &body)?, dry_run).await
         }
         (None, Method::DELETE) => {
             let labels =
@@ -257,8 +256,7 @@ async fn handle(state: Arc<ApiState>, request: Request) -> Result<Response, ApiE
                     Ok(json_response(StatusCode::OK, &object))
                 }
                 Method::PUT => {
-                    check_json_content(&parts.headers)?;
-                    let new = parse_json(&body)?;
+                    let new = read_object(&parts.headers, &body)?;
                     write(state, rt, key, status, dry_run, move |rt, old| {
                         prepare_update(rt, old, new, status)
                     })
@@ -321,16 +319,18 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> String {
         .to_string()
 }
 
-/// Bodies are JSON (kubectl and kube-rs send JSON); protobuf or YAML get 415.
-fn check_json_content(headers: &HeaderMap) -> Result<(), ApiError> {
+/// The object a create or update body holds: JSON (kube-rs, kubectl for custom resources), or
+/// protobuf for the core kinds kubectl sends that way (see [`super::protobuf`]); anything else is 415.
+fn read_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE);
     let mime = content_type.split(';').next().unwrap_or_default().trim();
-    if mime.is_empty() || mime == "application/json" || mime == "*/*" {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json (got {mime:?})"
-        )))
+    match mime {
+        "" | "application/json" | "*/*" => parse_json(body),
+        super::protobuf::CONTENT_TYPE => super::protobuf::decode(body),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, {} (got {mime:?})",
+            super::protobuf::CONTENT_TYPE
+        ))),
     }
 }
 

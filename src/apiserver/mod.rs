@@ -12,6 +12,7 @@
 //! - [`delete`]: finalizers, propagation policies, ownerReference cascade;
 //! - [`watch`]: watch streams (replay, bookmarks, 410, timeouts);
 //! - [`patch`], [`selector`], [`table`], [`error`]: formats and conventions;
+//! - [`protobuf`]: the protobuf request bodies of `kubectl create configmap|secret|namespace`;
 //! - [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI;
 //! - [`auth`], [`tls`], [`server`]: bearer token, kubeconfig, certificates, serving and shutdown.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod handlers;
 pub mod objects;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;
