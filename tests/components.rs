@@ -14,12 +14,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use flowmason::components::{PipelineResolver, builtin_registry, registry_with_resolver};
 use flowmason_actors::{
-    Engine, EngineConfig, PlanSpec, Registry, RetryPolicy, RunRequest, StageContext, StagePlan,
+    Component, ComponentError, ComponentOutput, Engine, EngineConfig, PlanSpec, Registry,
+    RetryPolicy, RunRequest, StageContext, StagePlan,
 };
 use flowmason_store::{
     ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason, StagePhase,
     StoreConfig,
 };
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -198,6 +200,98 @@ async fn foreach_runs_its_loop_stages_once_per_item_in_order_and_never_as_dag_st
             assert_eq!(skip_reason(&state, inner), Some(SkipReason::BranchNotTaken));
         }
     }
+}
+
+/// Fails every odd call with a transient error, succeeds every even one; records each call's
+/// idempotency key.
+#[derive(Clone, Default)]
+struct EveryOtherCall {
+    keys: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Component for EveryOtherCall {
+    fn execute(
+        &self,
+        _input: Value,
+        ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        let mut keys = self.keys.lock().expect("keys");
+        keys.push(ctx.idempotency_key());
+        let call = keys.len();
+        Box::pin(async move {
+            if call % 2 == 1 {
+                Err(ComponentError::new(
+                    ErrorClass::Transient,
+                    format!("call {call} failed"),
+                ))
+            } else {
+                Ok(json!({ "call": call }).into())
+            }
+        })
+    }
+}
+
+#[actix_rt::test]
+async fn a_nested_stage_is_retried_by_its_own_policy_with_a_new_key_per_attempt() {
+    let flaky = EveryOtherCall::default();
+    let mut registry = builtin_registry();
+    registry.register("every_other_call", flaky.clone());
+    let f = fixture(registry);
+    let spec = |limit: u32| {
+        let mut call = stage("call", "every_other_call", &["loop"], json!({}));
+        call.retry = Some(RetryPolicy {
+            limit,
+            initial_ms: 1,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        });
+        plan(vec![
+            stage(
+                "loop",
+                "foreach",
+                &[],
+                json!({"items": [1, 2, 3], "loop_stages": ["call"]}),
+            ),
+            call,
+        ])
+    };
+    let (state, events) = run(&f, spec(1), json!({})).await;
+    assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
+    let results = output(&state, "loop")["results"].clone();
+    assert_eq!(
+        results,
+        json!([{"call": 2}, {"call": 4}, {"call": 6}]),
+        "each item's stage failed once and succeeded on its retry"
+    );
+    assert_eq!(
+        state.stages["loop"].attempts, 1,
+        "the loop itself was not repeated"
+    );
+    let keys = flaky.keys.lock().expect("keys").clone();
+    assert_eq!(keys.len(), 6);
+    assert_eq!(
+        keys.iter().collect::<std::collections::HashSet<_>>().len(),
+        6,
+        "every attempt has its own idempotency key: {keys:?}"
+    );
+    let retries_logged = events
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, EventKind::StageLog { message, .. } if message.contains("retrying"))
+        })
+        .count();
+    assert_eq!(retries_logged, 3);
+
+    // Without retries the first failure ends the loop.
+    let (state, _) = run(&f, spec(0), json!({})).await;
+    assert_eq!(state.phase, RunPhase::Failed);
+    assert!(
+        state
+            .error
+            .expect("error")
+            .message
+            .contains("stage \"call\" failed"),
+    );
 }
 
 #[actix_rt::test]

@@ -11,8 +11,11 @@
 //! A nested stage's templates see the run's inputs and environment, the outputs of the run's stages that
 //! had succeeded when the owning attempt started, an `overlay` given by the owner (FlowMason's loop
 //! variables, e.g. `{{upstream.<foreach>.current_item}}`), and the outputs of the nested stages that ran
-//! before it in the same pass. Nested stages run once: their stage `timeout` applies, their retry policy
-//! does not (the owning stage's retries repeat the whole pass).
+//! before it in the same pass. A nested stage's `timeout` applies to each of its attempts and its retry
+//! policy (the stage's `retries`, else the pipeline's) as for a DAG stage: a failed attempt is retried
+//! in place, after the backoff, as a pass of its own (`<label>.retry<n>`, so its idempotency key differs);
+//! the pass stops only when the stage has failed for good. The owning stage's retries then repeat the
+//! whole pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
@@ -196,16 +199,61 @@ async fn run_indexes(
                 call_stack: view.call_stack.clone(),
             })
         });
-        let inner = ctx.nested(&stage.id, label, inner_view);
-        let input = {
-            let context = template::context_value(&inner);
-            let lookup = |id: &str| local.get(id).or_else(|| view.outputs.get(id));
-            let scope = Scope::new(&view.inputs, &lookup, &view.env, &context);
-            template::build_input(&stage.config, &stage.input_mapping, &scope)
-                .map_err(|e| fail(ComponentError::from(e), &outcome.outputs))?
-        };
         let timeout = stage.timeout_ms.map(Duration::from_millis);
-        let result = run_one(&inner, component.execute(input, inner.clone()), timeout).await;
+        let policy = view.plan.retry_policy(index);
+        let mut attempt = 1;
+        let (inner, result) = loop {
+            // A retry is a pass of its own, so that its idempotency key differs from the first try's.
+            let pass = match attempt {
+                1 => label.to_string(),
+                n => format!("{label}.retry{n}"),
+            };
+            let inner = ctx.nested(&stage.id, &pass, inner_view.clone());
+            let input = {
+                let context = template::context_value(&inner);
+                let lookup = |id: &str| local.get(id).or_else(|| view.outputs.get(id));
+                let scope = Scope::new(&view.inputs, &lookup, &view.env, &context);
+                template::build_input(&stage.config, &stage.input_mapping, &scope)
+                    .map_err(|e| fail(ComponentError::from(e), &outcome.outputs))?
+            };
+            let result = run_one(&inner, component.execute(input, inner.clone()), timeout).await;
+            let error = match &result {
+                Err(error)
+                    if policy.allows_retry(
+                        attempt,
+                        error.class,
+                        error.class.retryable_by_default(),
+                    ) =>
+                {
+                    error
+                }
+                _ => break (inner, result),
+            };
+            // As for DAG stages: the policy's backoff, with `retry-after` as a floor.
+            let delay = policy
+                .delay(attempt, rand::random::<f64>())
+                .max(error.retry_after.unwrap_or_default());
+            inner.log(
+                "warn",
+                format!(
+                    "nested stage {:?} attempt {attempt} failed: {}; retrying in {delay:?}",
+                    stage.id, error.message
+                ),
+                serde_json::json!({ "class": error.class, "pass": label, "attempt": attempt }),
+            );
+            tokio::select! {
+                biased;
+                () = ctx.cancel.cancelled() => {
+                    let cancelled = ComponentError::new(
+                        ErrorClass::Cancelled,
+                        format!("stage {:?}: cancelled", stage.id),
+                    );
+                    break (inner, Err(cancelled));
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+        };
         match result {
             Ok(ComponentOutput { output, skip }) => {
                 skipped.extend(skip);
