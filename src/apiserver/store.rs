@@ -1,18 +1,21 @@
 //! The object store: one sled database (`DATA_DIR/api`, separate from the event log) holding every API
 //! object as JSON, keyed by `group/version/resource`, namespace and name.
 //!
-//! Every write goes through one lock: it takes the next global `resourceVersion`, writes the object, a
-//! watch-history entry, the owner and uid indexes and the persisted counter in one sled transaction,
-//! flushes, and only then answers and fans the change out to watchers. So resource versions are
-//! consecutive, never reused after a restart (the counter resumes from the highest one persisted), the
-//! watch history is ordered, and an answered write is on disk.
+//! Every write goes through one lock: it takes the next global `resourceVersion` and writes the object, a
+//! watch-history entry, the owner and uid indexes and the persisted counter in one sled transaction.
+//! Then, outside the lock, it waits until a flush covers it (group commit: one writer flushes for every
+//! write committed meanwhile, in resourceVersion order, while the next writers already take the lock),
+//! and only then is it answered and fanned out to watchers. So resource versions are consecutive, never
+//! reused after a restart (the counter resumes from the highest one persisted), the watch history is
+//! ordered, watchers hear only of writes on disk, and an answered write is on disk.
 //!
 //! The watch history keeps the last `history_limit` changes (by resourceVersion) so that a watch
 //! resuming from a recent version replays what it missed, including across a restart; a watch from an
 //! older version is told it expired (410 Gone).
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,9 @@ pub enum StoreError {
     },
     #[error("cannot encode object as JSON: {0}")]
     Encode(serde_json::Error),
+    /// The write was applied but the flush meant to put it on disk failed.
+    #[error("cannot flush the API store to disk (resourceVersion {rv}): {message}")]
+    Flush { rv: u64, message: String },
 }
 
 /// What happened to an object.
@@ -154,10 +160,30 @@ pub struct ObjectStore {
     uids: Tree,
     /// The last resourceVersion handed out; holding the lock serialises writers.
     write: Mutex<u64>,
+    /// Committed writes waiting for a flush (group commit).
+    commit: Mutex<Commit>,
+    /// Signalled when a flush ends.
+    flushed: Condvar,
     changes: broadcast::Sender<Arc<Change>>,
     history_limit: u64,
     durable: bool,
 }
+
+/// The group commit's state.
+#[derive(Default)]
+struct Commit {
+    /// Committed changes not yet flushed, in resourceVersion order.
+    queue: Vec<Arc<Change>>,
+    /// A writer is flushing (the others wait for it).
+    flushing: bool,
+    /// Every change up to this resourceVersion is on disk (or was given up on: see `failed`).
+    done_rv: u64,
+    /// The latest flushes that failed: the resourceVersions each covered (first, last) and its error.
+    failed: VecDeque<(u64, u64, String)>,
+}
+
+/// How many failed flushes are remembered for writers still to wake up.
+const FAILED_FLUSHES_KEPT: usize = 64;
 
 impl ObjectStore {
     /// Opens (creating) the store at `path`. `history_limit` is how many recent changes watches can
@@ -192,10 +218,71 @@ impl ObjectStore {
             owners,
             uids,
             write: Mutex::new(rv),
+            commit: Mutex::new(Commit {
+                done_rv: rv,
+                ..Commit::default()
+            }),
+            flushed: Condvar::new(),
             changes,
             history_limit,
             durable,
         })
+    }
+
+    fn lock_commit(&self) -> MutexGuard<'_, Commit> {
+        self.commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the change with resourceVersion `rv` is on disk and announced to watchers. The first
+    /// writer to find no flush going takes every queued change, flushes once, announces them in order
+    /// and wakes the others; a writer whose change was covered by someone else's flush just returns.
+    fn wait_durable(&self, rv: u64) -> Result<(), StoreError> {
+        let mut commit = self.lock_commit();
+        loop {
+            if commit.done_rv >= rv {
+                return match commit
+                    .failed
+                    .iter()
+                    .find(|(first, last, _)| (*first..=*last).contains(&rv))
+                {
+                    Some((_, _, message)) => Err(StoreError::Flush {
+                        rv,
+                        message: message.clone(),
+                    }),
+                    None => Ok(()),
+                };
+            }
+            if commit.flushing {
+                commit = self.flushed.wait(commit).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            commit.flushing = true;
+            let batch = std::mem::take(&mut commit.queue);
+            drop(commit);
+            let flushed = if self.durable {
+                self.db.flush().map(drop)
+            } else {
+                Ok(())
+            };
+            // Announced even if the flush failed: readers already see these writes, and watchers must
+            // not fall behind what a list shows. The writers hear of the failure.
+            for change in &batch {
+                // No receivers is fine: nobody is watching.
+                let _ = self.changes.send(change.clone());
+            }
+            commit = self.lock_commit();
+            commit.flushing = false;
+            if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+                commit.done_rv = commit.done_rv.max(last.rv);
+                if let Err(e) = flushed {
+                    if commit.failed.len() == FAILED_FLUSHES_KEPT {
+                        commit.failed.pop_front();
+                    }
+                    commit.failed.push_back((first.rv, last.rv, e.to_string()));
+                }
+            }
+            self.flushed.notify_all();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, u64> {
@@ -440,14 +527,11 @@ impl ObjectStore {
                 .into());
             }
         }
-        if self.durable {
-            self.db.flush().map_err(StoreError::Sled)?;
-        }
         *guard = rv;
         let object = record.object.clone();
-        // No receivers is fine: nobody is watching.
-        let _ = self.changes.send(Arc::new(record));
+        self.lock_commit().queue.push(Arc::new(record));
         drop(guard);
+        self.wait_durable(rv)?;
         Ok(Outcome {
             object: Some(object),
             previous,
@@ -513,5 +597,59 @@ fn open_with_retry(path: &Path) -> Result<sled::Db, StoreError> {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn concurrent_writers_get_consecutive_versions_announced_once_in_order_and_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (writers, writes) = (8, 40);
+        let mut changes = {
+            let store = Arc::new(ObjectStore::open(dir.path(), 10_000, true).expect("open"));
+            let mut watcher = store.subscribe();
+            std::thread::scope(|scope| {
+                for w in 0..writers {
+                    let store = store.clone();
+                    scope.spawn(move || {
+                        for i in 0..writes {
+                            let key =
+                                ObjectKey::new("/v1/configmaps", "default", &format!("w{w}-{i}"));
+                            let outcome = store
+                                .mutate::<StoreError>(&key, |_| {
+                                    Ok(Mutation::Put(json!({"metadata": {"name": key.name}})))
+                                })
+                                .expect("write");
+                            assert_eq!(outcome.change, Some(ChangeType::Added));
+                        }
+                    });
+                }
+            });
+            let mut seen = Vec::new();
+            while let Ok(change) = watcher.try_recv() {
+                seen.push(change.rv);
+            }
+            seen
+        };
+        let total = (writers * writes) as u64;
+        assert_eq!(
+            changes,
+            (1..=total).collect::<Vec<_>>(),
+            "each once, in order"
+        );
+        // Reopened: every answered write is there, and versions go on from the last one.
+        let store = ObjectStore::open(dir.path(), 10_000, true).expect("reopen");
+        assert_eq!(store.current_rv(), total);
+        let history = store.history_after(0).expect("history").expect("kept");
+        changes = history.iter().map(|c| c.rv).collect();
+        assert_eq!(changes, (1..=total).collect::<Vec<_>>());
+        let page = store
+            .list(b"/v1/configmaps\0", None, 0, &|_| true)
+            .expect("list");
+        assert_eq!(page.items.len(), total as usize);
     }
 }
