@@ -304,6 +304,95 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
     );
 }
 
+#[test]
+fn history_serve_answers_queries_metrics_health_and_reruns_on_its_engine() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().to_str().expect("path");
+    let example = repo("examples/hello.yaml");
+    let inputs = write(
+        data.path(),
+        "inputs.json",
+        r#"{"name": "one", "orders": []}"#,
+    );
+    let out = run_fm(&[
+        "run",
+        example.to_str().expect("path"),
+        "--inputs",
+        inputs.to_str().expect("path"),
+        "--data-dir",
+        data_dir,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut child = KillOnDrop(
+        fm().args([
+            "history",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fm history serve"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let base = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("FlowMason history API listening on ")
+                .map(str::to_string)
+        })
+        .expect("fm history serve prints its address");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}")).send().expect("request");
+    let page: Value = get("/api/v1/runs?pipeline=hello").json().expect("JSON");
+    let runs = page["runs"].as_array().expect("runs").clone();
+    assert_eq!(runs.len(), 1, "{page}");
+    let old = runs[0]["runId"].as_str().expect("id").to_string();
+    assert_eq!(get("/readyz").status().as_u16(), 200);
+    let metrics = get("/metrics").text().expect("metrics");
+    assert!(
+        metrics.contains("flowmason_event_log_size_bytes"),
+        "{metrics}"
+    );
+
+    let rerun = http
+        .post(format!("{base}/api/v1/runs/{old}/rerun"))
+        .send()
+        .expect("rerun");
+    assert!(rerun.status().is_success(), "{}", rerun.status());
+    let started: Value = rerun.json().expect("JSON");
+    let new = started["runId"].as_str().expect("new run id").to_string();
+    assert_ne!(new, old);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let detail = loop {
+        let detail: Value = get(&format!("/api/v1/runs/{new}")).json().expect("JSON");
+        if detail["phase"] == json!("Succeeded") {
+            break detail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rerun never ended: {detail}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(detail["inputs"], json!({"name": "one", "orders": []}));
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Crash recovery
 

@@ -405,31 +405,22 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
     let store = args.store.open()?;
     let env = args.env.resolver()?;
     crate::runtime::block_on(|| async move {
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
-        store.observe_writes(metrics.store_observer());
+        use crate::http::surface::{Reruns, Surface};
+        let stop = tokio_util::sync::CancellationToken::new();
+        let surface = Surface::new(&store, Reruns::Engine, stop.clone())?;
         let engine = flowmason_actors::Engine::new(
             store.clone(),
             crate::components::builtin_registry(),
             flowmason_actors::EngineConfig {
                 env,
-                observer: Some(metrics.engine_observer()),
+                observer: Some(surface.metrics.engine_observer()),
                 workers: 1,
             },
         );
+        surface.engine_started(engine.clone());
         // Runs left unfinished by a previous process go on here.
         engine.resume_all().await.context("cannot resume runs")?;
-        let stop = tokio_util::sync::CancellationToken::new();
-        let router = crate::http::history::router(crate::http::history::HistoryState {
-            store: store.clone(),
-            rerun: Some(rerun::engine_rerunner(engine.clone())),
-            stop: stop.clone(),
-        })
-        .merge(crate::http::metrics::router(
-            crate::http::metrics::MetricsState::new(metrics.clone()).with_engine(engine.clone()),
-        ))
-        .merge(crate::http::health::router(
-            crate::http::health::HealthState::new().store(store.clone()),
-        ));
+        let router = surface.router.clone().merge(surface.health.clone());
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("--bind {}: cannot listen", args.bind))?;

@@ -93,8 +93,12 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
     });
     let events = args.store.open()?;
     let stop = CancellationToken::new();
-    let surface = crate::http::surface::Surface::new(&events, stop.clone())
-        .context("cannot set up /metrics")?;
+    let surface = crate::http::surface::Surface::new(
+        &events,
+        crate::http::surface::Reruns::Api,
+        stop.clone(),
+    )
+    .context("cannot set up /metrics")?;
     let mut config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
         lease,

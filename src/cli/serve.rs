@@ -88,8 +88,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let events = store_args.open()?;
     let stop = CancellationToken::new();
     // History API, /metrics, /healthz and /readyz, served next to the Kubernetes API.
-    let surface = crate::http::surface::Surface::new(&events, stop.clone())
-        .context("cannot set up /metrics")?;
+    let surface = crate::http::surface::Surface::new(
+        &events,
+        crate::http::surface::Reruns::Api,
+        stop.clone(),
+    )
+    .context("cannot set up /metrics")?;
     let routes = if args.triggers.no_triggers {
         surface.router.clone()
     } else {

@@ -1,15 +1,26 @@
-//! The HTTP endpoints `fm serve` and `fm operator` share: the history API over the event log, `/metrics`
-//! (engine, event log, triggers), `/healthz` and `/readyz`. One place builds them, so both commands
-//! expose the same thing.
+//! The HTTP endpoints `fm serve`, `fm operator` and `fm history serve` share: the history API over the
+//! event log, `/metrics` (engine, event log, triggers), `/healthz` and `/readyz`. One place builds them,
+//! so every command exposes the same thing; they differ only in where reruns go ([`Reruns`]).
 
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use flowmason_actors::Engine;
-use flowmason_store::EventStore;
+use flowmason_store::{EventStore, RunState};
 use tokio_util::sync::CancellationToken;
 
+use crate::history::rerun::{RerunError, RerunOptions, Rerunner};
 use crate::metrics::{Metrics, MetricsError};
+
+/// Where `POST /api/v1/runs/{runId}/rerun` starts its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reruns {
+    /// As PipelineRuns created through the Kubernetes API, which the operator starts (`fm serve`, `fm
+    /// operator`); the client comes with [`Surface::client_ready`].
+    Api,
+    /// On this process's engine, given with [`Surface::engine_started`] (`fm history serve`).
+    Engine,
+}
 
 /// The routers and the metrics they expose.
 pub struct Surface {
@@ -25,7 +36,11 @@ pub struct Surface {
 
 impl Surface {
     /// Builds the routes over `events` and connects the event log's write cycles to the metrics.
-    pub fn new(events: &EventStore, stop: CancellationToken) -> Result<Surface, MetricsError> {
+    pub fn new(
+        events: &EventStore,
+        reruns: Reruns,
+        stop: CancellationToken,
+    ) -> Result<Surface, MetricsError> {
         let metrics = Arc::new(Metrics::new()?);
         events.observe_writes(metrics.store_observer());
         // The engine is created later (it needs a Kubernetes client): the scrape reads it once there.
@@ -34,10 +49,13 @@ impl Surface {
             .with_store(events.clone())
             .with_engine_slot(engine.clone());
         let client: Arc<OnceLock<kube::Client>> = Arc::new(OnceLock::new());
+        let rerun = match reruns {
+            Reruns::Api => crate::history::rerun::api_rerunner(client.clone()),
+            Reruns::Engine => engine_slot_rerunner(engine.clone()),
+        };
         let history = super::history::router(super::history::HistoryState {
             store: events.clone(),
-            // Reruns are PipelineRuns created through the API (the operator starts them).
-            rerun: Some(crate::history::rerun::api_rerunner(client.clone())),
+            rerun: Some(rerun),
             stop,
         });
         let health = super::health::router(super::health::HealthState::new().store(events.clone()));
@@ -60,4 +78,19 @@ impl Surface {
     pub fn client_ready(&self, client: kube::Client) {
         let _ = self.client.set(client);
     }
+}
+
+/// Reruns on the engine in `slot`, once it is there.
+fn engine_slot_rerunner(slot: Arc<OnceLock<Engine>>) -> Rerunner {
+    Arc::new(
+        move |old: RunState, options: RerunOptions| match slot.get() {
+            Some(engine) => crate::history::rerun::engine_rerunner(engine.clone())(old, options),
+            None => Box::pin(async move {
+                Err(RerunError::Start {
+                    run: old.run_id,
+                    message: "the engine is not up yet".into(),
+                })
+            }),
+        },
+    )
 }
