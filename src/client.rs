@@ -197,11 +197,12 @@ impl FlowMasonClient {
         Ok(())
     }
 
-    /// Creates a PipelineRun of `pipeline` with `inputs`, named `<pipeline>-<8 hex digits>`.
+    /// Creates a PipelineRun of `pipeline` with `inputs` (none: the Pipeline's `sampleInput`), named
+    /// `<pipeline>-<8 hex digits>`.
     pub async fn create_run(
         &self,
         pipeline: &str,
-        inputs: Map<String, Value>,
+        inputs: Option<Map<String, Value>>,
     ) -> Result<PipelineRun, ClientError> {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("{pipeline}-{}", &suffix[..8]);
@@ -209,7 +210,7 @@ impl FlowMasonClient {
             &name,
             PipelineRunSpec {
                 pipeline_ref: pipeline.to_string(),
-                inputs: Some(inputs),
+                inputs,
                 ..PipelineRunSpec::default()
             },
         );

@@ -305,6 +305,47 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
 }
 
 #[test]
+fn run_with_inputs_that_break_the_input_schema_exits_2_and_runs_nothing() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().to_str().expect("path");
+    let file = write(
+        data.path(),
+        "typed.yaml",
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata:\n  name: typed\nspec:\n  \
+         inputSchema:\n    type: object\n    required: [name]\n    properties:\n      \
+         name: {type: string}\n      count: {type: integer}\n  stages:\n    \
+         - {id: a, componentType: noop}\n",
+    );
+    let file = file.to_str().expect("path");
+    let out = run_fm(&["run", file, "--input", "count=many", "--data-dir", data_dir]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("inputs: \"name\" is a required property"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("inputs.count: \"many\" is not of type \"integer\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was run"), "{stderr}");
+    let listed = run_fm(&["history", "--data-dir", data_dir, "-o", "json"]);
+    let page: Value = serde_json::from_slice(&listed.stdout).expect("JSON page");
+    assert_eq!(page["runs"], json!([]), "no run was recorded");
+    let ok = run_fm(&[
+        "run",
+        file,
+        "--input",
+        "name=Ada",
+        "--input",
+        "count=2",
+        "--data-dir",
+        data_dir,
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+}
+
+#[test]
 fn history_serve_answers_queries_metrics_health_and_reruns_on_its_engine() {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().to_str().expect("path");

@@ -1256,7 +1256,7 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let file = data.path().join("pipeline.json");
     std::fs::write(
         &file,
-        json!({"name": "greeter", "version": "1.0.0", "stages": [
+        json!({"name": "greeter", "version": "1.0.0", "sample_input": {"who": "Sample"}, "stages": [
             {"id": "say", "component_type": "logger", "config": {"message": "hello {{input.who}}"}},
             {"id": "pause", "component_type": "delay", "depends_on": ["say"], "config": {"ms": 300}},
             {"id": "out", "component_type": "json_transform", "depends_on": ["pause"],
@@ -1312,6 +1312,11 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["pipeline"]["metadata"]["name"], json!("greeter"));
+    // Without inputs a run takes the pipeline's sample input, as `fm run` does.
+    let (code, out, err) = fm_k8s(&fm, &["run", "greeter", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let output: Value = serde_json::from_str(&out).expect("output json");
+    assert_eq!(output["result"]["greeting"], json!("hi Sample"));
     // cancel
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     create_pipeline(&pipelines, "sleepy", delay_stages(60_000)).await;

@@ -266,10 +266,11 @@ async fn dispatch(
             inputs: file,
             wait,
         } => {
-            let inputs: Map<String, Value> = match inputs::parse(&input, file.as_deref())? {
-                Some(Value::Object(map)) => map,
+            // No inputs at all: the run takes the Pipeline's sampleInput, as `fm run` does.
+            let inputs: Option<Map<String, Value>> = match inputs::parse(&input, file.as_deref())? {
+                Some(Value::Object(map)) => Some(map),
                 Some(other) => anyhow::bail!("--inputs: expected an object, got {other}"),
-                None => Map::new(),
+                None => None,
             };
             let run = client.create_run(&name, inputs).await?;
             let run_name = run.name_any();

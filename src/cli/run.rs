@@ -71,6 +71,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let inputs = inputs::parse(&args.input, args.inputs.as_deref())?
         .or_else(|| loaded.sample_input.clone())
         .unwrap_or_else(|| Value::Object(Default::default()));
+    if let Some(schema) = &loaded.spec.input_schema {
+        let problems = model::input_schema::check(schema, &inputs);
+        if !problems.is_empty() {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!(
+                "the inputs do not match the pipeline's inputSchema ({} problem(s)); nothing was run",
+                problems.len()
+            );
+            return Ok(EXIT_INVALID);
+        }
+    }
     let env = args.env.resolver()?;
     let store = args.store.open()?;
     let mut request = RunRequest::new(loaded.name.clone(), plan, inputs);

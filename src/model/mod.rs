@@ -6,6 +6,7 @@ pub mod crd;
 pub mod crd_yaml;
 pub mod duration;
 pub mod flowmason_json;
+pub mod input_schema;
 pub mod load;
 pub mod policy;
 pub mod validate;

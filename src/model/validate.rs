@@ -95,6 +95,13 @@ pub fn validate(
         errors.extend(more);
     }
     check_owned_stages(spec, &mut errors);
+    if let Some(problem) = spec
+        .input_schema
+        .as_ref()
+        .and_then(super::input_schema::schema_problem)
+    {
+        errors.push(ValidationError::new("inputSchema", problem));
+    }
     errors
 }
 
@@ -704,6 +711,20 @@ mod tests {
 
     fn messages(errors: &[ValidationError]) -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_broken_input_schema_is_a_problem_of_the_pipeline() {
+        let mut spec: PipelineSpec = serde_json::from_value(serde_json::json!({
+            "stages": [{"id": "a", "componentType": "noop"}],
+            "inputSchema": {"type": "no-such-type"}
+        }))
+        .expect("spec");
+        let problems = validate(&spec, &|_| true);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "inputSchema");
+        spec.input_schema = serde_json::json!({"type": "object"}).as_object().cloned();
+        assert!(validate(&spec, &|_| true).is_empty());
     }
 
     #[test]

@@ -360,10 +360,11 @@ pub fn resolve_inputs(
 ) -> Result<Value, Problem> {
     let from = run.spec.inputs_from.clone().unwrap_or_default();
     if run.spec.inputs.is_none() && from.is_empty() {
-        return Ok(spec
+        let sample = spec
             .sample_input
             .clone()
-            .unwrap_or_else(|| Value::Object(Map::new())));
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        return check_inputs(spec, sample);
     }
     let mut inputs = run.spec.inputs.clone().unwrap_or_default();
     for (name, reference) in &from {
@@ -383,7 +384,24 @@ pub fn resolve_inputs(
         let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
         inputs.insert(name.clone(), value);
     }
-    Ok(Value::Object(inputs))
+    let inputs = Value::Object(inputs);
+    check_inputs(spec, inputs)
+}
+
+/// The inputs, if they match the Pipeline's `inputSchema` (no schema: any inputs).
+fn check_inputs(spec: &PipelineSpec, inputs: Value) -> Result<Value, Problem> {
+    let Some(schema) = &spec.input_schema else {
+        return Ok(inputs);
+    };
+    let problems = crate::model::input_schema::check(schema, &inputs);
+    if problems.is_empty() {
+        Ok(inputs)
+    } else {
+        Err(Problem {
+            reason: "InvalidInputs",
+            message: problems.join("; "),
+        })
+    }
 }
 
 /// The run's plan: the Pipeline's plan with the run's overrides applied.
@@ -661,6 +679,36 @@ mod tests {
         let err = resolve_inputs("default", &spec, &run, &objs).expect_err("bad ref");
         assert!(
             err.message.starts_with("spec.inputsFrom.n:"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn inputs_are_checked_against_the_input_schema_sample_input_too() {
+        let mut spec = fixtures::pipeline("p", &["a"]).spec;
+        spec.input_schema = json!({"type": "object", "required": ["name"],
+                                   "properties": {"name": {"type": "string"}}})
+        .as_object()
+        .cloned();
+        let mut run = fixtures::pipeline_run("r", "p");
+        run.spec.inputs = json!({"name": 3}).as_object().cloned();
+        let err = resolve_inputs("default", &spec, &run, &ClusterObjects::default())
+            .expect_err("name is not a string");
+        assert_eq!(err.reason, "InvalidInputs");
+        assert!(
+            err.message.starts_with("inputs.name: 3 is not of type"),
+            "{}",
+            err.message
+        );
+        run.spec.inputs = json!({"name": "Ada"}).as_object().cloned();
+        assert!(resolve_inputs("default", &spec, &run, &ClusterObjects::default()).is_ok());
+        run.spec.inputs = None;
+        spec.sample_input = Some(json!({}));
+        let err = resolve_inputs("default", &spec, &run, &ClusterObjects::default())
+            .expect_err("the sample lacks name");
+        assert!(
+            err.message.contains("\"name\" is a required property"),
             "{}",
             err.message
         );
