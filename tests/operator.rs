@@ -915,6 +915,97 @@ async fn run_whose_pipelinerun_was_force_deleted_while_down_ends_cancelled_on_re
     fm.stop();
 }
 
+fn pipeline_with_resources(name: &str, resources: Value, stages: Value) -> Pipeline {
+    serde_json::from_value(json!({
+        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"stages": stages, "resources": resources}
+    }))
+    .expect("pipeline")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_reserve_their_resource_requests_from_the_operators_capacity() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(
+        data.path(),
+        &["--capacity-cpu", "1", "--capacity-memory", "1Gi"],
+    );
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    let heavy = pipeline_with_resources(
+        "heavy",
+        json!({"requests": {"cpu": "600m", "memory": "256Mi"}, "limits": {"cpu": "1"}}),
+        delay_stages(1_500),
+    );
+    pipelines
+        .create(&PostParams::default(), &heavy)
+        .await
+        .expect("create");
+    create_run(&runs, "heavy-1", "heavy", json!({"x": 1})).await;
+    wait_phase(&runs, "heavy-1", &[RunPhase::Running]).await;
+    // Two runs of 600m do not fit in one CPU: the second waits, saying why.
+    create_run(&runs, "heavy-2", "heavy", json!({"x": 2})).await;
+    let waiting = eventually("heavy-2 waiting for resources", || async {
+        let run = runs.get("heavy-2").await.ok()?;
+        let status = run.status?;
+        let condition = status.conditions.first()?.clone();
+        (status.phase == Some(RunPhase::Pending)
+            && condition.reason.as_deref() == Some("WaitingForResources"))
+        .then_some(condition)
+    })
+    .await;
+    let message = waiting.message.unwrap_or_default();
+    assert!(
+        message.contains("needs cpu 600m, memory 256Mi"),
+        "{message}"
+    );
+    let first = final_status(&runs, "heavy-1").await;
+    let second = final_status(&runs, "heavy-2").await;
+    assert_eq!(first.phase, Some(RunPhase::Succeeded));
+    assert_eq!(second.phase, Some(RunPhase::Succeeded), "{second:?}");
+    assert!(
+        second.start_time.expect("started").0 >= first.completion_time.expect("ended").0,
+        "the second run started only after the first gave its share back"
+    );
+
+    // More than the whole capacity can never run; a malformed quantity makes the Pipeline invalid.
+    let huge = pipeline_with_resources("huge", json!({"requests": {"cpu": "2"}}), delay_stages(1));
+    pipelines
+        .create(&PostParams::default(), &huge)
+        .await
+        .expect("create");
+    create_run(&runs, "huge-1", "huge", json!({"x": 1})).await;
+    let status = final_status(&runs, "huge-1").await;
+    assert_eq!(status.phase, Some(RunPhase::Failed));
+    assert_eq!(
+        status.conditions[0].reason.as_deref(),
+        Some("Unschedulable")
+    );
+    let bad = pipeline_with_resources(
+        "bad",
+        json!({"requests": {"memory": "lots"}}),
+        delay_stages(1),
+    );
+    pipelines
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect("create");
+    let ready = eventually("bad pipeline verdict", || async {
+        let p = pipelines.get("bad").await.ok()?;
+        p.status?.conditions.first().cloned()
+    })
+    .await;
+    assert_eq!(ready.status, "False");
+    let message = ready.message.unwrap_or_default();
+    assert!(
+        message.contains("spec.resources.requests.memory: \"lots\" is not a quantity"),
+        "{message}"
+    );
+    fm.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
     let api = tempfile::tempdir().expect("tempdir");

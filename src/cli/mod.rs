@@ -117,6 +117,30 @@ impl TriggerArgs {
     }
 }
 
+/// The capacity the runs in flight reserve their Pipeline's `spec.resources.requests` from, shared by
+/// `fm serve` and `fm operator`. Unset: nothing is reserved (every run starts at once).
+#[derive(Args, Debug, Clone)]
+pub struct CapacityArgs {
+    /// CPU the runs in flight may request in all (a Kubernetes quantity: 2, 1500m). deploy/ sets it
+    /// from the operator container's own CPU limit.
+    #[arg(long, env = "FM_CAPACITY_CPU")]
+    pub capacity_cpu: Option<String>,
+    /// Memory the runs in flight may request in all (a Kubernetes quantity: 4Gi, 512M). deploy/ sets
+    /// it from the operator container's own memory limit.
+    #[arg(long, env = "FM_CAPACITY_MEMORY")]
+    pub capacity_memory: Option<String>,
+}
+
+impl CapacityArgs {
+    pub fn capacity(&self) -> anyhow::Result<crate::operator::capacity::Capacity> {
+        crate::operator::capacity::Capacity::parse(
+            self.capacity_cpu.as_deref(),
+            self.capacity_memory.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+}
+
 /// Where runs are recorded.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {

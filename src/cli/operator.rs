@@ -51,6 +51,8 @@ pub struct OperatorArgs {
     pub webhook_bind: std::net::SocketAddr,
     #[command(flatten)]
     pub triggers: super::TriggerArgs,
+    #[command(flatten)]
+    pub capacity: super::CapacityArgs,
 }
 
 /// A kube client from a kubeconfig path and context, or the default chain (`$KUBECONFIG`,
@@ -101,6 +103,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
     .context("cannot set up /metrics")?;
     let mut config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
+        capacity: args.capacity.capacity()?,
         lease,
         metrics: Some(surface.metrics.clone()),
         ..OperatorConfig::default()

@@ -44,6 +44,8 @@ pub struct ServeArgs {
     pub max_watch_seconds: u64,
     #[command(flatten)]
     pub triggers: super::TriggerArgs,
+    #[command(flatten)]
+    pub capacity: super::CapacityArgs,
     /// When appended run events reach the disk: always, batch (group commit; terminal events always
     /// durable) or never.
     #[arg(long, default_value = "batch")]
@@ -114,6 +116,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     };
     let mut operator_config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
+        capacity: args.capacity.capacity()?,
         metrics: Some(surface.metrics.clone()),
         ..OperatorConfig::default()
     };

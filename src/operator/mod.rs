@@ -12,6 +12,7 @@
 //! - [`Operator`]: wires them onto one engine.
 
 mod backlog;
+pub mod capacity;
 mod cluster;
 pub mod error;
 pub mod events;

@@ -238,6 +238,10 @@ pub fn plan_pipeline(
     if !problems.is_empty() {
         return Err(Problem::invalid("", &problems));
     }
+    super::capacity::demand(spec.resources.as_ref()).map_err(|message| Problem {
+        reason: "InvalidSpec",
+        message,
+    })?;
     to_plan(spec).map_err(|e| Problem::invalid("", &e))
 }
 

@@ -24,6 +24,7 @@ use flowmason_actors::{Engine, Reuse, RunRequest};
 use flowmason_store::{Event, RunId, RunState, Trigger};
 
 use super::backlog::Backlog;
+use super::capacity::{self, Admission, Demand, Ledger};
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::events;
@@ -33,6 +34,12 @@ use super::status::{self, Limits};
 use crate::history::rerun::RerunOptions;
 use crate::metrics::Metrics;
 use crate::model::{Pipeline, PipelineRun, PipelineRunStatus};
+
+/// The reason of a run that waits for the operator's capacity (`spec.resources`).
+pub const WAITING_FOR_RESOURCES: &str = "WaitingForResources";
+
+/// How often a run waiting for capacity looks again.
+const CAPACITY_RECHECK: Duration = Duration::from_secs(1);
 
 /// The finalizer that lets a deleted run be cancelled and recorded before it goes.
 pub const FINALIZER: &str = "flowmason.io/run";
@@ -59,6 +66,8 @@ pub struct RunContext {
     pub metrics: Option<Arc<Metrics>>,
     /// PipelineRuns changed and not yet reconciled (the controller's queue depth).
     pub(crate) backlog: Backlog,
+    /// The operator's capacity and what the runs in flight reserve of it.
+    pub(crate) ledger: Ledger,
     active: Mutex<HashMap<RunId, Active>>,
 }
 
@@ -70,6 +79,7 @@ impl RunContext {
         pipelines: PipelineRegistry,
         write_interval: Duration,
         metrics: Option<Arc<Metrics>>,
+        capacity: capacity::Capacity,
     ) -> RunContext {
         RunContext {
             client,
@@ -79,6 +89,7 @@ impl RunContext {
             write_interval,
             limits: Limits::default(),
             backlog: Backlog::new("pipelinerun", metrics.clone()),
+            ledger: Ledger::new(capacity),
             metrics,
             active: Mutex::new(HashMap::new()),
         }
@@ -350,6 +361,8 @@ struct Prepared {
     request: RunRequest,
     secrets: Vec<String>,
     pipeline: Pipeline,
+    /// What the run reserves of the operator's capacity while in flight (`spec.resources`).
+    demand: Demand,
 }
 
 async fn prepare(
@@ -423,6 +436,8 @@ async fn prepare(
                 request,
                 secrets: env.secrets,
                 pipeline: pipeline.clone(),
+                // Checked by `plan_pipeline` above.
+                demand: capacity::demand(spec.resources.as_ref()).unwrap_or_default(),
             })
         });
     Ok(prepared)
@@ -520,14 +535,32 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
         }
     };
     own(&run, &prepared.pipeline, &ctx).await?;
-    let mut handle = ctx
-        .engine
-        .start_observed(prepared.request)
-        .await
-        .map_err(|source| Error::Engine {
-            object: object_name(&run),
-            source,
-        })?;
+    match ctx.ledger.admit(run_id, prepared.demand) {
+        Admission::Admitted => {}
+        Admission::Wait(message) => {
+            let current = run.status.as_ref().and_then(|s| s.conditions.first());
+            if current.and_then(|c| c.message.as_deref()) != Some(message.as_str()) {
+                let status = status::waiting(WAITING_FOR_RESOURCES, message);
+                write_status(&ctx, &namespace, &name, &status).await?;
+            }
+            return Ok(Action::requeue(CAPACITY_RECHECK));
+        }
+        Admission::Never(message) => {
+            let status = status::failed_before_start(None, "Unschedulable", message);
+            write_status(&ctx, &namespace, &name, &status).await?;
+            return Ok(Action::await_change());
+        }
+    }
+    let mut handle = match ctx.engine.start_observed(prepared.request).await {
+        Ok(handle) => handle,
+        Err(source) => {
+            ctx.ledger.release(run_id);
+            return Err(Error::Engine {
+                object: object_name(&run),
+                source,
+            });
+        }
+    };
     ctx.pipelines.run_started(&prepared.pipeline, run_id);
     let events = handle.take_events();
     let involved = run.object_ref(&());
@@ -551,7 +584,11 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
     // The engine resolves the environment again itself; the secret values are needed here only to
     // redact the status.
     let secrets = match prepare(&run, run_id, &ctx).await? {
-        Ok(p) => p.secrets,
+        Ok(p) => {
+            // Already in flight: it holds its share of the capacity, fitting or not.
+            ctx.ledger.hold(run_id, p.demand);
+            p.secrets
+        }
         Err(_) => Vec::new(),
     };
     let handle = ctx
@@ -678,6 +715,8 @@ fn spawn_writer(
             }
         }
         recorder.flush().await;
+        // The run is over: its share of the capacity goes back.
+        ctx.ledger.release(run_id);
         // The log is the authority on the end state, whatever the stream delivered.
         let final_state = match ctx.engine.store().fold(run_id) {
             Ok(Some(s)) => Some(s),

@@ -271,6 +271,22 @@ pub fn failed_before_start(
 }
 
 /// A run cancelled before the engine ever started it.
+/// The status of a run that waits before it can start (e.g. for the operator's capacity).
+pub fn waiting(reason: &str, message: String) -> PipelineRunStatus {
+    PipelineRunStatus {
+        phase: Some(RunPhase::Pending),
+        conditions: vec![Condition {
+            type_: CONDITION_SUCCEEDED.into(),
+            status: "Unknown".into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: Some(now()),
+            observed_generation: None,
+        }],
+        ..PipelineRunStatus::default()
+    }
+}
+
 pub fn cancelled_before_start(run_id: Option<String>) -> PipelineRunStatus {
     let t = now();
     PipelineRunStatus {

@@ -37,6 +37,8 @@ pub struct OperatorConfig {
     pub triggers: Option<Arc<crate::triggers::Triggers>>,
     /// Sees every engine event next to the metrics (e.g. [`crate::triggers::lifecycle::publisher`]).
     pub observer: Option<EventObserver>,
+    /// What the runs in flight may reserve with their Pipeline's `spec.resources` (default: unlimited).
+    pub capacity: super::capacity::Capacity,
 }
 
 impl std::fmt::Debug for OperatorConfig {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for OperatorConfig {
             .field("metrics", &self.metrics.is_some())
             .field("triggers", &self.triggers.is_some())
             .field("observer", &self.observer.is_some())
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
@@ -61,6 +64,7 @@ impl Default for OperatorConfig {
             metrics: None,
             triggers: None,
             observer: None,
+            capacity: super::capacity::Capacity::default(),
         }
     }
 }
@@ -181,6 +185,7 @@ impl Operator {
             self.registry.clone(),
             self.config.write_interval,
             self.config.metrics.clone(),
+            self.config.capacity,
         ));
         let (h1, h2) = (halt.clone(), halt.clone());
         let pipelines = tokio::spawn(pipelines::run_controller(pipeline_ctx, async move {
