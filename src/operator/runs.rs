@@ -591,14 +591,17 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
         }
         Err(_) => Vec::new(),
     };
-    let handle = ctx
-        .engine
-        .resume(run_id, true)
-        .await
-        .map_err(|source| Error::Engine {
-            object: object_name(&run),
-            source,
-        })?;
+    let handle = match ctx.engine.resume(run_id, true).await {
+        Ok(Some(handle)) => Some(handle),
+        other => {
+            // Not running after all: its share goes back.
+            ctx.ledger.release(run_id);
+            other.map_err(|source| Error::Engine {
+                object: object_name(&run),
+                source,
+            })?
+        }
+    };
     let Some(mut handle) = handle else {
         // Ended while we looked (or was ended as unusable): project what the log says.
         if let Ok(Some(state)) = ctx.engine.store().fold(run_id) {
