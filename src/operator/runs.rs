@@ -5,7 +5,7 @@
 //! `status` through the status subresource, coalesced to one write per interval plus the final one.
 //! Deleting a run in flight cancels it and waits for its end before the finalizer lets it go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller, Error as ControllerError};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef as KubeRef;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -38,8 +39,8 @@ use crate::model::{Pipeline, PipelineRun, PipelineRunStatus};
 /// The reason of a run that waits for the operator's capacity (`spec.resources`).
 pub const WAITING_FOR_RESOURCES: &str = "WaitingForResources";
 
-/// How often a run waiting for capacity looks again.
-const CAPACITY_RECHECK: Duration = Duration::from_secs(1);
+/// How often a run waiting for capacity looks again if no run ending wakes it first.
+const CAPACITY_RECHECK: Duration = Duration::from_secs(5);
 
 /// The finalizer that lets a deleted run be cancelled and recorded before it goes.
 pub const FINALIZER: &str = "flowmason.io/run";
@@ -68,6 +69,11 @@ pub struct RunContext {
     pub(crate) backlog: Backlog,
     /// The operator's capacity and what the runs in flight reserve of it.
     pub(crate) ledger: Ledger,
+    /// Runs waiting for capacity, woken (reconciled at once) when a run gives its share back.
+    waiting: Mutex<HashSet<KubeRef<PipelineRun>>>,
+    wake: mpsc::UnboundedSender<KubeRef<PipelineRun>>,
+    /// The receiving end of `wake`, taken by the controller.
+    woken: Mutex<Option<mpsc::UnboundedReceiver<KubeRef<PipelineRun>>>>,
     active: Mutex<HashMap<RunId, Active>>,
 }
 
@@ -81,6 +87,7 @@ impl RunContext {
         metrics: Option<Arc<Metrics>>,
         capacity: capacity::Capacity,
     ) -> RunContext {
+        let (wake, woken) = mpsc::unbounded_channel();
         RunContext {
             client,
             engine,
@@ -90,8 +97,25 @@ impl RunContext {
             limits: Limits::default(),
             backlog: Backlog::new("pipelinerun", metrics.clone()),
             ledger: Ledger::new(capacity),
+            waiting: Mutex::new(HashSet::new()),
+            wake,
+            woken: Mutex::new(Some(woken)),
             metrics,
             active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Gives `run`'s capacity share back and wakes the runs waiting for capacity.
+    fn release(&self, run: RunId) {
+        self.ledger.release(run);
+        let waiting = std::mem::take(
+            &mut *self
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for waiter in waiting {
+            let _ = self.wake.send(waiter);
         }
     }
 
@@ -189,7 +213,18 @@ pub async fn run_controller(
                 .requested(run.namespace().as_deref(), &run.name_any())
         });
     let results = ctx.clone();
+    let woken = ctx
+        .woken
+        .lock()
+        .ok()
+        .and_then(|mut w| w.take())
+        .map(|rx| {
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+                .boxed()
+        })
+        .unwrap_or_else(|| futures::stream::pending().boxed());
     Controller::for_stream(runs, reader)
+        .reconcile_on(woken)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -538,6 +573,9 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
     match ctx.ledger.admit(run_id, prepared.demand) {
         Admission::Admitted => {}
         Admission::Wait(message) => {
+            if let Ok(mut waiting) = ctx.waiting.lock() {
+                waiting.insert(KubeRef::from_obj(run.as_ref()));
+            }
             let current = run.status.as_ref().and_then(|s| s.conditions.first());
             if current.and_then(|c| c.message.as_deref()) != Some(message.as_str()) {
                 let status = status::waiting(WAITING_FOR_RESOURCES, message);
@@ -554,7 +592,7 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
     let mut handle = match ctx.engine.start_observed(prepared.request).await {
         Ok(handle) => handle,
         Err(source) => {
-            ctx.ledger.release(run_id);
+            ctx.release(run_id);
             return Err(Error::Engine {
                 object: object_name(&run),
                 source,
@@ -595,7 +633,7 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
         Ok(Some(handle)) => Some(handle),
         other => {
             // Not running after all: its share goes back.
-            ctx.ledger.release(run_id);
+            ctx.release(run_id);
             other.map_err(|source| Error::Engine {
                 object: object_name(&run),
                 source,
@@ -718,8 +756,8 @@ fn spawn_writer(
             }
         }
         recorder.flush().await;
-        // The run is over: its share of the capacity goes back.
-        ctx.ledger.release(run_id);
+        // The run is over: its share of the capacity goes back, and the runs waiting for it look again.
+        ctx.release(run_id);
         // The log is the authority on the end state, whatever the stream delivered.
         let final_state = match ctx.engine.store().fold(run_id) {
             Ok(Some(s)) => Some(s),
