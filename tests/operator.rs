@@ -76,6 +76,17 @@ impl Fm {
         Client::try_from(config).expect("client")
     }
 
+    /// The server URL the kubeconfig names (the API server, and next to it the history API and
+    /// /metrics).
+    fn url(&self) -> String {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        kubeconfig.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.server.clone())
+            .expect("server url")
+    }
+
     /// Stops the process with SIGTERM (a graceful stop) and waits for it.
     fn stop(mut self) {
         let _ = Command::new("kill")
@@ -309,12 +320,7 @@ async fn fm_serve_exposes_metrics_health_and_the_history_of_its_runs() {
     let done = wait_phase(&runs, "metered-1", &terminal()).await;
     assert_eq!(done.status.and_then(|s| s.phase), Some(RunPhase::Succeeded));
 
-    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
-    let server = kubeconfig.clusters[0]
-        .cluster
-        .as_ref()
-        .and_then(|c| c.server.clone())
-        .expect("server url");
+    let server = fm.url();
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
         let (http, url) = (http.clone(), format!("{server}{path}"));
@@ -874,12 +880,7 @@ async fn run_whose_pipelinerun_was_force_deleted_while_down_ends_cancelled_on_re
     fm.stop();
 
     let fm = Fm::serve(data.path(), &[]);
-    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
-    let server = kubeconfig.clusters[0]
-        .cluster
-        .as_ref()
-        .and_then(|c| c.server.clone())
-        .expect("server url");
+    let server = fm.url();
     let http = reqwest::Client::new();
     let detail = eventually("the orphaned run ended in the history", || async {
         let detail: Value = http
@@ -1283,12 +1284,7 @@ async fn rerun_from_failed_through_fm_k8s_and_the_api_skips_the_stages_that_succ
     assert_eq!((calls("first"), calls("second")), (1, 2));
 
     // The history API of fm serve reruns too (a plain rerun runs every stage).
-    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
-    let server = kubeconfig.clusters[0]
-        .cluster
-        .as_ref()
-        .and_then(|c| c.server.clone())
-        .expect("server url");
+    let server = fm.url();
     let run_id = status.run_id.expect("runId");
     let response = reqwest::Client::new()
         .post(format!("{server}/api/v1/runs/{run_id}/rerun"))
@@ -1692,12 +1688,7 @@ async fn editing_a_pipelines_webhook_through_the_api_re_arms_it() {
         .create(&PostParams::default(), &hooked)
         .await
         .expect("create pipeline");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
-    let server = kubeconfig.clusters[0]
-        .cluster
-        .as_ref()
-        .and_then(|c| c.server.clone())
-        .expect("server url");
+    let server = fm.url();
     let http = reqwest::Client::new();
     let post = |path: &'static str| {
         let (http, url) = (http.clone(), format!("{server}{path}"));
