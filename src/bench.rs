@@ -109,6 +109,7 @@ impl Shape {
             output_stage: None,
             env: BTreeMap::new(),
             env_from: Vec::new(),
+            output_schema: None,
         }
     }
 }

@@ -49,6 +49,7 @@ fn plan(stages: Vec<StagePlan>) -> PlanSpec {
         output_stage: None,
         env: BTreeMap::new(),
         env_from: Vec::new(),
+        output_schema: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn plan(stages: Vec<StagePlan>) -> PlanSpec {
         output_stage: None,
         env: BTreeMap::new(),
         env_from: Vec::new(),
+        output_schema: None,
     }
 }
 
@@ -963,6 +964,39 @@ async fn cancel_unfinished_ends_an_orphaned_run_without_running_it_and_leaves_ot
         running.finished().await.expect("end").phase,
         RunPhase::Cancelled
     );
+}
+
+#[actix_rt::test]
+async fn a_run_whose_output_breaks_the_output_schema_fails_naming_each_problem() {
+    let f = fixture();
+    let spec = |v: Value| {
+        let mut spec = plan(vec![with_config(
+            stage("a", "echo", &[]),
+            json!({ "v": v }),
+        )]);
+        spec.output_schema = Some(json!({
+            "type": "object", "required": ["v"], "properties": {"v": {"type": "integer"}}
+        }));
+        spec
+    };
+    let (state, events) = run(&f, spec(json!(3)), json!({})).await;
+    assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
+    assert_eq!(state.output, Some(json!({ "v": 3 })));
+    assert_eq!(count(&events, "RunSucceeded"), 1);
+
+    let (state, events) = run(&f, spec(json!("three")), json!({})).await;
+    assert_eq!(state.phase, RunPhase::Failed);
+    let error = state.error.expect("error");
+    assert!(
+        error
+            .message
+            .starts_with("the run's output does not match outputSchema: output.v: \"three\" is not of type \"integer\""),
+        "{}",
+        error.message
+    );
+    assert_eq!(error.stage, None, "no stage failed");
+    assert_eq!(state.stages["a"].phase, StagePhase::Succeeded);
+    assert_eq!(count(&events, "RunFailed"), 1);
 }
 
 #[actix_rt::test]

@@ -133,6 +133,7 @@ fn diamond_plan(url: &str) -> PlanSpec {
         output_stage: None,
         env: BTreeMap::new(),
         env_from: Vec::new(),
+        output_schema: None,
     }
 }
 

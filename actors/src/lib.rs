@@ -8,6 +8,7 @@ pub mod nested;
 pub mod plan;
 pub mod redact;
 mod run_actor;
+pub mod schema;
 mod stage_actor;
 pub mod template;
 

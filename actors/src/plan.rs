@@ -40,6 +40,10 @@ pub struct PlanSpec {
     /// resumes. Only the references are recorded, never the values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvRef>,
+    /// JSON Schema (Draft 7) the run's output must match: a run whose stages all succeeded but whose
+    /// output breaks it ends `Failed`, naming each problem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// An environment variable whose value is read, when a run starts or resumes, from a key of a Secret or
@@ -413,6 +417,7 @@ mod tests {
             output_stage: None,
             env: BTreeMap::new(),
             env_from: Vec::new(),
+            output_schema: None,
         }
     }
 

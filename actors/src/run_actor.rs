@@ -529,9 +529,22 @@ impl RunActor {
                     },
                 });
             }
-            None => kinds.push(EventKind::RunSucceeded {
-                output: self.run_output(),
-            }),
+            None => {
+                let output = self.run_output();
+                match output_problems(self.plan.spec().output_schema.as_ref(), &output) {
+                    None => kinds.push(EventKind::RunSucceeded { output }),
+                    Some(problems) => kinds.push(EventKind::RunFailed {
+                        error: RunError {
+                            message: format!(
+                                "the run's output does not match outputSchema: {}",
+                                problems.join("; ")
+                            ),
+                            stage: None,
+                            details: serde_json::json!({ "outputSchema": problems }),
+                        },
+                    }),
+                }
+            }
         }
         self.finished = true;
     }
@@ -825,4 +838,16 @@ pub(crate) fn now_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// How `output` breaks the plan's `outputSchema`, one message per problem; `None` when there is no
+/// schema or the output matches it.
+fn output_problems(
+    schema: Option<&serde_json::Value>,
+    output: &serde_json::Value,
+) -> Option<Vec<String>> {
+    match crate::schema::problems(schema?, output, "output") {
+        Ok(problems) => (!problems.is_empty()).then_some(problems),
+        Err(problem) => Some(vec![format!("outputSchema: {problem}")]),
+    }
 }

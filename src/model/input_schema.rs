@@ -7,39 +7,14 @@ use serde_json::{Map, Value};
 
 /// The problem with the schema itself, if any.
 pub fn schema_problem(schema: &Map<String, Value>) -> Option<String> {
-    compile(schema).err()
+    flowmason_actors::schema::compile(&Value::Object(schema.clone())).err()
 }
 
 /// Every way `inputs` break `schema`, one message each, naming the input (`inputs.orders[0].total`).
 /// A schema that does not compile is reported as one problem.
 pub fn check(schema: &Map<String, Value>, inputs: &Value) -> Vec<String> {
-    let validator = match compile(schema) {
-        Ok(validator) => validator,
-        Err(problem) => return vec![format!("inputSchema: {problem}")],
-    };
-    validator
-        .iter_errors(inputs)
-        .map(|error| {
-            let mut path = String::from("inputs");
-            for segment in error.instance_path().iter() {
-                match segment {
-                    jsonschema::paths::LocationSegment::Property(p) => {
-                        path.push('.');
-                        path.push_str(&p);
-                    }
-                    jsonschema::paths::LocationSegment::Index(i) => {
-                        path.push_str(&format!("[{i}]"));
-                    }
-                }
-            }
-            format!("{path}: {error}")
-        })
-        .collect()
-}
-
-fn compile(schema: &Map<String, Value>) -> Result<jsonschema::Validator, String> {
-    jsonschema::draft7::new(&Value::Object(schema.clone()))
-        .map_err(|e| format!("not a valid JSON Schema: {e}"))
+    flowmason_actors::schema::problems(&Value::Object(schema.clone()), inputs, "inputs")
+        .unwrap_or_else(|problem| vec![format!("inputSchema: {problem}")])
 }
 
 #[cfg(test)]

@@ -95,12 +95,16 @@ pub fn validate(
         errors.extend(more);
     }
     check_owned_stages(spec, &mut errors);
-    if let Some(problem) = spec
-        .input_schema
-        .as_ref()
-        .and_then(super::input_schema::schema_problem)
-    {
-        errors.push(ValidationError::new("inputSchema", problem));
+    for (field, schema) in [
+        ("inputSchema", &spec.input_schema),
+        ("outputSchema", &spec.output_schema),
+    ] {
+        if let Some(problem) = schema
+            .as_ref()
+            .and_then(super::input_schema::schema_problem)
+        {
+            errors.push(ValidationError::new(field, problem));
+        }
     }
     errors
 }
@@ -290,6 +294,7 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
         output_stage: spec.output_stage_id.clone(),
         env,
         env_from,
+        output_schema: spec.output_schema.clone().map(serde_json::Value::Object),
     };
     if let Err(plan_errors) = Plan::build(plan.clone()) {
         let from_source = spec.source.is_some();
@@ -711,6 +716,28 @@ mod tests {
 
     fn messages(errors: &[ValidationError]) -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_broken_output_schema_is_a_problem_of_the_pipeline_and_a_valid_one_is_planned() {
+        let spec: PipelineSpec = serde_json::from_value(serde_json::json!({
+            "stages": [{"id": "a", "componentType": "noop"}],
+            "outputSchema": {"type": 5}
+        }))
+        .expect("spec");
+        let problems = validate(&spec, &|_| true);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "outputSchema");
+        let spec: PipelineSpec = serde_json::from_value(serde_json::json!({
+            "stages": [{"id": "a", "componentType": "noop"}],
+            "outputSchema": {"type": "object"}
+        }))
+        .expect("spec");
+        let plan = to_plan(&spec).expect("plan");
+        assert_eq!(
+            plan.output_schema,
+            Some(serde_json::json!({"type": "object"}))
+        );
     }
 
     #[test]
