@@ -570,12 +570,20 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
         }
     };
     own(&run, &prepared.pipeline, &ctx).await?;
-    match ctx.ledger.admit(run_id, prepared.demand) {
+    // Recorded as waiting before asking, so that a share given back meanwhile wakes it.
+    let waiter = KubeRef::from_obj(run.as_ref());
+    if let Ok(mut waiting) = ctx.waiting.lock() {
+        waiting.insert(waiter.clone());
+    }
+    let admission = ctx.ledger.admit(run_id, prepared.demand);
+    if !matches!(admission, Admission::Wait(_))
+        && let Ok(mut waiting) = ctx.waiting.lock()
+    {
+        waiting.remove(&waiter);
+    }
+    match admission {
         Admission::Admitted => {}
         Admission::Wait(message) => {
-            if let Ok(mut waiting) = ctx.waiting.lock() {
-                waiting.insert(KubeRef::from_obj(run.as_ref()));
-            }
             let current = run.status.as_ref().and_then(|s| s.conditions.first());
             if current.and_then(|c| c.message.as_deref()) != Some(message.as_str()) {
                 let status = status::waiting(WAITING_FOR_RESOURCES, message);
