@@ -593,7 +593,7 @@ fn bench_resume_kills_runs_in_flight_and_finds_each_ended_once() {
         "--shape",
         "chain:2",
         "--stage-ms",
-        "400",
+        "1000",
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

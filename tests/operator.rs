@@ -935,21 +935,22 @@ async fn runs_reserve_their_resource_requests_from_the_operators_capacity() {
     let client = fm.client().await;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
-    let heavy = pipeline_with_resources(
-        "heavy",
-        json!({"requests": {"cpu": "600m", "memory": "256Mi"}, "limits": {"cpu": "1"}}),
-        delay_stages(1_500),
-    );
-    pipelines
-        .create(&PostParams::default(), &heavy)
-        .await
-        .expect("create");
-    create_run(&runs, "heavy-1", "heavy", json!({"x": 1})).await;
-    wait_phase(&runs, "heavy-1", &[RunPhase::Running]).await;
+    let requests = json!({"requests": {"cpu": "600m", "memory": "256Mi"}, "limits": {"cpu": "1"}});
+    // `hold` runs until it is cancelled, so that the second run is seen waiting however slow the
+    // machine; `next` is short.
+    for (name, stages) in [("hold", delay_stages(600_000)), ("next", delay_stages(10))] {
+        let p = pipeline_with_resources(name, requests.clone(), stages);
+        pipelines
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("create");
+    }
+    create_run(&runs, "hold-1", "hold", json!({"x": 1})).await;
+    wait_phase(&runs, "hold-1", &[RunPhase::Running]).await;
     // Two runs of 600m do not fit in one CPU: the second waits, saying why.
-    create_run(&runs, "heavy-2", "heavy", json!({"x": 2})).await;
-    let waiting = eventually("heavy-2 waiting for resources", || async {
-        let run = runs.get("heavy-2").await.ok()?;
+    create_run(&runs, "next-1", "next", json!({"x": 2})).await;
+    let waiting = eventually("next-1 waiting for resources", || async {
+        let run = runs.get("next-1").await.ok()?;
         let status = run.status?;
         let condition = status.conditions.first()?.clone();
         (status.phase == Some(RunPhase::Pending)
@@ -962,9 +963,17 @@ async fn runs_reserve_their_resource_requests_from_the_operators_capacity() {
         message.contains("needs cpu 600m, memory 256Mi"),
         "{message}"
     );
-    let first = final_status(&runs, "heavy-1").await;
-    let second = final_status(&runs, "heavy-2").await;
-    assert_eq!(first.phase, Some(RunPhase::Succeeded));
+    // Ending the first run gives its share back: the second starts.
+    runs.patch(
+        "hold-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"status": "Cancelled"}})),
+    )
+    .await
+    .expect("cancel");
+    let first = final_status(&runs, "hold-1").await;
+    let second = final_status(&runs, "next-1").await;
+    assert_eq!(first.phase, Some(RunPhase::Cancelled));
     assert_eq!(second.phase, Some(RunPhase::Succeeded), "{second:?}");
     assert!(
         second.start_time.expect("started").0 >= first.completion_time.expect("ended").0,
