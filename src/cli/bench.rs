@@ -2,7 +2,7 @@
 //! through the real engine and event log and reports throughput, per-stage overhead, run latency and memory.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -163,6 +163,34 @@ fn synthetic_run(i: usize, accepted_at: i64) -> (RunId, Vec<Event>) {
     (run, events)
 }
 
+/// Where a bench keeps its data: `given` (`--data-dir`), else a temporary directory that is removed
+/// when the returned guard drops.
+pub(super) fn data_dir(
+    given: Option<&Path>,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match given {
+        Some(dir) => Ok((dir.to_path_buf(), None)),
+        None => {
+            let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
+/// Opens (creating) the event log under `data_dir/events`.
+pub(super) fn open_events(data_dir: &Path, durability: Durability) -> anyhow::Result<EventStore> {
+    let dir = data_dir.join("events");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    EventStore::open(
+        &dir,
+        StoreConfig {
+            durability,
+            ..StoreConfig::default()
+        },
+    )
+    .with_context(|| format!("cannot open the event log in {}", dir.display()))
+}
+
 /// Microsecond latencies of `repeat` calls of `f`, sorted; with the result of the last call.
 fn time_query<T>(
     repeat: usize,
@@ -183,23 +211,8 @@ fn history(args: HistoryBench) -> anyhow::Result<i32> {
     if args.runs == 0 || args.repeat == 0 {
         bail!("--runs and --repeat must be at least 1");
     }
-    let temp;
-    let dir = match &args.data_dir {
-        Some(dir) => dir.join("events"),
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-            temp.path().join("events")
-        }
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = EventStore::open(
-        &dir,
-        StoreConfig {
-            durability: Durability::Never,
-            ..StoreConfig::default()
-        },
-    )
-    .with_context(|| format!("cannot open the event log in {}", dir.display()))?;
+    let (data_dir, _temp) = data_dir(args.data_dir.as_deref())?;
+    let store = open_events(&data_dir, Durability::Never)?;
 
     // Accepted times spread evenly over the last 30 days, oldest first.
     let now = crate::history::now_micros();
@@ -321,23 +334,8 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
     if args.runs == 0 || args.concurrency == 0 {
         bail!("--runs and --concurrency must be at least 1");
     }
-    let temp;
-    let dir = match &args.data_dir {
-        Some(dir) => dir.join("events"),
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-            temp.path().join("events")
-        }
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = EventStore::open(
-        &dir,
-        StoreConfig {
-            durability: args.durability,
-            ..StoreConfig::default()
-        },
-    )
-    .with_context(|| format!("cannot open the event log in {}", dir.display()))?;
+    let (data_dir, _temp) = data_dir(args.data_dir.as_deref())?;
+    let store = open_events(&data_dir, args.durability)?;
     let plan = args.shape.plan(args.parallelism, args.stage_ms);
     let stages_per_run = plan.stages.len();
     let baseline_rss = rss_kib("VmRSS");

@@ -56,21 +56,12 @@ pub fn resume(args: ResumeBench) -> anyhow::Result<i32> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let temp;
-    let data_dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (data_dir, _temp) = super::bench::data_dir(args.data_dir.as_deref())?;
     let killed_after = start_and_kill(&args, &data_dir)?;
 
     // The restart: from opening the log to every run owned by a live actor again.
     let restart = Instant::now();
-    let events_dir = data_dir.join("events");
-    let store = EventStore::open(&events_dir, StoreConfig::default())
-        .with_context(|| format!("cannot open the event log in {}", events_dir.display()))?;
+    let store = super::bench::open_events(&data_dir, StoreConfig::default().durability)?;
     let opened = restart.elapsed();
     let (resumed, resumed_runs, ended, phases) = crate::runtime::block_on({
         let store = store.clone();
