@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 
 use super::expr::{Expr, ExprError, truthy};
-use super::{config_object, input_object, is_templated, opt_str, opt_str_list};
+use super::{input_object, opt_str, opt_str_list, static_config};
 
 /// The component type name.
 pub const NAME: &str = "conditional";
@@ -56,14 +56,9 @@ fn parse(map: &Map<String, Value>) -> Result<Branches, ComponentError> {
 
 impl Component for Conditional {
     fn validate(&self, config: &Value) -> Result<(), ComponentError> {
-        let Some(map) = config_object(NAME, config)? else {
+        let Some(statics) = static_config(NAME, config)? else {
             return Ok(());
         };
-        let statics: Map<String, Value> = map
-            .iter()
-            .filter(|(_, v)| !is_templated(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         parse(&statics).map(|_| ())
     }
 

@@ -31,9 +31,7 @@ use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext}
 use flowmason_store::ErrorClass;
 
 use super::expr::Expr;
-use super::{
-    config_object, input_object, is_templated, opt_bool, opt_str, opt_str_list, type_name,
-};
+use super::{input_object, opt_bool, opt_str, opt_str_list, static_config, type_name};
 
 /// The component type name.
 pub const NAME: &str = "foreach";
@@ -90,14 +88,9 @@ fn settings(map: &Map<String, Value>) -> Result<Settings, ComponentError> {
 
 impl Component for ForEach {
     fn validate(&self, config: &Value) -> Result<(), ComponentError> {
-        let Some(map) = config_object(NAME, config)? else {
+        let Some(statics) = static_config(NAME, config)? else {
             return Ok(());
         };
-        let statics: Map<String, Value> = map
-            .iter()
-            .filter(|(_, v)| !is_templated(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         settings(&statics).map(|_| ())
     }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 
-use super::{config_object, input_object, is_templated, opt_bool, type_name};
+use super::{input_object, opt_bool, static_config, type_name};
 
 /// The component type name.
 pub const NAME: &str = "logger";
@@ -32,14 +32,9 @@ pub struct Logger;
 impl Component for Logger {
     /// Checks the statically set fields' types and the level.
     fn validate(&self, config: &Value) -> Result<(), ComponentError> {
-        let Some(map) = config_object(NAME, config)? else {
+        let Some(literal) = static_config(NAME, config)? else {
             return Ok(());
         };
-        let literal: Map<String, Value> = map
-            .iter()
-            .filter(|(_, v)| !is_templated(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         if let Some(message) = literal.get("message")
             && !message.is_string()
         {

@@ -112,6 +112,20 @@ pub(crate) fn config_object<'a>(
     }
 }
 
+/// The fields of a stage's `config` whose values hold no templates: what `validate` can check before
+/// any run (templated fields are checked when the run renders them). `None` for no config.
+pub(crate) fn static_config(
+    component: &str,
+    config: &Value,
+) -> Result<Option<Map<String, Value>>, ComponentError> {
+    Ok(config_object(component, config)?.map(|map| {
+        map.iter()
+            .filter(|(_, v)| !is_templated(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }))
+}
+
 /// Whether a static config value is (or holds) a template, so that its type is only known after rendering.
 pub(crate) fn is_templated(value: &Value) -> bool {
     flowmason_actors::template::has_templates(value)

@@ -31,7 +31,7 @@ use flowmason_actors::{
 };
 use flowmason_store::ErrorClass;
 
-use super::{config_object, input_object, is_templated, opt_bool, opt_str, type_name};
+use super::{input_object, opt_bool, opt_str, static_config, type_name};
 
 /// The component type name.
 pub const NAME: &str = "subpipeline";
@@ -155,14 +155,9 @@ fn check(map: &Map<String, Value>) -> Result<(), ComponentError> {
 
 impl Component for SubPipeline {
     fn validate(&self, config: &Value) -> Result<(), ComponentError> {
-        let Some(map) = config_object(NAME, config)? else {
+        let Some(statics) = static_config(NAME, config)? else {
             return Ok(());
         };
-        let statics: Map<String, Value> = map
-            .iter()
-            .filter(|(_, v)| !is_templated(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         check(&statics)
     }
 

@@ -25,7 +25,7 @@ use flowmason_actors::nested::{self, NestedError};
 use flowmason_actors::{Component, ComponentError, ComponentOutput, RunView, StageContext};
 use flowmason_store::ErrorClass;
 
-use super::{config_object, input_object, is_templated, opt_str, opt_str_list};
+use super::{input_object, opt_str, opt_str_list, static_config};
 
 /// The component type name.
 pub const NAME: &str = "trycatch";
@@ -113,14 +113,9 @@ fn caught_by(wanted: &[String], class: ErrorClass) -> bool {
 
 impl Component for TryCatch {
     fn validate(&self, config: &Value) -> Result<(), ComponentError> {
-        let Some(map) = config_object(NAME, config)? else {
+        let Some(statics) = static_config(NAME, config)? else {
             return Ok(());
         };
-        let statics: Map<String, Value> = map
-            .iter()
-            .filter(|(_, v)| !is_templated(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         settings(&statics, false).map(|_| ())
     }
 
