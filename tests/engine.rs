@@ -309,6 +309,20 @@ async fn run(f: &Fixture, spec: PlanSpec, inputs: Value) -> (RunState, Vec<Event
     (state, events)
 }
 
+/// The `RunAccepted` of a run of `plan` (a recorded plan, readable or not) in `default`, no inputs.
+fn accepted(plan: Value, generation: i64, run_name: Option<&str>) -> EventKind {
+    EventKind::RunAccepted {
+        pipeline: "test".into(),
+        namespace: "default".into(),
+        generation,
+        trigger: Default::default(),
+        run_name: run_name.map(String::from),
+        labels: BTreeMap::new(),
+        plan,
+        inputs: json!({}),
+    }
+}
+
 fn count(events: &[Event], name: &str) -> usize {
     events.iter().filter(|e| e.kind.name() == name).count()
 }
@@ -816,16 +830,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
         .append_durable(
             run,
             vec![
-                EventKind::RunAccepted {
-                    pipeline: "test".into(),
-                    namespace: "default".into(),
-                    generation: 3,
-                    trigger: Default::default(),
-                    run_name: None,
-                    labels: BTreeMap::new(),
-                    plan: serde_json::to_value(&spec).expect("plan"),
-                    inputs: json!({}),
-                },
+                accepted(serde_json::to_value(&spec).expect("plan"), 3, None),
                 EventKind::RunStarted,
                 EventKind::StageStarted {
                     stage: "a".into(),
@@ -896,16 +901,7 @@ async fn cancel_unfinished_ends_an_orphaned_run_without_running_it_and_leaves_ot
         .append_durable(
             run,
             vec![
-                EventKind::RunAccepted {
-                    pipeline: "test".into(),
-                    namespace: "default".into(),
-                    generation: 1,
-                    trigger: Default::default(),
-                    run_name: Some("gone".into()),
-                    labels: BTreeMap::new(),
-                    plan: serde_json::to_value(&spec).expect("plan"),
-                    inputs: json!({}),
-                },
+                accepted(serde_json::to_value(&spec).expect("plan"), 1, Some("gone")),
                 EventKind::RunStarted,
                 EventKind::StageStarted {
                     stage: "a".into(),
@@ -1006,16 +1002,7 @@ async fn resume_fails_a_run_whose_plan_cannot_be_read() {
     f.store
         .append_durable(
             run,
-            vec![EventKind::RunAccepted {
-                pipeline: "test".into(),
-                namespace: "default".into(),
-                generation: 0,
-                trigger: Default::default(),
-                run_name: None,
-                labels: BTreeMap::new(),
-                plan: json!({ "stages": "not a list" }),
-                inputs: json!({}),
-            }],
+            vec![accepted(json!({ "stages": "not a list" }), 0, None)],
         )
         .await
         .expect("append");
@@ -1160,16 +1147,11 @@ async fn resume_resolves_the_environment_again_and_masks_it() {
     f.store
         .append_durable(
             run,
-            vec![EventKind::RunAccepted {
-                pipeline: "test".into(),
-                namespace: "default".into(),
-                generation: 0,
-                trigger: Default::default(),
-                run_name: None,
-                labels: BTreeMap::new(),
-                plan: serde_json::to_value(&spec).expect("plan"),
-                inputs: json!({}),
-            }],
+            vec![accepted(
+                serde_json::to_value(&spec).expect("plan"),
+                0,
+                None,
+            )],
         )
         .await
         .expect("append");
