@@ -461,6 +461,55 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
         message,
         "spec.pipelineRef: Pipeline default/absent not found"
     );
+    // Both are failed runs on record: in the metrics, the history API and the Pipeline's last run.
+    let server = fm.url();
+    let http = reqwest::Client::new();
+    eventually("runs that failed before starting counted in /metrics", || async {
+        let text = http
+            .get(format!("{server}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let counted = |pipeline: &str| {
+            text.lines().any(|l| {
+                l.starts_with("flowmason_pipeline_runs_total{")
+                    && l.contains(&format!("pipeline=\"{pipeline}\""))
+                    && l.contains("phase=\"Failed\"")
+                    && l.ends_with(" 1")
+            })
+        };
+        (counted("absent") && counted("invalid")).then_some(())
+    })
+    .await;
+    let page: Value = http
+        .get(format!("{server}/api/v1/runs?pipeline=absent"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("history JSON");
+    let listed = page["runs"].as_array().expect("runs");
+    assert_eq!(listed.len(), 1, "{page}");
+    assert_eq!(listed[0]["phase"], json!("Failed"), "{page}");
+    let orphan = runs.get("orphan-1").await.expect("orphan-1");
+    let status = orphan.status.expect("status");
+    assert_eq!(status.run_id, listed[0]["runId"].as_str().map(String::from));
+    assert_eq!(
+        status.conditions[0].reason.as_deref(),
+        Some("PipelineNotFound")
+    );
+    let invalid_run = runs.get("invalid-1").await.expect("invalid-1");
+    let run_id = invalid_run.status.and_then(|s| s.run_id).expect("run id");
+    let last = eventually("the invalid Pipeline's last run", || async {
+        let status = pipelines.get("invalid").await.ok()?.status?;
+        (status.last_run_id.as_deref() == Some(run_id.as_str())).then_some(status)
+    })
+    .await;
+    assert_eq!(last.last_run_status.as_deref(), Some("Failed"));
     fm.stop();
 }
 

@@ -208,6 +208,25 @@ impl RunRequest {
     }
 }
 
+/// A run refused before it could start (its pipeline is missing, its spec invalid, a reference absent):
+/// recorded as a run that failed, so that history, metrics and the pipeline's last run see it as they
+/// see any other failed run.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub run_id: RunId,
+    pub pipeline: String,
+    pub namespace: String,
+    pub generation: i64,
+    pub trigger: Trigger,
+    pub run_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub inputs: Value,
+    /// Why, for machines (`PipelineNotFound`); kept as `reason` in the error's details.
+    pub reason: String,
+    /// Why, for people: names the field or object at fault.
+    pub message: String,
+}
+
 /// A run in progress: its id, its end, and (when asked for) its events as they are appended.
 pub struct RunHandle {
     pub run_id: RunId,
@@ -457,6 +476,65 @@ impl Engine {
             outcome,
             events,
         })
+    }
+
+    /// Records a run that cannot start as `RunAccepted` (with an empty plan) followed by `RunFailed`, in
+    /// one durable append, and shows both events to the observer. Idempotent: a run already in the log is
+    /// left as it is and its fold returned.
+    pub async fn reject(&self, rejection: Rejection) -> Result<RunState, EngineError> {
+        let run = rejection.run_id;
+        let store = &self.inner.store;
+        if let Some(state) = store
+            .fold(run)
+            .map_err(|source| EngineError::Store { run, source })?
+        {
+            return Ok(state);
+        }
+        let kinds = vec![
+            EventKind::RunAccepted {
+                pipeline: rejection.pipeline,
+                namespace: rejection.namespace,
+                generation: rejection.generation,
+                trigger: rejection.trigger,
+                run_name: rejection.run_name,
+                labels: rejection.labels,
+                plan: serde_json::json!({ "stages": [] }),
+                inputs: rejection.inputs,
+            },
+            EventKind::RunFailed {
+                error: RunError {
+                    message: rejection.message,
+                    stage: None,
+                    details: serde_json::json!({ "reason": rejection.reason }),
+                },
+            },
+        ];
+        let events = store
+            .append_durable(run, kinds)
+            .await
+            .map_err(|source| EngineError::Store { run, source })?;
+        let mut state: Option<RunState> = None;
+        for event in &events {
+            if let (Some(on_event), Some(before)) = (&self.inner.on_event, &state) {
+                on_event(&Observation {
+                    event,
+                    before,
+                    component: None,
+                });
+            }
+            RunState::apply_to(&mut state, run, event).map_err(|e| EngineError::Store {
+                run,
+                source: StoreError::Fold(e),
+            })?;
+            if let (Some(on_event), Some(after), 0) = (&self.inner.on_event, &state, event.seq) {
+                on_event(&Observation {
+                    event,
+                    before: after,
+                    component: None,
+                });
+            }
+        }
+        state.ok_or(EngineError::Lost { run })
     }
 
     /// Resumes every run the log holds that has not ended, as after a restart. A run whose record cannot

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use flowmason_actors::{Engine, Reuse, RunRequest};
+use flowmason_actors::{Engine, Rejection, Reuse, RunRequest};
 use flowmason_store::{Event, RunId, RunState, Trigger};
 
 use super::backlog::Backlog;
@@ -367,7 +367,9 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
         Some(state) if state.phase.is_terminal() => {
             let status = status::project_run(&state, &[], ctx.limits);
             write_status(&ctx, &namespace, &name, &status).await?;
-            ctx.pipelines.run_ended(&state);
+            if status::rejection_reason(&state) != Some("PipelineNotFound") {
+                ctx.pipelines.run_ended(&state);
+            }
             Ok(Action::await_change())
         }
         Some(_) => resume(run, run_id, ctx).await,
@@ -456,11 +458,7 @@ async fn prepare(
             request.run_id = Some(run_id);
             request.namespace = namespace.clone();
             request.generation = pipeline.metadata.generation.unwrap_or(0);
-            request.trigger = run
-                .labels()
-                .get("flowmason.io/trigger")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(Trigger::Manual);
+            request.trigger = trigger_of(run);
             request.run_name = Some(run.name_any());
             request.labels = run.labels().clone();
             request.reuse = reuse;
@@ -476,6 +474,65 @@ async fn prepare(
             })
         });
     Ok(prepared)
+}
+
+/// What started a run, from the label the triggers set; a run without it was started by hand.
+fn trigger_of(run: &PipelineRun) -> Trigger {
+    run.labels()
+        .get("flowmason.io/trigger")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(Trigger::Manual)
+}
+
+/// Ends a run that cannot start: recorded in the event log as a run that failed (so `fm history`,
+/// `/api/v1/runs`, the run metrics and the Pipeline's last run see it, as an alert on failed runs must),
+/// then projected into its status, whose condition keeps `problem.reason`.
+async fn reject(
+    run: &PipelineRun,
+    run_id: RunId,
+    ctx: &RunContext,
+    problem: Problem,
+) -> Result<Action> {
+    let namespace = run.namespace().unwrap_or_else(|| "default".into());
+    let pipelines: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pipeline = match problem.reason {
+        "PipelineNotFound" => None,
+        _ => pipelines.get_opt(&run.spec.pipeline_ref).await.ok().flatten(),
+    };
+    let rejection = Rejection {
+        run_id,
+        pipeline: run.spec.pipeline_ref.clone(),
+        namespace: namespace.clone(),
+        generation: pipeline
+            .as_ref()
+            .and_then(|p| p.metadata.generation)
+            .unwrap_or(0),
+        trigger: trigger_of(run),
+        run_name: Some(run.name_any()),
+        labels: run.labels().clone(),
+        inputs: run
+            .spec
+            .inputs
+            .clone()
+            .map_or(Value::Null, Value::Object),
+        reason: problem.reason.to_string(),
+        message: problem.message,
+    };
+    let state = ctx
+        .engine
+        .reject(rejection)
+        .await
+        .map_err(|source| Error::Engine {
+            object: object_name(run),
+            source,
+        })?;
+    let status = status::project_run(&state, &[], ctx.limits);
+    write_status(ctx, &namespace, &run.name_any(), &status).await?;
+    // A Pipeline that does not exist has no status to keep the run in.
+    if pipeline.is_some() {
+        ctx.pipelines.run_ended(&state);
+    }
+    Ok(Action::await_change())
 }
 
 /// What a rerun (`spec.rerunOf`) takes over from the old run: with `fromFailed`, its succeeded stages,
@@ -563,11 +620,7 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
     let name = run.name_any();
     let prepared = match prepare(&run, run_id, &ctx).await? {
         Ok(p) => p,
-        Err(problem) => {
-            let status = status::failed_before_start(None, problem.reason, problem.message);
-            write_status(&ctx, &namespace, &name, &status).await?;
-            return Ok(Action::await_change());
-        }
+        Err(problem) => return reject(&run, run_id, &ctx, problem).await,
     };
     own(&run, &prepared.pipeline, &ctx).await?;
     // Recorded as waiting before asking, so that a share given back meanwhile wakes it.
@@ -592,9 +645,11 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
             return Ok(Action::requeue(CAPACITY_RECHECK));
         }
         Admission::Never(message) => {
-            let status = status::failed_before_start(None, "Unschedulable", message);
-            write_status(&ctx, &namespace, &name, &status).await?;
-            return Ok(Action::await_change());
+            let problem = Problem {
+                reason: "Unschedulable",
+                message,
+            };
+            return reject(&run, run_id, &ctx, problem).await;
         }
     }
     let mut handle = match ctx.engine.start_observed(prepared.request).await {

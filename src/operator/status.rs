@@ -209,12 +209,13 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         }
     };
     let started = state.started_at.unwrap_or(state.accepted_at);
+    let mut condition = outcome_condition(phase, state.error.as_ref().map(|e| e.message.clone()));
+    if let Some(reason) = rejection_reason(state) {
+        condition.reason = Some(reason.to_string());
+    }
     let status = PipelineRunStatus {
         phase: Some(phase),
-        conditions: vec![outcome_condition(
-            phase,
-            state.error.as_ref().map(|e| e.message.clone()),
-        )],
+        conditions: vec![condition],
         run_id: Some(state.run_id.to_string()),
         start_time: time_from_micros(started),
         completion_time: state.finished_at.and_then(time_from_micros),
@@ -228,6 +229,7 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
             // Text, as the original client reads `error.details`.
             details: match &e.details {
                 Value::Null => None,
+                _ if rejection_reason(state).is_some() => None,
                 Value::String(_) => Some(e.details.clone()),
                 other => Some(Value::String(other.to_string())),
             },
@@ -237,6 +239,16 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         observed_generation: None,
     };
     redact(status, secrets)
+}
+
+/// Why a run was refused before it started (`PipelineNotFound`, `InvalidSpec`, ...): the engine records
+/// it as the `reason` of the run error's details (see `Engine::reject`); `None` for any other run.
+pub fn rejection_reason(state: &RunState) -> Option<&str> {
+    let error = state.error.as_ref()?;
+    if error.stage.is_some() || state.started_at.is_some() {
+        return None;
+    }
+    error.details.as_object()?.get("reason")?.as_str()
 }
 
 /// A run that could not start (a missing reference, an invalid spec, a lost event log): `Failed` with
