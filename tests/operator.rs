@@ -630,6 +630,47 @@ async fn editing_a_pipeline_never_changes_a_run_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_deleted_and_created_again_is_reconciled_with_a_fresh_status() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
+    create_pipeline(&pipelines, "again", delay_stages(1)).await;
+    create_run(&runs, "again-1", "again", json!({"x": 1})).await;
+    let status = final_status(&runs, "again-1").await;
+    let run_id = status.run_id.expect("run id");
+    eventually("the first Pipeline's last run", || async {
+        let status = pipelines.get("again").await.ok()?.status?;
+        (status.last_run_id.as_deref() == Some(run_id.as_str())).then_some(())
+    })
+    .await;
+    pipelines
+        .delete("again", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the Pipeline gone", || async {
+        pipelines
+            .get_opt("again")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    create_pipeline(&pipelines, "again", delay_stages(1)).await;
+    let status = eventually("the new Pipeline's status", || async {
+        pipelines.get("again").await.ok()?.status
+    })
+    .await;
+    assert_eq!(status.conditions[0].type_, "Ready");
+    assert_eq!(status.conditions[0].status, "True", "{status:?}");
+    assert_eq!(status.last_run_id, None, "{status:?}");
+    assert_eq!(status.last_run_status, None, "{status:?}");
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_secrets_reach_stages_redacted_and_configmap_source_defines_the_pipeline() {
     let data = tempfile::tempdir().expect("tempdir");
     let fm = Fm::serve(data.path(), &[]);

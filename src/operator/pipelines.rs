@@ -101,6 +101,9 @@ pub struct PipelineActor {
     client: Client,
     namespace: String,
     name: String,
+    /// `metadata.uid` of the object last observed: a Pipeline deleted and created again under the same
+    /// name is a new object and starts with a fresh status.
+    uid: Option<String>,
     generation: Option<i64>,
     verdict: Result<(), Problem>,
     suspended: bool,
@@ -161,6 +164,7 @@ impl PipelineActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Observed {
+    pub uid: Option<String>,
     pub generation: Option<i64>,
     pub verdict: Result<(), Problem>,
     pub suspended: bool,
@@ -171,6 +175,13 @@ pub struct Observed {
 impl Handler<Observed> for PipelineActor {
     type Result = ();
     fn handle(&mut self, msg: Observed, ctx: &mut Context<Self>) {
+        if self.observed && msg.uid != self.uid {
+            // Another object under the same name: nothing of the deleted one carries over.
+            self.observed = false;
+            self.status = PipelineStatus::default();
+            self.running.clear();
+        }
+        self.uid = msg.uid.clone();
         if !self.observed
             && let Some(current) = msg.current.clone()
         {
@@ -279,6 +290,7 @@ impl PipelineRegistry {
                     client,
                     namespace,
                     name,
+                    uid: None,
                     generation: None,
                     verdict: Ok(()),
                     suspended: false,
@@ -389,6 +401,7 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<PipelineContext>) -> Result
     ctx.registry
         .actor(&namespace, &name)
         .send(Observed {
+            uid: pipeline.metadata.uid.clone(),
             generation: pipeline.metadata.generation,
             verdict,
             suspended: pipeline.spec.suspend == Some(true),
@@ -437,9 +450,10 @@ pub async fn run_controller(
 ) {
     let client = ctx.client.clone();
     // The controller's own watch, tapped for deletes: a deleted Pipeline (no finalizer) is never
-    // reconciled, yet its triggers must be disarmed.
+    // reconciled, yet its triggers must be disarmed and its actor (with its run history) forgotten.
     let (reader, writer) = reflector::store();
     let triggers = ctx.triggers.clone();
+    let registry = ctx.registry.clone();
     let pipelines = watcher(
         Api::<Pipeline>::all(client.clone()),
         watcher::Config::default(),
@@ -447,11 +461,12 @@ pub async fn run_controller(
     .default_backoff()
     .reflect(writer)
     .inspect(move |event| {
-        if let (Some(triggers), Ok(watcher::Event::Delete(p))) = (&triggers, event) {
-            triggers.remove(
-                &p.namespace().unwrap_or_else(|| "default".into()),
-                &p.name_any(),
-            );
+        if let Ok(watcher::Event::Delete(p)) = event {
+            let namespace = p.namespace().unwrap_or_else(|| "default".into());
+            if let Some(triggers) = &triggers {
+                triggers.remove(&namespace, &p.name_any());
+            }
+            registry.forget(&namespace, &p.name_any());
         }
     })
     .applied_objects();
