@@ -514,6 +514,28 @@ async fn a_server_error_is_retried_and_an_unauthorized_call_is_not() {
 }
 
 #[actix_rt::test]
+async fn a_provider_without_secret_ref_takes_the_key_the_seed_puts_in_env() {
+    let fake = Fake::start().await;
+    fake.set_texts("Key {key} drafted.", "");
+    let yaml = format!(
+        "stages:\n  - id: draft\n    componentType: generator\n    config: {{prompt: hi}}\nenv:\n  - name: ANTHROPIC_API_KEY\n    valueFrom:\n      secretKeyRef: {{name: llm-secrets, key: anthropic-key}}\nproviders:\n  anthropic:\n    model: claude-test\n    baseUrl: {url}\n",
+        url = fake.url()
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["x-api-key"], ANTHROPIC_KEY);
+    let log = serde_json::to_string(&ran.events).expect("serialize");
+    assert_no_secret(&log, "the event log");
+}
+
+#[actix_rt::test]
 async fn a_missing_provider_key_fails_the_run_before_any_stage_starts() {
     let fake = Fake::start().await;
     let yaml = pipeline(

@@ -6,10 +6,14 @@
 //! starts), and (b) the `_providers` input field given to every LLM stage: model and base URL as written
 //! (templates allowed) and the key as a `{{env.FM_PROVIDER_<NAME>_API_KEY}}` template. At run time
 //! ([`select`]) a component picks its provider from that rendered field.
+//!
+//! A provider without a `secretRef` takes its key from the run's environment under the provider's
+//! conventional name (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`) when the pipeline or the run defines it, as
+//! the FlowMason documentation injects it (`spec.env` with a `secretKeyRef`); see [`keys_from_env`].
 
 use serde_json::{Map, Value, json};
 
-use flowmason_actors::{ComponentError, EnvRef, EnvRefKind};
+use flowmason_actors::{ComponentError, EnvRef, EnvRefKind, PlanSpec};
 
 use crate::model::{ProviderSpec, ProvidersSpec};
 
@@ -64,6 +68,15 @@ impl ProviderKind {
         }
     }
 
+    /// The conventional variable of the provider's key, read from the run's `env` when the provider has
+    /// no `secretRef`.
+    pub fn conventional_key_var(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+            ProviderKind::OpenAi => "OPENAI_API_KEY",
+        }
+    }
+
     fn spec(self, providers: &ProvidersSpec) -> Option<&ProviderSpec> {
         match self {
             ProviderKind::Anthropic => providers.anthropic.as_ref(),
@@ -107,6 +120,50 @@ pub fn plan_providers(providers: &ProvidersSpec) -> (Vec<EnvRef>, Value) {
         field.insert(kind.name().into(), Value::Object(entry));
     }
     (refs, Value::Object(field))
+}
+
+/// Gives the LLM stages of a plan the keys its environment holds under the conventional names
+/// (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, literal or `valueFrom`): a provider entry without a key (no
+/// `secretRef`) gets `{{env.ANTHROPIC_API_KEY}}`, and a stage without any provider (no `spec.providers`)
+/// gets one entry per provider whose variable is defined. Secret-sourced values stay references, resolved
+/// and masked like any other. Applied after the run's `env` overrides, so a run may bring the key.
+pub fn keys_from_env(plan: &mut PlanSpec) {
+    let defined: Vec<ProviderKind> = ProviderKind::ALL
+        .into_iter()
+        .filter(|k| {
+            let var = k.conventional_key_var();
+            plan.env.contains_key(var) || plan.env_from.iter().any(|r| r.name == var)
+        })
+        .collect();
+    if defined.is_empty() {
+        return;
+    }
+    let key = |kind: ProviderKind| Value::String(format!("{{{{env.{}}}}}", kind.conventional_key_var()));
+    for stage in plan
+        .stages
+        .iter_mut()
+        .filter(|s| LLM_COMPONENTS.contains(&s.component.as_str()))
+    {
+        let field = stage
+            .input_mapping
+            .entry(PROVIDERS_FIELD.to_string())
+            .or_insert_with(|| {
+                Value::Object(
+                    defined
+                        .iter()
+                        .map(|k| (k.name().to_string(), json!({})))
+                        .collect(),
+                )
+            });
+        let Value::Object(field) = field else {
+            continue;
+        };
+        for kind in &defined {
+            if let Some(Value::Object(entry)) = field.get_mut(kind.name()) {
+                entry.entry("apiKey").or_insert_with(|| key(*kind));
+            }
+        }
+    }
 }
 
 /// A provider as a stage calls it.
@@ -255,6 +312,66 @@ mod tests {
                                  "apiKey": "{{env.FM_PROVIDER_ANTHROPIC_API_KEY}}"},
                    "openai": {}})
         );
+    }
+
+    fn llm_plan(providers: Option<Value>, env_from: &[&str]) -> PlanSpec {
+        let mut input_mapping = std::collections::BTreeMap::new();
+        if let Some(p) = providers {
+            input_mapping.insert(PROVIDERS_FIELD.to_string(), p);
+        }
+        PlanSpec {
+            stages: vec![flowmason_actors::StagePlan {
+                id: "draft".into(),
+                component: "generator".into(),
+                depends_on: vec![],
+                config: Value::Null,
+                input_mapping,
+                timeout_ms: None,
+                retry: None,
+            }],
+            env_from: env_from
+                .iter()
+                .map(|name| EnvRef {
+                    name: (*name).into(),
+                    kind: EnvRefKind::Secret,
+                    source: "llm-secrets".into(),
+                    key: "k".into(),
+                    optional: false,
+                    field: "env[0].valueFrom.secretKeyRef".into(),
+                })
+                .collect(),
+            parallelism: 1,
+            timeout_ms: None,
+            retry: flowmason_actors::RetryPolicy::default(),
+            output_stage: None,
+            env: std::collections::BTreeMap::new(),
+            output_schema: None,
+        }
+    }
+
+    #[test]
+    fn a_provider_without_secret_ref_takes_its_key_from_the_conventional_env_var() {
+        let mut plan = llm_plan(
+            Some(json!({"anthropic": {"model": "m"}, "openai": {"apiKey": "{{env.FM_PROVIDER_OPENAI_API_KEY}}"}})),
+            &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
+        );
+        keys_from_env(&mut plan);
+        assert_eq!(
+            plan.stages[0].input_mapping[PROVIDERS_FIELD],
+            json!({"anthropic": {"model": "m", "apiKey": "{{env.ANTHROPIC_API_KEY}}"},
+                   "openai": {"apiKey": "{{env.FM_PROVIDER_OPENAI_API_KEY}}"}})
+        );
+        // Without spec.providers, the seed's way: env alone configures the provider.
+        let mut plan = llm_plan(None, &["ANTHROPIC_API_KEY"]);
+        keys_from_env(&mut plan);
+        assert_eq!(
+            plan.stages[0].input_mapping[PROVIDERS_FIELD],
+            json!({"anthropic": {"apiKey": "{{env.ANTHROPIC_API_KEY}}"}})
+        );
+        // Nothing defined: nothing changes.
+        let mut plan = llm_plan(None, &[]);
+        keys_from_env(&mut plan);
+        assert!(plan.stages[0].input_mapping.is_empty());
     }
 
     fn input(providers: Value) -> Map<String, Value> {

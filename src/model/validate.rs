@@ -13,7 +13,7 @@ use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
 };
 
-use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, plan_providers};
+use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan_providers};
 
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
 use super::duration::DurationSpec;
@@ -286,7 +286,7 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
                 .or_insert_with(|| field.clone());
         }
     }
-    let plan = PlanSpec {
+    let mut plan = PlanSpec {
         stages,
         parallelism,
         timeout_ms,
@@ -296,6 +296,7 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
         env_from,
         output_schema: spec.output_schema.clone().map(serde_json::Value::Object),
     };
+    keys_from_env(&mut plan);
     if let Err(plan_errors) = Plan::build(plan.clone()) {
         let from_source = spec.source.is_some();
         errors.extend(
@@ -375,6 +376,7 @@ pub fn apply_run_overrides(
             plan.env_from.push(r);
         }
     }
+    keys_from_env(plan);
     Ok(())
 }
 
