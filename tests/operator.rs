@@ -1569,6 +1569,9 @@ async fn original_python_client_drives_fm_serve() {
     assert_eq!(seen["pipeline"], json!("py-pipeline"));
     assert_eq!(seen["phase"], json!("Succeeded"));
     assert_eq!(seen["output"]["result"]["greeting"], json!("hello Python"));
+    // The names the client reads for the stage counts.
+    assert_eq!(seen["stages"], json!([2, 2]));
+    assert_eq!(seen["llm_secret_ref"], json!(true));
     assert_eq!(seen["get_run"], json!("Succeeded"));
     assert_eq!(seen["list_runs_of_pipeline"], json!(["py-run-1"]));
     assert_eq!(seen["list_runs"], json!(["py-run-1"]));

@@ -121,6 +121,12 @@ pub struct RunDetail {
     pub error: Option<flowmason_store::RunError>,
     pub inputs: Value,
     pub plan: Value,
+    /// LLM tokens the run's stages report (`usage.total_tokens`), when any did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+    /// Estimated LLM cost in USD the run's stages report (`usage.cost_usd`), when any did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_cost_usd: Option<f64>,
 }
 
 /// The summary fields of a [`RunDetail`].
@@ -201,6 +207,8 @@ impl RunDetail {
             error: state.error,
             inputs: state.inputs,
             plan: state.plan,
+            total_tokens: (state.total_tokens > 0).then_some(state.total_tokens),
+            total_cost_usd: (state.total_cost_usd > 0.0).then_some(state.total_cost_usd),
         }
     }
 }
@@ -208,6 +216,47 @@ impl RunDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_detail_carries_the_llm_usage_totals() {
+        use flowmason_store::{Event, EventKind, Trigger};
+        let run = flowmason_store::RunId::now_v7();
+        let kinds = [
+            EventKind::RunAccepted {
+                pipeline: "p".into(),
+                namespace: "default".into(),
+                generation: 1,
+                trigger: Trigger::Manual,
+                run_name: None,
+                labels: BTreeMap::new(),
+                plan: serde_json::json!({"stages": [{"id": "a"}]}),
+                inputs: serde_json::json!({}),
+            },
+            EventKind::RunStarted,
+            EventKind::StageSucceeded {
+                stage: "a".into(),
+                attempt: 1,
+                output: serde_json::json!({"usage": {"total_tokens": 18, "cost_usd": 0.5}}),
+                skip: Vec::new(),
+                reused_from: None,
+            },
+        ];
+        let events: Vec<Event> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(seq, kind)| Event {
+                seq: seq as u64,
+                at: 1,
+                kind,
+            })
+            .collect();
+        let state = RunState::fold(run, &events)
+            .expect("fold")
+            .expect("state");
+        let detail = serde_json::to_value(RunDetail::from_state(state)).expect("json");
+        assert_eq!(detail["totalTokens"], serde_json::json!(18));
+        assert_eq!(detail["totalCostUsd"], serde_json::json!(0.5));
+    }
 
     #[test]
     fn times_parse_as_rfc3339_age_or_micros() {

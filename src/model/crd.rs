@@ -337,10 +337,78 @@ pub struct ProvidersSpec {
     /// The provider used when a stage names none (`anthropic` or `openai`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "anthropic_provider",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub anthropic: Option<ProviderSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "openai_provider",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub openai: Option<ProviderSpec>,
+}
+
+/// A provider whose `secretRef` was written as a Secret's name alone (the original FlowMason client's
+/// form) gets the key `<provider>-key` of that Secret (`anthropic-key`, `openai-key`, as in FlowMason's
+/// `llm-secrets`).
+fn provider_named<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    provider: &str,
+) -> Result<Option<ProviderSpec>, D::Error> {
+    let mut spec = Option::<ProviderSpec>::deserialize(deserializer)?;
+    if let Some(secret) = spec.as_mut().and_then(|p| p.secret_ref.as_mut())
+        && secret.key.is_empty()
+    {
+        secret.key = format!("{provider}-key");
+    }
+    Ok(spec)
+}
+
+fn anthropic_provider<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ProviderSpec>, D::Error> {
+    provider_named(deserializer, "anthropic")
+}
+
+fn openai_provider<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ProviderSpec>, D::Error> {
+    provider_named(deserializer, "openai")
+}
+
+/// A provider's `secretRef`: `{name, key}`, or the name of a Secret alone (the key is then filled in by
+/// [`ProvidersSpec`], which knows the provider).
+fn provider_secret_ref<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SecretKeyRef>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Name(String),
+        Key(SecretKeyRef),
+    }
+    Ok(
+        Option::<Form>::deserialize(deserializer)?.map(|form| match form {
+            Form::Name(name) => SecretKeyRef {
+                name,
+                key: String::new(),
+            },
+            Form::Key(key) => key,
+        }),
+    )
+}
+
+/// Schema of a provider's `secretRef`: an object `{name, key}` or a string (a Secret's name). A
+/// structural schema cannot say "string or object", so the API server keeps the value as written and
+/// the types check it.
+fn provider_secret_ref_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Secret key holding the API key: {name, key}, or the name of a Secret whose key `<provider>-key` (anthropic-key, openai-key) holds it.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// One LLM provider.
@@ -350,8 +418,14 @@ pub struct ProviderSpec {
     /// Default model name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Secret key holding the API key.
-    #[serde(default, alias = "secret_ref", skip_serializing_if = "Option::is_none")]
+    /// Secret key holding the API key: `{name, key}`, or a Secret's name (its key `<provider>-key`).
+    #[serde(
+        default,
+        alias = "secret_ref",
+        deserialize_with = "provider_secret_ref",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "provider_secret_ref_schema")]
     pub secret_ref: Option<SecretKeyRef>,
     /// API base URL (proxies, compatible servers).
     #[serde(default, alias = "base_url", skip_serializing_if = "Option::is_none")]
@@ -620,12 +694,40 @@ pub struct RunMetrics {
     /// LLM cost in USD as a decimal string, when components report it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_cost: Option<String>,
+    /// `completedStages` under the name the original FlowMason client reads.
+    #[serde(default)]
+    pub stages_completed: u32,
+    /// `totalStages` under the name the original FlowMason client reads.
+    #[serde(default)]
+    pub stages_total: u32,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_provider_secret_ref_may_name_the_secret_alone() {
+        let providers: ProvidersSpec = serde_json::from_value(json!({
+            "anthropic": {"secretRef": "llm-secrets"},
+            "openai": {"secretRef": {"name": "keys", "key": "oa"}}
+        }))
+        .expect("providers");
+        let key = |p: &Option<ProviderSpec>| {
+            p.as_ref()
+                .and_then(|p| p.secret_ref.clone())
+                .map(|s| (s.name, s.key))
+        };
+        assert_eq!(
+            key(&providers.anthropic),
+            Some(("llm-secrets".to_string(), "anthropic-key".to_string()))
+        );
+        assert_eq!(
+            key(&providers.openai),
+            Some(("keys".to_string(), "oa".to_string()))
+        );
+    }
 
     /// Renames every key listed in `FIELD_ALIASES` to its alias, recursively.
     fn to_aliases(value: &Value, pick: usize) -> Value {
@@ -714,7 +816,7 @@ mod tests {
             "runId": "r", "startTime": "2025-01-01T00:00:00Z", "duration": "1m30s",
             "stages": [{"id": "a", "phase": "Failed", "attempts": 2, "error": "boom", "outputPreview": "{}"}],
             "output": {"x": 1}, "outputTruncated": false, "error": {"message": "m", "stage": "a"},
-            "metrics": {"totalStages": 1, "completedStages": 0, "failedStages": 1, "skippedStages": 0, "runningStages": 0, "retries": 1},
+            "metrics": {"totalStages": 1, "completedStages": 0, "failedStages": 1, "skippedStages": 0, "runningStages": 0, "retries": 1, "stagesCompleted": 0, "stagesTotal": 1},
             "pipelineGeneration": 3
         });
         let parsed: PipelineRunStatus = serde_json::from_value(status.clone()).expect("status");

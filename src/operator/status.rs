@@ -124,6 +124,12 @@ fn cut(text: &str, max: usize) -> (String, bool) {
     (format!("{}…", &text[..end]), true)
 }
 
+/// A cost in USD as a decimal string: to the millionth of a dollar, without trailing zeros.
+fn format_cost(usd: f64) -> String {
+    let text = format!("{usd:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// `(id, component, name)` of each stage of the recorded plan, in plan order.
 fn plan_stages(plan: &Value) -> Vec<(String, Option<String>)> {
     plan.get("stages")
@@ -200,6 +206,14 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
                 .and_then(|s| s.output.as_ref())
                 .map(|o| cut(&o.to_string(), limits.preview_bytes).0),
         });
+    }
+    metrics.stages_completed = metrics.completed_stages;
+    metrics.stages_total = metrics.total_stages;
+    if state.total_tokens > 0 {
+        metrics.total_tokens = Some(state.total_tokens);
+    }
+    if state.total_cost_usd > 0.0 {
+        metrics.total_cost = Some(format_cost(state.total_cost_usd));
     }
     let (output, output_truncated) = match &state.output {
         None => (None, None),
@@ -399,7 +413,29 @@ mod tests {
         assert_eq!(status.stages[0].attempts, 1);
         let m = status.metrics.expect("metrics");
         assert_eq!((m.completed_stages, m.failed_stages), (2, 0));
+        // The original client's names for the same counts.
+        assert_eq!((m.stages_completed, m.stages_total), (2, 2));
+        assert_eq!((m.total_tokens, m.total_cost), (None, None));
         assert_eq!(status.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn llm_usage_of_the_stages_is_summed_into_the_metrics() {
+        let state = fixtures::run_state(
+            &["a", "b"],
+            &[
+                fixtures::ok(
+                    "a",
+                    json!({"usage": {"total_tokens": 18, "cost_usd": 0.000138}}),
+                ),
+                fixtures::ok("b", json!({"usage": {"total_tokens": 8, "cost_usd": 0.00002}})),
+            ],
+        );
+        let m = project_run(&state, &[], Limits::default())
+            .metrics
+            .expect("metrics");
+        assert_eq!(m.total_tokens, Some(26));
+        assert_eq!(m.total_cost.as_deref(), Some("0.000158"));
     }
 
     #[test]

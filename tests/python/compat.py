@@ -25,6 +25,7 @@ done = client.wait_for_run("py-run-1", timeout_seconds=120, poll_interval=0.1)
 assert done.is_complete, done
 seen["phase"] = done.status.phase.value
 seen["output"] = done.status.output
+seen["stages"] = [done.status.metrics.stagesCompleted, done.status.metrics.stagesTotal]
 
 got = client.get_run("py-run-1")
 seen["get_run"] = got.status.phase.value
@@ -43,6 +44,12 @@ for _ in range(1200):
 client.cancel_run("py-run-slow")
 cancelled = client.wait_for_run("py-run-slow", timeout_seconds=120, poll_interval=0.1)
 seen["cancelled"] = cancelled.status.phase.value
+
+# The client's string form of a provider's secretRef: a Secret's name.
+llm = [StageSpec(id="draft", component_type="generator", config={"prompt": "hi"})]
+client.create_pipeline("py-llm", llm, providers={"anthropic": {"model": "claude-x", "secretRef": "llm-secrets"}})
+seen["llm_secret_ref"] = client.get_pipeline("py-llm").spec.providers.anthropic.secretRef is not None
+client.delete_pipeline("py-llm")
 
 client.delete_pipeline("py-pipeline")
 seen["pipelines_after_delete"] = sorted(p.metadata["name"] for p in client.list_pipelines())
