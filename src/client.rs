@@ -25,12 +25,10 @@ pub const PIPELINE_LABEL: &str = "flowmason.io/pipeline";
 pub enum ClientError {
     #[error("kubeconfig {path}: {message}")]
     Config { path: String, message: String },
-    #[error("{action}: {source}")]
-    Api {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
+    /// Printed once, as kubectl prints it: the server's message, then each cause on a line of its own
+    /// (not chained: the server's message already says everything the error's sources would repeat).
+    #[error("{action}: {}", describe(.error))]
+    Api { action: String, error: kube::Error },
     #[error("{kind} {namespace}/{name} not found")]
     NotFound {
         kind: &'static str,
@@ -42,7 +40,37 @@ pub enum ClientError {
 }
 
 fn api_error(action: String) -> impl FnOnce(kube::Error) -> ClientError {
-    move |source| ClientError::Api { action, source }
+    move |error| ClientError::Api { action, error }
+}
+
+/// What an API error says to a person: the server's message, or for an invalid object its summary and
+/// one `* field: message` line per cause, as kubectl prints a 422.
+fn describe(error: &kube::Error) -> String {
+    let kube::Error::Api(status) = error else {
+        return error.to_string();
+    };
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or_default();
+    if causes.is_empty() {
+        return status.message.clone();
+    }
+    // The server's message repeats the causes after the summary (`... is invalid: a; b`).
+    let summary = status
+        .message
+        .split_once(" is invalid")
+        .map_or(status.message.as_str(), |(head, _)| head);
+    let mut text = format!("{summary} is invalid:");
+    for cause in causes {
+        if cause.field.is_empty() {
+            text.push_str(&format!("\n* {}", cause.message));
+        } else {
+            text.push_str(&format!("\n* {}: {}", cause.field, cause.message));
+        }
+    }
+    text
 }
 
 /// A client bound to one namespace.
@@ -198,14 +226,20 @@ impl FlowMasonClient {
     }
 
     /// Creates a PipelineRun of `pipeline` with `inputs` (none: the Pipeline's `sampleInput`), named
-    /// `<pipeline>-<8 hex digits>`.
+    /// `name`, else `<pipeline>-<8 hex digits>`.
     pub async fn create_run(
         &self,
         pipeline: &str,
+        name: Option<&str>,
         inputs: Option<Map<String, Value>>,
     ) -> Result<PipelineRun, ClientError> {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("{pipeline}-{}", &suffix[..8]);
+        let name = match name {
+            Some(name) => name.to_string(),
+            None => {
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                format!("{pipeline}-{}", &suffix[..8])
+            }
+        };
         let mut run = PipelineRun::new(
             &name,
             PipelineRunSpec {
@@ -412,4 +446,29 @@ pub async fn follow_run(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_object_is_described_once_with_a_line_per_cause() {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "code": 422, "reason": "Invalid",
+            "message": "Pipeline.flowmason.io \"p\" is invalid: spec.stages[0].id: required, spec.timeout: bad",
+            "details": {"causes": [
+                {"field": "spec.stages[0].id", "message": "required"},
+                {"field": "spec.timeout", "message": "bad"}]}
+        }))
+        .expect("status");
+        let error = ClientError::Api {
+            action: "create Pipeline default/p".into(),
+            error: kube::Error::Api(Box::new(status)),
+        };
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(error)),
+            "create Pipeline default/p: Pipeline.flowmason.io \"p\" is invalid:\n* spec.stages[0].id: required\n* spec.timeout: bad"
+        );
+    }
 }

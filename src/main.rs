@@ -19,6 +19,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !cli.command.is_server() {
+        end_quietly_on_broken_pipe();
+    }
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -27,4 +30,14 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Restores the default action of SIGPIPE, which the Rust runtime ignores: a write to a pipe whose
+/// reader has gone (`fm history show RUN | head`) then ends the process silently, as it does any Unix
+/// tool, instead of failing the write and panicking in `println!`.
+fn end_quietly_on_broken_pipe() {
+    // SAFETY: called once at start-up, before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -302,6 +302,19 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
         shown.contains("stage report succeeded (attempt 1)"),
         "{shown}"
     );
+
+    // A reader that goes away (`| head`) ends the command quietly, without a panic.
+    let mut child = fm()
+        .args(["history", "show", run_id, "--data-dir", data_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fm runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("fm ends");
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
 }
 
 #[test]

@@ -1503,9 +1503,63 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(code, 0, "{out}{err}");
     let output: Value = serde_json::from_str(&out).expect("output json");
     assert_eq!(output["result"]["greeting"], json!("hi Sample"));
+    // A run named as the seed names it, printed as `kubectl -o name` does; none of a Pipeline that
+    // does not exist.
+    let (code, out, err) = fm_k8s(
+        &fm,
+        &["run", "greeter", "--name", "greeter-run-001", "-o", "name"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "pipelinerun.flowmason.io/greeter-run-001\n");
+    let (code, out, err) = fm_k8s(&fm, &["run", "absent"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("Pipeline default/absent not found"), "{err}");
+    assert!(
+        runs.get_opt("absent").await.expect("get").is_none()
+            && runs
+                .list(&Default::default())
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .all(|r| r.spec.pipeline_ref != "absent"),
+        "no PipelineRun of a missing Pipeline"
+    );
     // cancel
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     create_pipeline(&pipelines, "sleepy", delay_stages(60_000)).await;
+    // Ctrl-C while waiting leaves the run going and says how to cancel it.
+    let mut waiting = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["k8s", "run", "sleepy", "--name", "sleepy-0", "--input", "x=1", "--wait"])
+        .arg("--kubeconfig")
+        .arg(&fm.kubeconfig)
+        .env("FM_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fm k8s run --wait");
+    wait_phase(&runs, "sleepy-0", &[RunPhase::Running]).await;
+    let interrupted = Command::new("kill")
+        .args(["-INT", &waiting.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    let status = waiting.wait().expect("wait");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut waiting.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("goes on") && err.contains("fm k8s cancel sleepy-0"),
+        "{err}"
+    );
+    let still = runs.get("sleepy-0").await.expect("get");
+    assert_eq!(
+        still.status.and_then(|s| s.phase),
+        Some(RunPhase::Running)
+    );
+    let (code, _, _) = fm_k8s(&fm, &["cancel", "sleepy-0"]);
+    assert_eq!(code, 0);
     create_run(&runs, "sleepy-1", "sleepy", json!({"x": 1})).await;
     wait_phase(&runs, "sleepy-1", &[RunPhase::Running]).await;
     let (code, _, _) = fm_k8s(&fm, &["cancel", "sleepy-1"]);
@@ -1526,6 +1580,18 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let (code, _, err) = fm_k8s(&fm, &["status", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("Pipeline default/nope not found"), "{err}");
+    // A 422 is printed as kubectl prints it: each problem once, no Rust debug dump.
+    let bad = data.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: bad}\nspec:\n  stages:\n    - {id: a, componentType: no_such_component}\n",
+    )
+    .expect("write");
+    let (code, _, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
+    assert_ne!(code, 0);
+    assert_eq!(err.matches("no_such_component").count(), 1, "{err}");
+    assert!(err.contains("is invalid:\n* spec.stages[0].componentType: "), "{err}");
+    assert!(!err.contains("Status {") && !err.contains("ErrorResponse"), "{err}");
     fm.stop();
 }
 

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
-use super::{EXIT_RUN_FAILED, OutputFormat, inputs, print_structured};
+use super::{EXIT_INTERRUPTED, EXIT_RUN_FAILED, OutputFormat, inputs, print_structured};
 use crate::client::{FlowMasonClient, follow_run};
 use crate::model::{self, Pipeline, PipelineRun, RunPhase};
 use crate::triggers::cron::{self, parse_instant};
@@ -45,16 +45,20 @@ pub enum K8sCommand {
     List,
     /// A Pipeline's status and its recent runs.
     Status { name: String },
-    /// Start a run of a Pipeline (prints the PipelineRun's name).
+    /// Start a run of a Pipeline (prints the PipelineRun's name). Refuses a Pipeline that does not exist.
     Run {
         name: String,
+        /// Name of the PipelineRun (default: `<pipeline>-<8 hex digits>`).
+        #[arg(long = "name", value_name = "RUN")]
+        run_name: Option<String>,
         /// A run input, `key=value` (the value is parsed as JSON when it is JSON). Repeatable.
         #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
         input: Vec<String>,
         /// A JSON or YAML file holding an object of inputs.
         #[arg(long, value_name = "FILE")]
         inputs: Option<PathBuf>,
-        /// Follow the run to its end with a progress view; exit 0 only if it succeeded.
+        /// Follow the run to its end with a progress view; exit 0 only if it succeeded. Ctrl-C stops
+        /// following; the run goes on.
         #[arg(long)]
         wait: bool,
     },
@@ -262,6 +266,7 @@ async fn dispatch(
         }
         K8sCommand::Run {
             name,
+            run_name,
             input,
             inputs: file,
             wait,
@@ -272,7 +277,16 @@ async fn dispatch(
                 Some(other) => anyhow::bail!("--inputs: expected an object, got {other}"),
                 None => None,
             };
-            let run = client.create_run(&name, inputs).await?;
+            // A run of a Pipeline that does not exist could only fail: refuse it here, naming it.
+            if client.get_pipeline(&name).await?.is_none() {
+                anyhow::bail!(
+                    "Pipeline {}/{name} not found (fm k8s list shows the Pipelines; fm k8s deploy FILE creates one)",
+                    client.namespace()
+                );
+            }
+            let run = client
+                .create_run(&name, run_name.as_deref(), inputs)
+                .await?;
             let run_name = run.name_any();
             if !wait {
                 match output {
@@ -283,14 +297,24 @@ async fn dispatch(
             }
             eprintln!("pipelinerun.flowmason.io/{run_name} created; waiting for it to end");
             let mut shown = String::new();
-            let end = follow_run(client, &run_name, |run| {
+            let followed = follow_run(client, &run_name, |run| {
                 let line = progress_line(run);
                 if line != shown {
                     eprintln!("{line}");
                     shown = line;
                 }
-            })
-            .await?
+            });
+            let end = tokio::select! {
+                end = followed => end?,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!(
+                        "interrupted: stopped waiting, but PipelineRun {}/{run_name} goes on; cancel it with: fm k8s cancel {run_name} -n {}",
+                        client.namespace(),
+                        client.namespace()
+                    );
+                    return Ok(EXIT_INTERRUPTED);
+                }
+            }
             .with_context(|| format!("PipelineRun {run_name} disappeared before it ended"))?;
             let status = end.status.clone().unwrap_or_default();
             match output {
@@ -463,7 +487,7 @@ async fn logs(
                     event.message.clone().unwrap_or_default()
                 ),
                 OutputFormat::Json => println!("{}", serde_json::to_string(&event)?),
-                OutputFormat::Yaml => print_structured(&event, output)?,
+                OutputFormat::Yaml | OutputFormat::Name => print_structured(&event, output)?,
             }
         }
         if !follow {

@@ -23,6 +23,8 @@ mod validate;
 pub const EXIT_RUN_FAILED: i32 = 1;
 /// Exit code of bad input: an invalid pipeline file, bad arguments, an unusable data dir.
 pub const EXIT_INVALID: i32 = 2;
+/// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,6 +57,21 @@ pub enum Command {
     Operator(operator::OperatorArgs),
     /// Deploy, run and inspect pipelines on a Kubernetes API server (a cluster or `fm serve`).
     K8s(k8s::K8sArgs),
+}
+
+impl Command {
+    /// Whether the command is a long-running server (`fm serve`, `fm operator`, `fm history serve`),
+    /// which must outlive a closed stdout or stderr; every other command ends quietly when the reader
+    /// of its output goes away (`fm history show ... | head`).
+    pub fn is_server(&self) -> bool {
+        match self {
+            Command::Serve(_) | Command::Operator(_) => true,
+            Command::History(args) => {
+                matches!(args.show, Some(history::HistoryCommand::Serve(_)))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Trigger options shared by `fm serve` (and `fm operator`).
@@ -221,6 +238,31 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+    /// `kind.group/name` of each object, as `kubectl -o name` prints it.
+    Name,
+}
+
+/// `kind.group/name` of an object (`pipelinerun.flowmason.io/etl-1`), of each item of a list, of each
+/// object in a map of them (`fm k8s status`'s `{pipeline, runs}`).
+fn object_names(value: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => items.iter().flat_map(object_names).collect(),
+        Value::Object(map) => match (map.get("kind"), map.get("metadata")) {
+            (Some(Value::String(kind)), Some(metadata)) if kind != "List" => {
+                let group = map
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.split_once('/'))
+                    .map(|(group, _)| format!(".{group}"))
+                    .unwrap_or_default();
+                let name = metadata["name"].as_str().unwrap_or_default();
+                vec![format!("{}{group}/{name}", kind.to_lowercase())]
+            }
+            _ => map.values().flat_map(object_names).collect(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 /// Runs the command; returns the process exit code.
@@ -248,6 +290,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// Prints a value as pretty JSON or YAML.
 pub fn print_structured(value: &impl serde::Serialize, format: OutputFormat) -> anyhow::Result<()> {
     match format {
+        OutputFormat::Name => {
+            let value = serde_json::to_value(value).context("cannot render the objects")?;
+            for name in object_names(&value) {
+                println!("{name}");
+            }
+        }
         OutputFormat::Yaml => print!(
             "{}",
             serde_saphyr::to_string(value).context("cannot render YAML")?
