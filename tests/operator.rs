@@ -363,6 +363,52 @@ async fn fm_serve_exposes_metrics_health_and_the_history_of_its_runs() {
     let listed = page["runs"].as_array().expect("runs");
     assert_eq!(listed.len(), 1, "{page}");
     assert_eq!(listed[0]["phase"], json!("Succeeded"));
+
+    // fm history show --follow prints a running run's events until it ends; stages in plan order.
+    create_pipeline(&pipelines, "followed", delay_stages(1_500)).await;
+    create_run(&runs, "followed-1", "followed", json!({"x": 1})).await;
+    let running = wait_phase(&runs, "followed-1", &[RunPhase::Running]).await;
+    let run_id = running.status.and_then(|s| s.run_id).expect("run id");
+    let out = tokio::task::spawn_blocking({
+        let (server, run_id) = (fm.url(), run_id.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fm"))
+                .args(["history", "show", &run_id, "--server", &server, "--follow"])
+                .env("FM_LOG", "error")
+                .output()
+                .expect("fm history show --follow")
+        }
+    })
+    .await
+    .expect("join");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.trim_end().ends_with("run succeeded"), "{shown}");
+    let out = tokio::task::spawn_blocking({
+        let (server, run_id) = (fm.url(), run_id.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fm"))
+                .args(["history", "show", &run_id, "--server", &server])
+                .env("FM_LOG", "error")
+                .output()
+                .expect("fm history show")
+        }
+    })
+    .await
+    .expect("join");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let position = |stage: &str| {
+        shown
+            .lines()
+            .position(|l| l.starts_with(&format!("{stage} ")))
+            .unwrap_or_else(|| panic!("no row of {stage} in:\n{shown}"))
+    };
+    assert!(position("wait") < position("shape"), "plan order:\n{shown}");
     fm.stop();
 }
 
@@ -1477,6 +1523,13 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(code, 0);
     assert!(out.contains("[say]") && out.contains("hello Ada"), "{out}");
     assert!(out.contains("RunSucceeded"), "{out}");
+    // Each stage's start and end, with duration and attempts, also for stages that logged nothing.
+    assert!(out.contains("[pause] started (delay)"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("[pause] succeeded in ") && l.ends_with("(1 attempt)")),
+        "{out}"
+    );
     // logs -f follows a running run until it ends.
     let (code, out, _) = fm_k8s(&fm, &["run", "greeter", "--input", "who=Bob"]);
     assert_eq!(code, 0);

@@ -64,6 +64,10 @@ pub enum HistoryCommand {
         /// Read the history API of this server instead of the data dir.
         #[arg(long)]
         server: Option<String>,
+        /// Keep printing the run's events as they happen, until it ends (needs --server: the process
+        /// running the run holds the data dir).
+        #[arg(long, short = 'f', requires = "server")]
+        follow: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -147,8 +151,9 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             run_id,
             output,
             server: Some(server),
+            follow,
             ..
-        }) => return show_remote(&server, &run_id, output),
+        }) => return show_remote(&server, &run_id, output, follow),
         Some(HistoryCommand::Show {
             run_id,
             output,
@@ -293,7 +298,12 @@ fn encode_component(value: &str) -> String {
         .collect()
 }
 
-fn show_remote(server: &str, run_id: &str, output: OutputFormat) -> anyhow::Result<i32> {
+fn show_remote(
+    server: &str,
+    run_id: &str,
+    output: OutputFormat,
+    follow: bool,
+) -> anyhow::Result<i32> {
     let base = server.trim_end_matches('/');
     let url = format!("{base}/api/v1/runs/{run_id}");
     let http = client()?;
@@ -327,7 +337,52 @@ fn show_remote(server: &str, run_id: &str, output: OutputFormat) -> anyhow::Resu
         }
         format => print_structured(&json!({ "run": run, "events": events }), format)?,
     }
+    if follow && !events.last().is_some_and(|e| e.kind.is_terminal()) {
+        let start = events.first().map_or(0, |e| e.at);
+        let from = events.last().map_or(0, |e| e.seq + 1);
+        follow_events(&events_url, from, start, output)?;
+    }
     Ok(0)
+}
+
+/// Prints a run's events from sequence `from` on as the server appends them, until the terminal one:
+/// as event lines for a table, one JSON object per line otherwise.
+fn follow_events(
+    events_url: &str,
+    from: u64,
+    start: i64,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let url = format!("{events_url}?follow=true&from={from}");
+    // No time-out: a run may take hours between two events.
+    let http = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let response = http
+        .get(&url)
+        .send()
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !response.status().is_success() {
+        anyhow::bail!("{url}: {}", response.status());
+    }
+    for line in std::io::BufReader::new(response).lines() {
+        let line = line.with_context(|| format!("{url}: the stream broke off"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: flowmason_store::Event = serde_json::from_str(&line)
+            .with_context(|| format!("{url}: unexpected line {line:?}"))?;
+        match output {
+            OutputFormat::Table => print_event(&event, start),
+            _ => println!("{line}"),
+        }
+        if event.kind.is_terminal() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
@@ -477,9 +532,27 @@ fn print_run(state: &RunState, events: &[flowmason_store::Event]) {
         println!("Error:     {}", error.message);
     }
     println!();
-    let rows: Vec<Vec<String>> = state
-        .stages
-        .iter()
+    // In plan order, as the run went (the fold keeps stages by id).
+    let planned: Vec<&str> = state
+        .plan
+        .get("stages")
+        .and_then(serde_json::Value::as_array)
+        .map(|stages| {
+            stages
+                .iter()
+                .filter_map(|s| s.get("id").and_then(serde_json::Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut stages: Vec<(&String, &flowmason_store::StageState)> = state.stages.iter().collect();
+    stages.sort_by_key(|(id, _)| {
+        planned
+            .iter()
+            .position(|p| p == id)
+            .unwrap_or(planned.len())
+    });
+    let rows: Vec<Vec<String>> = stages
+        .into_iter()
         .map(|(id, s)| {
             let duration = match (s.started_at, s.finished_at) {
                 (Some(a), Some(b)) => format_duration(b - a),
@@ -499,15 +572,19 @@ fn print_run(state: &RunState, events: &[flowmason_store::Event]) {
         .collect();
     print_table(&["STAGE", "PHASE", "ATTEMPTS", "DURATION", "ERROR"], &rows);
     println!();
-    let start = state.accepted_at;
     for event in events {
-        let line = describe(&event.kind).unwrap_or_default();
-        println!(
-            "{:>5} {:>10} {line}",
-            event.seq,
-            format!("+{}", format_duration(event.at - start))
-        );
+        print_event(event, state.accepted_at);
     }
+}
+
+/// One event line: its sequence number, its time since the run was accepted (`start`), what happened.
+fn print_event(event: &flowmason_store::Event, start: i64) {
+    let line = describe(&event.kind).unwrap_or_default();
+    println!(
+        "{:>5} {:>10} {line}",
+        event.seq,
+        format!("+{}", format_duration(event.at - start))
+    );
 }
 
 fn summary_row(s: &RunSummary) -> Vec<String> {

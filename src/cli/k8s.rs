@@ -448,6 +448,66 @@ fn progress_line(run: &PipelineRun) -> String {
     line
 }
 
+/// One line of `fm k8s logs`: when, why, what.
+struct LogLine {
+    at: Option<Time>,
+    reason: String,
+    message: String,
+}
+
+/// Each stage's start and end as the run's status records them (the operator writes no Kubernetes
+/// Events for stage starts and successes), keyed so that a line is printed once.
+fn stage_lines(run: &PipelineRun) -> Vec<(String, LogLine)> {
+    let mut lines = Vec::new();
+    let Some(status) = run.status.as_ref() else {
+        return lines;
+    };
+    for stage in &status.stages {
+        let id = &stage.id;
+        if let Some(start) = &stage.start_time {
+            let component = stage
+                .component_type
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            lines.push((
+                format!("stage-start/{id}"),
+                LogLine {
+                    at: Some(start.clone()),
+                    reason: "StageStarted".into(),
+                    message: format!("[{id}] started{component}"),
+                },
+            ));
+        }
+        let ended = matches!(
+            stage.phase,
+            model::StagePhase::Succeeded | model::StagePhase::Failed | model::StagePhase::Skipped
+        );
+        if ended && (stage.completion_time.is_some() || stage.phase == model::StagePhase::Skipped) {
+            let verb = format!("{:?}", stage.phase).to_lowercase();
+            let duration = stage
+                .duration
+                .as_deref()
+                .map(|d| format!(" in {d}"))
+                .unwrap_or_default();
+            let attempts = match stage.attempts {
+                0 => String::new(),
+                1 => " (1 attempt)".into(),
+                n => format!(" ({n} attempts)"),
+            };
+            lines.push((
+                format!("stage-end/{id}"),
+                LogLine {
+                    at: stage.completion_time.clone(),
+                    reason: format!("Stage{:?}", stage.phase),
+                    message: format!("[{id}] {verb}{duration}{attempts}"),
+                },
+            ));
+        }
+    }
+    lines
+}
+
 async fn logs(
     client: &FlowMasonClient,
     run: &str,
@@ -466,6 +526,7 @@ async fn logs(
             .with_context(|| format!("PipelineRun {}/{run} not found", client.namespace()))?;
         let ended =
             crate::operator::status::is_terminal(current.status.as_ref().and_then(|s| s.phase));
+        let mut batch: Vec<LogLine> = Vec::new();
         for event in client.run_events(run).await? {
             let name = event.metadata.name.clone().unwrap_or_default();
             if !seen.insert(name) {
@@ -475,19 +536,39 @@ async fn logs(
                 event.reason.as_deref(),
                 Some("RunSucceeded" | "RunFailed" | "RunCancelled" | "RunTimedOut")
             );
-            match output {
-                OutputFormat::Table => println!(
-                    "{} {:<13} {}",
-                    event
-                        .event_time
-                        .as_ref()
-                        .map(|t| t.0.to_string())
-                        .unwrap_or_default(),
-                    event.reason.clone().unwrap_or_default(),
-                    event.message.clone().unwrap_or_default()
-                ),
-                OutputFormat::Json => println!("{}", serde_json::to_string(&event)?),
-                OutputFormat::Yaml | OutputFormat::Name => print_structured(&event, output)?,
+            if output != OutputFormat::Table {
+                match output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string(&event)?),
+                    _ => print_structured(&event, output)?,
+                }
+                continue;
+            }
+            batch.push(LogLine {
+                at: event.event_time.as_ref().map(|t| Time(t.0)),
+                reason: event.reason.clone().unwrap_or_default(),
+                message: event.message.clone().unwrap_or_default(),
+            });
+        }
+        if output == OutputFormat::Table {
+            for (key, line) in stage_lines(&current) {
+                if seen.insert(key) {
+                    batch.push(line);
+                }
+            }
+            // In time order; a line without a time (a skipped stage) goes last.
+            batch.sort_by(|a, b| match (&a.at, &b.at) {
+                (Some(x), Some(y)) => x.0.cmp(&y.0),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+            for line in batch {
+                println!(
+                    "{} {:<15} {}",
+                    line.at.map(|t| t.0.to_string()).unwrap_or_default(),
+                    line.reason,
+                    line.message
+                );
             }
         }
         if !follow {
