@@ -1,6 +1,8 @@
 //! The CRD YAML under `deploy/crds/` is generated from the Rust types (`flowmason::model::crd`) and
-//! checked in. These tests fail when the files drift from the types, and check that every schema is
-//! structural, as a real API server requires.
+//! checked in, and so is the one-file install bundle `deploy/operator.yaml` (the namespace, the CRDs and
+//! the operator's manifests, for `kubectl apply -f .../operator.yaml`). These tests fail when the files
+//! drift from their sources, check that every schema is structural, as a real API server requires, and
+//! that the deploy files have what a cluster needs (probes, a headless governing Service, ...).
 //!
 //! Regenerate with: `FM_UPDATE_CRDS=1 cargo test --test crds`
 
@@ -11,16 +13,16 @@ use flowmason::model::crd_yaml::{
 };
 use serde_json::Value;
 
-fn crd_path(file: &str) -> PathBuf {
+fn deploy_path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("deploy")
-        .join("crds")
         .join(file)
 }
 
-/// Compares a checked-in file with the generated text, or rewrites it when `FM_UPDATE_CRDS` is set.
+/// Compares a checked-in file under `deploy/` with the generated text, or rewrites it when
+/// `FM_UPDATE_CRDS` is set.
 fn check_or_update(file: &str, generated: &str) {
-    let path = crd_path(file);
+    let path = deploy_path(file);
     if std::env::var_os("FM_UPDATE_CRDS").is_some() {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -41,7 +43,7 @@ fn check_or_update(file: &str, generated: &str) {
                 |i| i + 1,
             );
         panic!(
-            "{} is out of date with the Rust types in src/model/crd.rs (first difference at line {line}).\n\
+            "{} is out of date with its sources (first difference at line {line}).\n\
              Regenerate it with: FM_UPDATE_CRDS=1 cargo test --test crds",
             path.display()
         );
@@ -50,12 +52,12 @@ fn check_or_update(file: &str, generated: &str) {
 
 #[test]
 fn pipeline_crd_yaml_is_up_to_date() {
-    check_or_update("pipeline.yaml", &pipeline_crd_yaml());
+    check_or_update("crds/pipeline.yaml", &pipeline_crd_yaml());
 }
 
 #[test]
 fn pipelinerun_crd_yaml_is_up_to_date() {
-    check_or_update("pipelinerun.yaml", &pipelinerun_crd_yaml());
+    check_or_update("crds/pipelinerun.yaml", &pipelinerun_crd_yaml());
 }
 
 /// Collects schema locations that break the structural-schema rules we can check locally: a
@@ -150,5 +152,166 @@ fn printer_columns_are_declared() {
     let run = columns(&pipelinerun_crd());
     for c in ["Pipeline", "Phase", "Duration"] {
         assert!(run.contains(&c.to_string()), "{run:?}");
+    }
+}
+
+/// The sources of `deploy/operator.yaml`, in the order `kubectl apply` must create them. The
+/// ServiceMonitor stays out: it needs the Prometheus Operator's CRDs, which a cluster may not have.
+const BUNDLE_SOURCES: &[&str] = &[
+    "operator/namespace.yaml",
+    "crds/pipeline.yaml",
+    "crds/pipelinerun.yaml",
+    "operator/rbac.yaml",
+    "operator/service.yaml",
+    "operator/statefulset.yaml",
+];
+
+/// The install bundle: every source as a YAML document of its own, under a header naming them.
+fn bundle() -> String {
+    let mut text = String::from(
+        "# FlowMason operator: namespace, CRDs, RBAC, Services and the StatefulSet in one file, for\n\
+         #   kubectl apply -f deploy/operator.yaml\n\
+         # Generated from deploy/operator/*.yaml and deploy/crds/*.yaml (ServiceMonitor aside) by\n\
+         # tests/crds.rs; do not edit: change the sources and run FM_UPDATE_CRDS=1 cargo test --test crds\n",
+    );
+    for source in BUNDLE_SOURCES {
+        // The CRDs from the types themselves, so that regenerating everything at once (the tests run in
+        // parallel) never reads a CRD file being rewritten.
+        let content = match *source {
+            "crds/pipeline.yaml" => pipeline_crd_yaml(),
+            "crds/pipelinerun.yaml" => pipelinerun_crd_yaml(),
+            _ => std::fs::read_to_string(deploy_path(source))
+                .unwrap_or_else(|e| panic!("reading deploy/{source}: {e}")),
+        };
+        text.push_str(&format!("---\n# Source: deploy/{source}\n"));
+        text.push_str(content.trim_start_matches("---\n"));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+#[test]
+fn operator_bundle_is_up_to_date() {
+    check_or_update("operator.yaml", &bundle());
+}
+
+fn bundle_documents() -> Vec<Value> {
+    let text = std::fs::read_to_string(deploy_path("operator.yaml")).expect("deploy/operator.yaml");
+    serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
+        .expect("deploy/operator.yaml parses")
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+#[test]
+fn the_bundle_installs_everything_the_operator_needs_in_order() {
+    let kinds: Vec<String> = bundle_documents()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("Namespace"), "{kinds:?}");
+    for kind in [
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "StatefulSet",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
+    }
+    assert!(!kinds.iter().any(|k| k == "ServiceMonitor"), "{kinds:?}");
+}
+
+#[test]
+fn the_statefulset_has_probes_a_headless_service_and_a_cpu_limit_for_its_capacity() {
+    let docs = bundle_documents();
+    let set = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("StatefulSet");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let ports: Vec<&str> = container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let port = container[probe]["httpGet"]["port"].as_str().unwrap_or("?");
+        assert!(ports.contains(&port), "{probe} port {port} is not one of {ports:?}");
+    }
+    let service_name = set["spec"]["serviceName"].as_str().expect("serviceName");
+    let governing = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == service_name)
+        .unwrap_or_else(|| panic!("no Service {service_name}"));
+    assert_eq!(governing["spec"]["clusterIP"], "None", "{governing}");
+    // Every capacity read from a limit reads one that is set.
+    for var in container["env"].as_array().into_iter().flatten() {
+        if let Some(resource) = var["valueFrom"]["resourceFieldRef"]["resource"].as_str()
+            && let Some(limit) = resource.strip_prefix("limits.")
+        {
+            assert!(
+                !container["resources"]["limits"][limit].is_null(),
+                "{} reads {resource}, which is not set",
+                var["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_helm_chart_names_cluster_objects_per_release_and_keeps_the_crds() {
+    let chart = deploy_path("helm/flowmason-operator");
+    let rbac = std::fs::read_to_string(chart.join("templates/rbac.yaml")).expect("rbac.yaml");
+    let helpers = std::fs::read_to_string(chart.join("templates/_helpers.tpl")).expect("helpers");
+    let docs: Vec<&str> = rbac.split("\n---\n").collect();
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        let doc = docs
+            .iter()
+            .find(|d| d.contains(&format!("\nkind: {kind}\n")))
+            .unwrap_or_else(|| panic!("no {kind}"));
+        assert!(
+            doc.contains("name: {{ include \"flowmason-operator.clusterName\" . }}"),
+            "{kind} is not named per release:\n{doc}"
+        );
+    }
+    assert!(
+        helpers.contains("{{ .Release.Namespace }}-{{ .Release.Name }}-flowmason-operator"),
+        "{helpers}"
+    );
+    let statefulset =
+        std::fs::read_to_string(chart.join("templates/statefulset.yaml")).expect("statefulset");
+    for needle in ["path: /healthz", "path: /readyz", "serviceName: flowmason-operator-headless"] {
+        assert!(statefulset.contains(needle), "chart StatefulSet lacks {needle}");
+    }
+    for crd in ["pipeline.yaml", "pipelinerun.yaml"] {
+        assert_eq!(
+            std::fs::read_to_string(deploy_path("crds").join(crd)).expect("crd"),
+            std::fs::read_to_string(chart.join("crds").join(crd)).expect("chart crd"),
+            "the chart's {crd} differs from deploy/crds/{crd}"
+        );
+    }
+}
+
+#[test]
+fn the_docker_build_context_leaves_the_build_output_out() {
+    let ignore = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dockerignore"))
+        .expect(".dockerignore");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in ["target/", ".git/"] {
+        assert!(patterns.contains(&needed), "{needed} missing from .dockerignore: {patterns:?}");
     }
 }

@@ -1804,9 +1804,11 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
         .collect();
     let services: Vec<Service> = of_kind(&docs, "Service");
     let svc = services[0].spec.clone().expect("svc");
-    assert_eq!(
-        Some(spec.service_name.clone().unwrap_or_default()),
-        services[0].metadata.name.clone()
+    assert!(
+        services
+            .iter()
+            .any(|s| s.metadata.name == spec.service_name),
+        "no Service named as the StatefulSet's serviceName"
     );
     for port in svc.ports.iter().flatten() {
         let target = match &port.target_port {
