@@ -511,7 +511,13 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
     let has_provider = spec
         .providers
         .as_ref()
-        .is_some_and(|p| p.anthropic.is_some() || p.openai.is_some());
+        .is_some_and(|p| p.anthropic.is_some() || p.openai.is_some())
+        // The FlowMason documentation's way: the key in `env` under its conventional name.
+        || spec.env.iter().any(|e| {
+            crate::llm::providers::ProviderKind::ALL
+                .iter()
+                .any(|k| e.name == k.conventional_key_var())
+        });
     for (i, stage) in spec.stages.iter().enumerate() {
         let configured_by_hand = stage
             .config
@@ -525,7 +531,7 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             errors.push(ValidationError::new(
                 format!("stages[{i}].componentType"),
                 format!(
-                    "{} calls an LLM: set providers.anthropic or providers.openai",
+                    "{} calls an LLM: set providers.anthropic or providers.openai (or ANTHROPIC_API_KEY / OPENAI_API_KEY in env)",
                     stage.component_type
                 ),
             ));
@@ -718,6 +724,34 @@ mod tests {
 
     fn messages(errors: &[ValidationError]) -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn an_llm_stage_may_take_its_key_from_the_conventional_env_var() {
+        let mut s = spec(vec![stage("draft", "generator", &[])]);
+        let problems = messages(&validate(&s, &known));
+        assert!(
+            problems.iter().any(|p| p.contains("calls an LLM")),
+            "{problems:?}"
+        );
+        s.env = vec![EnvVarSpec {
+            name: "ANTHROPIC_API_KEY".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(KeySelector {
+                    name: "llm-secrets".into(),
+                    key: "anthropic-key".into(),
+                    optional: None,
+                }),
+                config_map_key_ref: None,
+            }),
+        }];
+        assert_eq!(messages(&validate(&s, &known)), Vec::<String>::new());
+        let plan = to_plan(&s).expect("plan");
+        assert_eq!(
+            plan.stages[0].input_mapping[PROVIDERS_FIELD],
+            json!({"anthropic": {"apiKey": "{{env.ANTHROPIC_API_KEY}}"}})
+        );
     }
 
     #[test]
