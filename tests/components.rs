@@ -751,7 +751,7 @@ fn example_foreach_runs() {
     let out = fm_run(&example("foreach.yaml"), &[]);
     assert_eq!(
         out["result"],
-        json!([{"name": "Ada", "buyer": true}, {"name": null, "buyer": false}, {"name": "Linus", "buyer": true}])
+        json!([{"name": "Ada", "buyer": true}, {"name": "Grace", "buyer": false}, {"name": "Linus", "buyer": true}])
     );
 }
 

@@ -127,6 +127,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
         progress.finish();
+        if state
+            .error
+            .as_ref()
+            .is_some_and(|e| e.stage.is_none() && e.message.starts_with("environment: "))
+        {
+            eprintln!(
+                "hint: give Secret and ConfigMap values with --secrets FILE or --env-file NAME=FILE (see docs/environment.md)"
+            );
+        }
         store.flush().context("cannot flush the event log")?;
         let output = match state.phase {
             RunPhase::Succeeded => state.output.clone().unwrap_or(Value::Null),
