@@ -822,7 +822,9 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
         json!(r#"environment: env[0].valueFrom.secretKeyRef: secret "db" has no key "password""#)
     );
     assert!(
-        stderr.contains("hint: give Secret and ConfigMap values with --secrets FILE or --env-file NAME=FILE"),
+        stderr.contains(
+            "hint: give Secret and ConfigMap values with --secrets FILE or --env-file NAME=FILE"
+        ),
         "{stderr}"
     );
     let events = all_events(&data);

@@ -510,25 +510,28 @@ async fn failing_run_reports_its_error_and_invalid_pipeline_is_not_ready() {
     // Both are failed runs on record: in the metrics, the history API and the Pipeline's last run.
     let server = fm.url();
     let http = reqwest::Client::new();
-    eventually("runs that failed before starting counted in /metrics", || async {
-        let text = http
-            .get(format!("{server}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let counted = |pipeline: &str| {
-            text.lines().any(|l| {
-                l.starts_with("flowmason_pipeline_runs_total{")
-                    && l.contains(&format!("pipeline=\"{pipeline}\""))
-                    && l.contains("phase=\"Failed\"")
-                    && l.ends_with(" 1")
-            })
-        };
-        (counted("absent") && counted("invalid")).then_some(())
-    })
+    eventually(
+        "runs that failed before starting counted in /metrics",
+        || async {
+            let text = http
+                .get(format!("{server}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let counted = |pipeline: &str| {
+                text.lines().any(|l| {
+                    l.starts_with("flowmason_pipeline_runs_total{")
+                        && l.contains(&format!("pipeline=\"{pipeline}\""))
+                        && l.contains("phase=\"Failed\"")
+                        && l.ends_with(" 1")
+                })
+            };
+            (counted("absent") && counted("invalid")).then_some(())
+        },
+    )
     .await;
     let page: Value = http
         .get(format!("{server}/api/v1/runs?pipeline=absent"))
@@ -1547,6 +1550,11 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let (code, out, _) = fm_k8s(&fm, &["status", "greeter"]);
     assert_eq!(code, 0);
     assert!(out.contains("Ready=True") && out.contains(&second), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("RUN") && l.contains("REASON") && l.contains("STAGES")),
+        "{out}"
+    );
     let (code, out, _) = fm_k8s(&fm, &["status", "greeter", "-o", "json"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).expect("json");
@@ -1583,7 +1591,9 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     create_pipeline(&pipelines, "sleepy", delay_stages(60_000)).await;
     // Ctrl-C while waiting leaves the run going and says how to cancel it.
     let mut waiting = Command::new(env!("CARGO_BIN_EXE_fm"))
-        .args(["k8s", "run", "sleepy", "--name", "sleepy-0", "--input", "x=1", "--wait"])
+        .args([
+            "k8s", "run", "sleepy", "--name", "sleepy-0", "--input", "x=1", "--wait",
+        ])
         .arg("--kubeconfig")
         .arg(&fm.kubeconfig)
         .env("FM_LOG", "error")
@@ -1607,10 +1617,7 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
         "{err}"
     );
     let still = runs.get("sleepy-0").await.expect("get");
-    assert_eq!(
-        still.status.and_then(|s| s.phase),
-        Some(RunPhase::Running)
-    );
+    assert_eq!(still.status.and_then(|s| s.phase), Some(RunPhase::Running));
     let (code, _, _) = fm_k8s(&fm, &["cancel", "sleepy-0"]);
     assert_eq!(code, 0);
     create_run(&runs, "sleepy-1", "sleepy", json!({"x": 1})).await;
@@ -1624,8 +1631,13 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     assert_eq!(code, 0, "{out}");
     let (_, out, _) = fm_k8s(&fm, &["list", "-o", "json"]);
     let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["kind"], json!("List"), "{v}");
+    let (code, out, err) = fm_k8s(&fm, &["list", "-n", "nowhere"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert_eq!(err.trim(), "No resources found in nowhere namespace.");
     assert!(
-        v.as_array()
+        v["items"]
+            .as_array()
             .is_some_and(|a| a.iter().all(|p| p["metadata"]["name"] != json!("greeter"))),
         "{v}"
     );
@@ -1643,8 +1655,14 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let (code, _, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
     assert_ne!(code, 0);
     assert_eq!(err.matches("no_such_component").count(), 1, "{err}");
-    assert!(err.contains("is invalid:\n* spec.stages[0].componentType: "), "{err}");
-    assert!(!err.contains("Status {") && !err.contains("ErrorResponse"), "{err}");
+    assert!(
+        err.contains("is invalid:\n* spec.stages[0].componentType: "),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Status {") && !err.contains("ErrorResponse"),
+        "{err}"
+    );
     fm.stop();
 }
 

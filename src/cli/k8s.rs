@@ -146,6 +146,10 @@ fn run_row(run: &PipelineRun) -> Vec<String> {
         status
             .and_then(|s| s.phase)
             .map_or("Pending".into(), |p| format!("{p:?}")),
+        status
+            .and_then(|s| s.conditions.first())
+            .and_then(|c| c.reason.clone())
+            .unwrap_or_else(|| "-".into()),
         metrics.map_or("-".into(), |m| {
             format!("{}/{}", m.completed_stages, m.total_stages)
         }),
@@ -183,7 +187,11 @@ async fn dispatch(
         K8sCommand::List => {
             let pipelines = client.list_pipelines().await?;
             if output != OutputFormat::Table {
-                print_structured(&pipelines, output)?;
+                print_structured(&as_list(&pipelines), output)?;
+                return Ok(0);
+            }
+            if pipelines.is_empty() {
+                eprintln!("No resources found in {} namespace.", client.namespace());
                 return Ok(0);
             }
             let mut rows = vec![
@@ -255,9 +263,11 @@ async fn dispatch(
             if !runs.is_empty() {
                 println!();
                 let mut rows = vec![
-                    ["RUN", "PIPELINE", "PHASE", "STAGES", "DURATION", "AGE"]
-                        .map(String::from)
-                        .to_vec(),
+                    [
+                        "RUN", "PIPELINE", "PHASE", "REASON", "STAGES", "DURATION", "AGE",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
                 ];
                 rows.extend(runs.iter().map(run_row));
                 print_table(&rows);
@@ -413,6 +423,11 @@ async fn dispatch(
             Ok(0)
         }
     }
+}
+
+/// Objects as kubectl prints a list of them: a `v1` `List` with the objects as `items`.
+fn as_list<T: serde::Serialize>(items: &[T]) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
 }
 
 /// One line of the `run --wait` progress view: phase, stages done, and the stages running.

@@ -1,5 +1,6 @@
 //! Live progress of a run on stderr: one spinner line per stage on a terminal, plain lines otherwise (logs,
-//! CI), so that stdout carries nothing but the run's output.
+//! CI), each with its time and, for the end of a stage attempt or of the run, how long it took; stdout
+//! carries nothing but the run's output.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -15,7 +16,46 @@ pub enum Progress {
         bars: HashMap<String, ProgressBar>,
         style: ProgressStyle,
     },
-    Lines,
+    Lines(Timing),
+}
+
+/// What plain lines need to say how long things took: when the run was accepted and when each stage's
+/// current attempt started (Unix microseconds, from the events).
+#[derive(Default)]
+pub struct Timing {
+    accepted: Option<i64>,
+    started: HashMap<String, i64>,
+}
+
+impl Timing {
+    /// The line of an event: its time (RFC 3339, milliseconds), what happened, and for an attempt or a
+    /// run that ended, its duration; `None` for events that say nothing to a person watching.
+    pub fn line(&mut self, event: &Event) -> Option<String> {
+        let text = describe(&event.kind)?;
+        let took = match &event.kind {
+            EventKind::RunAccepted { .. } => {
+                self.accepted = Some(event.at);
+                None
+            }
+            EventKind::StageStarted { stage, .. } => {
+                self.started.insert(stage.clone(), event.at);
+                None
+            }
+            EventKind::StageSucceeded { stage, .. } | EventKind::StageFailed { stage, .. } => {
+                self.started.get(stage).map(|start| event.at - start)
+            }
+            kind if kind.is_terminal() => self.accepted.map(|start| event.at - start),
+            _ => None,
+        };
+        let time = crate::history::format_time(event.at);
+        Some(match took {
+            Some(micros) => format!(
+                "{time} {text} in {}",
+                super::history::format_duration(micros)
+            ),
+            None => format!("{time} {text}"),
+        })
+    }
 }
 
 impl Progress {
@@ -32,14 +72,14 @@ impl Progress {
                 style,
             }
         } else {
-            Progress::Lines
+            Progress::Lines(Timing::default())
         }
     }
 
     pub fn show(&mut self, event: &Event) {
         match self {
-            Progress::Lines => {
-                if let Some(line) = describe(&event.kind) {
+            Progress::Lines(timing) => {
+                if let Some(line) = timing.line(event) {
                     eprintln!("{line}");
                 }
             }
@@ -128,4 +168,74 @@ pub fn describe(kind: &EventKind) -> Option<String> {
         EventKind::RunCancelled { reason } => format!("run cancelled: {reason}"),
         EventKind::RunTimedOut { message } => format!("run timed out: {message}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: u64, micros: i64, kind: EventKind) -> Event {
+        Event {
+            seq,
+            at: micros,
+            kind,
+        }
+    }
+
+    #[test]
+    fn lines_carry_their_time_and_the_duration_of_what_ended() {
+        let base = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+        let mut timing = Timing::default();
+        let accepted = EventKind::RunAccepted {
+            pipeline: "p".into(),
+            namespace: "default".into(),
+            generation: 1,
+            trigger: flowmason_store::Trigger::Manual,
+            run_name: None,
+            labels: Default::default(),
+            plan: serde_json::json!({}),
+            inputs: serde_json::json!({}),
+        };
+        let lines: Vec<String> = [
+            at(0, base, accepted),
+            at(
+                1,
+                base + 1_000,
+                EventKind::StageStarted {
+                    stage: "a".into(),
+                    attempt: 1,
+                },
+            ),
+            at(
+                2,
+                base + 301_000,
+                EventKind::StageSucceeded {
+                    stage: "a".into(),
+                    attempt: 1,
+                    output: serde_json::json!({}),
+                    skip: Vec::new(),
+                    reused_from: None,
+                },
+            ),
+            at(
+                3,
+                base + 2_500_000,
+                EventKind::RunSucceeded {
+                    output: serde_json::json!({}),
+                },
+            ),
+        ]
+        .iter()
+        .filter_map(|e| timing.line(e))
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "2026-01-01T00:00:00.000Z run of p accepted",
+                "2026-01-01T00:00:00.001Z stage a started (attempt 1)",
+                "2026-01-01T00:00:00.301Z stage a succeeded (attempt 1) in 300.0ms",
+                "2026-01-01T00:00:02.500Z run succeeded in 2.50s",
+            ]
+        );
+    }
 }

@@ -250,9 +250,7 @@ mod tests {
                 kind,
             })
             .collect();
-        let state = RunState::fold(run, &events)
-            .expect("fold")
-            .expect("state");
+        let state = RunState::fold(run, &events).expect("fold").expect("state");
         let detail = serde_json::to_value(RunDetail::from_state(state)).expect("json");
         assert_eq!(detail["totalTokens"], serde_json::json!(18));
         assert_eq!(detail["totalCostUsd"], serde_json::json!(0.5));

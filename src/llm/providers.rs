@@ -138,7 +138,8 @@ pub fn keys_from_env(plan: &mut PlanSpec) {
     if defined.is_empty() {
         return;
     }
-    let key = |kind: ProviderKind| Value::String(format!("{{{{env.{}}}}}", kind.conventional_key_var()));
+    let key =
+        |kind: ProviderKind| Value::String(format!("{{{{env.{}}}}}", kind.conventional_key_var()));
     for stage in plan
         .stages
         .iter_mut()
@@ -352,7 +353,9 @@ mod tests {
     #[test]
     fn a_provider_without_secret_ref_takes_its_key_from_the_conventional_env_var() {
         let mut plan = llm_plan(
-            Some(json!({"anthropic": {"model": "m"}, "openai": {"apiKey": "{{env.FM_PROVIDER_OPENAI_API_KEY}}"}})),
+            Some(
+                json!({"anthropic": {"model": "m"}, "openai": {"apiKey": "{{env.FM_PROVIDER_OPENAI_API_KEY}}"}}),
+            ),
             &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
         );
         keys_from_env(&mut plan);

@@ -494,6 +494,8 @@ pub struct PipelineStatus {
     doc = "One execution of a FlowMason pipeline.",
     printcolumn = r#"{"name":"Pipeline","type":"string","jsonPath":".spec.pipelineRef"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[0].reason"}"#,
+    printcolumn = r#"{"name":"Stages","type":"integer","description":"stages completed","jsonPath":".status.metrics.stagesCompleted"}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

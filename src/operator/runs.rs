@@ -497,7 +497,11 @@ async fn reject(
     let pipelines: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
     let pipeline = match problem.reason {
         "PipelineNotFound" => None,
-        _ => pipelines.get_opt(&run.spec.pipeline_ref).await.ok().flatten(),
+        _ => pipelines
+            .get_opt(&run.spec.pipeline_ref)
+            .await
+            .ok()
+            .flatten(),
     };
     let rejection = Rejection {
         run_id,
@@ -510,11 +514,7 @@ async fn reject(
         trigger: trigger_of(run),
         run_name: Some(run.name_any()),
         labels: run.labels().clone(),
-        inputs: run
-            .spec
-            .inputs
-            .clone()
-            .map_or(Value::Null, Value::Object),
+        inputs: run.spec.inputs.clone().map_or(Value::Null, Value::Object),
         reason: problem.reason.to_string(),
         message: problem.message,
     };

@@ -428,7 +428,10 @@ mod tests {
                     "a",
                     json!({"usage": {"total_tokens": 18, "cost_usd": 0.000138}}),
                 ),
-                fixtures::ok("b", json!({"usage": {"total_tokens": 8, "cost_usd": 0.00002}})),
+                fixtures::ok(
+                    "b",
+                    json!({"usage": {"total_tokens": 8, "cost_usd": 0.00002}}),
+                ),
             ],
         );
         let m = project_run(&state, &[], Limits::default())
