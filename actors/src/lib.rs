@@ -16,8 +16,8 @@ pub use component::{
     Component, ComponentError, ComponentOutput, LogLine, Registry, RunView, StageContext,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, ResolvedEnv, Rejection,
-    Reuse, ReusedStage, RunHandle, RunRequest,
+    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, Rejection,
+    ResolvedEnv, Reuse, ReusedStage, RunHandle, RunRequest,
 };
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;
