@@ -261,10 +261,19 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
     let page: Value = serde_json::from_slice(&out.stdout).expect("JSON page");
     let runs = page["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2);
+    // Times as RFC 3339 (same length and zone, so they sort as text).
+    let accepted = |i: usize| {
+        runs[i]["acceptedAt"]
+            .as_str()
+            .expect("RFC 3339 acceptedAt")
+            .to_string()
+    };
     assert!(
-        runs[0]["acceptedAt"].as_i64() >= runs[1]["acceptedAt"].as_i64(),
-        "newest first"
+        chrono::DateTime::parse_from_rfc3339(&accepted(0)).is_ok(),
+        "{}",
+        accepted(0)
     );
+    assert!(accepted(0) >= accepted(1), "newest first");
     assert!(runs.iter().all(|r| r["phase"] == json!("Succeeded")));
 
     let table = run_fm(&["history", "--phase", "Succeeded", "--data-dir", data_dir]);
@@ -301,6 +310,24 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
     assert!(
         shown.contains("stage report succeeded (attempt 1)"),
         "{shown}"
+    );
+
+    // A run id may be shortened while it stays unambiguous.
+    let short = &run_id[..run_id.len() - 4];
+    let by_prefix = run_fm(&["history", "show", short, "--data-dir", data_dir]);
+    assert_eq!(
+        by_prefix.status.code(),
+        Some(0),
+        "{}",
+        text(&by_prefix.stderr)
+    );
+    assert!(text(&by_prefix.stdout).contains(run_id));
+    let ambiguous = run_fm(&["history", "show", &run_id[..4], "--data-dir", data_dir]);
+    assert_ne!(ambiguous.status.code(), Some(0));
+    assert!(
+        text(&ambiguous.stderr).contains("is ambiguous"),
+        "{}",
+        text(&ambiguous.stderr)
     );
 
     // A reader that goes away (`| head`) ends the command quietly, without a panic.

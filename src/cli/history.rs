@@ -58,6 +58,7 @@ pub struct HistoryArgs {
 pub enum HistoryCommand {
     /// One run in full: stages, attempts, durations, errors and its events.
     Show {
+        /// The run's id, or its start where no other run's id starts the same way.
         run_id: String,
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
@@ -225,7 +226,7 @@ fn print_page(page: &RunPage, output: OutputFormat) -> anyhow::Result<i32> {
                 eprintln!("more runs: --continue {token}");
             }
         }
-        format => print_structured(page, format)?,
+        format => print_structured(&with_rfc3339_times(page)?, format)?,
     }
     Ok(0)
 }
@@ -285,6 +286,89 @@ fn list_remote(server: &str, args: &HistoryArgs) -> anyhow::Result<i32> {
     print_page(&page, args.output)
 }
 
+/// The run a run id names, or a prefix of one (as `git` takes short hashes): `text` itself when it is a
+/// whole id, else the only run whose id starts with it, found by walking the listing `page` gives (a
+/// continue token in, a page of runs and the next token out). An ambiguous prefix names the candidates.
+fn resolve_run_id(
+    text: &str,
+    mut page: impl FnMut(Option<String>) -> anyhow::Result<RunPage>,
+) -> anyhow::Result<RunId> {
+    if let Ok(id) = text.parse() {
+        return Ok(id);
+    }
+    let prefix = text.to_ascii_lowercase();
+    if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        anyhow::bail!(
+            "run id {text:?} is neither a UUID nor the start of one (at least 4 hex digits)"
+        );
+    }
+    let mut found: Vec<RunId> = Vec::new();
+    let mut token = None;
+    loop {
+        let RunPage {
+            runs,
+            continue_token,
+        } = page(token)?;
+        found.extend(
+            runs.iter()
+                .map(|r| r.run_id)
+                .filter(|id| id.to_string().starts_with(&prefix)),
+        );
+        if found.len() > 5 {
+            break;
+        }
+        match continue_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => anyhow::bail!("no run id starts with {text:?}"),
+        many => anyhow::bail!(
+            "run id {text:?} is ambiguous: {} ...",
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The fields of runs, stages and events that hold Unix microseconds.
+const TIME_FIELDS: &[&str] = &[
+    "acceptedAt",
+    "startedAt",
+    "finishedAt",
+    "retryAt",
+    "at",
+    "retry_at",
+];
+
+/// `value` as JSON with every time field (see [`TIME_FIELDS`]) as RFC 3339 text, as `-o json|yaml`
+/// print them for people and scripts alike (the history API itself keeps Unix microseconds).
+fn with_rfc3339_times(value: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, field) in map.iter_mut() {
+                    match field.as_i64() {
+                        Some(micros) if TIME_FIELDS.contains(&key.as_str()) => {
+                            *field = serde_json::Value::String(history::format_time(micros));
+                        }
+                        _ => walk(field),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(value).context("cannot render the runs")?;
+    walk(&mut value);
+    Ok(value)
+}
+
 /// Percent-encodes a query value (everything but unreserved characters).
 fn encode_component(value: &str) -> String {
     value
@@ -305,8 +389,22 @@ fn show_remote(
     follow: bool,
 ) -> anyhow::Result<i32> {
     let base = server.trim_end_matches('/');
-    let url = format!("{base}/api/v1/runs/{run_id}");
     let http = client()?;
+    let run_id = resolve_run_id(run_id, |token| {
+        let mut url = format!("{base}/api/v1/runs?limit=1000");
+        if let Some(token) = token {
+            url.push_str(&format!("&continue={}", encode_component(&token)));
+        }
+        let response = http
+            .get(&url)
+            .send()
+            .with_context(|| format!("cannot reach {url}"))?;
+        serde_json::from_value(expect_ok(&url, response)?)
+            .with_context(|| format!("{url}: unexpected answer"))
+    })?
+    .to_string();
+    let run_id = run_id.as_str();
+    let url = format!("{base}/api/v1/runs/{run_id}");
     let response = http
         .get(&url)
         .send()
@@ -335,7 +433,10 @@ fn show_remote(
                 .with_context(|| format!("{events_url}: no events"))?;
             print_run(&state, &events);
         }
-        format => print_structured(&json!({ "run": run, "events": events }), format)?,
+        format => print_structured(
+            &with_rfc3339_times(&json!({ "run": run, "events": events }))?,
+            format,
+        )?,
     }
     if follow && !events.last().is_some_and(|e| e.kind.is_terminal()) {
         let start = events.first().map_or(0, |e| e.at);
@@ -442,7 +543,10 @@ fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         OutputFormat::Table => {
             println!("rerun of {run}: run {} {}", state.run_id, state.phase);
         }
-        format => print_structured(&RunDetail::from_state(state.clone()), format)?,
+        format => print_structured(
+            &with_rfc3339_times(&RunDetail::from_state(state.clone()))?,
+            format,
+        )?,
     }
     Ok(if state.phase == RunPhase::Succeeded {
         0
@@ -495,10 +599,16 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
 }
 
 fn show(run_id: &str, output: OutputFormat, store: &StoreArgs) -> anyhow::Result<i32> {
-    let run: RunId = run_id
-        .parse()
-        .with_context(|| format!("run id {run_id:?} is not a UUID"))?;
     let store = store.open()?;
+    let run = resolve_run_id(run_id, |token| {
+        store
+            .query(&RunQuery {
+                limit: 1000,
+                continue_token: token,
+                ..RunQuery::default()
+            })
+            .context("history query failed")
+    })?;
     let Some(state) = store
         .fold(run)
         .with_context(|| format!("cannot read run {run}"))?
@@ -511,7 +621,10 @@ fn show(run_id: &str, output: OutputFormat, store: &StoreArgs) -> anyhow::Result
         .with_context(|| format!("cannot read run {run}"))?;
     match output {
         OutputFormat::Table => print_run(&state, &events),
-        format => print_structured(&json!({ "run": state, "events": events }), format)?,
+        format => print_structured(
+            &with_rfc3339_times(&json!({ "run": state, "events": events }))?,
+            format,
+        )?,
     }
     Ok(0)
 }
