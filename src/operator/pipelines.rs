@@ -111,6 +111,8 @@ pub struct PipelineActor {
     status: PipelineStatus,
     /// Whether the controller has observed the Pipeline (before that, run ends only update history).
     observed: bool,
+    /// The uid of the Pipeline whose run the `lastRun*` fields describe, when known.
+    last_run_of: Option<String>,
     /// Where status writes are counted; `None` counts nothing.
     metrics: Option<Arc<Metrics>>,
 }
@@ -175,11 +177,13 @@ pub struct Observed {
 impl Handler<Observed> for PipelineActor {
     type Result = ();
     fn handle(&mut self, msg: Observed, ctx: &mut Context<Self>) {
-        if self.observed && msg.uid != self.uid {
+        let another_object = |uid: &Option<String>| uid.is_some() && *uid != msg.uid;
+        if (self.observed && msg.uid != self.uid) || another_object(&self.last_run_of) {
             // Another object under the same name: nothing of the deleted one carries over.
             self.observed = false;
             self.status = PipelineStatus::default();
             self.running.clear();
+            self.last_run_of = None;
         }
         self.uid = msg.uid.clone();
         if !self.observed
@@ -231,6 +235,8 @@ impl Handler<Observed> for PipelineActor {
 #[rtype(result = "()")]
 pub struct RunChanged {
     pub run_id: RunId,
+    /// The uid of the Pipeline the run belongs to, when known.
+    pub pipeline_uid: Option<String>,
     /// The run's phase (`Running` on start).
     pub phase: String,
     pub ended: bool,
@@ -239,6 +245,11 @@ pub struct RunChanged {
 impl Handler<RunChanged> for PipelineActor {
     type Result = ();
     fn handle(&mut self, msg: RunChanged, ctx: &mut Context<Self>) {
+        if msg.pipeline_uid.is_some() && self.uid.is_some() && msg.pipeline_uid != self.uid {
+            // A run of a deleted Pipeline of the same name.
+            return;
+        }
+        self.last_run_of = msg.pipeline_uid.clone().or(self.last_run_of.take());
         if msg.ended {
             self.running.remove(&msg.run_id);
         } else {
@@ -297,6 +308,7 @@ impl PipelineRegistry {
                     running: BTreeSet::new(),
                     status: PipelineStatus::default(),
                     observed: false,
+                    last_run_of: None,
                     metrics,
                 })
             })
@@ -309,16 +321,18 @@ impl PipelineRegistry {
         self.actor(&namespace, &pipeline.name_any())
             .do_send(RunChanged {
                 run_id,
+                pipeline_uid: pipeline.metadata.uid.clone(),
                 phase: "Running".into(),
                 ended: false,
             });
     }
 
     /// Tells a Pipeline's actor that one of its runs ended.
-    pub fn run_ended(&self, state: &RunState) {
+    pub fn run_ended(&self, state: &RunState, pipeline_uid: Option<String>) {
         self.actor(&state.namespace, &state.pipeline)
             .do_send(RunChanged {
                 run_id: state.run_id,
+                pipeline_uid,
                 phase: state.phase.as_str().to_string(),
                 ended: true,
             });

@@ -368,7 +368,7 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
             let status = status::project_run(&state, &[], ctx.limits);
             write_status(&ctx, &namespace, &name, &status).await?;
             if status::rejection_reason(&state) != Some("PipelineNotFound") {
-                ctx.pipelines.run_ended(&state);
+                ctx.pipelines.run_ended(&state, pipeline_uid_of(&run));
             }
             Ok(Action::await_change())
         }
@@ -476,6 +476,15 @@ async fn prepare(
     Ok(prepared)
 }
 
+/// The uid of the Pipeline that owns a run (its ownerReference), so that the end of a run of a deleted
+/// Pipeline never lands in the status of a new one of the same name.
+fn pipeline_uid_of(run: &PipelineRun) -> Option<String> {
+    run.owner_references()
+        .iter()
+        .find(|o| o.kind == "Pipeline")
+        .map(|o| o.uid.clone())
+}
+
 /// What started a run, from the label the triggers set; a run without it was started by hand.
 fn trigger_of(run: &PipelineRun) -> Trigger {
     run.labels()
@@ -529,8 +538,9 @@ async fn reject(
     let status = status::project_run(&state, &[], ctx.limits);
     write_status(ctx, &namespace, &run.name_any(), &status).await?;
     // A Pipeline that does not exist has no status to keep the run in.
-    if pipeline.is_some() {
-        ctx.pipelines.run_ended(&state);
+    if let Some(pipeline) = &pipeline {
+        ctx.pipelines
+            .run_ended(&state, pipeline.metadata.uid.clone());
     }
     Ok(Action::await_change())
 }
@@ -669,6 +679,7 @@ async fn start(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> Re
         &ctx,
         run_id,
         involved,
+        prepared.pipeline.metadata.uid.clone(),
         namespace,
         name,
         prepared.secrets,
@@ -720,7 +731,16 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
     let events = handle.take_events();
     let involved = run.object_ref(&());
     spawn_writer(
-        &ctx, run_id, involved, namespace, name, secrets, initial, events, handle,
+        &ctx,
+        run_id,
+        involved,
+        pipeline_uid_of(&run),
+        namespace,
+        name,
+        secrets,
+        initial,
+        events,
+        handle,
     );
     if planning::cancel_requested(&run) {
         ctx.engine.cancel(run_id, "cancelled through the API");
@@ -735,6 +755,7 @@ fn spawn_writer(
     ctx: &Arc<RunContext>,
     run_id: RunId,
     involved: ObjectReference,
+    pipeline_uid: Option<String>,
     namespace: String,
     name: String,
     secrets: Vec<String>,
@@ -843,7 +864,7 @@ fn spawn_writer(
                     }
                 }
             }
-            ctx.pipelines.run_ended(s);
+            ctx.pipelines.run_ended(s, pipeline_uid);
         }
         if let Ok(mut active) = ctx.active.lock() {
             active.remove(&run_id);
