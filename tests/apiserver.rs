@@ -1117,7 +1117,10 @@ async fn discovery_table_output_and_generate_name() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(columns, ["Name", "Pipeline", "Phase", "Duration", "Age"]);
+    assert_eq!(
+        columns,
+        ["Name", "Pipeline", "Phase", "Reason", "Stages", "Duration", "Age"]
+    );
     assert_eq!(table["rows"][0]["cells"][0], json!(run.name_any()));
     assert_eq!(table["rows"][0]["cells"][1], "hello");
     h.server.shutdown().await;
