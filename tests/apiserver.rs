@@ -1119,7 +1119,9 @@ async fn discovery_table_output_and_generate_name() {
         .collect();
     assert_eq!(
         columns,
-        ["Name", "Pipeline", "Phase", "Reason", "Stages", "Duration", "Age"]
+        [
+            "Name", "Pipeline", "Phase", "Reason", "Stages", "Duration", "Age"
+        ]
     );
     assert_eq!(table["rows"][0]["cells"][0], json!(run.name_any()));
     assert_eq!(table["rows"][0]["cells"][1], "hello");
