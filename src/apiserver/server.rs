@@ -38,9 +38,13 @@ pub struct ServeConfig {
     /// Flush every write before answering it.
     pub durable: bool,
     pub api: ApiConfig,
-    /// More routes served next to the API, outside its bearer-token check (they authenticate on their
-    /// own): the trigger webhooks under `/webhooks/`.
+    /// More routes served next to the API and behind the same bearer-token check: everything that
+    /// shows run data or changes anything (the history API, `/metrics` unless it was made public).
     pub routes: Option<Router>,
+    /// Routes served outside the bearer-token check: only those that authenticate on their own (the
+    /// trigger webhooks under `/webhooks/`, each with its Pipeline's secret) or show nothing of the
+    /// runs (`/metrics` when `--metrics-public` opens it, static assets).
+    pub public_routes: Option<Router>,
 }
 
 impl ServeConfig {
@@ -54,6 +58,7 @@ impl ServeConfig {
             durable: true,
             api: ApiConfig::default(),
             routes: None,
+            public_routes: None,
         }
     }
 }
@@ -170,10 +175,13 @@ impl Server {
             token: token.clone(),
             required: config.require_token || !addr.ip().is_loopback(),
         });
-        let mut app = handlers::router(state.clone())
-            .layer(axum::middleware::from_fn_with_state(auth, auth::check));
+        let mut app = handlers::router(state.clone());
         if let Some(routes) = config.routes.clone() {
             app = routes.merge(app);
+        }
+        app = app.layer(axum::middleware::from_fn_with_state(auth, auth::check));
+        if let Some(public) = config.public_routes.clone() {
+            app = public.merge(app);
         }
         let accept = tokio::spawn(accept_loop(listener, app, acceptor, state.clone()));
         Ok(Server {

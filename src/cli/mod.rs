@@ -117,6 +117,35 @@ impl TriggerArgs {
     }
 }
 
+/// Who may read run data on a port of its own (`fm operator --http-bind`, `fm history serve`).
+#[derive(Args, Debug, Clone)]
+pub struct HttpAuthArgs {
+    /// File holding the bearer token every request for run data (history API, `/metrics`) must carry;
+    /// a wrong token is always answered 401. Required on a non-loopback bind. deploy/ mounts it from
+    /// the Secret `flowmason-http-token`.
+    #[arg(long, env = "FM_HTTP_TOKEN_FILE", value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Serve `/metrics` without the token (for a Prometheus that cannot send one); the history API
+    /// still needs it.
+    #[arg(long)]
+    pub metrics_public: bool,
+}
+
+impl HttpAuthArgs {
+    /// The guard of a port bound at `bind` (named `flag` in errors).
+    pub fn guard(
+        &self,
+        flag: &str,
+        bind: std::net::SocketAddr,
+    ) -> anyhow::Result<crate::http::auth::Guard> {
+        Ok(crate::http::auth::Guard::new(
+            flag,
+            bind,
+            self.http_token_file.as_deref(),
+        )?)
+    }
+}
+
 /// The capacity the runs in flight reserve their Pipeline's `spec.resources.requests` from, shared by
 /// `fm serve` and `fm operator`. Unset: nothing is reserved (every run starts at once).
 #[derive(Args, Debug, Clone)]

@@ -46,6 +46,8 @@ pub struct OperatorArgs {
     /// Address of the history API, /metrics, /healthz and /readyz (the Service's `metrics` port).
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub http_bind: std::net::SocketAddr,
+    #[command(flatten)]
+    pub http_auth: super::HttpAuthArgs,
     /// Address of the trigger webhooks (the Service's `webhooks` port).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub webhook_bind: std::net::SocketAddr,
@@ -93,6 +95,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         name: args.lease_name.clone(),
         ..LeaseConfig::new(args.lease_namespace.clone(), identity)
     });
+    let guard = args.http_auth.guard("--http-bind", args.http_bind)?;
     let events = args.store.open()?;
     let stop = CancellationToken::new();
     let surface = crate::http::surface::Surface::new(
@@ -116,7 +119,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("--http-bind {}: cannot listen", args.http_bind))?;
         let served = crate::http::serve(
             http,
-            surface.router.clone().merge(surface.health.clone()),
+            surface.app(&guard, args.http_auth.metrics_public),
             stop.clone(),
         )
         .with_context(|| format!("--http-bind {}: cannot serve", args.http_bind))?;

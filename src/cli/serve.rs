@@ -30,9 +30,14 @@ pub struct ServeArgs {
     /// Serve HTTPS with a self-signed certificate kept in DATA_DIR/api (its CA goes into the kubeconfig).
     #[arg(long)]
     pub tls: bool,
-    /// Require the bearer token on a loopback address too.
+    /// Require the bearer token on a loopback address too (kubectl sends it only over HTTPS: use it
+    /// with --tls).
     #[arg(long)]
     pub require_token: bool,
+    /// Serve `/metrics` without the token (for a Prometheus that cannot send one); everything else
+    /// that shows run data still needs it whenever the token is required.
+    #[arg(long)]
+    pub metrics_public: bool,
     /// Largest request body accepted (bytes); larger ones are answered 413.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -78,7 +83,35 @@ pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why a token-protected server over plain HTTP is refused: client-go (kubectl) never sends a bearer
+/// token over `http://`, so every kubectl command would get 401, and the token would cross the network
+/// in clear. `None` when the combination is usable.
+fn plaintext_token_refusal(
+    bind: SocketAddr,
+    tls: bool,
+    require_token: bool,
+) -> Option<String> {
+    if tls {
+        return None;
+    }
+    let why = if require_token {
+        "--require-token".to_string()
+    } else if !bind.ip().is_loopback() {
+        format!("--bind {bind} (not a loopback address, so the token is required)")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{why} needs --tls: kubectl never sends a bearer token over plain HTTP (it would get 401 for \
+         every request) and the token would cross the network in clear; add --tls (the kubeconfig \
+         then carries the CA), or bind 127.0.0.1 without --require-token"
+    ))
+}
+
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    if let Some(refusal) = plaintext_token_refusal(args.bind, args.tls, args.require_token) {
+        anyhow::bail!(refusal);
+    }
     let store_args = super::StoreArgs {
         data_dir: args.data_dir.clone(),
         durability: args.durability,
@@ -96,13 +129,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         stop.clone(),
     )
     .context("cannot set up /metrics")?;
-    let routes = if args.triggers.no_triggers {
-        surface.router.clone()
+    let (protected, public) = surface.split(args.metrics_public);
+    let public = if args.triggers.no_triggers {
+        public
     } else {
-        webhooks.router().merge(surface.router.clone())
+        webhooks.router().merge(public)
     };
     let config = ServeConfig {
-        routes: Some(routes),
+        routes: Some(protected),
+        public_routes: Some(public),
         bind: args.bind,
         tls: args.tls,
         require_token: args.require_token,
@@ -176,4 +211,22 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         server.shutdown().await;
         Ok(0)
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_token_over_plain_http_is_refused_with_the_fix() {
+        let loopback: SocketAddr = "127.0.0.1:6443".parse().expect("address");
+        let any: SocketAddr = "0.0.0.0:6443".parse().expect("address");
+        assert_eq!(plaintext_token_refusal(loopback, false, false), None);
+        assert_eq!(plaintext_token_refusal(loopback, true, true), None);
+        assert_eq!(plaintext_token_refusal(any, true, false), None);
+        for (bind, require) in [(loopback, true), (any, false)] {
+            let refusal = plaintext_token_refusal(bind, false, require).expect("refused");
+            assert!(refusal.contains("add --tls"), "{refusal}");
+        }
+    }
 }

@@ -4,8 +4,10 @@
 //! - [`history`]: `/api/v1/runs...` and `/api/v1/pipelines/{ns}/{name}/stats`, over the event log;
 //! - [`metrics`]: `/metrics`, the Prometheus text exposition;
 //! - [`health`]: `/healthz` and `/readyz`, with pluggable readiness checks;
-//! - [`surface`]: all of the above as `fm serve` and `fm operator` mount them.
+//! - [`surface`]: all of the above as `fm serve` and `fm operator` mount them;
+//! - [`auth`]: the bearer token in front of run data on the ports outside `fm serve`.
 
+pub mod auth;
 pub mod health;
 pub mod history;
 pub mod metrics;

@@ -25,8 +25,11 @@ pub enum Reruns {
 /// The routers and the metrics they expose.
 pub struct Surface {
     pub metrics: Arc<Metrics>,
-    /// History and metrics routes.
-    pub router: Router,
+    /// The history API: run data and reruns, always behind the token.
+    pub history: Router,
+    /// `/metrics`: behind the token unless `--metrics-public` opens it (pipeline names and error
+    /// counts are run data too, so it is closed by default).
+    pub scrape: Router,
     /// `/healthz` and `/readyz` (the event log must answer); `fm serve`'s API server has its own.
     pub health: Router,
     engine: Arc<OnceLock<Engine>>,
@@ -59,14 +62,34 @@ impl Surface {
             stop,
         });
         let health = super::health::router(super::health::HealthState::new().store(events.clone()));
-        let router = history.merge(super::metrics::router(state));
         Ok(Surface {
             metrics,
-            router,
+            history,
+            scrape: super::metrics::router(state),
             health,
             engine,
             client,
         })
+    }
+
+    /// The routes that need the token, and those served without it: the history API always needs it,
+    /// `/metrics` unless `metrics_public`. Health is not in either (see [`Surface::health`]).
+    pub fn split(&self, metrics_public: bool) -> (Router, Router) {
+        if metrics_public {
+            (self.history.clone(), self.scrape.clone())
+        } else {
+            (self.history.clone().merge(self.scrape.clone()), Router::new())
+        }
+    }
+
+    /// Everything on one port of its own (`fm operator --http-bind`, `fm history serve`): the history
+    /// API and `/metrics` behind `guard`, `/healthz` and `/readyz` open for probes.
+    pub fn app(&self, guard: &super::auth::Guard, metrics_public: bool) -> Router {
+        let (protected, public) = self.split(metrics_public);
+        guard
+            .protect(protected)
+            .merge(public)
+            .merge(self.health.clone())
     }
 
     /// Tells the metrics which engine runs the runs (for the runs-in-flight gauge).
