@@ -1690,8 +1690,10 @@ async fn editing_a_pipelines_webhook_through_the_api_re_arms_it() {
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let mut hooked = pipeline("hooked", json!([{"id": "a", "componentType": "noop"}]));
     hooked.spec.triggers = Some(
-        serde_json::from_value(json!({"webhook": {"enabled": true, "path": "/webhooks/old"}}))
-            .expect("triggers"),
+        serde_json::from_value(
+            json!({"webhook": {"enabled": true, "path": "/webhooks/old", "auth": "none"}}),
+        )
+        .expect("triggers"),
     );
     pipelines
         .create(&PostParams::default(), &hooked)
@@ -1913,7 +1915,11 @@ async fn assert_run_data_needs_the_token(
         async move { request.send().await.expect("answered").status().as_u16() }
     };
     for (method, path) in routes {
-        assert_eq!(ask(method, path, None).await, 401, "{method} {path} without a token");
+        assert_eq!(
+            ask(method, path, None).await,
+            401,
+            "{method} {path} without a token"
+        );
         assert_eq!(
             ask(method, path, Some("not-the-token")).await,
             401,
@@ -1926,7 +1932,11 @@ async fn assert_run_data_needs_the_token(
         );
     }
     for probe in ["/healthz", "/readyz"] {
-        assert_eq!(ask("GET", probe, None).await, 200, "{probe} without a token");
+        assert_eq!(
+            ask("GET", probe, None).await,
+            200,
+            "{probe} without a token"
+        );
     }
 }
 
@@ -1938,7 +1948,8 @@ fn tls_client_of(fm: &Fm, data: &Path) -> (reqwest::Client, String) {
     let ca = cluster
         .certificate_authority_data
         .expect("the kubeconfig carries the CA");
-    let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca).expect("base64");
+    let pem =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca).expect("base64");
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
         .build()
@@ -1961,7 +1972,12 @@ async fn metrics_public_opens_only_metrics() {
     let data = tempfile::tempdir().expect("tempdir");
     let fm = Fm::serve(
         data.path(),
-        &["--tls", "--require-token", "--metrics-public", "--no-triggers"],
+        &[
+            "--tls",
+            "--require-token",
+            "--metrics-public",
+            "--no-triggers",
+        ],
     );
     let (http, token) = tls_client_of(&fm, data.path());
     let base = fm.url();
@@ -1981,7 +1997,13 @@ async fn metrics_public_opens_only_metrics() {
 fn fm_serve_refuses_a_required_token_over_plain_http() {
     let data = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_fm"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--require-token", "--data-dir"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--require-token",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("FM_LOG", "error")
         .output()
@@ -2093,7 +2115,11 @@ async fn fm_history_serve_needs_the_token_from_its_file() {
         .arg(&token_file)
         .output()
         .expect("fm history --server");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_fm"))
         .args(["history", "--server", &base])
         .env_remove("FM_HTTP_TOKEN_FILE")

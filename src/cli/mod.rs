@@ -77,12 +77,31 @@ pub struct TriggerArgs {
     /// Largest webhook body accepted (bytes); larger ones are answered 413.
     #[arg(long, default_value_t = crate::triggers::webhook::DEFAULT_MAX_BODY)]
     pub webhook_max_body: usize,
+    /// How far the `X-FlowMason-Timestamp` of a signed webhook request may be from now (older ones are
+    /// refused as replays): 30s, 5m, 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_window)]
+    pub webhook_replay_window: std::time::Duration,
     /// Serve no triggers (no cron, NATS or webhooks).
     #[arg(long)]
     pub no_triggers: bool,
 }
 
+/// A `--webhook-replay-window` value.
+fn parse_window(text: &str) -> Result<std::time::Duration, String> {
+    crate::history::parse_duration_ms("--webhook-replay-window", text)
+        .map(std::time::Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
 impl TriggerArgs {
+    /// The webhook router state, before the triggers exist (servers mount it first).
+    pub fn webhook_mount(&self) -> crate::triggers::webhook::WebhookMount {
+        crate::triggers::webhook::WebhookMount::new(
+            self.webhook_max_body,
+            self.webhook_replay_window,
+        )
+    }
+
     /// Connects NATS (credentials read through `client`) and builds the triggers.
     pub async fn start(
         &self,
@@ -110,6 +129,7 @@ impl TriggerArgs {
             crate::triggers::TriggerConfig {
                 nats,
                 webhook_max_body: self.webhook_max_body,
+                webhook_replay_window: self.webhook_replay_window,
                 webhooks: Some(webhooks),
                 ..crate::triggers::TriggerConfig::default()
             },

@@ -130,8 +130,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         let triggers = if args.triggers.no_triggers {
             None
         } else {
-            let webhooks =
-                crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
+            let webhooks = args.triggers.webhook_mount();
             let listener = tokio::net::TcpListener::bind(args.webhook_bind)
                 .await
                 .with_context(|| format!("--webhook-bind {}: cannot listen", args.webhook_bind))?;

@@ -86,11 +86,7 @@ pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
 /// Why a token-protected server over plain HTTP is refused: client-go (kubectl) never sends a bearer
 /// token over `http://`, so every kubectl command would get 401, and the token would cross the network
 /// in clear. `None` when the combination is usable.
-fn plaintext_token_refusal(
-    bind: SocketAddr,
-    tls: bool,
-    require_token: bool,
-) -> Option<String> {
+fn plaintext_token_refusal(bind: SocketAddr, tls: bool, require_token: bool) -> Option<String> {
     if tls {
         return None;
     }
@@ -117,7 +113,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         durability: args.durability,
     };
     let data_dir = store_args.data_dir()?;
-    let webhooks = crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
+    let webhooks = args.triggers.webhook_mount();
     // The event log, shared by the engine and the history API (`/api/v1/runs/...`, served next to the
     // Kubernetes API; reruns are PipelineRun objects the operator starts).
     let events = store_args.open()?;

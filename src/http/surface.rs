@@ -78,7 +78,10 @@ impl Surface {
         if metrics_public {
             (self.history.clone(), self.scrape.clone())
         } else {
-            (self.history.clone().merge(self.scrape.clone()), Router::new())
+            (
+                self.history.clone().merge(self.scrape.clone()),
+                Router::new(),
+            )
         }
     }
 
