@@ -1154,6 +1154,49 @@ async fn tls_with_a_required_token() {
     h.server.shutdown().await;
 }
 
+/// Every directory under `dir` with its mode, and every file.
+#[cfg(unix)]
+fn modes_under(dir: &Path, out: &mut Vec<(PathBuf, bool, u32)>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(dir).expect("metadata");
+    out.push((dir.to_path_buf(), true, meta.permissions().mode() & 0o777));
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        if entry.file_type().expect("type").is_dir() {
+            modes_under(&path, out);
+        } else {
+            let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
+            out.push((path, false, mode));
+        }
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_holding_secrets_is_owner_only() {
+    let h = Harness::start().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(h.client().await, "default");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "stringData": {"password": "hunter2"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    let mut modes = Vec::new();
+    modes_under(&h.dir.path().join("api"), &mut modes);
+    assert!(modes.iter().any(|(_, dir, _)| !dir), "the store has files");
+    for (path, dir, mode) in &modes {
+        let want = if *dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+    h.server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // kubectl
 

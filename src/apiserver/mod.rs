@@ -14,7 +14,8 @@
 //! - [`patch`], [`selector`], [`table`], [`error`]: formats and conventions;
 //! - [`protobuf`]: the protobuf request bodies of `kubectl create configmap|secret|namespace`;
 //! - [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI;
-//! - [`auth`], [`tls`], [`server`]: bearer token, kubeconfig, certificates, serving and shutdown.
+//! - [`auth`], [`tls`], [`server`]: bearer token, kubeconfig, certificates, serving and shutdown;
+//! - [`private`]: owner-only modes for the store's files (it holds Secrets).
 
 pub mod auth;
 pub mod delete;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod handlers;
 pub mod objects;
 pub mod patch;
+pub mod private;
 pub mod protobuf;
 pub mod registry;
 pub mod selector;

@@ -21,7 +21,7 @@ use super::auth::{self, Auth};
 use super::registry::Registry;
 use super::store::{Mutation, ObjectKey, ObjectStore, StoreError, scan_prefix};
 use super::tls::{self, TlsError};
-use super::{ApiConfig, ApiState, handlers, objects};
+use super::{ApiConfig, ApiState, handlers, objects, private};
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ impl Server {
     /// Opens the store, binds, writes the kubeconfig and starts serving on the current runtime.
     pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
         let api_dir = config.data_dir.join("api");
-        std::fs::create_dir_all(&api_dir).map_err(|source| ServeError::Dir {
+        private::create_private_dir(&api_dir).map_err(|source| ServeError::Dir {
             path: api_dir.display().to_string(),
             source,
         })?;
@@ -114,6 +114,10 @@ impl Server {
             tokio::task::spawn_blocking(move || ObjectStore::open(&db_path, history, durable))
                 .await
                 .map_err(|e| ServeError::Init(e.to_string()))??;
+        private::tighten_tree(&api_dir).map_err(|source| ServeError::Dir {
+            path: api_dir.display().to_string(),
+            source,
+        })?;
         let store = Arc::new(store);
         let registry = Registry::new();
         let st = store.clone();

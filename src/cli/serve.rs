@@ -108,6 +108,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     if let Some(refusal) = plaintext_token_refusal(args.bind, args.tls, args.require_token) {
         anyhow::bail!(refusal);
     }
+    // The data dir holds Secrets (the API store) and the token: nothing in it is for other users.
+    crate::apiserver::private::private_umask();
     let store_args = super::StoreArgs {
         data_dir: args.data_dir.clone(),
         durability: args.durability,
