@@ -744,7 +744,13 @@ fn secrets_resolve_from_each_source_and_never_reach_the_log_or_the_terminal() {
         ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
         ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
     ];
-    let cases: [(&str, Vec<&str>, &[EnvVar]); 4] = [
+    // At FM_LOG=info the logger's line also goes to the tracing log on stderr: masked there too.
+    let traced = [
+        ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
+        ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
+        ("FM_LOG", "info"),
+    ];
+    let cases: [(&str, Vec<&str>, &[EnvVar]); 5] = [
         ("secrets file", vec![secrets_arg.as_str()], &[]),
         ("env file", vec![any_env_file.as_str()], &[]),
         (
@@ -753,6 +759,7 @@ fn secrets_resolve_from_each_source_and_never_reach_the_log_or_the_terminal() {
             &[],
         ),
         ("process environment", vec![], &process),
+        ("tracing at info", vec![], &traced),
     ];
     for (source, args, env) in cases {
         let data = dir.path().join(source.replace(' ', "-"));
