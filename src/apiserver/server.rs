@@ -19,6 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use super::auth::{self, Auth};
 use super::registry::Registry;
+use crate::http::health::HealthState;
+
 use super::store::{Mutation, ObjectKey, ObjectStore, StoreError, scan_prefix};
 use super::tls::{self, TlsError};
 use super::{ApiConfig, ApiState, handlers, objects};
@@ -41,6 +43,8 @@ pub struct ServeConfig {
     /// More routes served next to the API, outside its bearer-token check (they authenticate on their
     /// own): the trigger webhooks under `/webhooks/`.
     pub routes: Option<Router>,
+    /// Readiness checks of `/readyz` besides the API store's own (`fm serve`: the event log).
+    pub readiness: HealthState,
 }
 
 impl ServeConfig {
@@ -54,6 +58,7 @@ impl ServeConfig {
             durable: true,
             api: ApiConfig::default(),
             routes: None,
+            readiness: HealthState::new(),
         }
     }
 }
@@ -158,13 +163,14 @@ impl Server {
 
         let (watch_epoch, _) = tokio::sync::watch::channel(0u64);
         let state = Arc::new(ApiState {
-            store,
+            store: store.clone(),
             registry,
             config: config.api.clone(),
             watch_epoch,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             address: format!("{host}:{}", addr.port()),
+            readiness: config.readiness.clone().api_store(store.clone()),
         });
         let auth = Arc::new(Auth {
             token: token.clone(),

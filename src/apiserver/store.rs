@@ -24,10 +24,10 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use flowmason_store::sled_files::{SledFiles, SyncError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use flowmason_store::sled_files::{SledFiles, SyncError};
 use sled::{Transactional, Tree};
 use tokio::sync::broadcast;
 
