@@ -182,7 +182,11 @@ fn now_micros() -> i64 {
 impl EventStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<EventStore, StoreError> {
-        Self::with_sled(sled::Config::new().path(path.as_ref()), Some(path.as_ref()), config)
+        Self::with_sled(
+            sled::Config::new().path(path.as_ref()),
+            Some(path.as_ref()),
+            config,
+        )
     }
 
     /// A store in a temporary directory that is removed when the store drops (tests, `fm run`). Its
