@@ -184,7 +184,14 @@ fn run_acks_follow_a_sync(durability: &str) {
         .args(["-f", "-y", "-qq", "-s", "64", "-e", TRACED, "-o"])
         .arg(&trace_path)
         .arg(env!("CARGO_BIN_EXE_fm"))
-        .args(["run", "--durability", durability, "-o", "json", "--data-dir"])
+        .args([
+            "run",
+            "--durability",
+            durability,
+            "-o",
+            "json",
+            "--data-dir",
+        ])
         .arg(&data)
         .arg(repo("examples/hello.yaml"))
         .env_remove("FM_DATA_DIR")
@@ -338,5 +345,174 @@ fn serve_answers_a_write_only_after_the_api_store_is_synced() {
     assert!(
         trace.contains("/api/db/blobs/"),
         "the large object was not written to a blob file"
+    );
+}
+
+/// A small tmpfs mounted for one test, unmounted when it drops.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where mounting is not permitted.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Tmpfs { dir }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (root is needed): {}",
+                    text(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with one file; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Waits for `child` to exit; its exit code.
+fn exit_code(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fm did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes ConfigMaps of `size` bytes until one is refused; that answer.
+fn write_until_refused(url: &str, size: usize) -> (u16, String) {
+    for i in 0..200 {
+        let (status, body) = http(
+            url,
+            "POST",
+            CONFIGMAPS,
+            &configmap(&format!("fill-{i}"), &"f".repeat(size)),
+        );
+        if status != 201 {
+            return (status, body);
+        }
+    }
+    panic!("200 writes were accepted on a full disk");
+}
+
+#[test]
+fn serve_on_a_full_disk_refuses_writes_says_not_ready_and_exits_for_a_restart_when_space_returns() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let (mut server, url) = serve(None, &data);
+    let (status, body) = http(&url, "POST", CONFIGMAPS, &configmap("kept", "acknowledged"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(http(&url, "GET", "/readyz", "").0, 200);
+
+    let filler = fs.fill();
+    let (status, body) = write_until_refused(&url, 64 * 1024);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("No space left on device"), "{body}");
+    let (status, body) = http(&url, "GET", "/readyz", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("apiStore") && body.contains("No space left on device"),
+        "{body}"
+    );
+    // Refused at once from now on, even a small write.
+    let (status, body) = http(&url, "POST", CONFIGMAPS, &configmap("late", "x"));
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(http(&url, "GET", "/healthz", "").0, 200);
+
+    // Space is back: the process exits so that a restart reopens the stores.
+    std::fs::remove_file(filler).expect("free space");
+    assert_eq!(
+        exit_code(&mut server.0, Duration::from_secs(60)),
+        Some(flowmason::cli::EXIT_STORAGE)
+    );
+    drop(server);
+    let (_server, url) = serve(None, &data);
+    let (status, body) = http(&url, "GET", &format!("{CONFIGMAPS}/kept"), "");
+    assert_eq!(status, 200, "the acknowledged write is lost: {body}");
+    let (status, body) = http(&url, "POST", CONFIGMAPS, &configmap("after", "x"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(http(&url, "GET", "/readyz", "").0, 200);
+}
+
+#[test]
+fn serve_ends_on_sigterm_while_its_store_cannot_write() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let (mut server, url) = serve(None, &fs.path().join("data"));
+    fs.fill();
+    let (status, body) = write_until_refused(&url, 64 * 1024);
+    assert_eq!(status, 500, "{body}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    exit_code(&mut server.0, Duration::from_secs(60));
+}
+
+#[test]
+fn run_on_a_full_disk_says_so_naming_the_event_log() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    fs.fill();
+    let data = fs.path().join("data");
+    let out = fm()
+        .args(["run", "-o", "json", "--data-dir"])
+        .arg(&data)
+        .arg(repo("examples/hello.yaml"))
+        .output()
+        .expect("fm runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(flowmason::cli::EXIT_STORAGE),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no space left on device")
+            && stderr.contains(&data.join("events").display().to_string())
+            && !stderr.contains("another fm"),
+        "{stderr}"
     );
 }
