@@ -65,8 +65,9 @@ impl std::fmt::Debug for SledFiles {
 
 impl SledFiles {
     /// Opens the files of the sled database in `dir` (after sled has opened it) and syncs everything
-    /// there once, including `dir`'s own entry in its parent: sled created or recovered these files
-    /// without syncing their directories.
+    /// there once, including `dir`'s entry in its parent and the parent's in its own, up to the root
+    /// (`create_dir_all` may have just made them): sled created or recovered these files without syncing
+    /// their directories. Ancestors this process may not read are skipped: it did not create them.
     pub fn open(dir: &Path) -> Result<SledFiles, SyncError> {
         let open = |path: &Path| File::open(path).map_err(|e| SyncError::new(path, e));
         let log_path = dir.join("db");
@@ -80,10 +81,13 @@ impl SledFiles {
             seen: Mutex::new(Seen::default()),
         };
         files.sync()?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            open(parent)?
-                .sync_all()
-                .map_err(|e| SyncError::new(parent, e))?;
+        let absolute = std::path::absolute(dir).map_err(|e| SyncError::new(dir, e))?;
+        for ancestor in absolute.ancestors().skip(1) {
+            match File::open(ancestor) {
+                Ok(f) => f.sync_all().map_err(|e| SyncError::new(ancestor, e))?,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(SyncError::new(ancestor, e)),
+            }
         }
         Ok(files)
     }
