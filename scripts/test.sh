@@ -20,6 +20,21 @@ if ! command -v promtool >/dev/null 2>&1; then
     fi
 fi
 
+# strace proves in tests/cli.rs that every acknowledged write was synced (fdatasync) before it was
+# acknowledged.
+if ! command -v strace >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+    fi
+    if ! command -v strace >/dev/null 2>&1; then
+        echo "strace is required by tests/cli.rs: install the strace package" >&2
+        exit 1
+    fi
+fi
+
 # tests/apiserver.rs drives the real kubectl against `fm serve`'s API: install Debian's kubernetes-client
 # when no kubectl is on PATH (or set KUBECTL to one).
 if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then

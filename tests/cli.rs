@@ -818,3 +818,9 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
     let events = all_events(&data);
     assert!(!events.contains("StageStarted"), "{events}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Durability across a power loss and a full disk
+
+#[path = "cli/durability.rs"]
+mod durability;

@@ -79,4 +79,6 @@ pub struct ApiState {
     pub tasks: TaskTracker,
     /// The address clients reach us at (`host:port`), for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
+    /// What `/readyz` checks: the API store can write, and whatever [`ServeConfig::readiness`] adds.
+    pub readiness: crate::http::health::HealthState,
 }

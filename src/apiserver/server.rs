@@ -22,6 +22,7 @@ use super::registry::Registry;
 use super::store::{Mutation, ObjectKey, ObjectStore, StoreError, scan_prefix};
 use super::tls::{self, TlsError};
 use super::{ApiConfig, ApiState, handlers, objects, private};
+use crate::http::health::HealthState;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     /// trigger webhooks under `/webhooks/`, each with its Pipeline's secret) or show nothing of the
     /// runs (`/metrics` when `--metrics-public` opens it, static assets).
     pub public_routes: Option<Router>,
+    /// Readiness checks of `/readyz` besides the API store's own (`fm serve`: the event log).
+    pub readiness: HealthState,
 }
 
 impl ServeConfig {
@@ -59,6 +62,7 @@ impl ServeConfig {
             api: ApiConfig::default(),
             routes: None,
             public_routes: None,
+            readiness: HealthState::new(),
         }
     }
 }
@@ -167,13 +171,14 @@ impl Server {
 
         let (watch_epoch, _) = tokio::sync::watch::channel(0u64);
         let state = Arc::new(ApiState {
-            store,
+            store: store.clone(),
             registry,
             config: config.api.clone(),
             watch_epoch,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             address: format!("{host}:{}", addr.port()),
+            readiness: config.readiness.clone().api_store(store.clone()),
         });
         let auth = Arc::new(Auth {
             token: token.clone(),

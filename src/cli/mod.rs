@@ -17,12 +17,14 @@ mod progress;
 mod resume;
 mod run;
 mod serve;
+mod stopping;
 mod validate;
 
 /// Exit code of a run that did not succeed (failed, cancelled, timed out).
 pub const EXIT_RUN_FAILED: i32 = 1;
 /// Exit code of bad input: an invalid pipeline file, bad arguments, an unusable data dir.
 pub const EXIT_INVALID: i32 = 2;
+pub use stopping::EXIT_STORAGE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -225,12 +227,63 @@ impl StoreArgs {
                 ..StoreConfig::default()
             },
         )
-        .with_context(|| {
-            format!(
-                "cannot open the event log in {} (is another fm using it?)",
-                path.display()
-            )
+        .map_err(|e| {
+            let locked = matches!(&e, flowmason_store::StoreError::Sled(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock"));
+            let e = anyhow::Error::new(e);
+            if is_disk_full(&e) {
+                e.context(format!(
+                    "no space left on device: cannot open the event log in {}",
+                    path.display()
+                ))
+            } else if locked {
+                e.context(format!(
+                    "cannot open the event log in {} (is another fm using it?)",
+                    path.display()
+                ))
+            } else {
+                e.context(format!("cannot open the event log in {}", path.display()))
+            }
         })
+    }
+
+    /// Says that the disk is full, naming the event log's directory, when `error` comes from a full disk.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        if !is_disk_full(&error) {
+            return error;
+        }
+        let dir = self.data_dir().map_or_else(
+            |_| "the data dir".to_string(),
+            |d| d.join("events").display().to_string(),
+        );
+        error.context(format!(
+            "no space left on device: the event log in {dir} cannot be written"
+        ))
+    }
+}
+
+/// Whether an error comes from a full disk (ENOSPC), wherever in its chain. Errors that crossed the
+/// engine's actors arrive as text, so the OS's wording of ENOSPC counts too.
+pub fn is_disk_full(error: &anyhow::Error) -> bool {
+    let typed = error.chain().any(|e| {
+        let io =
+            e.downcast_ref::<std::io::Error>()
+                .or_else(|| match e.downcast_ref::<sled::Error>() {
+                    Some(sled::Error::Io(io)) => Some(io),
+                    _ => None,
+                });
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    });
+    typed || format!("{error:#}").contains("No space left on device")
+}
+
+/// The exit code of a command that failed with `error`: [`EXIT_STORAGE`] when the disk is full, else
+/// [`EXIT_INVALID`].
+pub fn exit_code_of(error: &anyhow::Error) -> i32 {
+    if is_disk_full(error) {
+        EXIT_STORAGE
+    } else {
+        EXIT_INVALID
     }
 }
 

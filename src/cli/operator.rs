@@ -10,7 +10,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreArgs;
-use super::serve::wait_for_signal;
+use super::stopping::{self, FailureCheck, StopReason};
 use crate::components::builtin_registry;
 use crate::operator::leader::LeaseConfig;
 use crate::operator::{Operator, OperatorConfig};
@@ -97,6 +97,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
     });
     let guard = args.http_auth.guard("--http-bind", args.http_bind)?;
     let events = args.store.open()?;
+    let data_dir = args.store.data_dir()?;
     let stop = CancellationToken::new();
     let surface = crate::http::surface::Surface::new(
         &events,
@@ -154,10 +155,22 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         let operator = Operator::new(client, events, builtin_registry(), config);
         surface.engine_started(operator.engine().clone());
         let signal_stop = stop.clone();
-        actix::spawn(async move {
-            if wait_for_signal().await.is_ok() {
-                signal_stop.cancel();
-            }
+        let watched_events = operator.engine().store().clone();
+        let stopped = actix::spawn(async move {
+            let stores: Vec<FailureCheck> = vec![Box::new(move || {
+                watched_events
+                    .write_failure()
+                    .map(|e| format!("event log cannot write: {e}"))
+            })];
+            let reason = tokio::select! {
+                reason = stopping::wait_for_stop(stores, data_dir) => reason,
+                // The operator stopped on its own: nothing to wait for.
+                () = signal_stop.cancelled() => return 0,
+            };
+            let code = reason.as_ref().map_or(0, StopReason::exit_code);
+            stopping::exit_after(stopping::SHUTDOWN_GRACE, code);
+            signal_stop.cancel();
+            code
         });
         eprintln!("FlowMason operator started");
         operator.run(stop.clone()).await?;
@@ -166,6 +179,6 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         eprintln!("FlowMason operator stopped");
-        Ok(0)
+        Ok(stopped.await.unwrap_or(0))
     })?
 }

@@ -17,6 +17,8 @@ use crate::apiserver::{ApiConfig, ServeConfig, Server};
 use crate::components::builtin_registry;
 use crate::operator::{Operator, OperatorConfig};
 
+use super::stopping::{self, FailureCheck};
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Directory holding the API store (DATA_DIR/api), the event log (DATA_DIR/events) and the
@@ -119,6 +121,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     // The event log, shared by the engine and the history API (`/api/v1/runs/...`, served next to the
     // Kubernetes API; reruns are PipelineRun objects the operator starts).
     let events = store_args.open()?;
+    let watched_events = events.clone();
     let stop = CancellationToken::new();
     // History API, /metrics, /healthz and /readyz, served next to the Kubernetes API.
     let surface = crate::http::surface::Surface::new(
@@ -145,7 +148,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_watch: Duration::from_secs(args.max_watch_seconds.max(1)),
             ..ApiConfig::default()
         },
-        ..ServeConfig::new(data_dir)
+        readiness: crate::http::health::HealthState::new().store(events.clone()),
+        ..ServeConfig::new(data_dir.clone())
     };
     let mut operator_config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
@@ -193,7 +197,22 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         println!("FlowMason API server listening on {}", server.url());
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         std::io::stdout().flush().ok();
-        wait_for_signal().await?;
+        let api_store = server.store().clone();
+        let stores: Vec<FailureCheck> = vec![
+            Box::new(move || {
+                api_store
+                    .write_failure()
+                    .map(|e| format!("API store cannot write: {e}"))
+            }),
+            Box::new(move || {
+                watched_events
+                    .write_failure()
+                    .map(|e| format!("event log cannot write: {e}"))
+            }),
+        ];
+        let reason = stopping::wait_for_stop(stores, data_dir).await?;
+        let code = reason.exit_code();
+        stopping::exit_after(stopping::SHUTDOWN_GRACE, code);
         eprintln!("shutting down");
         stop.cancel();
         if let Some(operator) = operator {
@@ -207,7 +226,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         server.shutdown().await;
-        Ok(0)
+        Ok(code)
     })?
 }
 
