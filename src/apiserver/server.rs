@@ -39,8 +39,11 @@ pub struct ServeConfig {
     pub durable: bool,
     pub api: ApiConfig,
     /// More routes served next to the API, outside its bearer-token check (they authenticate on their
-    /// own): the trigger webhooks under `/webhooks/`.
+    /// own): the trigger webhooks under `/webhooks/`, the web UI's static assets.
     pub routes: Option<Router>,
+    /// More routes served behind the API's bearer-token check: the history API and everything else that
+    /// shows run data.
+    pub authenticated_routes: Option<Router>,
 }
 
 impl ServeConfig {
@@ -54,6 +57,7 @@ impl ServeConfig {
             durable: true,
             api: ApiConfig::default(),
             routes: None,
+            authenticated_routes: None,
         }
     }
 }
@@ -170,8 +174,11 @@ impl Server {
             token: token.clone(),
             required: config.require_token || !addr.ip().is_loopback(),
         });
-        let mut app = handlers::router(state.clone())
-            .layer(axum::middleware::from_fn_with_state(auth, auth::check));
+        let mut app = handlers::router(state.clone());
+        if let Some(routes) = config.authenticated_routes.clone() {
+            app = app.merge(routes);
+        }
+        let mut app = app.layer(axum::middleware::from_fn_with_state(auth, auth::check));
         if let Some(routes) = config.routes.clone() {
             app = routes.merge(app);
         }

@@ -420,13 +420,18 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         surface.engine_started(engine.clone());
         // Runs left unfinished by a previous process go on here.
         engine.resume_all().await.context("cannot resume runs")?;
-        let router = surface.router.clone().merge(surface.health.clone());
+        let router = surface
+            .router
+            .clone()
+            .merge(surface.health.clone())
+            .merge(surface.ui.clone());
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("--bind {}: cannot listen", args.bind))?;
         let served = crate::http::serve(listener, router, stop.clone())?;
         let retention = retention::spawn(store.clone(), policy, every, stop.clone());
         println!("FlowMason history API listening on http://{}", served.addr);
+        println!("web UI: http://{}/ui/", served.addr);
         std::io::Write::flush(&mut std::io::stdout()).ok();
         tokio::signal::ctrl_c()
             .await

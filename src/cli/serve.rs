@@ -97,12 +97,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     )
     .context("cannot set up /metrics")?;
     let routes = if args.triggers.no_triggers {
-        surface.router.clone()
+        surface.ui.clone()
     } else {
-        webhooks.router().merge(surface.router.clone())
+        webhooks.router().merge(surface.ui.clone())
     };
     let config = ServeConfig {
         routes: Some(routes),
+        authenticated_routes: Some(surface.router.clone()),
         bind: args.bind,
         tls: args.tls,
         require_token: args.require_token,
@@ -159,6 +160,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         };
         println!("FlowMason API server listening on {}", server.url());
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
+        // Like Jupyter's login link: the page keeps the token for the session and drops it from the URL.
+        println!("web UI: {}/ui/?token={}", server.url(), server.token());
         std::io::stdout().flush().ok();
         wait_for_signal().await?;
         eprintln!("shutting down");

@@ -59,7 +59,7 @@ pub fn router(state: HistoryState) -> Router {
 }
 
 /// An error answer: `{"error": message}` with a status.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
