@@ -24,6 +24,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "operator/ui.rs"]
+mod ui;
+
 /// Safety net of every wait: a broken operator fails the test instead of hanging it. Not a performance
 /// assertion: every wait ends as soon as its condition holds.
 const PATIENCE: Duration = Duration::from_secs(90);

@@ -77,8 +77,8 @@ pub enum HistoryCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Serve the history API, /metrics, /healthz and /readyz over the data dir, with an engine for
-    /// reruns and the retention policy applied in the background.
+    /// Serve the history API, the web UI (/ui/), /metrics, /healthz and /readyz over the data dir, with
+    /// an engine for reruns and the retention policy applied in the background.
     Serve(ServeHistoryArgs),
 }
 

@@ -1,7 +1,7 @@
 //! `fm serve`: the embedded default. One process: the Kubernetes-compatible API (see
 //! `crate::apiserver`), the triggers (cron, NATS with `--nats`, webhooks under `/webhooks/`), and the
 //! Pipeline and PipelineRun controllers with the engine (see `crate::operator`), the event log in
-//! DATA_DIR/events. The controllers talk to the API over HTTP like any client, so they behave exactly as
+//! DATA_DIR/events, and the history API and web UI (`/ui/`; run data behind the bearer token). The controllers talk to the API over HTTP like any client, so they behave exactly as
 //! `fm operator` does against a cluster.
 
 use std::io::Write as _;

@@ -63,7 +63,9 @@ async function api(path, { method = 'GET', body, stream = false } = {}) {
     } catch {
       // not JSON: the status line says it
     }
-    throw new Error(`${method} ${path}: ${message}`);
+    const error = new Error(`${method} ${path}: ${message}`);
+    error.status = response.status;
+    throw error;
   }
   if (stream) return response;
   return response.json();
@@ -348,7 +350,18 @@ function stageDetail(run, events, id) {
 
 async function runPage(runId) {
   const signal = page.signal;
-  let run = await api(`/api/v1/runs/${encodeURIComponent(runId)}`);
+  // A run just created (here or by kubectl) is in the history once the operator accepted it.
+  let run = null;
+  while (!run) {
+    try {
+      run = await api(`/api/v1/runs/${encodeURIComponent(runId)}`);
+    } catch (error) {
+      if (error.status !== 404) throw error;
+      main.innerHTML = `<p class="notice">Waiting for run ${esc(runId)} to be accepted…</p>`;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      if (signal.aborted) return;
+    }
+  }
   let events = await api(`/api/v1/runs/${encodeURIComponent(runId)}/events`);
   // A failed or running stage is what one opens a run for: show it first.
   let selected = (run.stages.find((s) => s.phase === 'Failed') || run.stages.find((s) => s.phase === 'Running') || {}).id || null;
