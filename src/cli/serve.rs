@@ -159,9 +159,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             Some(actix::spawn(async move { operator.run(stop).await }))
         };
         println!("FlowMason API server listening on {}", server.url());
-        println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         // Like Jupyter's login link: the page keeps the token for the session and drops it from the URL.
         println!("web UI: {}/ui/?token={}", server.url(), server.token());
+        // Last: scripts (and the tests) read up to this line and may stop reading there.
+        println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         std::io::stdout().flush().ok();
         wait_for_signal().await?;
         eprintln!("shutting down");
