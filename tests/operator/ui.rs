@@ -230,6 +230,7 @@ async fn web_ui_starts_a_run_and_shows_its_stages_running_then_succeeded_without
                     "customer": {"type": "string", "description": "who ordered"},
                     "total": {"type": "number"}}},
                 "sampleInput": {"customer": "Ada", "total": 120},
+                "triggers": {"webhook": {"enabled": true, "path": "/webhooks/orders"}},
                 "stages": [
                     {"id": "greet", "componentType": "logger",
                      "config": {"message": "order of {{input.customer}}", "passthrough": "{{input.customer}}"}},
@@ -355,14 +356,13 @@ async fn web_ui_starts_a_run_and_shows_its_stages_running_then_succeeded_without
         details.as_str().is_some_and(|t| t.contains("Output")),
         "{details}"
     );
-    browser.click(".node[data-stage=\"reserve\"]").await;
     browser.screenshot("ui-run.png").await;
 
     browser.goto(&format!("{server}/ui/#/pipelines")).await;
     browser
         .until(
             "the pipelines page with the run's stats",
-            "const r = document.querySelector('tr[data-pipeline=\"orders\"]'); return r && r.textContent.includes('100% of 1')",
+            "const r = document.querySelector('tr[data-pipeline=\"orders\"]'); return r && r.textContent.includes('100% of 1') && r.textContent.includes('webhook /webhooks/orders')",
             json!([]),
         )
         .await;

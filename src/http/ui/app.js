@@ -115,8 +115,8 @@ function runsTable(runs, { showPipeline = true } = {}) {
 function triggersText(spec) {
   const t = spec.triggers || {};
   const out = [];
-  if (t.webhook && t.webhook.enabled !== false) out.push('webhook');
-  if (t.pubsub) out.push(`nats${t.pubsub.subject ? `: ${t.pubsub.subject}` : ''}`);
+  if (t.webhook && t.webhook.enabled !== false) out.push(`webhook${t.webhook.path ? ` ${t.webhook.path}` : ''}`);
+  if (t.pubsub) out.push(`NATS ${t.pubsub.topic}`);
   return out.join(', ');
 }
 
@@ -246,7 +246,7 @@ async function pipelinePage(namespace, name) {
 }
 
 async function runsPage(params) {
-  const filters = ['namespace', 'pipeline', 'phase', 'trigger', 'since'];
+  const filters = ['namespace', 'pipeline', 'phase', 'trigger', 'since', 'until'];
   const query = new URLSearchParams();
   for (const f of filters) if (params.get(f)) query.set(f, params.get(f));
   query.set('limit', '50');
@@ -260,6 +260,7 @@ async function runsPage(params) {
       <label>Pipeline <input name="pipeline" value="${esc(params.get('pipeline'))}" placeholder="all"></label>
       <label>Phase ${select('phase', phases)}</label><label>Trigger ${select('trigger', triggers)}</label>
       <label>Since <input name="since" value="${esc(params.get('since'))}" placeholder="2h, 7d or RFC 3339"></label>
+      <label>Until <input name="until" value="${esc(params.get('until'))}" placeholder="1h or RFC 3339"></label>
       <button type="submit">Filter</button></form>
     <div id="runs"></div><div class="actions"><button type="button" id="more" hidden>Older runs</button></div>`;
   document.getElementById('run-filters').addEventListener('submit', (e) => {
@@ -323,7 +324,7 @@ function gantt(run) {
   });
   const labels = rows.map((id, i) => `<text x="0" y="${i * rowH + 14}">${esc(id.length > 22 ? `${id.slice(0, 21)}…` : id)}</text>`);
   const h = rows.length * rowH + 18;
-  return `<svg viewBox="0 0 ${w} ${h}" style="height:${h}px">${labels.join('')}${bars.join('')}
+  return `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="xMinYMin meet">${labels.join('')}${bars.join('')}
     <line class="axis" x1="${labelW}" y1="${h - 12}" x2="${w - 10}" y2="${h - 12}"/>
     <text x="${labelW}" y="${h - 1}">0</text><text x="${w - 60}" y="${h - 1}">${duration(span / 1e6)}</text></svg>`;
 }

@@ -147,6 +147,9 @@ export function renderDag(container, stages, onSelect) {
     const node = e.target.closest('.node');
     if (node && onSelect) onSelect(node.dataset.stage);
   });
+  // A small graph gets a low box instead of empty space; a large one the full height to pan in.
+  const widthScale = Math.max(0.45, Math.min(1.25, (svg.clientWidth || 800) / g.width));
+  container.style.height = `${Math.round(Math.min(380, Math.max(150, g.height * widthScale + 56)))}px`;
   fit();
   const elapsedMs = performance.now() - started;
   svg.dataset.renderMs = elapsedMs.toFixed(1);
