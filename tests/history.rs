@@ -711,6 +711,52 @@ async fn follow_streams_events_appended_after_it_connected_until_the_run_ends() 
     assert_eq!(events.len(), 4);
 }
 
+#[actix_rt::test]
+async fn follow_from_past_the_last_event_streams_only_later_events() {
+    let f = fixture().await;
+    let run = RunId::now_v7();
+    let accepted = synthetic("ns", "p", Trigger::Manual, &[], now(), None).1[0]
+        .kind
+        .clone();
+    let _ = f
+        .store
+        .append(run, vec![accepted, EventKind::RunStarted])
+        .expect("append");
+    // A client that has read seq 0 and 1 (the web UI, after its first read) follows from 2.
+    let mut response = f
+        .http
+        .get(format!(
+            "{}/api/v1/runs/{run}/events?follow=true&from=2",
+            f.api
+        ))
+        .send()
+        .await
+        .expect("follow");
+    let _ = f
+        .store
+        .append(
+            run,
+            vec![EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 1,
+            }],
+        )
+        .expect("append");
+    let _ = f
+        .store
+        .append(run, vec![EventKind::RunSucceeded { output: json!(1) }])
+        .expect("append");
+    let mut text = String::new();
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    let seqs: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Event>(l).expect("event line").seq)
+        .collect();
+    assert_eq!(seqs, [2, 3], "{text}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Retention
 

@@ -462,7 +462,11 @@ async function runPage(runId) {
       buffer += value;
       const lines = buffer.split('\n');
       buffer = lines.pop();
-      for (const line of lines) if (line.trim()) events.push(JSON.parse(line));
+      for (const line of lines) {
+        if (!line.trim()) continue;
+        const event = JSON.parse(line);
+        if (!events.length || event.seq > events[events.length - 1].seq) events.push(event);
+      }
       refresh();
     }
   };
