@@ -356,6 +356,13 @@ async fn web_ui_starts_a_run_and_shows_its_stages_running_then_succeeded_without
         details.as_str().is_some_and(|t| t.contains("Output")),
         "{details}"
     );
+    let log_lines = browser
+        .eval(
+            "return document.querySelectorAll('#stage .log li').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(log_lines, json!(1), "each log line once");
     browser.screenshot("ui-run.png").await;
 
     browser.goto(&format!("{server}/ui/#/pipelines")).await;
