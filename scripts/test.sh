@@ -65,6 +65,22 @@ if [ -z "${NATS_SERVER:-}" ] && ! command -v nats-server >/dev/null 2>&1; then
     fi
 fi
 
+# tests/operator/ui.rs drives the web UI in a headless Chromium through chromedriver (WebDriver): install
+# Debian's chromium and chromium-driver when they are not on PATH (or set CHROMIUM and CHROMEDRIVER).
+if { [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; } || \
+    { [ -z "${CHROMEDRIVER:-}" ] && ! command -v chromedriver >/dev/null 2>&1; }; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
+    if ! command -v chromedriver >/dev/null 2>&1 && [ -z "${CHROMEDRIVER:-}" ]; then
+        echo "chromium and chromedriver are required by tests/operator/ui.rs: install the chromium and chromium-driver packages or set CHROMIUM and CHROMEDRIVER" >&2
+        exit 1
+    fi
+fi
+
 # The original FlowMason Python client and the Kubernetes client it drives, from PyPI, for the
 # compatibility test in tests/operator.rs (skipped when already there).
 if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import flowmason_core.kubernetes, kubernetes' 2>/dev/null; then

@@ -24,6 +24,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "operator/ui.rs"]
+mod ui;
+
 /// Safety net of every wait: a broken operator fails the test instead of hanging it. Not a performance
 /// assertion: every wait ends as soon as its condition holds.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -1017,7 +1020,7 @@ async fn runs_reserve_their_resource_requests_from_the_operators_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
+async fn fm_operator_serves_metrics_health_history_and_the_web_ui_on_its_http_port() {
     let api = tempfile::tempdir().expect("tempdir");
     let fm = Fm::serve(api.path(), &["--no-controllers", "--no-triggers"]);
     let client = fm.client().await;
@@ -1046,7 +1049,7 @@ async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
         .by_ref()
         .map_while(Result::ok)
         .find_map(|l| {
-            l.strip_prefix("history API, /metrics, /healthz and /readyz on ")
+            l.strip_prefix("history API, web UI (/ui/), /metrics, /healthz and /readyz on ")
                 .map(String::from)
         })
         .expect("the operator prints its HTTP address");
@@ -1093,6 +1096,69 @@ async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
         .await
         .expect("JSON");
     assert_eq!(page["runs"].as_array().map(Vec::len), Some(1), "{page}");
+
+    // The web UI and what it reads: Pipelines through the operator's own client; runs started and
+    // cancelled as PipelineRuns.
+    let ui = http.get(format!("{base}/ui/")).send().await.expect("ui");
+    assert_eq!(ui.status().as_u16(), 200);
+    assert_eq!(ui.headers()["content-type"], "text/html; charset=utf-8");
+    let listed: Value = http
+        .get(format!("{base}/api/v1/pipelines?namespace=default"))
+        .send()
+        .await
+        .expect("pipelines")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["source"], json!("cluster"), "{listed}");
+    assert_eq!(listed["items"][0]["metadata"]["name"], json!("counted"));
+    let one: Value = http
+        .get(format!("{base}/api/v1/pipelines/default/counted"))
+        .send()
+        .await
+        .expect("pipeline")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        one["yaml"].as_str().is_some_and(|y| y.contains("id: wait")),
+        "{one}"
+    );
+    let started = http
+        .post(format!("{base}/api/v1/pipelines/default/counted/runs"))
+        .json(&json!({"inputs": {"x": 2}}))
+        .send()
+        .await
+        .expect("start a run");
+    assert_eq!(started.status().as_u16(), 201);
+    let started: Value = started.json().await.expect("JSON");
+    let name = started["runName"].as_str().expect("runName").to_string();
+    let second = wait_phase(&runs, &name, &terminal()).await;
+    assert_eq!(
+        second.spec.inputs.and_then(|i| i.get("x").cloned()),
+        Some(json!(2))
+    );
+    assert_eq!(
+        second.status.and_then(|s| s.run_id),
+        started["runId"].as_str().map(String::from)
+    );
+    let run_id = started["runId"].as_str().expect("runId");
+    let late = http
+        .post(format!("{base}/api/v1/runs/{run_id}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(
+        late.status().as_u16(),
+        409,
+        "a finished run cannot be cancelled"
+    );
+    let missing = http
+        .get(format!("{base}/api/v1/pipelines/default/nothing"))
+        .send()
+        .await
+        .expect("pipeline");
+    assert_eq!(missing.status().as_u16(), 404);
     let _ = Command::new("kill")
         .args(["-TERM", &operator.id().to_string()])
         .status();

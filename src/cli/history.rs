@@ -83,8 +83,8 @@ pub enum HistoryCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Serve the history API, /metrics, /healthz and /readyz over the data dir, with an engine for
-    /// reruns and the retention policy applied in the background.
+    /// Serve the history API, the web UI (/ui/), /metrics, /healthz and /readyz over the data dir, with
+    /// an engine for reruns and the retention policy applied in the background.
     Serve(ServeHistoryArgs),
 }
 
@@ -464,6 +464,7 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         let served = crate::http::serve(listener, router, stop.clone())?;
         let retention = retention::spawn(store.clone(), policy, every, stop.clone());
         println!("FlowMason history API listening on http://{}", served.addr);
+        println!("web UI: http://{}/ui/", served.addr);
         std::io::Write::flush(&mut std::io::stdout()).ok();
         tokio::signal::ctrl_c()
             .await

@@ -51,7 +51,8 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Load harnesses measuring the engine end to end.
     Bench(bench::BenchArgs),
-    /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it).
+    /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it), the
+    /// controllers and the web UI (/ui/; a login link with the token is printed).
     Serve(serve::ServeArgs),
     /// Run the controllers and the engine against a cluster (kubeconfig or in-cluster).
     Operator(operator::OperatorArgs),

@@ -1,6 +1,7 @@
 //! `fm operator`: the controllers and the engine against a cluster (kubeconfig or in-cluster config), with
 //! Lease leader election so that several replicas never run the same runs, the triggers (cron, NATS,
-//! webhooks on `--webhook-bind`), and the history API, `/metrics` and health on `--http-bind`.
+//! webhooks on `--webhook-bind`), and the history API, the web UI (`/ui/`, reading Pipelines through this
+//! process's own client), `/metrics` and health on `--http-bind`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,7 +44,8 @@ pub struct OperatorArgs {
     /// Least time between two status writes of one run, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub status_interval_ms: u64,
-    /// Address of the history API, /metrics, /healthz and /readyz (the Service's `metrics` port).
+    /// Address of the history API, the web UI (/ui/), /metrics, /healthz and /readyz (the Service's
+    /// `metrics` port).
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub http_bind: std::net::SocketAddr,
     #[command(flatten)]
@@ -125,7 +127,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         )
         .with_context(|| format!("--http-bind {}: cannot serve", args.http_bind))?;
         eprintln!(
-            "history API, /metrics, /healthz and /readyz on http://{}",
+            "history API, web UI (/ui/), /metrics, /healthz and /readyz on http://{}",
             served.addr
         );
         let triggers = if args.triggers.no_triggers {

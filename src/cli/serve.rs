@@ -1,7 +1,7 @@
 //! `fm serve`: the embedded default. One process: the Kubernetes-compatible API (see
 //! `crate::apiserver`), the triggers (cron, NATS with `--nats`, webhooks under `/webhooks/`), and the
 //! Pipeline and PipelineRun controllers with the engine (see `crate::operator`), the event log in
-//! DATA_DIR/events. The controllers talk to the API over HTTP like any client, so they behave exactly as
+//! DATA_DIR/events, and the history API and web UI (`/ui/`; run data behind the bearer token). The controllers talk to the API over HTTP like any client, so they behave exactly as
 //! `fm operator` does against a cluster.
 
 use std::io::Write as _;
@@ -195,6 +195,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             Some(actix::spawn(async move { operator.run(stop).await }))
         };
         println!("FlowMason API server listening on {}", server.url());
+        // Like Jupyter's login link: the page keeps the token for the session and drops it from the URL.
+        println!("web UI: {}/ui/?token={}", server.url(), server.token());
+        // Last: scripts (and the tests) read up to this line and may stop reading there.
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         std::io::stdout().flush().ok();
         let api_store = server.store().clone();
