@@ -26,6 +26,8 @@ use std::cmp::Ordering;
 use rustpython_parser::ast::{self, BoolOp, CmpOp, Constant, Expr as Node, Operator, UnaryOp};
 use serde_json::{Map, Number, Value};
 
+use flowmason_actors::limits::{self, Syntax};
+
 /// Functions an expression may call.
 pub const FUNCTIONS: &[&str] = &[
     "abs", "all", "any", "bool", "float", "int", "len", "list", "max", "min", "round", "sorted",
@@ -55,7 +57,7 @@ pub const METHODS: &[&str] = &[
 ];
 
 /// How deeply an expression may nest (see the module docs). Python itself refuses 200 nested brackets.
-pub const MAX_NESTING: usize = flowmason_actors::limits::MAX_NESTING;
+pub const MAX_NESTING: usize = limits::MAX_NESTING;
 
 /// What one evaluation may spend (see the module docs): enough for a comprehension over tens of
 /// thousands of items, small enough that an evaluation ends in well under a second and its strings and
@@ -149,99 +151,17 @@ fn abbreviate(source: &str) -> String {
     }
 }
 
-/// Nodes one bracket level may add around what it contains (a call and its argument list, a
-/// comprehension and its condition, a boolean operation around a comparison).
-const LEVEL_COST: usize = 4;
+/// Python as [`exceeds_nesting`](flowmason_actors::limits::exceeds_nesting) scans it.
+const PYTHON: Syntax = Syntax {
+    quotes: b"'\"",
+    interpolation: false,
+    hash_comments: true,
+    words: &["not", "if", "for", "lambda", "and", "or", "in", "is"],
+};
 
-/// Whether `source` may nest deeper than `limit`: an upper bound on the depth of its syntax tree, computed
-/// without recursion in one pass over the text. Each bracket level costs [`LEVEL_COST`] plus one per
-/// operator, dot and nesting keyword (`not`, `if`, `for`, `lambda`) inside it; string literals and
-/// comments are skipped. `and`, `or` and comparisons are counted too, although Python keeps them flat:
-/// a bound, not an exact depth.
+/// Whether `source` may nest deeper than `limit` (see the module docs).
 pub fn exceeds_nesting(source: &str, limit: usize) -> bool {
-    let bytes = source.as_bytes();
-    let mut levels: Vec<usize> = vec![0];
-    let mut total = LEVEL_COST;
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        match c {
-            b'\'' | b'"' => {
-                i = skip_string(bytes, i);
-                continue;
-            }
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'(' | b'[' | b'{' => {
-                levels.push(0);
-                total += LEVEL_COST;
-            }
-            b')' | b']' | b'}' => {
-                if levels.len() > 1 {
-                    total -= LEVEL_COST + levels.pop().unwrap_or(0);
-                }
-            }
-            b'+' | b'-' | b'*' | b'/' | b'%' | b'@' | b'&' | b'|' | b'^' | b'~' | b'<' | b'>'
-            | b'.' | b'=' | b'!' => {
-                total += 1;
-                if let Some(level) = levels.last_mut() {
-                    *level += 1;
-                }
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                if matches!(
-                    &source[start..i],
-                    "not" | "if" | "for" | "lambda" | "and" | "or" | "in" | "is"
-                ) {
-                    total += 1;
-                    if let Some(level) = levels.last_mut() {
-                        *level += 1;
-                    }
-                }
-                if total > limit {
-                    return true;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        if total > limit {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-/// The index after the string literal that starts at `start` (a quote), triple-quoted or not.
-fn skip_string(bytes: &[u8], start: usize) -> usize {
-    let quote = bytes[start];
-    let triple = bytes.len() >= start + 3 && bytes[start + 1] == quote && bytes[start + 2] == quote;
-    let mut i = start + if triple { 3 } else { 1 };
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            q if q == quote => {
-                if !triple {
-                    return i + 1;
-                }
-                if bytes.len() >= i + 3 && bytes[i + 1] == quote && bytes[i + 2] == quote {
-                    return i + 3;
-                }
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    bytes.len()
+    limits::exceeds_nesting(source, &PYTHON, limit)
 }
 
 fn unsupported(source: &str, what: impl Into<String>, allowed: &str) -> ExprError {
@@ -1467,7 +1387,7 @@ mod tests {
             .join()
             .expect("no overflow");
         assert!(result.is_ok(), "{result:?}");
-        let nots = format!("{}data", "not ".repeat(MAX_NESTING - LEVEL_COST));
+        let nots = format!("{}data", "not ".repeat(MAX_NESTING - limits::LEVEL_COST));
         let result = std::thread::Builder::new()
             .stack_size(2 * 1024 * 1024)
             .spawn(move || ev(&nots, json!(true)))

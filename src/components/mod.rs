@@ -16,6 +16,7 @@ pub mod chat;
 pub mod conditional;
 pub mod critic;
 pub mod delay;
+pub mod eval_worker;
 pub mod expr;
 pub mod filter;
 pub mod foreach;
