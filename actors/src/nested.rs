@@ -305,6 +305,6 @@ async fn run_one(
             ErrorClass::Cancelled,
             format!("stage {:?}: cancelled", ctx.stage_id),
         )),
-        result = limited => result,
+        result = limited => crate::stage_actor::check_output_size(&ctx.stage_id, result),
     }
 }

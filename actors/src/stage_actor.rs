@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use flowmason_store::ErrorClass;
 
 use crate::component::{Component, ComponentError, ComponentOutput, StageContext};
+use crate::limits;
 
 /// The attempt ended: how, and which attempt it was.
 #[derive(Message)]
@@ -52,9 +53,10 @@ impl Actor for StageActor {
             return;
         };
         let component = self.component.clone();
+        let stage = context.stage_id.clone();
         // `execute` itself may compute before it returns its future, so it is called on the task too.
         let task = AbortOnDrop(tokio::spawn(async move {
-            AssertUnwindSafe(async move { component.execute(input, context).await })
+            let outcome = AssertUnwindSafe(async move { component.execute(input, context).await })
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| {
@@ -62,7 +64,8 @@ impl Actor for StageActor {
                         "component panicked: {}",
                         panic_message(&panic)
                     )))
-                })
+                });
+            check_output_size(&stage, outcome)
         }));
         let work = async move {
             let mut task = task;
@@ -107,6 +110,23 @@ impl Handler<CancelStage> for StageActor {
     fn handle(&mut self, _msg: CancelStage, ctx: &mut Self::Context) {
         self.cancel.cancel();
         ctx.stop();
+    }
+}
+
+/// A successful output larger than [`limits::max_output_bytes`] as JSON fails the attempt, naming the
+/// stage: it would be kept in the event log and copied into every stage that reads it.
+pub(crate) fn check_output_size(
+    stage: &str,
+    outcome: Result<ComponentOutput, ComponentError>,
+) -> Result<ComponentOutput, ComponentError> {
+    let limit = limits::max_output_bytes();
+    match outcome {
+        Ok(out) if limits::json_exceeds(&out.output, limit) => {
+            Err(ComponentError::config(format!(
+                "stage {stage:?}: output exceeds the limit of {limit} bytes (--max-output-bytes)"
+            )))
+        }
+        other => other,
     }
 }
 

@@ -24,6 +24,7 @@ pub mod generator;
 pub mod http_request;
 pub mod json_transform;
 pub mod logger;
+pub mod nesting;
 pub mod noop;
 pub mod router;
 pub mod schema_validate;
