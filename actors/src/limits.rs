@@ -101,22 +101,20 @@ pub fn exceeds_nesting(text: &str, syntax: &Syntax, limit: usize) -> bool {
                 levels.push((0, false));
                 total += LEVEL_COST;
             }
-            b')' | b']' | b'}' => {
-                if levels.len() > 1 {
-                    let (count, interpolation) = levels.pop().unwrap_or_default();
-                    total -= LEVEL_COST + count;
-                    if interpolation && c == b')' {
-                        // Back inside the string the interpolation was in: skip to its end.
-                        match skip_string_body(bytes, i + 1, b'"', syntax.interpolation) {
-                            StringEnd::Closed(next) => i = next,
-                            StringEnd::Interpolation(next) => {
-                                levels.push((0, true));
-                                total += LEVEL_COST;
-                                i = next;
-                            }
+            b')' | b']' | b'}' if levels.len() > 1 => {
+                let (count, interpolation) = levels.pop().unwrap_or_default();
+                total -= LEVEL_COST + count;
+                if interpolation && c == b')' {
+                    // Back inside the string the interpolation was in: skip to its end.
+                    match skip_string_body(bytes, i + 1, b'"', syntax.interpolation) {
+                        StringEnd::Closed(next) => i = next,
+                        StringEnd::Interpolation(next) => {
+                            levels.push((0, true));
+                            total += LEVEL_COST;
+                            i = next;
                         }
-                        continue;
                     }
+                    continue;
                 }
             }
             b'+' | b'-' | b'*' | b'/' | b'%' | b'@' | b'&' | b'|' | b'^' | b'~' | b'<' | b'>'
