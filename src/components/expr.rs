@@ -27,6 +27,7 @@ use rustpython_parser::ast::{self, BoolOp, CmpOp, Constant, Expr as Node, Operat
 use serde_json::{Map, Number, Value};
 
 use flowmason_actors::limits::{self, Syntax};
+use tokio_util::sync::CancellationToken;
 
 /// Functions an expression may call.
 pub const FUNCTIONS: &[&str] = &[
@@ -66,6 +67,9 @@ pub const MAX_UNITS: u64 = 4_000_000;
 
 /// Bytes of a built string that cost one unit.
 const BYTES_PER_UNIT: u64 = 16;
+
+/// Units spent between two looks at the cancellation token.
+const CHECK_EVERY: u64 = 1 << 16;
 
 /// Why an expression cannot be used or failed on its data.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -123,8 +127,13 @@ impl Expr {
         &self.source
     }
 
-    /// Evaluates the expression with `variables` bound.
-    pub fn eval(&self, variables: &[(&str, Value)]) -> Result<Value, ExprError> {
+    /// Evaluates the expression with `variables` bound. A cancelled `cancel` (the stage's attempt ended)
+    /// stops the evaluation within a few milliseconds with [`ExprError::Limit`].
+    pub fn eval(
+        &self,
+        variables: &[(&str, Value)],
+        cancel: &CancellationToken,
+    ) -> Result<Value, ExprError> {
         let mut env = Env {
             vars: variables
                 .iter()
@@ -132,13 +141,19 @@ impl Expr {
                 .collect(),
             units_left: MAX_UNITS,
             depth: 0,
+            cancel: cancel.clone(),
+            next_check: MAX_UNITS.saturating_sub(CHECK_EVERY),
         };
         eval(&self.node, &mut env)
     }
 
     /// Evaluates and takes Python's truthiness of the result.
-    pub fn eval_bool(&self, variables: &[(&str, Value)]) -> Result<bool, ExprError> {
-        Ok(truthy(&self.eval(variables)?))
+    pub fn eval_bool(
+        &self,
+        variables: &[(&str, Value)],
+        cancel: &CancellationToken,
+    ) -> Result<bool, ExprError> {
+        Ok(truthy(&self.eval(variables, cancel)?))
     }
 }
 
@@ -366,6 +381,10 @@ struct Env {
     vars: Vec<(String, Value)>,
     units_left: u64,
     depth: usize,
+    /// The attempt's token: a stage that timed out or was cancelled stops computing.
+    cancel: CancellationToken,
+    /// `units_left` at which the token is looked at next.
+    next_check: u64,
 }
 
 impl Env {
@@ -374,6 +393,14 @@ impl Env {
         match self.units_left.checked_sub(units) {
             Some(left) => {
                 self.units_left = left;
+                if left <= self.next_check {
+                    self.next_check = left.saturating_sub(CHECK_EVERY);
+                    if self.cancel.is_cancelled() {
+                        return Err(ExprError::Limit(
+                            "the stage's attempt ended (timed out or cancelled)".into(),
+                        ));
+                    }
+                }
                 Ok(())
             }
             None => {
@@ -1231,7 +1258,7 @@ mod tests {
     use serde_json::json;
 
     fn ev(src: &str, data: Value) -> Result<Value, ExprError> {
-        Expr::parse(src, &["data"])?.eval(&[("data", data)])
+        Expr::parse(src, &["data"])?.eval(&[("data", data)], &CancellationToken::new())
     }
 
     #[test]
@@ -1277,7 +1304,7 @@ mod tests {
         ] {
             let got = Expr::parse(src, &["data"])
                 .unwrap()
-                .eval_bool(&[("data", d.clone())]);
+                .eval_bool(&[("data", d.clone())], &CancellationToken::new());
             assert_eq!(got, Ok(want), "{src}");
         }
         assert_eq!(ev("data['a'] + 1", json!({"a": 2})), Ok(json!(3)));
@@ -1411,5 +1438,20 @@ mod tests {
             assert!(matches!(e, ExprError::Limit(_)), "{src}: {e}");
         }
         assert_eq!(ev("len('z' * 1000)", json!(null)), Ok(json!(1000)));
+    }
+
+    #[test]
+    fn a_cancelled_attempt_stops_the_evaluation() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let data = json!((0..100).collect::<Vec<_>>());
+        let e = Expr::parse(
+            "len([x for x in data for y in data for z in data])",
+            &["data"],
+        )
+        .unwrap()
+        .eval(&[("data", data)], &cancel)
+        .unwrap_err();
+        assert!(e.to_string().contains("timed out or cancelled"), "{e}");
     }
 }

@@ -11,6 +11,7 @@
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 
@@ -75,12 +76,12 @@ impl Component for Filter {
                 (Value::Array(items), Mode::FilterArray) => {
                     let s = settings(&map, Mode::FilterArray)?;
                     let jq = jq_results(&s, items.clone(), &ctx).await?;
-                    filter_array(&s, items, jq)?
+                    filter_array(&s, items, jq, &ctx.cancel)?
                 }
                 _ => {
                     let s = settings(&map, Mode::PassFail)?;
                     let jq = jq_results(&s, vec![data.clone()], &ctx).await?;
-                    pass_fail(&s, data, jq)?
+                    pass_fail(&s, data, jq, &ctx.cancel)?
                 }
             };
             Ok(ComponentOutput::from(out))
@@ -159,6 +160,7 @@ fn evaluate(
     variable: &str,
     value: &Value,
     jq: Option<Result<Value, String>>,
+    cancel: &CancellationToken,
 ) -> Result<(bool, String), ComponentError> {
     let on_error = |e: String| {
         if s.pass_if_missing {
@@ -168,7 +170,7 @@ fn evaluate(
         }
     };
     Ok(match &s.condition {
-        Condition::Python(expr) => match expr.eval(&[(variable, value.clone())]) {
+        Condition::Python(expr) => match expr.eval(&[(variable, value.clone())], cancel) {
             Ok(result) => {
                 let passed = super::expr::truthy(&result);
                 (
@@ -218,9 +220,10 @@ fn pass_fail(
     s: &Settings,
     data: Value,
     jq: Option<Vec<Result<Value, String>>>,
+    cancel: &CancellationToken,
 ) -> Result<Value, ComponentError> {
     let jq = jq.and_then(|results| results.into_iter().next());
-    let (mut passed, mut reason) = evaluate(s, "data", &data, jq)?;
+    let (mut passed, mut reason) = evaluate(s, "data", &data, jq, cancel)?;
     if s.invert {
         passed = !passed;
         reason = format!("(inverted) {reason}");
@@ -237,12 +240,19 @@ fn filter_array(
     s: &Settings,
     items: &[Value],
     jq: Option<Vec<Result<Value, String>>>,
+    cancel: &CancellationToken,
 ) -> Result<Value, ComponentError> {
     let mut kept = Vec::new();
     let mut filtered = 0usize;
     let mut jq = jq.map(Vec::into_iter);
     for item in items {
-        let (passed, _) = evaluate(s, "item", item, jq.as_mut().and_then(Iterator::next))?;
+        let (passed, _) = evaluate(
+            s,
+            "item",
+            item,
+            jq.as_mut().and_then(Iterator::next),
+            cancel,
+        )?;
         if passed != s.invert {
             kept.push(item.clone());
         } else {
