@@ -921,6 +921,12 @@ fn runaway_expressions_fail_their_stage_and_fm_exits_cleanly() {
             Some("2s"),
             "timed out",
         ),
+        (
+            "json_transform",
+            json!({"data": 1, "jq": "reduce range(110) as $i (0; [.])"}),
+            None,
+            "output nests deeper than the limit of 100",
+        ),
     ];
     for (i, (component, config, timeout, want)) in cases.into_iter().enumerate() {
         let file = write(

@@ -24,6 +24,28 @@ pub fn max_output_bytes() -> usize {
     MAX_OUTPUT_BYTES.load(Ordering::Relaxed)
 }
 
+/// How deeply a stage output or rendered input may nest. The event log decodes events with
+/// serde_json, which refuses more than 128 levels; an event holding a deeper value could not be read
+/// back, and a run whose log cannot be read cannot be resumed.
+pub const MAX_VALUE_DEPTH: usize = 100;
+
+/// Whether `value` nests deeper than `limit` (arrays and objects count), without recursion.
+pub fn deeper_than(value: &serde_json::Value, limit: usize) -> bool {
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > limit {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
+}
+
 /// Whether `value` as compact JSON is longer than `limit` bytes; stops counting once it is.
 pub fn json_exceeds(value: &serde_json::Value, limit: usize) -> bool {
     struct Counter {
@@ -201,6 +223,24 @@ mod tests {
         hash_comments: true,
         words: &["if", "reduce", "foreach", "try", "def", "as", "and", "or"],
     };
+
+    #[test]
+    fn depth_of_values_is_bounded_without_recursion() {
+        let mut deep = serde_json::json!(0);
+        for _ in 0..100_000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert!(deeper_than(&deep, MAX_VALUE_DEPTH));
+        assert!(!deeper_than(&serde_json::json!({"a": [1, {"b": 2}]}), 3));
+        assert!(deeper_than(&serde_json::json!({"a": [1, {"b": [2]}]}), 3));
+        // A value this deep would overflow the stack when dropped; take it apart iteratively.
+        let mut stack = vec![deep];
+        while let Some(v) = stack.pop() {
+            if let serde_json::Value::Array(items) = v {
+                stack.extend(items);
+            }
+        }
+    }
 
     #[test]
     fn brackets_and_operator_chains_count() {

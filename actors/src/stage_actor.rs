@@ -114,7 +114,8 @@ impl Handler<CancelStage> for StageActor {
 }
 
 /// A successful output larger than [`limits::max_output_bytes`] as JSON fails the attempt, naming the
-/// stage: it would be kept in the event log and copied into every stage that reads it.
+/// stage: it would be kept in the event log and copied into every stage that reads it. So does one
+/// nested deeper than [`limits::MAX_VALUE_DEPTH`], which the event log could not read back.
 pub(crate) fn check_output_size(
     stage: &str,
     outcome: Result<ComponentOutput, ComponentError>,
@@ -124,6 +125,12 @@ pub(crate) fn check_output_size(
         Ok(out) if limits::json_exceeds(&out.output, limit) => {
             Err(ComponentError::config(format!(
                 "stage {stage:?}: output exceeds the limit of {limit} bytes (--max-output-bytes)"
+            )))
+        }
+        Ok(out) if limits::deeper_than(&out.output, limits::MAX_VALUE_DEPTH) => {
+            Err(ComponentError::config(format!(
+                "stage {stage:?}: output nests deeper than the limit of {}",
+                limits::MAX_VALUE_DEPTH
             )))
         }
         other => other,

@@ -237,6 +237,16 @@ fn within_limit(value: Value, at: &FieldPath<'_>) -> Result<Value, TemplateError
     if limits::json_exceeds(&value, limit) {
         return Err(too_large(at, limit));
     }
+    if limits::deeper_than(&value, limits::MAX_VALUE_DEPTH) {
+        return Err(TemplateError::Unresolved {
+            field: at.to_string(),
+            template: String::new(),
+            reason: format!(
+                "the rendered value nests deeper than the limit of {}",
+                limits::MAX_VALUE_DEPTH
+            ),
+        });
+    }
     Ok(value)
 }
 
