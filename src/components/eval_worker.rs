@@ -31,8 +31,14 @@ use flowmason_store::ErrorClass;
 /// The hidden `fm` subcommand a worker runs.
 pub const WORKER_COMMAND: &str = "__eval-worker";
 
-/// Idle workers kept for reuse; more run at once when more stages evaluate at once.
+/// Idle workers kept for reuse.
 pub const MAX_IDLE: usize = 4;
+
+/// Workers evaluating at once; further jobs wait for one to finish (their stage's timeout still runs),
+/// so that many stages of runaway filters cannot each take [`WorkerLimits::memory_bytes`].
+pub const MAX_BUSY: usize = 8;
+
+static BUSY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_BUSY);
 
 /// What one evaluation is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +204,9 @@ impl Pool {
         let mut request = serde_json::to_vec(job)
             .map_err(|e| ComponentError::internal(format!("{what}: cannot encode the job: {e}")))?;
         request.push(b'\n');
+        let _permit = BUSY.acquire().await.map_err(|e| {
+            ComponentError::internal(format!("{what}: no expression worker available: {e}"))
+        })?;
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let worker = match idle {
             Some(worker) => worker,
