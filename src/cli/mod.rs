@@ -35,6 +35,15 @@ pub use stopping::EXIT_STORAGE;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Largest stage output, rendered stage input or jq/JMESPath result, in bytes of JSON; a stage that
+    /// produces more fails with an error naming it.
+    #[arg(
+        long,
+        global = true,
+        env = "FM_MAX_OUTPUT_BYTES",
+        default_value_t = flowmason_actors::limits::DEFAULT_MAX_OUTPUT_BYTES
+    )]
+    pub max_output_bytes: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +67,18 @@ pub enum Command {
     Operator(operator::OperatorArgs),
     /// Deploy, run and inspect pipelines on a Kubernetes API server (a cluster or `fm serve`).
     K8s(k8s::K8sArgs),
+    /// Internal: evaluates jq and JMESPath jobs from stdin for the engine (see `eval_worker`).
+    #[command(name = crate::components::eval_worker::WORKER_COMMAND, hide = true)]
+    EvalWorker(EvalWorkerArgs),
+}
+
+/// Limits of an expression worker, set by the engine that starts it.
+#[derive(Args, Debug)]
+pub struct EvalWorkerArgs {
+    #[arg(long)]
+    memory_bytes: u64,
+    #[arg(long)]
+    cpu_seconds: u64,
 }
 
 /// Trigger options shared by `fm serve` (and `fm operator`).
@@ -328,7 +349,28 @@ pub enum OutputFormat {
 
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    use crate::components::eval_worker::{self, WorkerLimits};
+    flowmason_actors::limits::set_max_output_bytes(cli.max_output_bytes);
+    if let Command::EvalWorker(args) = &cli.command {
+        let limits = WorkerLimits {
+            memory_bytes: args.memory_bytes,
+            cpu_seconds: args.cpu_seconds,
+            max_output_bytes: cli.max_output_bytes,
+        };
+        eval_worker::serve(limits, crate::components::json_transform::evaluate)
+            .context("expression worker")?;
+        return Ok(0);
+    }
+    let program = std::env::current_exe().context("cannot find the fm executable")?;
+    eval_worker::configure(
+        program,
+        WorkerLimits {
+            max_output_bytes: cli.max_output_bytes,
+            ..WorkerLimits::default()
+        },
+    );
     match cli.command {
+        Command::EvalWorker(_) => Ok(0),
         Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::validate(args),
         Command::Crds => {
