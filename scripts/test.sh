@@ -20,6 +20,21 @@ if ! command -v promtool >/dev/null 2>&1; then
     fi
 fi
 
+# strace proves in tests/cli.rs that every acknowledged write was synced (fdatasync) before it was
+# acknowledged.
+if ! command -v strace >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+    fi
+    if ! command -v strace >/dev/null 2>&1; then
+        echo "strace is required by tests/cli.rs: install the strace package" >&2
+        exit 1
+    fi
+fi
+
 # tests/apiserver.rs drives the real kubectl against `fm serve`'s API: install Debian's kubernetes-client
 # when no kubectl is on PATH (or set KUBECTL to one).
 if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
@@ -46,6 +61,22 @@ if [ -z "${NATS_SERVER:-}" ] && ! command -v nats-server >/dev/null 2>&1; then
     fi
     if ! command -v nats-server >/dev/null 2>&1; then
         echo "nats-server is required by tests/triggers.rs: install the nats-server package or set NATS_SERVER" >&2
+        exit 1
+    fi
+fi
+
+# tests/operator/ui.rs drives the web UI in a headless Chromium through chromedriver (WebDriver): install
+# Debian's chromium and chromium-driver when they are not on PATH (or set CHROMIUM and CHROMEDRIVER).
+if { [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; } || \
+    { [ -z "${CHROMEDRIVER:-}" ] && ! command -v chromedriver >/dev/null 2>&1; }; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
+    if ! command -v chromedriver >/dev/null 2>&1 && [ -z "${CHROMEDRIVER:-}" ]; then
+        echo "chromium and chromedriver are required by tests/operator/ui.rs: install the chromium and chromium-driver packages or set CHROMIUM and CHROMEDRIVER" >&2
         exit 1
     fi
 fi

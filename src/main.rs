@@ -6,7 +6,7 @@ use clap::Parser;
 /// serves them several times faster than the system allocator (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use flowmason::cli::{self, Cli, EXIT_INVALID};
+use flowmason::cli::{self, Cli};
 
 fn main() {
     // Before anything builds a TLS client (see STACK.md: kube and reqwest must agree on ring).
@@ -28,7 +28,7 @@ fn main() {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            EXIT_INVALID
+            cli::exit_code_of(&error)
         }
     };
     std::process::exit(code);

@@ -784,7 +784,13 @@ fn secrets_resolve_from_each_source_and_never_reach_the_log_or_the_terminal() {
         ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
         ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
     ];
-    let cases: [(&str, Vec<&str>, &[EnvVar]); 4] = [
+    // At FM_LOG=info the logger's line also goes to the tracing log on stderr: masked there too.
+    let traced = [
+        ("FM_SECRET_DB_PASSWORD", CLI_SECRET),
+        ("FM_CONFIGMAP_DB_CONFIG_NAME", "orders"),
+        ("FM_LOG", "info"),
+    ];
+    let cases: [(&str, Vec<&str>, &[EnvVar]); 5] = [
         ("secrets file", vec![secrets_arg.as_str()], &[]),
         ("env file", vec![any_env_file.as_str()], &[]),
         (
@@ -793,6 +799,7 @@ fn secrets_resolve_from_each_source_and_never_reach_the_log_or_the_terminal() {
             &[],
         ),
         ("process environment", vec![], &process),
+        ("tracing at info", vec![], &traced),
     ];
     for (source, args, env) in cases {
         let data = dir.path().join(source.replace(' ', "-"));
@@ -856,4 +863,182 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
     );
     let events = all_events(&data);
     assert!(!events.contains("StageStarted"), "{events}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Durability across a power loss and a full disk
+
+#[path = "cli/durability.rs"]
+mod durability;
+
+// ---------------------------------------------------------------------------------------------------------
+// Hostile expressions: refused or failed cleanly, never a crash of `fm`
+
+/// A one-stage pipeline as JSON, with `timeout` on the stage when given.
+fn one_stage(component: &str, config: Value, timeout: Option<&str>) -> String {
+    let mut stage = json!({"id": "s", "componentType": component, "config": config});
+    if let Some(limit) = timeout {
+        stage["timeout"] = json!(limit);
+    }
+    json!({
+        "apiVersion": "flowmason.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "hostile"},
+        "spec": {"stages": [stage]},
+    })
+    .to_string()
+}
+
+#[test]
+fn validate_refuses_deeply_nested_expressions_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "filter",
+            json!({"data": 1, "condition": "not ".repeat(100_000) + "data"}),
+            "config.condition",
+        ),
+        (
+            "filter",
+            json!({"data": 1, "condition": "-".repeat(100_000) + "1"}),
+            "config.condition",
+        ),
+        (
+            "filter",
+            json!({"data": 1, "condition": "[".repeat(50_000) + &"]".repeat(50_000)}),
+            "config.condition",
+        ),
+        (
+            "filter",
+            json!({"data": 1, "condition": vec!["1"; 50_000].join("+")}),
+            "config.condition",
+        ),
+        (
+            "json_transform",
+            json!({"data": {}, "jmespath_expression": "a".to_string() + &".a".repeat(10_000)}),
+            "config.jmespath_expression",
+        ),
+        (
+            "json_transform",
+            json!({"data": {}, "jq": "[".repeat(50_000) + &"]".repeat(50_000)}),
+            "config.jq",
+        ),
+    ];
+    for (i, (component, config, field)) in cases.into_iter().enumerate() {
+        let file = write(
+            dir.path(),
+            &format!("deep{i}.json"),
+            &one_stage(component, config, None),
+        );
+        for verb in ["validate", "run"] {
+            let data = tempfile::tempdir().expect("tempdir");
+            let path = file.to_str().expect("path");
+            let out = match verb {
+                "run" => run_fm(&[
+                    verb,
+                    path,
+                    "--data-dir",
+                    data.path().to_str().expect("path"),
+                ]),
+                _ => run_fm(&[verb, path]),
+            };
+            let said = text(&out.stdout) + &text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{verb} case {i}: {said}");
+            assert!(
+                said.contains(field) && said.contains("limit of 256"),
+                "{verb} case {i} names {field} and the limit: {said}"
+            );
+        }
+    }
+}
+
+#[test]
+fn runaway_expressions_fail_their_stage_and_fm_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "filter",
+            json!({"data": 1, "condition": "sorted(list('z' * 10**8))"}),
+            None,
+            "evaluation limit",
+        ),
+        (
+            "json_transform",
+            json!({"data": 1, "jq": "def f: [f]; f"}),
+            None,
+            "evaluation was stopped",
+        ),
+        (
+            "json_transform",
+            json!({"data": 1, "jq": "[range(1e9)]"}),
+            None,
+            "json_transform: jq filter",
+        ),
+        (
+            "json_transform",
+            json!({"data": 1, "jq": "last(range(1e15))"}),
+            Some("2s"),
+            "timed out",
+        ),
+        (
+            "json_transform",
+            json!({"data": 1, "jq": "reduce range(110) as $i (0; [.])"}),
+            None,
+            "output nests deeper than the limit of 100",
+        ),
+    ];
+    for (i, (component, config, timeout, want)) in cases.into_iter().enumerate() {
+        let file = write(
+            dir.path(),
+            &format!("runaway{i}.json"),
+            &one_stage(component, config, timeout),
+        );
+        let data = tempfile::tempdir().expect("tempdir");
+        let out = run_fm(&[
+            "run",
+            file.to_str().expect("path"),
+            "--data-dir",
+            data.path().to_str().expect("path"),
+            "--max-output-bytes",
+            "1000000",
+        ]);
+        let stderr = text(&out.stderr);
+        // Exit 1 (the run failed), not a signal.
+        assert_eq!(out.status.code(), Some(1), "case {i}: {stderr}");
+        assert!(stderr.contains(want), "case {i} says {want:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_output_over_the_limit_fails_its_stage_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = json!({
+        "apiVersion": "flowmason.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "doubling"},
+        "spec": {"stages": [
+            {"id": "a", "componentType": "logger", "config": {"message": "x", "passthrough": "{{input.text}}"}},
+            {"id": "b", "componentType": "logger", "dependsOn": ["a"],
+             "config": {"message": "x", "passthrough": "{{upstream.a.passthrough}}{{upstream.a.passthrough}}"}},
+        ]},
+    });
+    let file = write(dir.path(), "doubling.json", &pipeline.to_string());
+    let data = tempfile::tempdir().expect("tempdir");
+    let text_input = format!("text={}", "y".repeat(600));
+    let out = run_fm(&[
+        "run",
+        file.to_str().expect("path"),
+        "--input",
+        &text_input,
+        "--data-dir",
+        data.path().to_str().expect("path"),
+        "--max-output-bytes",
+        "1000",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stage \"b\" failed") && stderr.contains("exceeds the limit of 1000 bytes"),
+        "{stderr}"
+    );
 }

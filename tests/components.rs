@@ -788,3 +788,137 @@ async fn example_http_runs_against_a_local_server() {
         .expect("fm");
     assert_eq!(out["result"], json!({"count": 2, "first": {"id": 1}}));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Runaway expressions: stopped by timeout and cancellation, in worker processes that are killed
+
+/// Held by the runaway tests, so that each finds its own busy worker, not the other's.
+static ONE_RUNAWAY_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Expression workers, children of this test process, that are computing (state `R`) right now.
+fn busy_workers() -> Vec<u32> {
+    let me = std::process::id();
+    let mut busy = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return busy;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: the fields after the last `)`.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let is_worker = String::from_utf8_lossy(&cmdline).contains("__eval-worker");
+        if is_worker
+            && fields.first() == Some(&"R")
+            && fields.get(1) == Some(&me.to_string().as_str())
+        {
+            busy.push(pid);
+        }
+    }
+    busy
+}
+
+/// Waits (up to a generous deadline) for a worker to be busy with the runaway filter; its pid.
+async fn runaway_worker() -> u32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pid) = busy_workers().first() {
+            return *pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no worker ever ran the filter"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to a generous deadline) for process `pid` to be gone (killed and reaped).
+async fn gone(pid: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker {pid} still exists after its stage ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn runaway_plan(timeout_ms: Option<u64>) -> PlanSpec {
+    let mut spin = stage(
+        "spin",
+        "json_transform",
+        &[],
+        json!({"data": 1, "jq": "last(range(1e15))"}),
+    );
+    spin.timeout_ms = timeout_ms;
+    plan(vec![spin])
+}
+
+#[actix_rt::test]
+async fn a_runaway_jq_stage_times_out_while_other_runs_complete_and_its_worker_is_killed() {
+    let _serial = ONE_RUNAWAY_AT_A_TIME.lock().await;
+    let f = fixture(builtin_registry());
+    let handle = f
+        .engine
+        .start(RunRequest::new("spin", runaway_plan(Some(2000)), json!({})))
+        .await
+        .expect("start");
+    let pid = runaway_worker().await;
+    // The engine keeps serving: another run, with jq and a Python condition, completes meanwhile.
+    let quick = plan(vec![
+        stage(
+            "shape",
+            "json_transform",
+            &[],
+            json!({"data": {"n": [1, 2, 3]}, "jq": ".n | add"}),
+        ),
+        stage(
+            "check",
+            "filter",
+            &["shape"],
+            json!({"data": "{{upstream.shape.result}}", "condition": "data == 6"}),
+        ),
+    ]);
+    let (state, _) = run(&f, quick, json!({})).await;
+    assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
+    assert_eq!(output(&state, "check")["passed"], json!(true));
+    let state = tokio::time::timeout(Duration::from_secs(60), handle.finished())
+        .await
+        .expect("the runaway stage ignored its timeout")
+        .expect("end");
+    assert_eq!(state.phase, RunPhase::Failed);
+    let error = state.stages["spin"].error.clone().expect("stage error");
+    assert_eq!(error.class, ErrorClass::Timeout, "{}", error.message);
+    gone(pid).await;
+}
+
+#[actix_rt::test]
+async fn cancelling_a_run_kills_its_runaway_jq_worker() {
+    let _serial = ONE_RUNAWAY_AT_A_TIME.lock().await;
+    let f = fixture(builtin_registry());
+    let handle = f
+        .engine
+        .start(RunRequest::new("spin", runaway_plan(None), json!({})))
+        .await
+        .expect("start");
+    let pid = runaway_worker().await;
+    f.engine.cancel(handle.run_id, "test");
+    let state = tokio::time::timeout(Duration::from_secs(60), handle.finished())
+        .await
+        .expect("the runaway stage ignored cancellation")
+        .expect("end");
+    assert_eq!(state.phase, RunPhase::Cancelled);
+    gone(pid).await;
+}

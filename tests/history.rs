@@ -711,6 +711,52 @@ async fn follow_streams_events_appended_after_it_connected_until_the_run_ends() 
     assert_eq!(events.len(), 4);
 }
 
+#[actix_rt::test]
+async fn follow_from_past_the_last_event_streams_only_later_events() {
+    let f = fixture().await;
+    let run = RunId::now_v7();
+    let accepted = synthetic("ns", "p", Trigger::Manual, &[], now(), None).1[0]
+        .kind
+        .clone();
+    let _ = f
+        .store
+        .append(run, vec![accepted, EventKind::RunStarted])
+        .expect("append");
+    // A client that has read seq 0 and 1 (the web UI, after its first read) follows from 2.
+    let mut response = f
+        .http
+        .get(format!(
+            "{}/api/v1/runs/{run}/events?follow=true&from=2",
+            f.api
+        ))
+        .send()
+        .await
+        .expect("follow");
+    let _ = f
+        .store
+        .append(
+            run,
+            vec![EventKind::StageStarted {
+                stage: "a".into(),
+                attempt: 1,
+            }],
+        )
+        .expect("append");
+    let _ = f
+        .store
+        .append(run, vec![EventKind::RunSucceeded { output: json!(1) }])
+        .expect("append");
+    let mut text = String::new();
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    let seqs: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Event>(l).expect("event line").seq)
+        .collect();
+    assert_eq!(seqs, [2, 3], "{text}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Retention
 
@@ -1089,4 +1135,82 @@ async fn health_endpoints_report_liveness_and_pluggable_readiness() {
         .await
         .expect("healthz");
     assert_eq!(r.status().as_u16(), 200);
+}
+
+#[actix_rt::test]
+async fn without_a_cluster_the_ui_derives_pipelines_from_the_history_and_refuses_run_and_cancel() {
+    use flowmason::http::pipelines::{Pipelines, PipelinesState};
+    let f = fixture().await;
+    let run = f.run("shop").await;
+    let base = serve(
+        flowmason::http::pipelines::router(PipelinesState {
+            store: f.store.clone(),
+            pipelines: Pipelines::History,
+        })
+        .merge(flowmason::http::ui::router()),
+        &f.stop,
+    )
+    .await;
+    let get = |path: &str| f.http.get(format!("{base}{path}")).send();
+
+    let listed: Value = get("/api/v1/pipelines")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["source"], json!("history"), "{listed}");
+    let items = listed["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{listed}");
+    assert_eq!(items[0]["metadata"]["name"], json!("shop"));
+    let stages: Vec<&str> = items[0]["spec"]["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(stages, ["a", "b", "c", "d", "e"]);
+    let other: Value = get("/api/v1/pipelines?namespace=elsewhere")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(other["items"], json!([]));
+    let one = get("/api/v1/pipelines/default/shop").await.expect("get");
+    assert_eq!(one.status(), 200);
+    let missing = get("/api/v1/pipelines/default/none").await.expect("get");
+    assert_eq!(missing.status(), 404);
+
+    for path in [
+        "/api/v1/pipelines/default/shop/runs".to_string(),
+        format!("/api/v1/runs/{run}/cancel"),
+    ] {
+        let refused = f
+            .http
+            .post(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(refused.status(), 501, "{path}");
+        let body: Value = refused.json().await.expect("JSON");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Kubernetes API")),
+            "{body}"
+        );
+    }
+
+    let page = get("/ui/").await.expect("ui");
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let script = get("/ui/app.js").await.expect("script");
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(get("/ui/missing.js").await.expect("404").status(), 404);
+    let root = f.http.get(format!("{base}/")).send().await.expect("root");
+    assert!(root.url().path().starts_with("/ui/"), "{}", root.url());
 }

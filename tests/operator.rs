@@ -24,6 +24,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "operator/ui.rs"]
+mod ui;
+
 /// Safety net of every wait: a broken operator fails the test instead of hanging it. Not a performance
 /// assertion: every wait ends as soon as its condition holds.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -1156,7 +1159,7 @@ async fn runs_reserve_their_resource_requests_from_the_operators_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
+async fn fm_operator_serves_metrics_health_history_and_the_web_ui_on_its_http_port() {
     let api = tempfile::tempdir().expect("tempdir");
     let fm = Fm::serve(api.path(), &["--no-controllers", "--no-triggers"]);
     let client = fm.client().await;
@@ -1185,7 +1188,7 @@ async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
         .by_ref()
         .map_while(Result::ok)
         .find_map(|l| {
-            l.strip_prefix("history API, /metrics, /healthz and /readyz on ")
+            l.strip_prefix("history API, web UI (/ui/), /metrics, /healthz and /readyz on ")
                 .map(String::from)
         })
         .expect("the operator prints its HTTP address");
@@ -1232,6 +1235,69 @@ async fn fm_operator_serves_metrics_health_and_history_on_its_http_port() {
         .await
         .expect("JSON");
     assert_eq!(page["runs"].as_array().map(Vec::len), Some(1), "{page}");
+
+    // The web UI and what it reads: Pipelines through the operator's own client; runs started and
+    // cancelled as PipelineRuns.
+    let ui = http.get(format!("{base}/ui/")).send().await.expect("ui");
+    assert_eq!(ui.status().as_u16(), 200);
+    assert_eq!(ui.headers()["content-type"], "text/html; charset=utf-8");
+    let listed: Value = http
+        .get(format!("{base}/api/v1/pipelines?namespace=default"))
+        .send()
+        .await
+        .expect("pipelines")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["source"], json!("cluster"), "{listed}");
+    assert_eq!(listed["items"][0]["metadata"]["name"], json!("counted"));
+    let one: Value = http
+        .get(format!("{base}/api/v1/pipelines/default/counted"))
+        .send()
+        .await
+        .expect("pipeline")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        one["yaml"].as_str().is_some_and(|y| y.contains("id: wait")),
+        "{one}"
+    );
+    let started = http
+        .post(format!("{base}/api/v1/pipelines/default/counted/runs"))
+        .json(&json!({"inputs": {"x": 2}}))
+        .send()
+        .await
+        .expect("start a run");
+    assert_eq!(started.status().as_u16(), 201);
+    let started: Value = started.json().await.expect("JSON");
+    let name = started["runName"].as_str().expect("runName").to_string();
+    let second = wait_phase(&runs, &name, &terminal()).await;
+    assert_eq!(
+        second.spec.inputs.and_then(|i| i.get("x").cloned()),
+        Some(json!(2))
+    );
+    assert_eq!(
+        second.status.and_then(|s| s.run_id),
+        started["runId"].as_str().map(String::from)
+    );
+    let run_id = started["runId"].as_str().expect("runId");
+    let late = http
+        .post(format!("{base}/api/v1/runs/{run_id}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(
+        late.status().as_u16(),
+        409,
+        "a finished run cannot be cancelled"
+    );
+    let missing = http
+        .get(format!("{base}/api/v1/pipelines/default/nothing"))
+        .send()
+        .await
+        .expect("pipeline");
+    assert_eq!(missing.status().as_u16(), 404);
     let _ = Command::new("kill")
         .args(["-TERM", &operator.id().to_string()])
         .status();
@@ -1922,8 +1988,10 @@ async fn editing_a_pipelines_webhook_through_the_api_re_arms_it() {
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let mut hooked = pipeline("hooked", json!([{"id": "a", "componentType": "noop"}]));
     hooked.spec.triggers = Some(
-        serde_json::from_value(json!({"webhook": {"enabled": true, "path": "/webhooks/old"}}))
-            .expect("triggers"),
+        serde_json::from_value(
+            json!({"webhook": {"enabled": true, "path": "/webhooks/old", "auth": "none"}}),
+        )
+        .expect("triggers"),
     );
     pipelines
         .create(&PostParams::default(), &hooked)
@@ -2106,4 +2174,257 @@ fn queue_depth_counts_runs_whose_changes_wait_for_a_reconcile() {
         server.shutdown().await;
     })
     .expect("runtime");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Who may read run data
+
+/// Every route of the history and metrics surface, with the status a request carrying the right token
+/// gets (the run id is unknown: 404 proves the request passed the token check and reached the route).
+fn run_data_routes() -> Vec<(&'static str, String)> {
+    let run = "7d1c54b3-8a5e-4a8e-9f4e-1b2c3d4e5f60";
+    vec![
+        ("GET", "/api/v1/runs".into()),
+        ("GET", format!("/api/v1/runs/{run}")),
+        ("GET", format!("/api/v1/runs/{run}/events")),
+        ("POST", format!("/api/v1/runs/{run}/rerun")),
+        ("GET", "/api/v1/pipelines/default/hello/stats".into()),
+        ("GET", "/metrics".into()),
+    ]
+}
+
+/// Asks every route of `routes` without a token, with a wrong one and with `token`: the first two are
+/// always 401, the last never; `/healthz` and `/readyz` answer 200 without a token.
+async fn assert_run_data_needs_the_token(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    routes: &[(&str, String)],
+) {
+    let ask = |method: &str, path: &str, token: Option<&str>| {
+        let url = format!("{base}{path}");
+        let mut request = match method {
+            "POST" => http.post(url).json(&json!({})),
+            _ => http.get(url),
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("answered").status().as_u16() }
+    };
+    for (method, path) in routes {
+        assert_eq!(
+            ask(method, path, None).await,
+            401,
+            "{method} {path} without a token"
+        );
+        assert_eq!(
+            ask(method, path, Some("not-the-token")).await,
+            401,
+            "{method} {path} with a wrong token"
+        );
+        let with = ask(method, path, Some(token)).await;
+        assert!(
+            with != 401 && with < 500,
+            "{method} {path} with the token: {with}"
+        );
+    }
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            ask("GET", probe, None).await,
+            200,
+            "{probe} without a token"
+        );
+    }
+}
+
+/// A reqwest client trusting the CA of `fm`'s kubeconfig, and the token `fm serve` keeps in `data`.
+fn tls_client_of(fm: &Fm, data: &Path) -> (reqwest::Client, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&fm.kubeconfig).expect("kubeconfig");
+    let cluster = kubeconfig.clusters[0].cluster.clone().expect("cluster");
+    let ca = cluster
+        .certificate_authority_data
+        .expect("the kubeconfig carries the CA");
+    let pem =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca).expect("base64");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
+        .build()
+        .expect("client");
+    let token = std::fs::read_to_string(data.join("api/token")).expect("token");
+    (http, token.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_serve_with_a_required_token_refuses_run_data_without_it() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &["--tls", "--require-token", "--no-triggers"]);
+    let (http, token) = tls_client_of(&fm, data.path());
+    assert_run_data_needs_the_token(&http, &fm.url(), &token, &run_data_routes()).await;
+    fm.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_public_opens_only_metrics() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(
+        data.path(),
+        &[
+            "--tls",
+            "--require-token",
+            "--metrics-public",
+            "--no-triggers",
+        ],
+    );
+    let (http, token) = tls_client_of(&fm, data.path());
+    let base = fm.url();
+    let mut routes = run_data_routes();
+    routes.retain(|(_, path)| path != "/metrics");
+    assert_run_data_needs_the_token(&http, &base, &token, &routes).await;
+    let scrape = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(scrape.status().as_u16(), 200);
+    fm.stop();
+}
+
+#[test]
+fn fm_serve_refuses_a_required_token_over_plain_http() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--require-token",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("FM_LOG", "error")
+        .output()
+        .expect("fm serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--require-token needs --tls"), "{stderr}");
+}
+
+/// Starts `fm <args>` and returns it with the address it prints after `prefix` on `stderr` or stdout.
+fn start_printing_address(args: &[&str], prefix: &str, on_stderr: bool) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(args)
+        .env("FM_LOG", "error")
+        .env_remove("FM_HTTP_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fm starts");
+    let stream: Box<dyn std::io::Read + Send> = if on_stderr {
+        Box::new(child.stderr.take().expect("stderr"))
+    } else {
+        Box::new(child.stdout.take().expect("stdout"))
+    };
+    let mut lines = BufReader::new(stream).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix(prefix).map(String::from))
+        .expect("fm prints its address");
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_operator_http_port_needs_the_token_from_its_file() {
+    let api = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(api.path(), &["--no-controllers", "--no-triggers"]);
+    let engine_dir = tempfile::tempdir().expect("tempdir");
+    let token_file = engine_dir.path().join("http-token");
+    std::fs::write(&token_file, "operator-http-token\n").expect("token file");
+    let (mut operator, base) = start_printing_address(
+        &[
+            "operator",
+            "--kubeconfig",
+            fm.kubeconfig.to_str().expect("path"),
+            "--data-dir",
+            engine_dir.path().to_str().expect("path"),
+            "--no-leader-election",
+            "--no-triggers",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--http-token-file",
+            token_file.to_str().expect("path"),
+        ],
+        "history API, /metrics, /healthz and /readyz on ",
+        true,
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    assert_run_data_needs_the_token(&http, &base, "operator-http-token", &run_data_routes()).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
+    let _ = operator.wait();
+    fm.stop();
+}
+
+#[test]
+fn fm_operator_refuses_a_public_http_port_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["operator", "--http-bind", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("FM_LOG", "error")
+        .env_remove("FM_HTTP_TOKEN_FILE")
+        .output()
+        .expect("fm operator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--http-token-file"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_history_serve_needs_the_token_from_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("http-token");
+    std::fs::write(&token_file, "history-http-token").expect("token file");
+    let (mut server, base) = start_printing_address(
+        &[
+            "history",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().expect("path"),
+            "--http-token-file",
+            token_file.to_str().expect("path"),
+        ],
+        "FlowMason history API listening on ",
+        false,
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    assert_run_data_needs_the_token(&http, &base, "history-http-token", &run_data_routes()).await;
+    // `fm history --server` sends the token from the same file.
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["history", "--server", &base, "--http-token-file"])
+        .arg(&token_file)
+        .output()
+        .expect("fm history --server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["history", "--server", &base])
+        .env_remove("FM_HTTP_TOKEN_FILE")
+        .output()
+        .expect("fm history --server");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let _ = server.kill();
+    let _ = server.wait();
 }

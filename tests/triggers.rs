@@ -448,10 +448,25 @@ async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
-fn signature(secret: &[u8], body: &[u8]) -> String {
+/// The signature headers of `body` signed at `timestamp` (Unix seconds): `"{timestamp}.{body}"`.
+fn signed_at(
+    request: reqwest::RequestBuilder,
+    secret: &[u8],
+    timestamp: i64,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("key");
+    mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    request
+        .header("x-flowmason-signature", signature)
+        .header("x-flowmason-timestamp", timestamp.to_string())
+}
+
+/// `body` signed now.
+fn signed(request: reqwest::RequestBuilder, secret: &[u8], body: &[u8]) -> reqwest::RequestBuilder {
+    signed_at(request, secret, chrono::Utc::now().timestamp(), body)
 }
 
 #[tokio::test]
@@ -488,9 +503,7 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
     let body = br#"{"order": 42, "items": ["a"]}"#.to_vec();
 
     // Happy path: HMAC signature; the body becomes the inputs.
-    let resp = http
-        .post(&url)
-        .header("x-flowmason-signature", signature(b"s3cret", &body))
+    let resp = signed(http.post(&url), b"s3cret", &body)
         .body(body.clone())
         .send()
         .await
@@ -522,9 +535,7 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
     assert_eq!(resp.status().as_u16(), 202);
 
     // Bad signature, wrong token, none at all.
-    let resp = http
-        .post(&url)
-        .header("x-flowmason-signature", signature(b"wrong", &body))
+    let resp = signed(http.post(&url), b"wrong", &body)
         .body(body.clone())
         .send()
         .await
@@ -543,9 +554,7 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
 
     // Oversized body, non-JSON body, unknown path.
     let big = vec![b' '; 4096];
-    let resp = http
-        .post(&url)
-        .header("x-flowmason-signature", signature(b"s3cret", &big))
+    let resp = signed(http.post(&url), b"s3cret", &big)
         .body(big)
         .send()
         .await
@@ -609,6 +618,129 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
         .await
         .expect("post");
     assert_eq!(resp.status().as_u16(), 404);
+    h.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn webhook_without_a_secret_is_armed_only_with_auth_none() {
+    let h = api().await;
+    let t = Triggers::new(h.client.clone(), TriggerConfig::default());
+    let open_by_mistake = create_pipeline(
+        &h.client,
+        "anyone",
+        json!({"triggers": {"webhook": {"enabled": true, "path": "/webhooks/anyone"}}}),
+    )
+    .await;
+    let problems = t.apply(&open_by_mistake);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("secretRef: required") && p.contains("auth: none")),
+        "{problems:?}"
+    );
+    let opted_out = create_pipeline(
+        &h.client,
+        "public",
+        json!({"triggers": {"webhook": {"enabled": true, "path": "/webhooks/public", "auth": "none"}}}),
+    )
+    .await;
+    assert!(t.apply(&opted_out).is_empty());
+    let addr = serve(t.webhook_router()).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str| http.post(format!("http://{addr}{path}")).body("{}").send();
+    assert_eq!(
+        post("/webhooks/anyone")
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(
+        post("/webhooks/public")
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(runs_of(&h.client, "anyone").await.len(), 0);
+    assert_eq!(runs_of(&h.client, "public").await.len(), 1);
+    h.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn signed_webhook_needs_a_fresh_timestamp_and_a_replay_starts_no_second_run() {
+    let h = api().await;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "stamp-secret", "namespace": "default"},
+        "stringData": {"token": "s3cret"},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(h.client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret create");
+    let p = create_pipeline(
+        &h.client,
+        "stamped",
+        json!({"triggers": {"webhook": {"path": "/webhooks/stamped",
+            "secretRef": {"name": "stamp-secret", "key": "token"}}}}),
+    )
+    .await;
+    let t = Triggers::new(h.client.clone(), TriggerConfig::default());
+    assert!(t.apply(&p).is_empty());
+    let addr = serve(t.webhook_router()).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/webhooks/stamped");
+    let body = br#"{"order": 7}"#.to_vec();
+    let now = Utc::now().timestamp();
+
+    // Signed ten minutes ago: outside the default 5-minute window.
+    let resp = signed_at(http.post(&url), b"s3cret", now - 600, &body)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 403);
+    let reason: Value = resp.json().await.expect("json");
+    assert!(
+        reason["error"]
+            .as_str()
+            .expect("error")
+            .contains("x-flowmason-timestamp"),
+        "{reason}"
+    );
+    // The old format (a signature of the body alone, no timestamp) is refused, saying why.
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").expect("key");
+    mac.update(&body);
+    let resp = http
+        .post(&url)
+        .header(
+            "x-flowmason-signature",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 401);
+    // A fresh signature starts a run; the same request replayed within the window answers with it.
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let resp = signed_at(http.post(&url), b"s3cret", now, &body)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status().as_u16(), 202);
+        let answer: Value = resp.json().await.expect("json");
+        answers.push((answer["run"].clone(), answer["deduplicated"].clone()));
+    }
+    assert_eq!(answers[0].0, answers[1].0);
+    assert_eq!(answers[1].1, json!(true));
+    assert_eq!(runs_of(&h.client, "stamped").await.len(), 1);
     h.server.shutdown().await;
 }
 

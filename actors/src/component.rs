@@ -13,6 +13,7 @@ use uuid::Uuid;
 use flowmason_store::{ErrorClass, StageError};
 
 use crate::plan::Plan;
+use crate::redact::Redactor;
 
 /// One stage attempt's view of the run it belongs to.
 #[derive(Clone)]
@@ -32,6 +33,9 @@ pub struct StageContext {
     /// For a stage run inside another (see [`StageContext::nested`]): the outer stages and iterations,
     /// `outer[label]/`, so that idempotency keys differ per iteration. Empty for a stage of the run.
     scope: String,
+    /// The run's secret values, for what a component writes outside the run's events (its `tracing`
+    /// lines): the engine masks the events, [`StageContext::redact`] everything else.
+    redactor: Redactor,
 }
 
 /// What a component that runs other stages (`foreach`, `trycatch`, `subpipeline`) needs of its run: the plan
@@ -90,7 +94,20 @@ impl StageContext {
             log,
             run: None,
             scope: String::new(),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// The same context masking `redactor`'s secrets in [`StageContext::redact`].
+    pub fn with_redactor(mut self, redactor: Redactor) -> StageContext {
+        self.redactor = redactor;
+        self
+    }
+
+    /// `text` with the run's secret values masked as they are in its events: for anything a
+    /// component sends elsewhere (its `tracing` lines).
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.redactor.redact_str(text)
     }
 
     /// The same context with a view of the run, for components that run other stages.
@@ -133,6 +150,7 @@ impl StageContext {
             log,
             run: view,
             scope: format!("{}{}[{label}]/", self.scope, self.stage_id),
+            redactor: self.redactor.clone(),
         }
     }
 

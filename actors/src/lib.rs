@@ -4,6 +4,7 @@
 
 pub mod component;
 pub mod engine;
+pub mod limits;
 pub mod nested;
 pub mod plan;
 pub mod redact;

@@ -291,6 +291,8 @@ async fn run_one(
     let limited = async {
         match timeout {
             Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                // What the component computes outside its future (a worker, an evaluation) stops too.
+                ctx.cancel.cancel();
                 Err(ComponentError::new(
                     ErrorClass::Timeout,
                     format!("stage {:?} timed out after {limit:?}", ctx.stage_id),
@@ -305,6 +307,6 @@ async fn run_one(
             ErrorClass::Cancelled,
             format!("stage {:?}: cancelled", ctx.stage_id),
         )),
-        result = limited => result,
+        result = limited => crate::stage_actor::check_output_size(&ctx.stage_id, result),
     }
 }

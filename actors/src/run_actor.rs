@@ -605,7 +605,8 @@ impl RunActor {
             attempt,
             cancel.clone(),
             log,
-        );
+        )
+        .with_redactor(self.redactor.clone());
         if component.runs_stages() {
             context = context.with_run(Arc::new(self.run_view()));
         }

@@ -33,6 +33,7 @@ use serde_json::{Map, Value};
 use flowmason_store::ErrorClass;
 
 use crate::component::{ComponentError, StageContext};
+use crate::limits;
 
 /// The template prefixes FlowMason allows.
 pub const PREFIXES: &[&str] = &["context", "env", "input", "upstream"];
@@ -219,9 +220,44 @@ pub struct Reference {
 
 /// Renders every template in `value`. `field` is the JSON path of `value` itself, used in error messages
 /// (e.g. `"config"`). A value without `{{` anywhere is returned as a plain clone.
+///
+/// A rendered value larger than [`limits::max_output_bytes`] as JSON is an error: templates that
+/// repeat a large output must not multiply it without bound.
 pub fn render(value: &Value, field: &str, scope: &Scope<'_>) -> Result<Value, TemplateError> {
     let at = FieldPath::Root(field);
-    Ok(render_opt(value, &at, scope)?.unwrap_or_else(|| value.clone()))
+    match render_opt(value, &at, scope)? {
+        Some(rendered) => within_limit(rendered, &at),
+        None => Ok(value.clone()),
+    }
+}
+
+/// `value`, or an error naming `at` when it is larger than the limit.
+fn within_limit(value: Value, at: &FieldPath<'_>) -> Result<Value, TemplateError> {
+    let limit = limits::max_output_bytes();
+    if limits::json_exceeds(&value, limit) {
+        return Err(too_large(at, limit));
+    }
+    if limits::deeper_than(&value, limits::MAX_VALUE_DEPTH) {
+        return Err(TemplateError::Unresolved {
+            field: at.to_string(),
+            template: String::new(),
+            reason: format!(
+                "the rendered value nests deeper than the limit of {}",
+                limits::MAX_VALUE_DEPTH
+            ),
+        });
+    }
+    Ok(value)
+}
+
+fn too_large(at: &FieldPath<'_>, limit: usize) -> TemplateError {
+    TemplateError::Unresolved {
+        field: at.to_string(),
+        template: String::new(),
+        reason: format!(
+            "the rendered value exceeds the limit of {limit} bytes (--max-output-bytes)"
+        ),
+    }
 }
 
 /// Whether `value` contains a template anywhere (a cheap scan, no parsing).
@@ -269,7 +305,10 @@ pub fn build_input(
     };
     for (key, raw) in input_mapping {
         let field = FieldPath::Key(&FieldPath::Root("inputMapping"), key);
-        let value = render_opt(raw, &field, scope)?.unwrap_or_else(|| raw.clone());
+        let value = match render_opt(raw, &field, scope)? {
+            Some(rendered) => within_limit(rendered, &field)?,
+            None => raw.clone(),
+        };
         set_dotted(&mut out, key, value).map_err(|reason| TemplateError::Syntax {
             field: field.to_string(),
             template: key.clone(),
@@ -438,6 +477,9 @@ fn render_str(s: &str, at: &FieldPath<'_>, scope: &Scope<'_>) -> Result<Value, T
             Value::String(text) => out.push_str(text),
             Value::Null => {}
             other => out.push_str(&other.to_string()),
+        }
+        if out.len() > limits::max_output_bytes() {
+            return Err(too_large(at, limits::max_output_bytes()));
         }
         pos = found.end;
         next = next_template(s, pos, at)?;

@@ -4,7 +4,11 @@
 //! writes `DATA_DIR/kubeconfig` (server URL, token, namespace `default`, and with TLS the CA as
 //! `certificate-authority-data`). Policy: a request carrying a wrong token is always refused (401); a
 //! request without a token is accepted only when the server is bound to a loopback address and was not
-//! told to require the token (`require_token`). Health endpoints need no token.
+//! told to require the token (`require_token`). Health endpoints need no token. The layer covers the
+//! Kubernetes API and everything passed in `ServeConfig::routes` (the history API, run events, reruns,
+//! `/metrics`); only `ServeConfig::public_routes` (the webhooks, with their own secret; `/metrics`
+//! under `--metrics-public`; static assets) is merged outside it. `crate::http::auth` applies the same
+//! check on the ports of `fm operator` and `fm history serve`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

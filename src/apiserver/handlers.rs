@@ -40,7 +40,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<Arc<ApiState>>| async move {
+                crate::http::health::respond(&state.readiness).await
+            }),
+        )
         .route("/livez", get(|| async { "ok" }))
         .route("/api/v1", any(api))
         .route("/api/v1/{*rest}", any(api))

@@ -8,21 +8,25 @@
 //! - [`store`]: the sled object store, resourceVersions, watch history, change fan-out;
 //! - [`registry`]: served resources and discovery documents;
 //! - [`objects`]: metadata, generation, status-subresource and validation rules;
+//! - [`metadata`]: kube-apiserver's rules for labels, annotations and ConfigMap/Secret data;
 //! - [`handlers`]: routing and create/get/list/update/patch/delete;
 //! - [`delete`]: finalizers, propagation policies, ownerReference cascade;
 //! - [`watch`]: watch streams (replay, bookmarks, 410, timeouts);
 //! - [`patch`], [`selector`], [`table`], [`error`]: formats and conventions;
 //! - [`protobuf`]: the protobuf request bodies of `kubectl create configmap|secret|namespace`;
 //! - [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI;
-//! - [`auth`], [`tls`], [`server`]: bearer token, kubeconfig, certificates, serving and shutdown.
+//! - [`auth`], [`tls`], [`server`]: bearer token, kubeconfig, certificates, serving and shutdown;
+//! - [`private`]: owner-only modes for the store's files (it holds Secrets).
 
 pub mod auth;
 pub mod delete;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod metadata;
 pub mod objects;
 pub mod patch;
+pub mod private;
 pub mod protobuf;
 pub mod registry;
 pub mod selector;
@@ -75,4 +79,6 @@ pub struct ApiState {
     pub tasks: TaskTracker,
     /// The address clients reach us at (`host:port`), for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
+    /// What `/readyz` checks: the API store can write, and whatever [`ServeConfig::readiness`] adds.
+    pub readiness: crate::http::health::HealthState,
 }

@@ -11,6 +11,7 @@ use rand::Rng as _;
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, Cause};
+use super::metadata;
 use super::registry::{ResourceType, validate_crd};
 use crate::model::{self, Pipeline, PipelineRun};
 
@@ -387,10 +388,12 @@ fn normalise_kind(rt: &ResourceType, object: &mut Value) {
     }
 }
 
-/// Typed validation: our kinds with `fm validate`'s checks; CRDs so that they can be served; Secret
-/// data must be base64.
+/// Typed validation: labels and annotations of every object as kube-apiserver checks them; our kinds
+/// with `fm validate`'s checks; CRDs so that they can be served; Secret data must be base64;
+/// ConfigMap data must be strings.
 fn validate(rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiError> {
-    let causes = match (rt.group.as_str(), rt.kind.as_str()) {
+    let mut causes = metadata::metadata_causes(object)?;
+    causes.extend(match (rt.group.as_str(), rt.kind.as_str()) {
         ("flowmason.io", "Pipeline") => {
             match serde_path_to_error::deserialize::<_, Pipeline>(object) {
                 Ok(p) => model::validate(&p.spec, &|c| COMPONENTS.contains(c))
@@ -410,6 +413,7 @@ fn validate(rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiErro
             }
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => validate_crd(object),
+        ("", "ConfigMap") => metadata::configmap_causes(object)?,
         ("", "Secret") => object["data"]
             .as_object()
             .map(|data| {
@@ -425,11 +429,14 @@ fn validate(rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiErro
                             "Invalid value: must be base64 encoded",
                         )
                     })
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .chain(metadata::secret_key_causes(object))
+            .collect(),
         _ => Vec::new(),
-    };
+    });
     if causes.is_empty() {
         Ok(())
     } else {

@@ -224,7 +224,42 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
             ),
         }),
     }
+    causes.extend(builtin_kind_causes(crd));
     causes
+}
+
+/// The CRDs of the kinds this server serves built in (`pipelines.flowmason.io`,
+/// `pipelineruns.flowmason.io`).
+fn builtin_crds() -> [Value; 2] {
+    [
+        crate::model::crd_yaml::pipeline_crd(),
+        crate::model::crd_yaml::pipelinerun_crd(),
+    ]
+}
+
+/// A CRD named like one of our built-in kinds must define what the server serves (group, version,
+/// names, scope, status subresource, columns): applying `deploy/crds/` works, but a CRD that would
+/// change the kind (one without the status subresource made status writes vanish) is refused, as
+/// kube-apiserver refuses to redefine what it serves itself.
+fn builtin_kind_causes(crd: &Value) -> Vec<Cause> {
+    let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+    let Some(builtin) = builtin_crds()
+        .into_iter()
+        .find(|b| b["metadata"]["name"].as_str() == Some(name))
+    else {
+        return Vec::new();
+    };
+    if ResourceType::from_crd(crd) == ResourceType::from_crd(&builtin) {
+        return Vec::new();
+    }
+    vec![Cause {
+        field: "spec".into(),
+        message: format!(
+            "Invalid value: {name} is a kind this server serves built in; a CRD of that name must \
+             define it as `fm crds` prints it (same group, versions, names, scope, status \
+             subresource and printer columns)"
+        ),
+    }]
 }
 
 /// The served resources: fixed built-ins plus the CRDs stored so far (keyed by CRD name).
@@ -305,12 +340,9 @@ impl Registry {
                 crd
             },
         ];
-        builtins.extend(ResourceType::from_crd(
-            &crate::model::crd_yaml::pipeline_crd(),
-        ));
-        builtins.extend(ResourceType::from_crd(
-            &crate::model::crd_yaml::pipelinerun_crd(),
-        ));
+        for crd in builtin_crds() {
+            builtins.extend(ResourceType::from_crd(&crd));
+        }
         Registry {
             builtins: builtins.into_iter().map(Arc::new).collect(),
             crds: RwLock::new(BTreeMap::new()),
@@ -343,11 +375,19 @@ impl Registry {
     }
 
     /// Starts (or updates) serving what a stored CRD defines.
+    /// Our own kinds are always served from their built-in definition, even if a CRD of their name
+    /// was stored before such CRDs were checked (see [`validate_crd`]).
     pub fn register_crd(&self, crd: &Value) {
         let name = crd["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
+        if builtin_crds()
+            .iter()
+            .any(|b| b["metadata"]["name"].as_str() == Some(name.as_str()))
+        {
+            return;
+        }
         let types = ResourceType::from_crd(crd)
             .into_iter()
             .map(Arc::new)

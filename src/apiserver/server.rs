@@ -21,7 +21,8 @@ use super::auth::{self, Auth};
 use super::registry::Registry;
 use super::store::{Mutation, ObjectKey, ObjectStore, StoreError, scan_prefix};
 use super::tls::{self, TlsError};
-use super::{ApiConfig, ApiState, handlers, objects};
+use super::{ApiConfig, ApiState, handlers, objects, private};
+use crate::http::health::HealthState;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -38,9 +39,15 @@ pub struct ServeConfig {
     /// Flush every write before answering it.
     pub durable: bool,
     pub api: ApiConfig,
-    /// More routes served next to the API, outside its bearer-token check (they authenticate on their
-    /// own): the trigger webhooks under `/webhooks/`.
+    /// More routes served next to the API and behind the same bearer-token check: everything that
+    /// shows run data or changes anything (the history API, `/metrics` unless it was made public).
     pub routes: Option<Router>,
+    /// Routes served outside the bearer-token check: only those that authenticate on their own (the
+    /// trigger webhooks under `/webhooks/`, each with its Pipeline's secret) or show nothing of the
+    /// runs (`/metrics` when `--metrics-public` opens it, static assets).
+    pub public_routes: Option<Router>,
+    /// Readiness checks of `/readyz` besides the API store's own (`fm serve`: the event log).
+    pub readiness: HealthState,
 }
 
 impl ServeConfig {
@@ -54,6 +61,8 @@ impl ServeConfig {
             durable: true,
             api: ApiConfig::default(),
             routes: None,
+            public_routes: None,
+            readiness: HealthState::new(),
         }
     }
 }
@@ -99,7 +108,7 @@ impl Server {
     /// Opens the store, binds, writes the kubeconfig and starts serving on the current runtime.
     pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
         let api_dir = config.data_dir.join("api");
-        std::fs::create_dir_all(&api_dir).map_err(|source| ServeError::Dir {
+        private::create_private_dir(&api_dir).map_err(|source| ServeError::Dir {
             path: api_dir.display().to_string(),
             source,
         })?;
@@ -109,6 +118,10 @@ impl Server {
             tokio::task::spawn_blocking(move || ObjectStore::open(&db_path, history, durable))
                 .await
                 .map_err(|e| ServeError::Init(e.to_string()))??;
+        private::tighten_tree(&api_dir).map_err(|source| ServeError::Dir {
+            path: api_dir.display().to_string(),
+            source,
+        })?;
         let store = Arc::new(store);
         let registry = Registry::new();
         let st = store.clone();
@@ -158,22 +171,26 @@ impl Server {
 
         let (watch_epoch, _) = tokio::sync::watch::channel(0u64);
         let state = Arc::new(ApiState {
-            store,
+            store: store.clone(),
             registry,
             config: config.api.clone(),
             watch_epoch,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             address: format!("{host}:{}", addr.port()),
+            readiness: config.readiness.clone().api_store(store.clone()),
         });
         let auth = Arc::new(Auth {
             token: token.clone(),
             required: config.require_token || !addr.ip().is_loopback(),
         });
-        let mut app = handlers::router(state.clone())
-            .layer(axum::middleware::from_fn_with_state(auth, auth::check));
+        let mut app = handlers::router(state.clone());
         if let Some(routes) = config.routes.clone() {
             app = routes.merge(app);
+        }
+        app = app.layer(axum::middleware::from_fn_with_state(auth, auth::check));
+        if let Some(public) = config.public_routes.clone() {
+            app = public.merge(app);
         }
         let accept = tokio::spawn(accept_loop(listener, app, acceptor, state.clone()));
         Ok(Server {

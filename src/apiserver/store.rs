@@ -7,7 +7,13 @@
 //! write committed meanwhile, in resourceVersion order, while the next writers already take the lock),
 //! and only then is it answered and fanned out to watchers. So resource versions are consecutive, never
 //! reused after a restart (the counter resumes from the highest one persisted), the watch history is
-//! ordered, watchers hear only of writes on disk, and an answered write is on disk.
+//! ordered, watchers hear only of writes on disk, and an answered write is on disk: the flush is sled's
+//! `flush()` followed by an fdatasync of sled's files (see `flowmason_store::sled_files`), so it survives a
+//! power loss, not just a crash of the process.
+//!
+//! A failed flush (a full disk) makes the store refuse every later write with that error: sled does not
+//! recover from a failed write in-process (its next flush waits for the failed one forever), so the
+//! process reports the store as not ready ([`ObjectStore::write_failure`]) and is meant to be restarted.
 //!
 //! The watch history keeps the last `history_limit` changes (by resourceVersion) so that a watch
 //! resuming from a recent version replays what it missed, including across a restart; a watch from an
@@ -15,9 +21,10 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use flowmason_store::sled_files::{SledFiles, SyncError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -29,6 +36,8 @@ use tokio::sync::broadcast;
 pub enum StoreError {
     #[error("cannot open the API store at {path}: {source}")]
     Open { path: String, source: sled::Error },
+    #[error("cannot open the API store: {0}")]
+    OpenFiles(#[source] SyncError),
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error("stored object under key {key:?} is not valid JSON: {source}")]
@@ -41,6 +50,9 @@ pub enum StoreError {
     /// The write was applied but the flush meant to put it on disk failed.
     #[error("cannot flush the API store to disk (resourceVersion {rv}): {message}")]
     Flush { rv: u64, message: String },
+    /// An earlier flush failed; nothing is written until the process is restarted.
+    #[error("the API store accepts no writes since a flush failed: {0}")]
+    Unwritable(String),
 }
 
 /// What happened to an object.
@@ -151,6 +163,10 @@ const RV_KEY: &[u8] = b"resourceVersion";
 /// The sled-backed store of API objects. Cheap to share behind an `Arc`.
 pub struct ObjectStore {
     db: sled::Db,
+    /// sled's files, synced after each flush (when durable).
+    files: Option<SledFiles>,
+    /// The first flush that failed; set once, never cleared.
+    failure: OnceLock<String>,
     objects: Tree,
     history: Tree,
     meta: Tree,
@@ -190,6 +206,11 @@ impl ObjectStore {
     /// resume from; `durable` flushes every write before it is answered.
     pub fn open(path: &Path, history_limit: u64, durable: bool) -> Result<Self, StoreError> {
         let db = open_with_retry(path)?;
+        let files = if durable {
+            Some(SledFiles::open(path).map_err(StoreError::OpenFiles)?)
+        } else {
+            None
+        };
         let objects = db.open_tree("objects")?;
         let history = db.open_tree("history")?;
         let meta = db.open_tree("meta")?;
@@ -212,6 +233,8 @@ impl ObjectStore {
         let (changes, _) = broadcast::channel(4096);
         Ok(ObjectStore {
             db,
+            files,
+            failure: OnceLock::new(),
             objects,
             history,
             meta,
@@ -259,11 +282,7 @@ impl ObjectStore {
             commit.flushing = true;
             let batch = std::mem::take(&mut commit.queue);
             drop(commit);
-            let flushed = if self.durable {
-                self.db.flush().map(drop)
-            } else {
-                Ok(())
-            };
+            let flushed = self.flush_to_disk();
             // Announced even if the flush failed: readers already see these writes, and watchers must
             // not fall behind what a list shows. The writers hear of the failure.
             for change in &batch {
@@ -278,11 +297,38 @@ impl ObjectStore {
                     if commit.failed.len() == FAILED_FLUSHES_KEPT {
                         commit.failed.pop_front();
                     }
-                    commit.failed.push_back((first.rv, last.rv, e.to_string()));
+                    commit.failed.push_back((first.rv, last.rv, e));
                 }
             }
             self.flushed.notify_all();
         }
+    }
+
+    /// sled's flush, then the sync of its files (when durable). The first failure is kept: it refuses
+    /// every later write.
+    fn flush_to_disk(&self) -> Result<(), String> {
+        if let Some(earlier) = self.failure.get() {
+            return Err(earlier.clone());
+        }
+        if !self.durable {
+            return Ok(());
+        }
+        let result = self.db.flush().map(drop).map_err(|e| e.to_string());
+        let result = result.and_then(|()| match &self.files {
+            Some(files) => files.sync().map_err(|e| e.to_string()),
+            None => Ok(()),
+        });
+        if let Err(e) = &result
+            && self.failure.set(e.clone()).is_ok()
+        {
+            tracing::error!(error = %e, "API store flush failed; the API store accepts no more writes");
+        }
+        result
+    }
+
+    /// Why the store cannot write any more (a flush failed), if it cannot.
+    pub fn write_failure(&self) -> Option<String> {
+        self.failure.get().cloned()
     }
 
     fn lock(&self) -> MutexGuard<'_, u64> {
@@ -418,6 +464,9 @@ impl ObjectStore {
         E: From<StoreError>,
     {
         let mut guard = self.lock();
+        if let Some(failure) = self.failure.get() {
+            return Err(StoreError::Unwritable(failure.clone()).into());
+        }
         let encoded = key.encode();
         let previous = self.get(key)?;
         let mutation = decide(previous.clone())?;

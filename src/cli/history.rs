@@ -50,6 +50,9 @@ pub struct HistoryArgs {
     /// Read the history API of this server (http://HOST:PORT) instead of the data dir.
     #[arg(long)]
     pub server: Option<String>,
+    /// With --server: file holding the bearer token the server wants.
+    #[arg(long, env = "FM_HTTP_TOKEN_FILE", value_name = "FILE")]
+    pub http_token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -69,6 +72,9 @@ pub enum HistoryCommand {
         /// running the run holds the data dir).
         #[arg(long, short = 'f', requires = "server")]
         follow: bool,
+        /// With --server: file holding the bearer token the server wants.
+        #[arg(long, env = "FM_HTTP_TOKEN_FILE", value_name = "FILE")]
+        http_token_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -82,8 +88,8 @@ pub enum HistoryCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Serve the history API, /metrics, /healthz and /readyz over the data dir, with an engine for
-    /// reruns and the retention policy applied in the background.
+    /// Serve the history API, the web UI (/ui/), /metrics, /healthz and /readyz over the data dir, with
+    /// an engine for reruns and the retention policy applied in the background.
     Serve(ServeHistoryArgs),
 }
 
@@ -96,6 +102,9 @@ pub struct RerunArgs {
     /// Ask this server (http://HOST:PORT) to start the rerun instead of running it here.
     #[arg(long)]
     pub server: Option<String>,
+    /// With --server: file holding the bearer token the server wants.
+    #[arg(long, env = "FM_HTTP_TOKEN_FILE", value_name = "FILE")]
+    pub http_token_file: Option<std::path::PathBuf>,
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: OutputFormat,
     #[command(flatten)]
@@ -136,6 +145,8 @@ pub struct ServeHistoryArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub bind: std::net::SocketAddr,
     #[command(flatten)]
+    pub http_auth: super::HttpAuthArgs,
+    #[command(flatten)]
     pub retention: RetentionArgs,
     /// How often the retention policy is applied.
     #[arg(long, default_value = "5m")]
@@ -153,8 +164,9 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             output,
             server: Some(server),
             follow,
+            http_token_file,
             ..
-        }) => return show_remote(&server, &run_id, output, follow),
+        }) => return show_remote(&server, http_token_file.as_deref(), &run_id, output, follow),
         Some(HistoryCommand::Show {
             run_id,
             output,
@@ -175,7 +187,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         None => {}
     }
     if let Some(server) = &args.server {
-        return list_remote(server, &args);
+        return list_remote(server, args.http_token_file.as_deref(), &args);
     }
     let query = RunQuery {
         namespace: args.namespace,
@@ -231,9 +243,23 @@ fn print_page(page: &RunPage, output: OutputFormat) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// A blocking client of a history server.
-fn client() -> anyhow::Result<reqwest::blocking::Client> {
+/// A blocking client of a history server, sending the token in `token_file` when given.
+fn client(token_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::blocking::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(path) = token_file {
+        let token = crate::http::auth::read_token(path)?;
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .with_context(|| {
+                format!(
+                    "--http-token-file {}: the token is not a valid header value",
+                    path.display()
+                )
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::blocking::Client::builder()
+        .default_headers(headers)
         .build()
         .context("cannot build the HTTP client")
 }
@@ -250,6 +276,7 @@ fn expect_ok(
     if !status.is_success() {
         let message = body
             .get("error")
+            .or_else(|| body.get("message"))
             .and_then(|e| e.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| body.to_string());
@@ -258,7 +285,11 @@ fn expect_ok(
     Ok(body)
 }
 
-fn list_remote(server: &str, args: &HistoryArgs) -> anyhow::Result<i32> {
+fn list_remote(
+    server: &str,
+    token_file: Option<&std::path::Path>,
+    args: &HistoryArgs,
+) -> anyhow::Result<i32> {
     let url = format!("{}/api/v1/runs", server.trim_end_matches('/'));
     let mut params: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
     let opt = [
@@ -277,7 +308,7 @@ fn list_remote(server: &str, args: &HistoryArgs) -> anyhow::Result<i32> {
         .map(|(k, v)| format!("{k}={}", encode_component(v)))
         .collect();
     let url = format!("{url}?{}", query.join("&"));
-    let response = client()?
+    let response = client(token_file)?
         .get(&url)
         .send()
         .with_context(|| format!("cannot reach {url}"))?;
@@ -384,12 +415,13 @@ fn encode_component(value: &str) -> String {
 
 fn show_remote(
     server: &str,
+    token_file: Option<&std::path::Path>,
     run_id: &str,
     output: OutputFormat,
     follow: bool,
 ) -> anyhow::Result<i32> {
     let base = server.trim_end_matches('/');
-    let http = client()?;
+    let http = client(token_file)?;
     let run_id = resolve_run_id(run_id, |token| {
         let mut url = format!("{base}/api/v1/runs?limit=1000");
         if let Some(token) = token {
@@ -496,7 +528,7 @@ fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
             server.trim_end_matches('/'),
             args.run_id
         );
-        let response = client()?
+        let response = client(args.http_token_file.as_deref())?
             .post(&url)
             .json(&options)
             .send()
@@ -561,6 +593,7 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         "--retention-interval",
         &args.retention_interval,
     )?);
+    let guard = args.http_auth.guard("--bind", args.bind)?;
     let store = args.store.open()?;
     let env = args.env.resolver()?;
     crate::runtime::block_on(|| async move {
@@ -579,13 +612,14 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         surface.engine_started(engine.clone());
         // Runs left unfinished by a previous process go on here.
         engine.resume_all().await.context("cannot resume runs")?;
-        let router = surface.router.clone().merge(surface.health.clone());
+        let router = surface.app(&guard, args.http_auth.metrics_public);
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("--bind {}: cannot listen", args.bind))?;
         let served = crate::http::serve(listener, router, stop.clone())?;
         let retention = retention::spawn(store.clone(), policy, every, stop.clone());
         println!("FlowMason history API listening on http://{}", served.addr);
+        println!("web UI: http://{}/ui/", served.addr);
         std::io::Write::flush(&mut std::io::stdout()).ok();
         tokio::signal::ctrl_c()
             .await

@@ -17,6 +17,7 @@ mod progress;
 mod resume;
 mod run;
 mod serve;
+mod stopping;
 mod validate;
 
 /// Exit code of a run that did not succeed (failed, cancelled, timed out).
@@ -25,6 +26,7 @@ pub const EXIT_RUN_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 /// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: i32 = 130;
+pub use stopping::EXIT_STORAGE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +37,15 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Largest stage output, rendered stage input or jq/JMESPath result, in bytes of JSON; a stage that
+    /// produces more fails with an error naming it.
+    #[arg(
+        long,
+        global = true,
+        env = "FM_MAX_OUTPUT_BYTES",
+        default_value_t = flowmason_actors::limits::DEFAULT_MAX_OUTPUT_BYTES
+    )]
+    pub max_output_bytes: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,12 +62,25 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Load harnesses measuring the engine end to end.
     Bench(bench::BenchArgs),
-    /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it).
+    /// Serve the embedded Kubernetes-compatible API (kubectl and kube clients work against it), the
+    /// controllers and the web UI (/ui/; a login link with the token is printed).
     Serve(serve::ServeArgs),
     /// Run the controllers and the engine against a cluster (kubeconfig or in-cluster).
     Operator(operator::OperatorArgs),
     /// Deploy, run and inspect pipelines on a Kubernetes API server (a cluster or `fm serve`).
     K8s(k8s::K8sArgs),
+    /// Internal: evaluates jq and JMESPath jobs from stdin for the engine (see `eval_worker`).
+    #[command(name = crate::components::eval_worker::WORKER_COMMAND, hide = true)]
+    EvalWorker(EvalWorkerArgs),
+}
+
+/// Limits of an expression worker, set by the engine that starts it.
+#[derive(Args, Debug)]
+pub struct EvalWorkerArgs {
+    #[arg(long)]
+    memory_bytes: u64,
+    #[arg(long)]
+    cpu_seconds: u64,
 }
 
 impl Command {
@@ -94,12 +118,31 @@ pub struct TriggerArgs {
     /// Largest webhook body accepted (bytes); larger ones are answered 413.
     #[arg(long, default_value_t = crate::triggers::webhook::DEFAULT_MAX_BODY)]
     pub webhook_max_body: usize,
+    /// How far the `X-FlowMason-Timestamp` of a signed webhook request may be from now (older ones are
+    /// refused as replays): 30s, 5m, 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_window)]
+    pub webhook_replay_window: std::time::Duration,
     /// Serve no triggers (no cron, NATS or webhooks).
     #[arg(long)]
     pub no_triggers: bool,
 }
 
+/// A `--webhook-replay-window` value.
+fn parse_window(text: &str) -> Result<std::time::Duration, String> {
+    crate::history::parse_duration_ms("--webhook-replay-window", text)
+        .map(std::time::Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
 impl TriggerArgs {
+    /// The webhook router state, before the triggers exist (servers mount it first).
+    pub fn webhook_mount(&self) -> crate::triggers::webhook::WebhookMount {
+        crate::triggers::webhook::WebhookMount::new(
+            self.webhook_max_body,
+            self.webhook_replay_window,
+        )
+    }
+
     /// Connects NATS (credentials read through `client`) and builds the triggers.
     pub async fn start(
         &self,
@@ -127,10 +170,40 @@ impl TriggerArgs {
             crate::triggers::TriggerConfig {
                 nats,
                 webhook_max_body: self.webhook_max_body,
+                webhook_replay_window: self.webhook_replay_window,
                 webhooks: Some(webhooks),
                 ..crate::triggers::TriggerConfig::default()
             },
         )))
+    }
+}
+
+/// Who may read run data on a port of its own (`fm operator --http-bind`, `fm history serve`).
+#[derive(Args, Debug, Clone)]
+pub struct HttpAuthArgs {
+    /// File holding the bearer token every request for run data (history API, `/metrics`) must carry;
+    /// a wrong token is always answered 401. Required on a non-loopback bind. deploy/ mounts it from
+    /// the Secret `flowmason-http-token`.
+    #[arg(long, env = "FM_HTTP_TOKEN_FILE", value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Serve `/metrics` without the token (for a Prometheus that cannot send one); the history API
+    /// still needs it.
+    #[arg(long)]
+    pub metrics_public: bool,
+}
+
+impl HttpAuthArgs {
+    /// The guard of a port bound at `bind` (named `flag` in errors).
+    pub fn guard(
+        &self,
+        flag: &str,
+        bind: std::net::SocketAddr,
+    ) -> anyhow::Result<crate::http::auth::Guard> {
+        Ok(crate::http::auth::Guard::new(
+            flag,
+            bind,
+            self.http_token_file.as_deref(),
+        )?)
     }
 }
 
@@ -193,12 +266,63 @@ impl StoreArgs {
                 ..StoreConfig::default()
             },
         )
-        .with_context(|| {
-            format!(
-                "cannot open the event log in {} (is another fm using it?)",
-                path.display()
-            )
+        .map_err(|e| {
+            let locked = matches!(&e, flowmason_store::StoreError::Sled(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock"));
+            let e = anyhow::Error::new(e);
+            if is_disk_full(&e) {
+                e.context(format!(
+                    "no space left on device: cannot open the event log in {}",
+                    path.display()
+                ))
+            } else if locked {
+                e.context(format!(
+                    "cannot open the event log in {} (is another fm using it?)",
+                    path.display()
+                ))
+            } else {
+                e.context(format!("cannot open the event log in {}", path.display()))
+            }
         })
+    }
+
+    /// Says that the disk is full, naming the event log's directory, when `error` comes from a full disk.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        if !is_disk_full(&error) {
+            return error;
+        }
+        let dir = self.data_dir().map_or_else(
+            |_| "the data dir".to_string(),
+            |d| d.join("events").display().to_string(),
+        );
+        error.context(format!(
+            "no space left on device: the event log in {dir} cannot be written"
+        ))
+    }
+}
+
+/// Whether an error comes from a full disk (ENOSPC), wherever in its chain. Errors that crossed the
+/// engine's actors arrive as text, so the OS's wording of ENOSPC counts too.
+pub fn is_disk_full(error: &anyhow::Error) -> bool {
+    let typed = error.chain().any(|e| {
+        let io =
+            e.downcast_ref::<std::io::Error>()
+                .or_else(|| match e.downcast_ref::<sled::Error>() {
+                    Some(sled::Error::Io(io)) => Some(io),
+                    _ => None,
+                });
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    });
+    typed || format!("{error:#}").contains("No space left on device")
+}
+
+/// The exit code of a command that failed with `error`: [`EXIT_STORAGE`] when the disk is full, else
+/// [`EXIT_INVALID`].
+pub fn exit_code_of(error: &anyhow::Error) -> i32 {
+    if is_disk_full(error) {
+        EXIT_STORAGE
+    } else {
+        EXIT_INVALID
     }
 }
 
@@ -267,7 +391,28 @@ fn object_names(value: &serde_json::Value) -> Vec<String> {
 
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    use crate::components::eval_worker::{self, WorkerLimits};
+    flowmason_actors::limits::set_max_output_bytes(cli.max_output_bytes);
+    if let Command::EvalWorker(args) = &cli.command {
+        let limits = WorkerLimits {
+            memory_bytes: args.memory_bytes,
+            cpu_seconds: args.cpu_seconds,
+            max_output_bytes: cli.max_output_bytes,
+        };
+        eval_worker::serve(limits, crate::components::json_transform::evaluate)
+            .context("expression worker")?;
+        return Ok(0);
+    }
+    let program = std::env::current_exe().context("cannot find the fm executable")?;
+    eval_worker::configure(
+        program,
+        WorkerLimits {
+            max_output_bytes: cli.max_output_bytes,
+            ..WorkerLimits::default()
+        },
+    );
     match cli.command {
+        Command::EvalWorker(_) => Ok(0),
         Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::validate(args),
         Command::Crds => {

@@ -1,6 +1,7 @@
 //! `fm operator`: the controllers and the engine against a cluster (kubeconfig or in-cluster config), with
 //! Lease leader election so that several replicas never run the same runs, the triggers (cron, NATS,
-//! webhooks on `--webhook-bind`), and the history API, `/metrics` and health on `--http-bind`.
+//! webhooks on `--webhook-bind`), and the history API, the web UI (`/ui/`, reading Pipelines through this
+//! process's own client), `/metrics` and health on `--http-bind`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreArgs;
-use super::serve::wait_for_signal;
+use super::stopping::{self, FailureCheck, StopReason};
 use crate::components::builtin_registry;
 use crate::operator::leader::LeaseConfig;
 use crate::operator::{Operator, OperatorConfig};
@@ -43,9 +44,12 @@ pub struct OperatorArgs {
     /// Least time between two status writes of one run, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub status_interval_ms: u64,
-    /// Address of the history API, /metrics, /healthz and /readyz (the Service's `metrics` port).
+    /// Address of the history API, the web UI (/ui/), /metrics, /healthz and /readyz (the Service's
+    /// `metrics` port).
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub http_bind: std::net::SocketAddr,
+    #[command(flatten)]
+    pub http_auth: super::HttpAuthArgs,
     /// Address of the trigger webhooks (the Service's `webhooks` port).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub webhook_bind: std::net::SocketAddr,
@@ -93,7 +97,9 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         name: args.lease_name.clone(),
         ..LeaseConfig::new(args.lease_namespace.clone(), identity)
     });
+    let guard = args.http_auth.guard("--http-bind", args.http_bind)?;
     let events = args.store.open()?;
+    let data_dir = args.store.data_dir()?;
     let stop = CancellationToken::new();
     let surface = crate::http::surface::Surface::new(
         &events,
@@ -116,19 +122,18 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("--http-bind {}: cannot listen", args.http_bind))?;
         let served = crate::http::serve(
             http,
-            surface.router.clone().merge(surface.health.clone()),
+            surface.app(&guard, args.http_auth.metrics_public),
             stop.clone(),
         )
         .with_context(|| format!("--http-bind {}: cannot serve", args.http_bind))?;
         eprintln!(
-            "history API, /metrics, /healthz and /readyz on http://{}",
+            "history API, web UI (/ui/), /metrics, /healthz and /readyz on http://{}",
             served.addr
         );
         let triggers = if args.triggers.no_triggers {
             None
         } else {
-            let webhooks =
-                crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
+            let webhooks = args.triggers.webhook_mount();
             let listener = tokio::net::TcpListener::bind(args.webhook_bind)
                 .await
                 .with_context(|| format!("--webhook-bind {}: cannot listen", args.webhook_bind))?;
@@ -152,10 +157,22 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         let operator = Operator::new(client, events, builtin_registry(), config);
         surface.engine_started(operator.engine().clone());
         let signal_stop = stop.clone();
-        actix::spawn(async move {
-            if wait_for_signal().await.is_ok() {
-                signal_stop.cancel();
-            }
+        let watched_events = operator.engine().store().clone();
+        let stopped = actix::spawn(async move {
+            let stores: Vec<FailureCheck> = vec![Box::new(move || {
+                watched_events
+                    .write_failure()
+                    .map(|e| format!("event log cannot write: {e}"))
+            })];
+            let reason = tokio::select! {
+                reason = stopping::wait_for_stop(stores, data_dir) => reason,
+                // The operator stopped on its own: nothing to wait for.
+                () = signal_stop.cancelled() => return 0,
+            };
+            let code = reason.as_ref().map_or(0, StopReason::exit_code);
+            stopping::exit_after(stopping::SHUTDOWN_GRACE, code);
+            signal_stop.cancel();
+            code
         });
         eprintln!("FlowMason operator started");
         operator.run(stop.clone()).await?;
@@ -164,6 +181,6 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         eprintln!("FlowMason operator stopped");
-        Ok(0)
+        Ok(stopped.await.unwrap_or(0))
     })?
 }

@@ -89,8 +89,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut request = RunRequest::new(loaded.name.clone(), plan, inputs);
     request.namespace = loaded.namespace.clone().unwrap_or_else(|| "default".into());
     let output_format = args.output;
+    let store_args = args.store.clone();
 
-    crate::runtime::block_on(move || async move {
+    let ran = crate::runtime::block_on(move || async move {
         // Secret values are resolved inside the engine and masked in every event; everything printed
         // below comes from those events, so no secret value reaches the terminal.
         let config = EngineConfig {
@@ -155,5 +156,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         } else {
             EXIT_RUN_FAILED
         })
-    })?
+    })?;
+    ran.map_err(|e| store_args.explain(e))
 }

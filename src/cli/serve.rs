@@ -1,7 +1,7 @@
 //! `fm serve`: the embedded default. One process: the Kubernetes-compatible API (see
 //! `crate::apiserver`), the triggers (cron, NATS with `--nats`, webhooks under `/webhooks/`), and the
 //! Pipeline and PipelineRun controllers with the engine (see `crate::operator`), the event log in
-//! DATA_DIR/events. The controllers talk to the API over HTTP like any client, so they behave exactly as
+//! DATA_DIR/events, and the history API and web UI (`/ui/`; run data behind the bearer token). The controllers talk to the API over HTTP like any client, so they behave exactly as
 //! `fm operator` does against a cluster.
 
 use std::io::Write as _;
@@ -17,6 +17,8 @@ use crate::apiserver::{ApiConfig, ServeConfig, Server};
 use crate::components::builtin_registry;
 use crate::operator::{Operator, OperatorConfig};
 
+use super::stopping::{self, FailureCheck};
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Directory holding the API store (DATA_DIR/api), the event log (DATA_DIR/events) and the
@@ -30,9 +32,14 @@ pub struct ServeArgs {
     /// Serve HTTPS with a self-signed certificate kept in DATA_DIR/api (its CA goes into the kubeconfig).
     #[arg(long)]
     pub tls: bool,
-    /// Require the bearer token on a loopback address too.
+    /// Require the bearer token on a loopback address too (kubectl sends it only over HTTPS: use it
+    /// with --tls).
     #[arg(long)]
     pub require_token: bool,
+    /// Serve `/metrics` without the token (for a Prometheus that cannot send one); everything else
+    /// that shows run data still needs it whenever the token is required.
+    #[arg(long)]
+    pub metrics_public: bool,
     /// Largest request body accepted (bytes); larger ones are answered 413.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -78,16 +85,43 @@ pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why a token-protected server over plain HTTP is refused: client-go (kubectl) never sends a bearer
+/// token over `http://`, so every kubectl command would get 401, and the token would cross the network
+/// in clear. `None` when the combination is usable.
+fn plaintext_token_refusal(bind: SocketAddr, tls: bool, require_token: bool) -> Option<String> {
+    if tls {
+        return None;
+    }
+    let why = if require_token {
+        "--require-token".to_string()
+    } else if !bind.ip().is_loopback() {
+        format!("--bind {bind} (not a loopback address, so the token is required)")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{why} needs --tls: kubectl never sends a bearer token over plain HTTP (it would get 401 for \
+         every request) and the token would cross the network in clear; add --tls (the kubeconfig \
+         then carries the CA), or bind 127.0.0.1 without --require-token"
+    ))
+}
+
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    if let Some(refusal) = plaintext_token_refusal(args.bind, args.tls, args.require_token) {
+        anyhow::bail!(refusal);
+    }
+    // The data dir holds Secrets (the API store) and the token: nothing in it is for other users.
+    crate::apiserver::private::private_umask();
     let store_args = super::StoreArgs {
         data_dir: args.data_dir.clone(),
         durability: args.durability,
     };
     let data_dir = store_args.data_dir()?;
-    let webhooks = crate::triggers::webhook::WebhookMount::new(args.triggers.webhook_max_body);
+    let webhooks = args.triggers.webhook_mount();
     // The event log, shared by the engine and the history API (`/api/v1/runs/...`, served next to the
     // Kubernetes API; reruns are PipelineRun objects the operator starts).
     let events = store_args.open()?;
+    let watched_events = events.clone();
     let stop = CancellationToken::new();
     // History API, /metrics, /healthz and /readyz, served next to the Kubernetes API.
     let surface = crate::http::surface::Surface::new(
@@ -96,13 +130,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         stop.clone(),
     )
     .context("cannot set up /metrics")?;
-    let routes = if args.triggers.no_triggers {
-        surface.router.clone()
+    let (protected, public) = surface.split(args.metrics_public);
+    let public = if args.triggers.no_triggers {
+        public
     } else {
-        webhooks.router().merge(surface.router.clone())
+        webhooks.router().merge(public)
     };
     let config = ServeConfig {
-        routes: Some(routes),
+        routes: Some(protected),
+        public_routes: Some(public),
         bind: args.bind,
         tls: args.tls,
         require_token: args.require_token,
@@ -112,7 +148,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_watch: Duration::from_secs(args.max_watch_seconds.max(1)),
             ..ApiConfig::default()
         },
-        ..ServeConfig::new(data_dir)
+        readiness: crate::http::health::HealthState::new().store(events.clone()),
+        ..ServeConfig::new(data_dir.clone())
     };
     let mut operator_config = OperatorConfig {
         write_interval: Duration::from_millis(args.status_interval_ms),
@@ -158,9 +195,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             Some(actix::spawn(async move { operator.run(stop).await }))
         };
         println!("FlowMason API server listening on {}", server.url());
+        // Like Jupyter's login link: the page keeps the token for the session and drops it from the URL.
+        println!("web UI: {}/ui/?token={}", server.url(), server.token());
+        // Last: scripts (and the tests) read up to this line and may stop reading there.
         println!("export KUBECONFIG={}", server.kubeconfig_path().display());
         std::io::stdout().flush().ok();
-        wait_for_signal().await?;
+        let api_store = server.store().clone();
+        let stores: Vec<FailureCheck> = vec![
+            Box::new(move || {
+                api_store
+                    .write_failure()
+                    .map(|e| format!("API store cannot write: {e}"))
+            }),
+            Box::new(move || {
+                watched_events
+                    .write_failure()
+                    .map(|e| format!("event log cannot write: {e}"))
+            }),
+        ];
+        let reason = stopping::wait_for_stop(stores, data_dir).await?;
+        let code = reason.exit_code();
+        stopping::exit_after(stopping::SHUTDOWN_GRACE, code);
         eprintln!("shutting down");
         stop.cancel();
         if let Some(operator) = operator {
@@ -174,6 +229,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         server.shutdown().await;
-        Ok(0)
+        Ok(code)
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_token_over_plain_http_is_refused_with_the_fix() {
+        let loopback: SocketAddr = "127.0.0.1:6443".parse().expect("address");
+        let any: SocketAddr = "0.0.0.0:6443".parse().expect("address");
+        assert_eq!(plaintext_token_refusal(loopback, false, false), None);
+        assert_eq!(plaintext_token_refusal(loopback, true, true), None);
+        assert_eq!(plaintext_token_refusal(any, true, false), None);
+        for (bind, require) in [(loopback, true), (any, false)] {
+            let refusal = plaintext_token_refusal(bind, false, require).expect("refused");
+            assert!(refusal.contains("add --tls"), "{refusal}");
+        }
+    }
 }

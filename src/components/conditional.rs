@@ -65,14 +65,14 @@ impl Component for Conditional {
     fn execute(
         &self,
         input: Value,
-        _ctx: StageContext,
+        ctx: StageContext,
     ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         Box::pin(async move {
             let mut map = input_object(NAME, input)?;
             let branches = parse(&map)?;
             let condition = map.remove("condition").unwrap_or(Value::Null);
             let result = match &branches.expression {
-                Some(expr) => match expr.eval_bool(&[("value", condition.clone())]) {
+                Some(expr) => match expr.eval_bool(&[("value", condition.clone())], &ctx.cancel) {
                     Ok(b) => b,
                     Err(ExprError::Eval(_)) => false,
                     Err(other) => return Err(ComponentError::config(format!("{NAME}: {other}"))),

@@ -12,11 +12,22 @@
 //!
 //! Evaluation follows Python: truthiness (`[]`, `{}`, `""`, `0`, `None` are false), `1 == 1.0`, integer
 //! arithmetic stays integral, a missing key or an index out of range is an [`ExprError::Eval`].
+//!
+//! No expression can take the process down. Before the text reaches the parser (which, like the checks and
+//! the evaluator, recurses), a scan bounds how deeply it nests: brackets, unary operators (`not`, `-`),
+//! chains of binary operators, attribute chains and `if`-`else` together may not exceed [`MAX_NESTING`]
+//! ([`ExprError::TooDeep`], at validation time). Evaluation then spends from a budget of
+//! [`MAX_UNITS`] units per evaluation: one per node evaluated, per element iterated or copied, per 16
+//! bytes of a string built; `'z' * 10**8` or a comprehension over a comprehension ends in
+//! [`ExprError::Limit`] instead of allocating gigabytes or running for hours.
 
 use std::cmp::Ordering;
 
 use rustpython_parser::ast::{self, BoolOp, CmpOp, Constant, Expr as Node, Operator, UnaryOp};
 use serde_json::{Map, Number, Value};
+
+use flowmason_actors::limits::{self, Syntax};
+use tokio_util::sync::CancellationToken;
 
 /// Functions an expression may call.
 pub const FUNCTIONS: &[&str] = &[
@@ -46,6 +57,20 @@ pub const METHODS: &[&str] = &[
     "index",
 ];
 
+/// How deeply an expression may nest (see the module docs). Python itself refuses 200 nested brackets.
+pub const MAX_NESTING: usize = limits::MAX_NESTING;
+
+/// What one evaluation may spend (see the module docs): enough for a comprehension over tens of
+/// thousands of items, small enough that an evaluation ends in well under a second and its strings and
+/// lists stay under 64 MiB.
+pub const MAX_UNITS: u64 = 4_000_000;
+
+/// Bytes of a built string that cost one unit.
+const BYTES_PER_UNIT: u64 = 16;
+
+/// Units spent between two looks at the cancellation token.
+const CHECK_EVERY: u64 = 1 << 16;
+
 /// Why an expression cannot be used or failed on its data.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExprError {
@@ -57,8 +82,15 @@ pub enum ExprError {
         what: String,
         allowed: String,
     },
+    #[error(
+        "expression {expression:?} nests deeper than the limit of {limit} (brackets, unary operators, operator and attribute chains count)"
+    )]
+    TooDeep { expression: String, limit: usize },
     #[error("{0}")]
     Eval(String),
+    /// The evaluation ran out of its budget: the expression, not the data, is at fault.
+    #[error("expression exceeded its evaluation limit: {0}")]
+    Limit(String),
 }
 
 /// A parsed, whitelisted expression.
@@ -72,6 +104,12 @@ impl Expr {
     /// Parses `source` and checks it uses only what the module docs list, with `variables` as the only
     /// free names.
     pub fn parse(source: &str, variables: &[&str]) -> Result<Expr, ExprError> {
+        if exceeds_nesting(source, MAX_NESTING) {
+            return Err(ExprError::TooDeep {
+                expression: abbreviate(source),
+                limit: MAX_NESTING,
+            });
+        }
         let node = <Node as rustpython_parser::Parse>::parse(source.trim(), "<expression>")
             .map_err(|e| ExprError::Syntax {
                 expression: source.to_string(),
@@ -89,19 +127,56 @@ impl Expr {
         &self.source
     }
 
-    /// Evaluates the expression with `variables` bound.
-    pub fn eval(&self, variables: &[(&str, Value)]) -> Result<Value, ExprError> {
-        let mut env: Vec<(String, Value)> = variables
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+    /// Evaluates the expression with `variables` bound. A cancelled `cancel` (the stage's attempt ended)
+    /// stops the evaluation within a few milliseconds with [`ExprError::Limit`].
+    pub fn eval(
+        &self,
+        variables: &[(&str, Value)],
+        cancel: &CancellationToken,
+    ) -> Result<Value, ExprError> {
+        let mut env = Env {
+            vars: variables
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            units_left: MAX_UNITS,
+            depth: 0,
+            cancel: cancel.clone(),
+            next_check: MAX_UNITS.saturating_sub(CHECK_EVERY),
+        };
         eval(&self.node, &mut env)
     }
 
     /// Evaluates and takes Python's truthiness of the result.
-    pub fn eval_bool(&self, variables: &[(&str, Value)]) -> Result<bool, ExprError> {
-        Ok(truthy(&self.eval(variables)?))
+    pub fn eval_bool(
+        &self,
+        variables: &[(&str, Value)],
+        cancel: &CancellationToken,
+    ) -> Result<bool, ExprError> {
+        Ok(truthy(&self.eval(variables, cancel)?))
     }
+}
+
+/// The first characters of a long expression, for error messages.
+fn abbreviate(source: &str) -> String {
+    const SHOWN: usize = 40;
+    match source.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &source[..end]),
+        None => source.to_string(),
+    }
+}
+
+/// Python as [`exceeds_nesting`](flowmason_actors::limits::exceeds_nesting) scans it.
+const PYTHON: Syntax = Syntax {
+    quotes: b"'\"",
+    interpolation: false,
+    hash_comments: true,
+    words: &["not", "if", "for", "lambda", "and", "or", "in", "is"],
+};
+
+/// Whether `source` may nest deeper than `limit` (see the module docs).
+pub fn exceeds_nesting(source: &str, limit: usize) -> bool {
+    limits::exceeds_nesting(source, &PYTHON, limit)
 }
 
 fn unsupported(source: &str, what: impl Into<String>, allowed: &str) -> ExprError {
@@ -115,8 +190,16 @@ fn unsupported(source: &str, what: impl Into<String>, allowed: &str) -> ExprErro
 const NODES: &str = "literals, variables, comparisons, and/or/not, arithmetic, if-else, subscripts, \
                      attributes, list comprehensions, generator expressions, whitelisted calls";
 
+/// Stack left below which the recursive walks continue on a new stack segment, and its size.
+const RED_ZONE: usize = 128 * 1024;
+const STACK_GROWTH: usize = 2 * 1024 * 1024;
+
 /// The static whitelist walk.
 fn check(node: &Node, src: &str, bound: &mut Vec<String>) -> Result<(), ExprError> {
+    stacker::maybe_grow(RED_ZONE, STACK_GROWTH, || check_node(node, src, bound))
+}
+
+fn check_node(node: &Node, src: &str, bound: &mut Vec<String>) -> Result<(), ExprError> {
     match node {
         Node::Constant(c) => match &c.value {
             Constant::None
@@ -293,13 +376,109 @@ fn err<T>(message: impl Into<String>) -> Result<T, ExprError> {
     Err(ExprError::Eval(message.into()))
 }
 
-fn eval(node: &Node, env: &mut Vec<(String, Value)>) -> Result<Value, ExprError> {
+/// The variables in scope and what the evaluation may still spend.
+struct Env {
+    vars: Vec<(String, Value)>,
+    units_left: u64,
+    depth: usize,
+    /// The attempt's token: a stage that timed out or was cancelled stops computing.
+    cancel: CancellationToken,
+    /// `units_left` at which the token is looked at next.
+    next_check: u64,
+}
+
+impl Env {
+    /// Spends `units` of the budget, or fails when it is exhausted.
+    fn charge(&mut self, units: u64) -> Result<(), ExprError> {
+        match self.units_left.checked_sub(units) {
+            Some(left) => {
+                self.units_left = left;
+                if left <= self.next_check {
+                    self.next_check = left.saturating_sub(CHECK_EVERY);
+                    if self.cancel.is_cancelled() {
+                        return Err(ExprError::Limit(
+                            "the stage's attempt ended (timed out or cancelled)".into(),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            None => {
+                self.units_left = 0;
+                Err(ExprError::Limit(format!(
+                    "it needs more than {MAX_UNITS} units of work (one per step, element or {BYTES_PER_UNIT} bytes built)"
+                )))
+            }
+        }
+    }
+
+    /// Spends what building a string of `bytes` bytes costs, before it is built.
+    fn charge_bytes(&mut self, bytes: u64) -> Result<(), ExprError> {
+        self.charge(bytes / BYTES_PER_UNIT)
+    }
+
+    /// Spends what copying `value` costs: one unit per element, key and 16 bytes of text. Counted
+    /// without recursion, and only as far as the budget goes.
+    fn charge_value(&mut self, value: &Value) -> Result<(), ExprError> {
+        let mut stack = vec![value];
+        let mut cost = 0u64;
+        while let Some(v) = stack.pop() {
+            cost += 1;
+            match v {
+                Value::String(s) => cost += s.len() as u64 / BYTES_PER_UNIT,
+                Value::Array(items) => stack.extend(items),
+                Value::Object(map) => {
+                    cost += map.len() as u64;
+                    stack.extend(map.values());
+                }
+                _ => {}
+            }
+            if cost > self.units_left {
+                break;
+            }
+        }
+        self.charge(cost)
+    }
+
+    /// A copy of `value`, paid for.
+    fn copy(&mut self, value: &Value) -> Result<Value, ExprError> {
+        self.charge_value(value)?;
+        Ok(value.clone())
+    }
+}
+
+fn eval(node: &Node, env: &mut Env) -> Result<Value, ExprError> {
+    env.charge(1)?;
+    env.depth += 1;
+    // The parse-time scan bounds the tree; this bounds the recursion whatever built the tree.
+    let result = if env.depth > MAX_NESTING * 2 {
+        Err(ExprError::Limit(format!(
+            "evaluation nests deeper than {}",
+            MAX_NESTING * 2
+        )))
+    } else {
+        // Frames are large in debug builds: the stack grows on the heap where a thread's is short.
+        stacker::maybe_grow(RED_ZONE, STACK_GROWTH, || eval_node(node, env))
+    };
+    env.depth -= 1;
+    result
+}
+
+fn eval_node(node: &Node, env: &mut Env) -> Result<Value, ExprError> {
     match node {
         Node::Constant(c) => constant(&c.value),
-        Node::Name(n) => match env.iter().rev().find(|(k, _)| k == n.id.as_str()) {
-            Some((_, v)) => Ok(v.clone()),
-            None => err(format!("name {:?} is not defined", n.id.as_str())),
-        },
+        Node::Name(n) => {
+            let found = env.vars.iter().rposition(|(k, _)| k == n.id.as_str());
+            match found {
+                Some(at) => {
+                    let value = std::mem::take(&mut env.vars[at].1);
+                    let copy = env.copy(&value);
+                    env.vars[at].1 = value;
+                    copy
+                }
+                None => err(format!("name {:?} is not defined", n.id.as_str())),
+            }
+        }
         Node::BoolOp(b) => {
             let mut last = Value::Null;
             for value in &b.values {
@@ -328,6 +507,7 @@ fn eval(node: &Node, env: &mut Vec<(String, Value)>) -> Result<Value, ExprError>
         Node::BinOp(b) => {
             let l = eval(&b.left, env)?;
             let r = eval(&b.right, env)?;
+            charge_binop(b.op, &l, &r, env)?;
             binop(b.op, &l, &r)
         }
         Node::Compare(c) => {
@@ -366,8 +546,9 @@ fn eval(node: &Node, env: &mut Vec<(String, Value)>) -> Result<Value, ExprError>
         }
         Node::Subscript(s) => {
             let base = eval(&s.value, env)?;
+            env.charge_value(&base)?;
             if let Node::Slice(sl) = s.slice.as_ref() {
-                let bound = |b: &Option<Box<Node>>, env: &mut Vec<(String, Value)>| match b {
+                let bound = |b: &Option<Box<Node>>, env: &mut Env| match b {
                     Some(n) => eval(n, env).map(|v| as_int(&v)),
                     None => Ok(None),
                 };
@@ -402,10 +583,10 @@ fn eval(node: &Node, env: &mut Vec<(String, Value)>) -> Result<Value, ExprError>
                 .map(|a| eval(a, env))
                 .collect::<Result<_, _>>()?;
             match call.func.as_ref() {
-                Node::Name(n) => function(n.id.as_str(), &args),
+                Node::Name(n) => function(n.id.as_str(), &args, env),
                 Node::Attribute(a) => {
                     let target = eval(&a.value, env)?;
-                    method(&target, a.attr.as_str(), &args)
+                    method(&target, a.attr.as_str(), &args, env)
                 }
                 _ => err("calling a computed value is not supported"),
             }
@@ -419,7 +600,7 @@ fn eval(node: &Node, env: &mut Vec<(String, Value)>) -> Result<Value, ExprError>
 fn comprehension(
     elt: &Node,
     generators: &[ast::Comprehension],
-    env: &mut Vec<(String, Value)>,
+    env: &mut Env,
 ) -> Result<Value, ExprError> {
     let mut out = Vec::new();
     comprehension_level(elt, generators, env, &mut out)?;
@@ -429,7 +610,7 @@ fn comprehension(
 fn comprehension_level(
     elt: &Node,
     generators: &[ast::Comprehension],
-    env: &mut Vec<(String, Value)>,
+    env: &mut Env,
     out: &mut Vec<Value>,
 ) -> Result<(), ExprError> {
     let Some((first, rest)) = generators.split_first() else {
@@ -440,9 +621,9 @@ fn comprehension_level(
         Node::Name(n) => n.id.to_string(),
         _ => return err("a comprehension target must be a plain name"),
     };
-    let items = iterate(&eval(&first.iter, env)?)?;
+    let items = iterate(&eval(&first.iter, env)?, env)?;
     for item in items {
-        env.push((name.clone(), item));
+        env.vars.push((name.clone(), item));
         let mut keep = true;
         for cond in &first.ifs {
             match eval(cond, env) {
@@ -452,7 +633,7 @@ fn comprehension_level(
                     break;
                 }
                 Err(e) => {
-                    env.pop();
+                    env.vars.pop();
                     return Err(e);
                 }
             }
@@ -462,7 +643,7 @@ fn comprehension_level(
         } else {
             Ok(())
         };
-        env.pop();
+        env.vars.pop();
         result?;
     }
     Ok(())
@@ -536,6 +717,24 @@ fn num(v: &Value) -> Result<f64, ExprError> {
 
 fn is_num(v: &Value) -> bool {
     matches!(v, Value::Number(_) | Value::Bool(_))
+}
+
+/// Pays for what a string or list operation builds, before it is built.
+fn charge_binop(op: Operator, l: &Value, r: &Value, env: &mut Env) -> Result<(), ExprError> {
+    match (op, l, r) {
+        (Operator::Add, Value::String(a), Value::String(b)) => {
+            env.charge_bytes(a.len() as u64 + b.len() as u64)
+        }
+        (Operator::Add, Value::Array(_), Value::Array(_)) => {
+            env.charge_value(l)?;
+            env.charge_value(r)
+        }
+        (Operator::Mult, Value::String(s), n) | (Operator::Mult, n, Value::String(s)) => {
+            let times = as_int(n).unwrap_or(0).max(0) as u64;
+            env.charge_bytes((s.len() as u64).saturating_mul(times))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn binop(op: Operator, l: &Value, r: &Value) -> Result<Value, ExprError> {
@@ -783,7 +982,12 @@ fn slice(base: &Value, lower: Option<i64>, upper: Option<i64>) -> Result<Value, 
     }
 }
 
-fn iterate(v: &Value) -> Result<Vec<Value>, ExprError> {
+/// The elements of `v`, paid for.
+fn iterate(v: &Value, env: &mut Env) -> Result<Vec<Value>, ExprError> {
+    match v {
+        Value::String(s) => env.charge(s.len() as u64)?,
+        other => env.charge_value(other)?,
+    }
     match v {
         Value::Array(items) => Ok(items.clone()),
         Value::Object(map) => Ok(map.keys().cloned().map(Value::String).collect()),
@@ -814,7 +1018,7 @@ fn arity(name: &str, args: &[Value], min: usize, max: usize) -> Result<(), ExprE
     Ok(())
 }
 
-fn function(name: &str, args: &[Value]) -> Result<Value, ExprError> {
+fn function(name: &str, args: &[Value], env: &mut Env) -> Result<Value, ExprError> {
     match name {
         "len" => {
             arity(name, args, 1, 1)?;
@@ -827,6 +1031,7 @@ fn function(name: &str, args: &[Value]) -> Result<Value, ExprError> {
         }
         "str" => {
             arity(name, args, 1, 1)?;
+            env.charge_value(&args[0])?;
             Ok(Value::String(to_str(&args[0])))
         }
         "bool" => {
@@ -880,7 +1085,7 @@ fn function(name: &str, args: &[Value]) -> Result<Value, ExprError> {
         }
         "min" | "max" => {
             let items = if args.len() == 1 {
-                iterate(&args[0])?
+                iterate(&args[0], env)?
             } else {
                 args.to_vec()
             };
@@ -904,14 +1109,14 @@ fn function(name: &str, args: &[Value]) -> Result<Value, ExprError> {
         "sum" => {
             arity(name, args, 1, 2)?;
             let mut total = args.get(1).cloned().unwrap_or(Value::from(0));
-            for item in iterate(&args[0])? {
+            for item in iterate(&args[0], env)? {
                 total = binop(Operator::Add, &total, &item)?;
             }
             Ok(total)
         }
         "any" | "all" => {
             arity(name, args, 1, 1)?;
-            let items = iterate(&args[0])?;
+            let items = iterate(&args[0], env)?;
             Ok(Value::Bool(if name == "any" {
                 items.iter().any(truthy)
             } else {
@@ -922,12 +1127,12 @@ fn function(name: &str, args: &[Value]) -> Result<Value, ExprError> {
             arity(name, args, 0, 1)?;
             match args.first() {
                 None => Ok(Value::Array(vec![])),
-                Some(v) => iterate(v).map(Value::Array),
+                Some(v) => iterate(v, env).map(Value::Array),
             }
         }
         "sorted" => {
             arity(name, args, 1, 1)?;
-            let mut items = iterate(&args[0])?;
+            let mut items = iterate(&args[0], env)?;
             let mut failure = None;
             items.sort_by(|a, b| {
                 py_cmp(a, b).unwrap_or_else(|e| {
@@ -955,7 +1160,9 @@ fn str_arg<'a>(method: &str, args: &'a [Value], i: usize) -> Result<&'a str, Exp
     }
 }
 
-fn method(target: &Value, name: &str, args: &[Value]) -> Result<Value, ExprError> {
+fn method(target: &Value, name: &str, args: &[Value], env: &mut Env) -> Result<Value, ExprError> {
+    // What the method builds is at most the receiver's size, except for `replace` (paid for below).
+    env.charge_value(target)?;
     match (target, name) {
         (Value::Object(map), "get") => {
             arity(name, args, 1, 2)?;
@@ -1003,13 +1210,22 @@ fn method(target: &Value, name: &str, args: &[Value]) -> Result<Value, ExprError
             };
             Ok(Value::Array(parts))
         }
-        (Value::String(s), "replace") => Ok(Value::String(
-            s.replace(str_arg(name, args, 0)?, str_arg(name, args, 1)?),
-        )),
+        (Value::String(s), "replace") => {
+            let (from, to) = (str_arg(name, args, 0)?, str_arg(name, args, 1)?);
+            let hits = if from.is_empty() {
+                s.chars().count() as u64 + 1
+            } else {
+                s.matches(from).count() as u64
+            };
+            env.charge_bytes(hits.saturating_mul(to.len() as u64))?;
+            Ok(Value::String(s.replace(from, to)))
+        }
         (Value::String(s), "count") => Ok(Value::from(s.matches(str_arg(name, args, 0)?).count())),
         (Value::String(sep), "join") => {
             arity(name, args, 1, 1)?;
-            let parts: Result<Vec<String>, ExprError> = iterate(&args[0])?
+            let items = iterate(&args[0], env)?;
+            env.charge_bytes((sep.len() as u64).saturating_mul(items.len() as u64))?;
+            let parts: Result<Vec<String>, ExprError> = items
                 .into_iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s),
@@ -1042,7 +1258,7 @@ mod tests {
     use serde_json::json;
 
     fn ev(src: &str, data: Value) -> Result<Value, ExprError> {
-        Expr::parse(src, &["data"])?.eval(&[("data", data)])
+        Expr::parse(src, &["data"])?.eval(&[("data", data)], &CancellationToken::new())
     }
 
     #[test]
@@ -1088,7 +1304,7 @@ mod tests {
         ] {
             let got = Expr::parse(src, &["data"])
                 .unwrap()
-                .eval_bool(&[("data", d.clone())]);
+                .eval_bool(&[("data", d.clone())], &CancellationToken::new());
             assert_eq!(got, Ok(want), "{src}");
         }
         assert_eq!(ev("data['a'] + 1", json!({"a": 2})), Ok(json!(3)));
@@ -1140,5 +1356,102 @@ mod tests {
                 .to_string()
                 .contains("division by zero")
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_before_parsing() {
+        let hostile = [
+            "not ".repeat(100_000) + "data",
+            "-".repeat(100_000) + "1",
+            "[".repeat(50_000) + &"]".repeat(50_000),
+            vec!["1"; 50_000].join("+"),
+            "data".to_string() + &".a".repeat(10_000),
+            "(".repeat(300) + "data" + &")".repeat(300),
+        ];
+        for src in &hostile {
+            let e = Expr::parse(src, &["data"]).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ExprError::TooDeep {
+                        limit: MAX_NESTING,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("limit of 256"), "{e}");
+            assert!(
+                e.to_string().len() < 300,
+                "the message quotes only the start: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_inside_strings_and_flat_chains_are_fine() {
+        let quoted = format!("data == '{}'", "(((".repeat(1000));
+        assert_eq!(ev(&quoted, json!("x")), Ok(json!(false)));
+        let long_and = vec!["data > 0"; 40].join(" and ");
+        assert_eq!(ev(&long_and, json!(1)), Ok(json!(true)));
+    }
+
+    #[test]
+    fn the_deepest_accepted_expression_evaluates_on_a_small_stack() {
+        // As deep as the scan lets through, on a 2 MiB stack (what tokio gives its worker threads).
+        let mut depth = 0;
+        while !exceeds_nesting(
+            &format!("{}1{}", "-(".repeat(depth + 1), ")".repeat(depth + 1)),
+            MAX_NESTING,
+        ) {
+            depth += 1;
+        }
+        let src = format!("{}1{}", "-(".repeat(depth), ")".repeat(depth));
+        let result = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || ev(&src, json!(null)))
+            .expect("thread")
+            .join()
+            .expect("no overflow");
+        assert!(result.is_ok(), "{result:?}");
+        let nots = format!("{}data", "not ".repeat(MAX_NESTING - limits::LEVEL_COST));
+        let result = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || ev(&nots, json!(true)))
+            .expect("thread")
+            .join()
+            .expect("no overflow");
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn runaway_evaluations_end_in_a_limit_error() {
+        for src in [
+            "sorted(list('z' * 10**8))",
+            "'z' * 10**8",
+            "len([x for x in data for y in data for z in data])",
+            "len(('ab' * 1000000).replace('a', 'a' * 1000))",
+            "('x' * 100000).join(data)",
+        ] {
+            let data = json!((0..1000).map(|i| i.to_string()).collect::<Vec<_>>());
+            let e = ev(src, data).unwrap_err();
+            assert!(matches!(e, ExprError::Limit(_)), "{src}: {e}");
+        }
+        assert_eq!(ev("len('z' * 1000)", json!(null)), Ok(json!(1000)));
+    }
+
+    #[test]
+    fn a_cancelled_attempt_stops_the_evaluation() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let data = json!((0..100).collect::<Vec<_>>());
+        let e = Expr::parse(
+            "len([x for x in data for y in data for z in data])",
+            &["data"],
+        )
+        .unwrap()
+        .eval(&[("data", data)], &cancel)
+        .unwrap_err();
+        assert!(e.to_string().contains("timed out or cancelled"), "{e}");
     }
 }

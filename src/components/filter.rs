@@ -11,6 +11,7 @@
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 
@@ -63,7 +64,7 @@ impl Component for Filter {
     fn execute(
         &self,
         input: Value,
-        _ctx: StageContext,
+        ctx: StageContext,
     ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         Box::pin(async move {
             let mut map = input_object(NAME, input)?;
@@ -74,11 +75,13 @@ impl Component for Filter {
             let out = match (&data, mode) {
                 (Value::Array(items), Mode::FilterArray) => {
                     let s = settings(&map, Mode::FilterArray)?;
-                    filter_array(&s, items)?
+                    let jq = jq_results(&s, items.clone(), &ctx).await?;
+                    filter_array(&s, items, jq, &ctx.cancel)?
                 }
                 _ => {
                     let s = settings(&map, Mode::PassFail)?;
-                    pass_fail(&s, data)?
+                    let jq = jq_results(&s, vec![data.clone()], &ctx).await?;
+                    pass_fail(&s, data, jq, &ctx.cancel)?
                 }
             };
             Ok(ComponentOutput::from(out))
@@ -139,8 +142,26 @@ fn settings(map: &Map<String, Value>, mode: Mode) -> Result<Settings, ComponentE
     })
 }
 
-/// Whether `value` passes, and why (FlowMason's reasons).
-fn evaluate(s: &Settings, variable: &str, value: &Value) -> Result<(bool, String), ComponentError> {
+/// A `jq_condition`'s result for each of `inputs`, from one worker job; `None` for other conditions.
+async fn jq_results(
+    s: &Settings,
+    inputs: Vec<Value>,
+    ctx: &StageContext,
+) -> Result<Option<Vec<Result<Value, String>>>, ComponentError> {
+    match &s.condition {
+        Condition::Jq(jq) => Ok(Some(jq.run_each(NAME, inputs, &ctx.cancel).await?)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `value` passes, and why (FlowMason's reasons). `jq` is the `jq_condition`'s result on it.
+fn evaluate(
+    s: &Settings,
+    variable: &str,
+    value: &Value,
+    jq: Option<Result<Value, String>>,
+    cancel: &CancellationToken,
+) -> Result<(bool, String), ComponentError> {
     let on_error = |e: String| {
         if s.pass_if_missing {
             (true, format!("Expression error (pass_if_missing): {e}"))
@@ -149,7 +170,7 @@ fn evaluate(s: &Settings, variable: &str, value: &Value) -> Result<(bool, String
         }
     };
     Ok(match &s.condition {
-        Condition::Python(expr) => match expr.eval(&[(variable, value.clone())]) {
+        Condition::Python(expr) => match expr.eval(&[(variable, value.clone())], cancel) {
             Ok(result) => {
                 let passed = super::expr::truthy(&result);
                 (
@@ -160,12 +181,17 @@ fn evaluate(s: &Settings, variable: &str, value: &Value) -> Result<(bool, String
             Err(ExprError::Eval(e)) => on_error(e),
             Err(other) => return Err(ComponentError::config(format!("{NAME}: {other}"))),
         },
-        Condition::Jq(jq) => match jq.run(NAME, value) {
-            Ok(result) => {
+        Condition::Jq(_) => match jq {
+            Some(Ok(result)) => {
                 let passed = !matches!(result, Value::Null | Value::Bool(false));
                 (passed, format!("jq condition = {result}"))
             }
-            Err(e) => on_error(e.message),
+            Some(Err(message)) => on_error(message),
+            None => {
+                return Err(ComponentError::internal(format!(
+                    "{NAME}: no jq result for the value"
+                )));
+            }
         },
         Condition::Fields(fields) => {
             let Value::Object(obj) = value else {
@@ -190,8 +216,14 @@ fn evaluate(s: &Settings, variable: &str, value: &Value) -> Result<(bool, String
     })
 }
 
-fn pass_fail(s: &Settings, data: Value) -> Result<Value, ComponentError> {
-    let (mut passed, mut reason) = evaluate(s, "data", &data)?;
+fn pass_fail(
+    s: &Settings,
+    data: Value,
+    jq: Option<Vec<Result<Value, String>>>,
+    cancel: &CancellationToken,
+) -> Result<Value, ComponentError> {
+    let jq = jq.and_then(|results| results.into_iter().next());
+    let (mut passed, mut reason) = evaluate(s, "data", &data, jq, cancel)?;
     if s.invert {
         passed = !passed;
         reason = format!("(inverted) {reason}");
@@ -204,11 +236,23 @@ fn pass_fail(s: &Settings, data: Value) -> Result<Value, ComponentError> {
     }))
 }
 
-fn filter_array(s: &Settings, items: &[Value]) -> Result<Value, ComponentError> {
+fn filter_array(
+    s: &Settings,
+    items: &[Value],
+    jq: Option<Vec<Result<Value, String>>>,
+    cancel: &CancellationToken,
+) -> Result<Value, ComponentError> {
     let mut kept = Vec::new();
     let mut filtered = 0usize;
+    let mut jq = jq.map(Vec::into_iter);
     for item in items {
-        let (passed, _) = evaluate(s, "item", item)?;
+        let (passed, _) = evaluate(
+            s,
+            "item",
+            item,
+            jq.as_mut().and_then(Iterator::next),
+            cancel,
+        )?;
         if passed != s.invert {
             kept.push(item.clone());
         } else {

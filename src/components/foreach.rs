@@ -30,7 +30,7 @@ use flowmason_actors::nested::{self, NestedError};
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 use flowmason_store::ErrorClass;
 
-use super::expr::Expr;
+use super::expr::{Expr, ExprError};
 use super::{input_object, opt_bool, opt_str, opt_str_list, static_config, type_name};
 
 /// The component type name.
@@ -127,10 +127,23 @@ impl Component for ForEach {
             })?;
             let total = items.len();
             let items: Vec<Value> = match &s.filter {
-                Some(expr) => items
-                    .into_iter()
-                    .filter(|item| expr.eval_bool(&[("item", item.clone())]).unwrap_or(false))
-                    .collect(),
+                Some(expr) => {
+                    let mut kept = Vec::with_capacity(items.len());
+                    for item in items {
+                        // An item the expression fails on is left out, as in FlowMason; an
+                        // expression over its limits fails the stage.
+                        match expr.eval_bool(&[("item", item.clone())], &ctx.cancel) {
+                            Ok(true) => kept.push(item),
+                            Ok(false) | Err(ExprError::Eval(_)) => {}
+                            Err(other) => {
+                                return Err(ComponentError::config(format!(
+                                    "{NAME}: `filter_expression`: {other}"
+                                )));
+                            }
+                        }
+                    }
+                    kept
+                }
                 None => items,
             };
             let count = items.len();

@@ -17,6 +17,11 @@
 //!
 //! A jq filter yields a stream: no output gives `null`, one output that value, several an array of them.
 //! Integral floats that jq arithmetic produces (`6 / 2`) are returned as integers, as `jq` prints them.
+//!
+//! jq filters and JMESPath expressions are checked for nesting deeper than
+//! [`MAX_NESTING`](flowmason_actors::limits::MAX_NESTING) before they are parsed (at validation and
+//! when the stage runs), parsed on a stack large enough for that depth, and evaluated in a worker
+//! process (see `eval_worker`) that the stage's timeout and cancellation kill.
 
 use futures::future::BoxFuture;
 use jaq_core::load::{Arena, File, Loader};
@@ -25,7 +30,10 @@ use jaq_json::{Num, Val};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use flowmason_actors::limits::{MAX_NESTING, Syntax, exceeds_nesting};
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
+
+use super::eval_worker::{self, Answer, Job};
 
 use super::{config_object, input_object, is_templated, opt_bool, opt_str, type_name};
 
@@ -82,14 +90,14 @@ impl Component for JsonTransform {
     fn execute(
         &self,
         input: Value,
-        _ctx: StageContext,
+        ctx: StageContext,
     ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
-        Box::pin(async move { transform(input).map(ComponentOutput::from) })
+        Box::pin(async move { transform(input, &ctx).await.map(ComponentOutput::from) })
     }
 }
 
-/// The whole transformation, synchronous: parses the fields, then applies the first transformation set.
-fn transform(input: Value) -> Result<Value, ComponentError> {
+/// The whole transformation: parses the fields, then applies the first transformation set.
+async fn transform(input: Value, ctx: &StageContext) -> Result<Value, ComponentError> {
     let mut map = input_object(NAME, input)?;
     let Some(mut data) = map.remove("data") else {
         return Err(ComponentError::config(format!(
@@ -112,18 +120,24 @@ fn transform(input: Value) -> Result<Value, ComponentError> {
     }
 
     if let Some(code) = jq {
-        let filter = compile_jq(code)?;
-        return Ok(output(run_jq(&filter, code, &data)?, 1, Vec::new()));
+        check_jq_nesting(code)?;
+        let job = Job::Jq {
+            code: code.to_string(),
+            inputs: vec![data],
+        };
+        let what = format!("{NAME}: jq filter {:?}", abbreviate(code));
+        let result = single(eval_worker::run(&job, &what, &ctx.cancel).await?, &what)?;
+        return Ok(output(result, 1, Vec::new()));
     }
     if let Some(expr) = jmespath {
-        let compiled = compile_jmespath(expr)?;
-        let found = compiled.search(&data).map_err(|e| {
-            ComponentError::config(format!("{NAME}: jmespath_expression {expr:?} failed: {e}"))
-        })?;
-        let result = serde_json::to_value(&*found).map_err(|e| {
-            ComponentError::internal(format!("{NAME}: jmespath result is not JSON: {e}"))
-        })?;
-        return Ok(output(integral_floats_as_ints(result), 1, Vec::new()));
+        check_jmespath_nesting(expr)?;
+        let job = Job::Jmespath {
+            expression: expr.to_string(),
+            inputs: vec![data],
+        };
+        let what = format!("{NAME}: jmespath_expression {:?}", abbreviate(expr));
+        let result = single(eval_worker::run(&job, &what, &ctx.cancel).await?, &what)?;
+        return Ok(output(result, 1, Vec::new()));
     }
     if let Some(mapping) = mapping.filter(|m| !m.is_empty()) {
         let mut result = Map::new();
@@ -356,34 +370,160 @@ fn try_parse_json(text: &str) -> Option<Value> {
     None
 }
 
+/// The one result of a job with one input; a failure is a `config` error.
+fn single(answer: Answer, what: &str) -> Result<Value, ComponentError> {
+    let mut results = answer.map_err(ComponentError::config)?;
+    match (results.pop(), results.is_empty()) {
+        (Some(Ok(value)), true) => Ok(value),
+        (Some(Err(message)), true) => Err(ComponentError::config(message)),
+        _ => Err(ComponentError::internal(format!(
+            "{what}: the expression worker answered for the wrong number of inputs"
+        ))),
+    }
+}
+
+/// What a worker does with a job (see `eval_worker`): compiles once, evaluates each input.
+pub fn evaluate(job: &Job) -> Answer {
+    match job {
+        Job::Jq { code, inputs } => {
+            check_jq_nesting(code).map_err(|e| e.message)?;
+            let filter = compile_jq(code).map_err(|e| e.message)?;
+            Ok(inputs
+                .iter()
+                .map(|data| run_jq(&filter, code, data).map_err(|e| e.message))
+                .collect())
+        }
+        Job::Jmespath { expression, inputs } => {
+            check_jmespath_nesting(expression).map_err(|e| e.message)?;
+            let compiled = compile_jmespath(expression).map_err(|e| e.message)?;
+            Ok(inputs
+                .iter()
+                .map(|data| search_jmespath(&compiled, expression, data))
+                .collect())
+        }
+    }
+}
+
+fn search_jmespath(
+    compiled: &jmespath::Expression<'static>,
+    expr: &str,
+    data: &Value,
+) -> Result<Value, String> {
+    let found = compiled.search(data).map_err(|e| {
+        format!(
+            "{NAME}: jmespath_expression {:?} failed: {e}",
+            abbreviate(expr)
+        )
+    })?;
+    let result = serde_json::to_value(&*found)
+        .map_err(|e| format!("{NAME}: jmespath result is not JSON: {e}"))?;
+    Ok(integral_floats_as_ints(result))
+}
+
+/// The first characters of a long filter or expression, for error messages.
+fn abbreviate(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// jq as [`exceeds_nesting`] scans it.
+const JQ: Syntax = Syntax {
+    quotes: b"\"",
+    interpolation: true,
+    hash_comments: true,
+    words: &[
+        "if", "then", "elif", "else", "reduce", "foreach", "try", "catch", "def", "as", "and",
+        "or", "label",
+    ],
+};
+
+/// JMESPath as [`exceeds_nesting`] scans it: `"identifiers"`, `'raw strings'`, `` `literals` ``.
+const JMESPATH: Syntax = Syntax {
+    quotes: b"\"'`",
+    interpolation: false,
+    hash_comments: false,
+    words: &[],
+};
+
+/// Stack for parsers of text that passed the nesting scan: their frames are large in debug builds.
+const PARSER_STACK: usize = 64 * 1024 * 1024;
+
+pub(crate) fn check_jq_nesting(code: &str) -> Result<(), ComponentError> {
+    if exceeds_nesting(code, &JQ, MAX_NESTING) {
+        return Err(ComponentError::config(format!(
+            "{NAME}: jq filter {:?} nests deeper than the limit of {MAX_NESTING} (brackets, operators and pipes count)",
+            abbreviate(code)
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_jmespath_nesting(expr: &str) -> Result<(), ComponentError> {
+    if exceeds_nesting(expr, &JMESPATH, MAX_NESTING) {
+        return Err(ComponentError::config(format!(
+            "{NAME}: jmespath_expression {:?} nests deeper than the limit of {MAX_NESTING} (brackets, dots and operators count)",
+            abbreviate(expr)
+        )));
+    }
+    Ok(())
+}
+
 fn compile_jmespath(expr: &str) -> Result<jmespath::Expression<'static>, ComponentError> {
-    jmespath::compile(expr).map_err(|e| {
+    check_jmespath_nesting(expr)?;
+    stacker::grow(PARSER_STACK, || jmespath::compile(expr)).map_err(|e| {
         ComponentError::config(format!(
-            "{NAME}: jmespath_expression {expr:?} is invalid: {e}"
+            "{NAME}: jmespath_expression {:?} is invalid: {e}",
+            abbreviate(expr)
         ))
     })
 }
 
 type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
 
-/// A compiled jq filter for other components (`filter`'s `jq_condition`); errors name `component`.
+/// A checked jq filter for other components (`filter`'s `jq_condition`); errors name `component`.
 pub(crate) struct Jq {
     code: String,
-    filter: JqFilter,
 }
 
 impl Jq {
+    /// Checks that `code` compiles (and does not nest too deeply).
     pub(crate) fn compile(component: &str, code: &str) -> Result<Jq, ComponentError> {
-        let filter = compile_jq(code).map_err(|e| rename(e, component))?;
+        compile_jq(code).map_err(|e| rename(e, component))?;
         Ok(Jq {
             code: code.to_string(),
-            filter,
         })
     }
 
-    /// Runs the filter on `data`: `null` for no output, the value for one, an array for several.
-    pub(crate) fn run(&self, component: &str, data: &Value) -> Result<Value, ComponentError> {
-        run_jq(&self.filter, &self.code, data).map_err(|e| rename(e, component))
+    /// Runs the filter on each input in a worker process: per input, `null` for no output, the value
+    /// for one, an array for several, or the message of the failure.
+    pub(crate) async fn run_each(
+        &self,
+        component: &str,
+        inputs: Vec<Value>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Vec<Result<Value, String>>, ComponentError> {
+        let count = inputs.len();
+        let job = Job::Jq {
+            code: self.code.clone(),
+            inputs,
+        };
+        let what = format!("{component}: jq filter {:?}", abbreviate(&self.code));
+        let results = eval_worker::run(&job, &what, cancel)
+            .await?
+            .map_err(|message| rename(ComponentError::config(message), component))?;
+        if results.len() != count {
+            return Err(ComponentError::internal(format!(
+                "{what}: the expression worker answered for {} inputs, not {count}",
+                results.len()
+            )));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.map_err(|message| message.replacen(NAME, component, 1)))
+            .collect())
     }
 }
 
@@ -392,10 +532,19 @@ fn rename(mut error: ComponentError, component: &str) -> ComponentError {
     error
 }
 
-/// Parses and compiles a jq filter with jaq's core, standard and JSON libraries.
+/// Parses and compiles a jq filter with jaq's core, standard and JSON libraries, on a stack large
+/// enough for any filter that passes the nesting check.
 fn compile_jq(code: &str) -> Result<JqFilter, ComponentError> {
+    check_jq_nesting(code)?;
+    stacker::grow(PARSER_STACK, || compile_jq_here(code))
+}
+
+fn compile_jq_here(code: &str) -> Result<JqFilter, ComponentError> {
     let invalid = |why: String| {
-        ComponentError::config(format!("{NAME}: jq filter {code:?} is invalid: {why}"))
+        ComponentError::config(format!(
+            "{NAME}: jq filter {:?} is invalid: {why}",
+            abbreviate(code)
+        ))
     };
     let defs = jaq_core::defs()
         .chain(jaq_std::defs())
@@ -465,7 +614,10 @@ fn run_jq(filter: &JqFilter, code: &str, data: &Value) -> Result<Value, Componen
     let mut outputs = Vec::new();
     for out in filter.id.run((ctx, input)).map(unwrap_valr) {
         let val = out.map_err(|e| {
-            ComponentError::config(format!("{NAME}: jq filter {code:?} failed: {e}"))
+            ComponentError::config(format!(
+                "{NAME}: jq filter {:?} failed: {e}",
+                abbreviate(code)
+            ))
         })?;
         outputs.push(val_to_json(&val));
     }

@@ -7,7 +7,8 @@
 //! The line goes to the run's history as a `StageLog` event (FlowMason's "execution trace") unless
 //! `emit_to_trace` is `false`; it is always emitted to the engine's own `tracing` log, as FlowMason always
 //! emits it to its Python logger. The `StageLog` carries `level` and `message`, and as data
-//! `{log_id, data?, tags?}` (the run, stage and time are already on the event).
+//! `{log_id, data?, tags?}` (the run, stage and time are already on the event). The engine masks the
+//! run's secret values in the event; the `tracing` copy is masked the same way here.
 //!
 //! Output: `{logged: true, log_id, passthrough}`; `log_id` is 8 random hex digits, as FlowMason makes it.
 
@@ -139,8 +140,10 @@ fn tags(map: &Map<String, Value>) -> Result<Option<&Map<String, Value>>, Compone
     }
 }
 
-/// The engine-side copy of the line, at the matching `tracing` level (`critical` as error).
+/// The engine-side copy of the line, at the matching `tracing` level (`critical` as error), with the
+/// run's secrets masked as in its events (the message is rendered: `{{env.X}}` of a Secret is in it).
 fn emit_tracing(level: &str, log_id: &str, message: &str, ctx: &StageContext) {
+    let message = ctx.redact(message);
     let run_id = ctx.run_id.to_string();
     let stage = ctx.stage_id.as_str();
     let pipeline = ctx.pipeline.as_str();

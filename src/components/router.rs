@@ -96,7 +96,7 @@ impl Component for Router {
     fn execute(
         &self,
         input: Value,
-        _ctx: StageContext,
+        ctx: StageContext,
     ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
         Box::pin(async move {
             let mut map = input_object(NAME, input)?;
@@ -105,7 +105,7 @@ impl Component for Router {
             let insensitive = opt_bool(NAME, &map, "case_insensitive", false)?;
             let original = map.remove("value").unwrap_or(Value::Null);
             let mut matched = match expression(&map)? {
-                Some(expr) => match expr.eval(&[("value", original.clone())]) {
+                Some(expr) => match expr.eval(&[("value", original.clone())], &ctx.cancel) {
                     Ok(v) => v,
                     Err(ExprError::Eval(_)) => original.clone(),
                     Err(other) => return Err(ComponentError::config(format!("{NAME}: {other}"))),

@@ -22,6 +22,14 @@ pub struct HealthState {
     checks: Vec<(String, Check)>,
 }
 
+impl std::fmt::Debug for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.checks.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 /// Longest a check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,17 +44,38 @@ impl HealthState {
         self
     }
 
-    /// The event log answers reads (it is open and its files are readable).
+    /// The event log can write (no write, flush or sync of it has failed: see
+    /// `EventStore::write_failure`) and answers reads (it is open and its files are readable).
     pub fn store(self, store: flowmason_store::EventStore) -> HealthState {
         self.check(
             "eventLog",
             Arc::new(move || {
                 let store = store.clone();
                 Box::pin(async move {
+                    // A failed store is not read: sled may be stuck behind the failed write.
+                    if let Some(failure) = store.write_failure() {
+                        return Err(format!("event log cannot write: {failure}"));
+                    }
                     tokio::task::spawn_blocking(move || store.unfinished_runs().map(drop))
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| format!("event log: {e}"))
+                })
+            }),
+        )
+    }
+
+    /// The API server's object store can write (no flush of it has failed).
+    pub fn api_store(self, store: Arc<crate::apiserver::store::ObjectStore>) -> HealthState {
+        self.check(
+            "apiStore",
+            Arc::new(move || {
+                let failure = store.write_failure();
+                Box::pin(async move {
+                    match failure {
+                        Some(failure) => Err(format!("API store cannot write: {failure}")),
+                        None => Ok(()),
+                    }
                 })
             }),
         )
@@ -74,6 +103,11 @@ pub fn router(state: HealthState) -> Router {
 }
 
 async fn ready(State(state): State<HealthState>) -> Response {
+    respond(&state).await
+}
+
+/// The `/readyz` answer: 200 when every check passes, else 503 naming each failed check and why.
+pub async fn respond(state: &HealthState) -> Response {
     let failed = state.failures().await;
     if failed.is_empty() {
         return (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response();

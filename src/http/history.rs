@@ -59,7 +59,7 @@ pub fn router(state: HistoryState) -> Router {
 }
 
 /// An error answer: `{"error": message}` with a status.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -304,7 +304,9 @@ async fn get_events(
         "application/x-ndjson"
     };
     let done = !follow || summary.phase.is_terminal();
-    let body = Body::from_stream(follow_stream(state, run, events, done, notify, framing));
+    let body = Body::from_stream(follow_stream(
+        state, run, from, events, done, notify, framing,
+    ));
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
@@ -325,17 +327,19 @@ struct Follow {
     framing: Framing,
 }
 
-/// The events read so far, then new ones as write cycles make them readable, until the terminal event
-/// (or the run's deletion, or shutdown).
+/// The events read so far (from sequence `from` on), then new ones as write cycles make them readable,
+/// until the terminal event (or the run's deletion, or shutdown).
 fn follow_stream(
     state: HistoryState,
     run: RunId,
+    from: u64,
     first: Vec<Event>,
     done: bool,
     notify: tokio::sync::watch::Receiver<u64>,
     framing: Framing,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let next_seq = first.last().map_or(0, |e| e.seq + 1);
+    // Nothing read yet: go on from where the client asked to start, not from the first event.
+    let next_seq = first.last().map_or(from, |e| e.seq + 1);
     let follow = Follow {
         state,
         run,

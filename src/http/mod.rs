@@ -2,14 +2,21 @@
 //! and `fm history serve` mount the same code:
 //!
 //! - [`history`]: `/api/v1/runs...` and `/api/v1/pipelines/{ns}/{name}/stats`, over the event log;
+//! - [`pipelines`]: `/api/v1/pipelines...` and `/api/v1/runs/{runId}/cancel`, what the web UI needs
+//!   beyond the history (through the Kubernetes client where there is one);
+//! - [`ui`]: the web UI under `/ui/`, its assets compiled into the binary;
 //! - [`metrics`]: `/metrics`, the Prometheus text exposition;
 //! - [`health`]: `/healthz` and `/readyz`, with pluggable readiness checks;
-//! - [`surface`]: all of the above as `fm serve` and `fm operator` mount them.
+//! - [`surface`]: all of the above as `fm serve` and `fm operator` mount them;
+//! - [`auth`]: the bearer token in front of run data on the ports outside `fm serve`.
 
+pub mod auth;
 pub mod health;
 pub mod history;
 pub mod metrics;
+pub mod pipelines;
 pub mod surface;
+pub mod ui;
 
 use std::net::SocketAddr;
 

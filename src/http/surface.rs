@@ -1,6 +1,7 @@
 //! The HTTP endpoints `fm serve`, `fm operator` and `fm history serve` share: the history API over the
-//! event log, `/metrics` (engine, event log, triggers), `/healthz` and `/readyz`. One place builds them,
-//! so every command exposes the same thing; they differ only in where reruns go ([`Reruns`]).
+//! event log, the Pipelines and run actions the web UI needs, `/metrics` (engine, event log, triggers),
+//! `/healthz`, `/readyz` and the web UI under `/ui/`. One place builds them, so every command exposes the
+//! same thing; they differ only in where reruns go and whether a cluster is there ([`Reruns`]).
 
 use std::sync::{Arc, OnceLock};
 
@@ -12,21 +13,28 @@ use tokio_util::sync::CancellationToken;
 use crate::history::rerun::{RerunError, RerunOptions, Rerunner};
 use crate::metrics::{Metrics, MetricsError};
 
-/// Where `POST /api/v1/runs/{runId}/rerun` starts its runs.
+/// Where `POST /api/v1/runs/{runId}/rerun` starts its runs, and where Pipelines come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reruns {
     /// As PipelineRuns created through the Kubernetes API, which the operator starts (`fm serve`, `fm
-    /// operator`); the client comes with [`Surface::client_ready`].
+    /// operator`); the client comes with [`Surface::client_ready`]. Pipelines are read, runs started and
+    /// cancelled through it too.
     Api,
-    /// On this process's engine, given with [`Surface::engine_started`] (`fm history serve`).
+    /// On this process's engine, given with [`Surface::engine_started`] (`fm history serve`). Pipelines
+    /// are derived from the history; no runs are started or cancelled otherwise.
     Engine,
 }
 
 /// The routers and the metrics they expose.
 pub struct Surface {
     pub metrics: Arc<Metrics>,
-    /// History and metrics routes.
-    pub router: Router,
+    /// The history API, Pipelines and run actions: run data, always behind the token.
+    pub history: Router,
+    /// `/metrics`: behind the token unless `--metrics-public` opens it (pipeline names and error
+    /// counts are run data too, so it is closed by default).
+    pub scrape: Router,
+    /// The web UI's static assets (`/ui/`), which hold no run data: served without the token.
+    pub ui: Router,
     /// `/healthz` and `/readyz` (the event log must answer); `fm serve`'s API server has its own.
     pub health: Router,
     engine: Arc<OnceLock<Engine>>,
@@ -49,9 +57,15 @@ impl Surface {
             .with_store(events.clone())
             .with_engine_slot(engine.clone());
         let client: Arc<OnceLock<kube::Client>> = Arc::new(OnceLock::new());
-        let rerun = match reruns {
-            Reruns::Api => crate::history::rerun::api_rerunner(client.clone()),
-            Reruns::Engine => engine_slot_rerunner(engine.clone()),
+        let (rerun, pipelines) = match reruns {
+            Reruns::Api => (
+                crate::history::rerun::api_rerunner(client.clone()),
+                super::pipelines::Pipelines::Cluster(client.clone()),
+            ),
+            Reruns::Engine => (
+                engine_slot_rerunner(engine.clone()),
+                super::pipelines::Pipelines::History,
+            ),
         };
         let history = super::history::router(super::history::HistoryState {
             store: events.clone(),
@@ -59,14 +73,46 @@ impl Surface {
             stop,
         });
         let health = super::health::router(super::health::HealthState::new().store(events.clone()));
-        let router = history.merge(super::metrics::router(state));
+        let pipelines = super::pipelines::router(super::pipelines::PipelinesState {
+            store: events.clone(),
+            pipelines,
+        });
         Ok(Surface {
             metrics,
-            router,
+            history: history.merge(pipelines),
+            scrape: super::metrics::router(state),
+            ui: super::ui::router(),
             health,
             engine,
             client,
         })
+    }
+
+    /// The routes that need the token, and those served without it: the history API always needs it,
+    /// `/metrics` unless `metrics_public`; the UI's static assets never do. Health is not in either (see
+    /// [`Surface::health`]).
+    pub fn split(&self, metrics_public: bool) -> (Router, Router) {
+        if metrics_public {
+            (
+                self.history.clone(),
+                self.scrape.clone().merge(self.ui.clone()),
+            )
+        } else {
+            (
+                self.history.clone().merge(self.scrape.clone()),
+                self.ui.clone(),
+            )
+        }
+    }
+
+    /// Everything on one port of its own (`fm operator --http-bind`, `fm history serve`): the history
+    /// API and `/metrics` behind `guard`, the UI's assets, `/healthz` and `/readyz` open for probes.
+    pub fn app(&self, guard: &super::auth::Guard, metrics_public: bool) -> Router {
+        let (protected, public) = self.split(metrics_public);
+        guard
+            .protect(protected)
+            .merge(public)
+            .merge(self.health.clone())
     }
 
     /// Tells the metrics which engine runs the runs (for the runs-in-flight gauge).

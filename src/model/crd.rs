@@ -267,9 +267,26 @@ pub struct WebhookTrigger {
     /// URL path served by the webhook server, e.g. `/webhooks/data-processor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Secret key holding the shared secret for the HMAC signature check.
+    /// Secret key holding the shared secret callers authenticate with: `Authorization: Bearer
+    /// <secret>`, or an HMAC-SHA256 signature of `"{timestamp}.{body}"` in `X-FlowMason-Signature`
+    /// with the Unix time in `X-FlowMason-Timestamp`. Required unless `auth` is `none`.
     #[serde(default, alias = "secret_ref", skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+    /// `secret` (the default): requests must authenticate with `secretRef`. `none`: anyone who can
+    /// reach the path may start runs (an explicit opt-out, e.g. behind a gateway that authenticates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<WebhookAuth>,
+}
+
+/// How a webhook's callers authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookAuth {
+    /// With the Secret of `secretRef`.
+    #[default]
+    Secret,
+    /// Not at all.
+    None,
 }
 
 /// A NATS subject whose messages (JSON) become the inputs of new runs.

@@ -15,7 +15,8 @@ pub use crd::{
     ConcurrencyPolicy, Condition, ConfigMapSource, EnvVarSource, EnvVarSpec, KeySelector, Pipeline,
     PipelinePhase, PipelineRun, PipelineRunSpec, PipelineRunStatus, PipelineSpec, PipelineStatus,
     ProviderSpec, ProvidersSpec, PubSubTrigger, RerunOf, RunErrorStatus, RunMetrics, RunPhase,
-    RunRequest, SecretKeyRef, StagePhase, StageSpec, StageStatus, TriggersSpec, WebhookTrigger,
+    RunRequest, SecretKeyRef, StagePhase, StageSpec, StageStatus, TriggersSpec, WebhookAuth,
+    WebhookTrigger,
 };
 pub use crd_yaml::{pipeline_crd_yaml, pipelinerun_crd_yaml};
 pub use duration::{DurationError, DurationSpec};

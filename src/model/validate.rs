@@ -90,6 +90,7 @@ pub fn validate(
     let mut errors = Vec::new();
     for (i, stage) in spec.stages.iter().enumerate() {
         check_component(i, stage, known_components, &mut errors);
+        check_nesting(i, stage, &mut errors);
     }
     if let Err(more) = to_plan(spec) {
         errors.extend(more);
@@ -167,6 +168,20 @@ fn check_owned_stages(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
                 }
             }
         }
+    }
+}
+
+/// Expressions in the stage's config that nest too deeply for their parsers (see
+/// `components::nesting`).
+fn check_nesting(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>) {
+    let Some(config) = &stage.config else {
+        return;
+    };
+    for (field, message) in crate::components::nesting::problems(&stage.component_type, config) {
+        errors.push(ValidationError::new(
+            format!("stages[{i}].config.{field}"),
+            format!("{message} (stage {:?})", stage.id),
+        ));
     }
 }
 

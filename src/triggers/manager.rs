@@ -27,6 +27,8 @@ pub struct TriggerConfig {
     pub nats: Option<NatsConnection>,
     pub metrics: Arc<TriggerMetrics>,
     pub webhook_max_body: usize,
+    /// How far a signed webhook request's timestamp may be from now.
+    pub webhook_replay_window: std::time::Duration,
     /// A webhook router state made earlier (and already mounted); default: a new one.
     pub webhooks: Option<WebhookMount>,
 }
@@ -39,6 +41,7 @@ impl Default for TriggerConfig {
             nats: None,
             metrics: Arc::new(TriggerMetrics::default()),
             webhook_max_body: webhook::DEFAULT_MAX_BODY,
+            webhook_replay_window: webhook::DEFAULT_REPLAY_WINDOW,
             webhooks: None,
         }
     }
@@ -85,9 +88,9 @@ impl Triggers {
             status,
             metrics: config.metrics,
         };
-        let webhooks = config
-            .webhooks
-            .unwrap_or_else(|| WebhookMount::new(config.webhook_max_body));
+        let webhooks = config.webhooks.unwrap_or_else(|| {
+            WebhookMount::new(config.webhook_max_body, config.webhook_replay_window)
+        });
         webhooks.bind(ctx.clone());
         Triggers {
             ctx,
@@ -167,16 +170,32 @@ impl Triggers {
         let mut webhook_path = None;
         if let Some(hook) = triggers.webhook.filter(|w| w.enabled.unwrap_or(true)) {
             let path = WebhookRoutes::path_for(&namespace, &name, hook.path.as_deref());
-            match self.routes.insert(
-                &path,
-                WebhookTarget {
-                    namespace: namespace.clone(),
-                    pipeline: name.clone(),
-                    secret: hook.secret_ref.clone(),
-                },
-            ) {
+            let open = hook.auth == Some(crate::model::WebhookAuth::None);
+            let arming = match (&hook.secret_ref, open) {
+                (None, false) => Err(format!(
+                    "spec.triggers.webhook.secretRef: required, else anyone who reaches {path} starts \
+                     runs; name a Secret key, or set spec.triggers.webhook.auth: none to accept \
+                     unauthenticated requests"
+                )),
+                (Some(_), true) => Err(
+                    "spec.triggers.webhook: auth: none contradicts secretRef; drop one of them"
+                        .into(),
+                ),
+                _ => self
+                    .routes
+                    .insert(
+                        &path,
+                        WebhookTarget {
+                            namespace: namespace.clone(),
+                            pipeline: name.clone(),
+                            secret: hook.secret_ref.clone(),
+                        },
+                    )
+                    .map_err(|e| e.to_string()),
+            };
+            match arming {
                 Ok(()) => webhook_path = Some(path),
-                Err(e) => problems.push(e.to_string()),
+                Err(e) => problems.push(e),
             }
         }
         for p in &problems {

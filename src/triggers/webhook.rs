@@ -1,15 +1,22 @@
 //! The webhook trigger (`spec.triggers.webhook`): an axum router that `fm serve` mounts next to the API.
 //! A POST to a Pipeline's `path` creates a run whose inputs are the JSON body.
 //!
-//! Answers: `202 {"run": name, ...}`; `401` without credentials and `403` with wrong ones when the
-//! Pipeline has a `secretRef` (a bearer token equal to the secret, or `X-FlowMason-Signature:
-//! sha256=<hex HMAC-SHA256 of the body keyed by the secret>`, both compared in constant time); `404` for
-//! a path no Pipeline serves; `409` while the Pipeline is suspended; `413` over the body limit; `422` for
-//! a body that is not a JSON object. An `Idempotency-Key` header names the run, so a retry answers with
+//! Callers authenticate with the Pipeline's `secretRef` (required unless the Pipeline says `auth: none`):
+//! a bearer token equal to the secret, or `X-FlowMason-Signature: sha256=<hex HMAC-SHA256 keyed by the
+//! secret of "{timestamp}.{body}">` with the Unix time in seconds in `X-FlowMason-Timestamp` (as Stripe
+//! and Slack sign), refused outside the replay window (default 5 minutes either way). A signed request
+//! without an `Idempotency-Key` is named after its signature, so replaying it within the window answers
+//! with the same run instead of starting another.
+//!
+//! Answers: `202 {"run": name, ...}`; `401` without credentials (or without the timestamp) and `403`
+//! with wrong ones or a timestamp outside the window (all compared in constant time); `404` for a path
+//! no Pipeline serves; `409` while the Pipeline is suspended; `413` over the body limit; `422` for a
+//! body that is not a JSON object. An `Idempotency-Key` header names the run, so a retry answers with
 //! the same run instead of starting another.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -26,8 +33,12 @@ use subtle::ConstantTimeEq as _;
 use super::{NewRun, Outcome, TriggerContext, TriggerKind, create_run, key_digest};
 use crate::model::{Pipeline, SecretKeyRef};
 
-/// Header carrying the HMAC-SHA256 of the body: `sha256=<hex>`.
+/// Header carrying the HMAC-SHA256 of `"{timestamp}.{body}"`: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-flowmason-signature";
+/// Header carrying the Unix time (seconds) the signature was made at, part of the signed material.
+pub const TIMESTAMP_HEADER: &str = "x-flowmason-timestamp";
+/// Default largest distance between a signature's timestamp and now.
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(300);
 /// Header whose value names the run, making retries idempotent.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Every webhook path lives under this prefix (so it never shadows the Kubernetes API).
@@ -40,6 +51,8 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub struct WebhookTarget {
     pub namespace: String,
     pub pipeline: String,
+    /// `None` only for a Pipeline that opted out with `auth: none` (the triggers do not arm a
+    /// webhook that has neither).
     pub secret: Option<SecretKeyRef>,
 }
 
@@ -109,14 +122,17 @@ pub struct WebhookMount {
     routes: Arc<WebhookRoutes>,
     ctx: Arc<OnceLock<TriggerContext>>,
     max_body: usize,
+    replay_window: Duration,
 }
 
 impl WebhookMount {
-    pub fn new(max_body: usize) -> Self {
+    /// Bodies up to `max_body` bytes; signatures whose timestamp is within `replay_window` of now.
+    pub fn new(max_body: usize, replay_window: Duration) -> Self {
         WebhookMount {
             routes: Arc::new(WebhookRoutes::default()),
             ctx: Arc::new(OnceLock::new()),
             max_body,
+            replay_window,
         }
     }
 
@@ -152,11 +168,19 @@ fn reject(state: &WebhookState, status: StatusCode, reason: impl Into<String>) -
     answer(status, json!({"error": reason.into()}))
 }
 
+/// The freshness rule of signed requests: the time now, and how far from it a timestamp may be.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayWindow {
+    pub now_secs: i64,
+    pub window: Duration,
+}
+
 /// Checks the request's credentials against the secret: `Ok` or the answer to give.
 pub fn authorize(
     secret: &[u8],
     headers: &HeaderMap,
     body: &[u8],
+    replay: ReplayWindow,
 ) -> Result<(), (StatusCode, String)> {
     if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
         let token = auth
@@ -185,6 +209,7 @@ pub fn authorize(
                 StatusCode::UNAUTHORIZED,
                 format!("{SIGNATURE_HEADER}: expected \"sha256=<hex>\""),
             ))?;
+        let timestamp = fresh_timestamp(headers, replay)?;
         let sig = hex::decode(hex_sig).map_err(|_| {
             (
                 StatusCode::FORBIDDEN,
@@ -197,21 +222,63 @@ pub fn authorize(
                 "the webhook secret cannot key an HMAC".to_string(),
             )
         })?;
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
         mac.update(body);
         // `verify_slice` compares in constant time.
         return mac.verify_slice(&sig).map_err(|_| {
             (
                 StatusCode::FORBIDDEN,
-                format!("{SIGNATURE_HEADER}: signature does not match the body"),
+                format!(
+                    "{SIGNATURE_HEADER}: signature does not match \"{{{TIMESTAMP_HEADER}}}.{{body}}\""
+                ),
             )
         });
     }
     Err((
         StatusCode::UNAUTHORIZED,
         format!(
-            "credentials required: Authorization: Bearer <token> or {SIGNATURE_HEADER}: sha256=<hex>"
+            "credentials required: Authorization: Bearer <token>, or {SIGNATURE_HEADER}: sha256=<hex> \
+             with {TIMESTAMP_HEADER}"
         ),
     ))
+}
+
+/// The timestamp header as sent (it is signed as written), once it is a Unix time within the window.
+fn fresh_timestamp(
+    headers: &HeaderMap,
+    replay: ReplayWindow,
+) -> Result<&str, (StatusCode, String)> {
+    let text = headers
+        .get(TIMESTAMP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .ok_or((
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{TIMESTAMP_HEADER}: required with {SIGNATURE_HEADER} (the Unix time in seconds, \
+                 signed as \"{{timestamp}}.{{body}}\")"
+            ),
+        ))?;
+    let secs: i64 = text.parse().map_err(|_| {
+        (
+            StatusCode::UNAUTHORIZED,
+            format!("{TIMESTAMP_HEADER}: {text:?} is not a Unix time in seconds"),
+        )
+    })?;
+    let window = i64::try_from(replay.window.as_secs()).unwrap_or(i64::MAX);
+    if secs.abs_diff(replay.now_secs) > window.unsigned_abs() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "{TIMESTAMP_HEADER}: {secs} is {}s away from the server's time {}; signatures are \
+                 accepted for {window}s (a replay, or a clock to fix)",
+                secs.abs_diff(replay.now_secs),
+                replay.now_secs
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 /// The run inputs a body stands for: a JSON object (an empty body is `{}`).
@@ -307,7 +374,11 @@ async fn handle(
                 )}),
             );
         };
-        if let Err((status, reason)) = authorize(&secret, &headers, &body) {
+        let replay = ReplayWindow {
+            now_secs: ctx.clock.now().timestamp(),
+            window: state.replay_window,
+        };
+        if let Err((status, reason)) = authorize(&secret, &headers, &body, replay) {
             return reject(&state, status, reason);
         }
     }
@@ -330,9 +401,17 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty());
-    let suffix = match key {
-        Some(k) => format!("wh-{}", key_digest(k)),
-        None => format!("wh-{}", &uuid::Uuid::now_v7().simple().to_string()[..20]),
+    // A signed request replayed within the window names the same run (a bearer token signs nothing).
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| {
+            target.secret.is_some() && !headers.contains_key(axum::http::header::AUTHORIZATION)
+        });
+    let suffix = match (key, signature) {
+        (Some(k), _) => format!("wh-{}", key_digest(k)),
+        (None, Some(sig)) => format!("wh-{}", key_digest(sig)),
+        (None, None) => format!("wh-{}", &uuid::Uuid::now_v7().simple().to_string()[..20]),
     };
     let name = super::run_name(&target.pipeline, &suffix);
     let mut annotations = BTreeMap::new();
@@ -377,10 +456,32 @@ async fn handle(
 mod tests {
     use super::*;
 
-    fn sign(secret: &[u8], body: &[u8]) -> String {
+    const NOW: i64 = 1_700_000_000;
+
+    fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("key");
+        mac.update(format!("{timestamp}.").as_bytes());
         mac.update(body);
         format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    fn check(secret: &[u8], h: &HeaderMap, body: &[u8]) -> Result<(), StatusCode> {
+        let replay = ReplayWindow {
+            now_secs: NOW,
+            window: DEFAULT_REPLAY_WINDOW,
+        };
+        authorize(secret, h, body, replay).map_err(|e| e.0)
+    }
+
+    fn signed(secret: &[u8], timestamp: i64, body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let sig = sign(secret, timestamp, body);
+        h.insert(SIGNATURE_HEADER, sig.parse().expect("hdr"));
+        h.insert(
+            TIMESTAMP_HEADER,
+            timestamp.to_string().parse().expect("hdr"),
+        );
+        h
     }
 
     #[test]
@@ -388,29 +489,51 @@ mod tests {
         let secret = b"s3cret";
         let body = br#"{"a":1}"#;
         let mut h = HeaderMap::new();
-        assert_eq!(
-            authorize(secret, &h, body).map_err(|e| e.0),
-            Err(StatusCode::UNAUTHORIZED)
-        );
+        assert_eq!(check(secret, &h, body), Err(StatusCode::UNAUTHORIZED));
         h.insert("authorization", "Bearer s3cret".parse().expect("hdr"));
-        assert!(authorize(secret, &h, body).is_ok());
+        assert!(check(secret, &h, body).is_ok());
         h.insert("authorization", "Bearer nope".parse().expect("hdr"));
-        assert_eq!(
-            authorize(secret, &h, body).map_err(|e| e.0),
-            Err(StatusCode::FORBIDDEN)
-        );
-        let mut h = HeaderMap::new();
-        h.insert(SIGNATURE_HEADER, sign(secret, body).parse().expect("hdr"));
-        assert!(authorize(secret, &h, body).is_ok());
-        assert_eq!(
-            authorize(secret, &h, b"{\"a\":2}").map_err(|e| e.0),
-            Err(StatusCode::FORBIDDEN)
-        );
+        assert_eq!(check(secret, &h, body), Err(StatusCode::FORBIDDEN));
+        let mut h = signed(secret, NOW, body);
+        assert!(check(secret, &h, body).is_ok());
+        assert_eq!(check(secret, &h, b"{\"a\":2}"), Err(StatusCode::FORBIDDEN));
         h.insert(SIGNATURE_HEADER, "md5=abc".parse().expect("hdr"));
-        assert_eq!(
-            authorize(secret, &h, body).map_err(|e| e.0),
-            Err(StatusCode::UNAUTHORIZED)
-        );
+        assert_eq!(check(secret, &h, body), Err(StatusCode::UNAUTHORIZED));
+    }
+
+    #[test]
+    fn signatures_carry_a_timestamp_within_the_replay_window() {
+        let secret = b"s3cret";
+        let body = br#"{"a":1}"#;
+        // Within the window either way.
+        for at in [NOW - 299, NOW + 299] {
+            assert!(
+                check(secret, &signed(secret, at, body), body).is_ok(),
+                "{at}"
+            );
+        }
+        // Old (a replay) or far ahead.
+        for at in [NOW - 301, NOW + 301] {
+            assert_eq!(
+                check(secret, &signed(secret, at, body), body),
+                Err(StatusCode::FORBIDDEN),
+                "{at}"
+            );
+        }
+        // The timestamp is signed: moving it forward breaks the signature.
+        let mut h = signed(secret, NOW - 1000, body);
+        h.insert(TIMESTAMP_HEADER, NOW.to_string().parse().expect("hdr"));
+        assert_eq!(check(secret, &h, body), Err(StatusCode::FORBIDDEN));
+        // A signature of the body alone (the old format) has no timestamp: refused, saying why.
+        let mut h = signed(secret, NOW, body);
+        h.remove(TIMESTAMP_HEADER);
+        let replay = ReplayWindow {
+            now_secs: NOW,
+            window: DEFAULT_REPLAY_WINDOW,
+        };
+        let (status, reason) = authorize(secret, &h, body, replay).expect_err("refused");
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(reason.contains(TIMESTAMP_HEADER), "{reason}");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Everything that can go wrong in the store. Messages name the run (and the event sequence where there is
 //! one) so that an operator can find the record in question.
 
+use std::sync::Arc;
+
 use crate::event::RunId;
 use crate::fold::FoldError;
+use crate::sled_files::SyncError;
 
 /// An error of the event store.
 #[derive(Debug, thiserror::Error)]
@@ -10,6 +13,9 @@ pub enum StoreError {
     /// sled itself failed (I/O, or a bug it reports).
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// sled's files could not be synced to disk (fdatasync/fsync failed), naming the file.
+    #[error(transparent)]
+    Sync(Arc<SyncError>),
     /// An event record could not be decoded (bad key, bad JSON, unknown event type).
     #[error("run {run}: event {seq} is corrupt: {reason}")]
     Corrupt {

@@ -4,6 +4,7 @@
 //! - [`event`]: what can happen to a run; [`fold`]: run state as a pure fold over those events.
 //! - [`EventStore`]: appends (with the stream rules and per-policy durability), reads, history queries,
 //!   deletion. Layout of the records: see the `keys` module.
+//! - [`sled_files`]: syncing a sled directory's files so that a flush survives a power loss.
 
 mod buffer;
 mod codec;
@@ -14,6 +15,7 @@ mod flusher;
 pub mod fold;
 mod keys;
 mod query;
+pub mod sled_files;
 mod store;
 mod summary;
 

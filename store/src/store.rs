@@ -16,9 +16,10 @@ use crate::codec;
 use crate::config::{Durability, StoreConfig};
 use crate::error::StoreError;
 use crate::event::{Event, EventKind, RunId, RunPhase};
-use crate::flusher::Flusher;
+use crate::flusher::{Disk, Flusher};
 use crate::fold::RunState;
 use crate::keys::{self, Index};
+use crate::sled_files::SledFiles;
 use crate::summary::RunSummary;
 
 /// Number of cursor shards; appends to runs in different shards do not contend.
@@ -54,7 +55,7 @@ pub(crate) struct Inner {
     // Dropped first: joins the flusher thread (which holds a handle on the database) before `db` closes.
     flusher: Flusher,
     pub(crate) tree: sled::Tree,
-    db: sled::Db,
+    disk: Disk,
     durability: Durability,
     cursors: Arc<[Mutex<CursorMap>]>,
     buffer: Arc<WriteBuffer>,
@@ -148,7 +149,7 @@ async fn sync_inner(inner: &Inner) -> Result<(), StoreError> {
     reply
         .await
         .map_err(|_| StoreError::Closed)?
-        .map_err(StoreError::Sled)
+        .map_err(StoreError::from)
 }
 
 /// Opens sled, waiting a little while another handle on the same directory is still closing.
@@ -181,15 +182,24 @@ fn now_micros() -> i64 {
 impl EventStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<EventStore, StoreError> {
-        Self::with_sled(sled::Config::new().path(path.as_ref()), config)
+        Self::with_sled(
+            sled::Config::new().path(path.as_ref()),
+            Some(path.as_ref()),
+            config,
+        )
     }
 
-    /// A store in a temporary directory that is removed when the store drops (tests, `fm run`).
+    /// A store in a temporary directory that is removed when the store drops (tests, `fm run`). Its
+    /// flushes are never synced: it does not outlive the process anyway.
     pub fn temporary(config: StoreConfig) -> Result<EventStore, StoreError> {
-        Self::with_sled(sled::Config::new().temporary(true), config)
+        Self::with_sled(sled::Config::new().temporary(true), None, config)
     }
 
-    fn with_sled(sled_config: sled::Config, config: StoreConfig) -> Result<EventStore, StoreError> {
+    fn with_sled(
+        sled_config: sled::Config,
+        path: Option<&Path>,
+        config: StoreConfig,
+    ) -> Result<EventStore, StoreError> {
         let sled_config = sled_config.cache_capacity(config.cache_capacity_bytes);
         // Under always/batch we flush ourselves; sled's own timer would only add fsyncs. Under never,
         // sled's timer (500 ms) is the only thing that ever writes the log out.
@@ -199,6 +209,13 @@ impl EventStore {
         };
         let db = open_with_retry(&sled_config)?;
         let tree = db.open_tree("flowmason-runs")?;
+        let files = match path {
+            Some(path) => Some(Arc::new(
+                SledFiles::open(path).map_err(|e| StoreError::Sync(Arc::new(e)))?,
+            )),
+            None => None,
+        };
+        let disk = Disk { db, files };
         let cursors: Arc<[Mutex<CursorMap>]> = (0..SHARDS)
             .map(|_| Mutex::new(CursorMap::default()))
             .collect();
@@ -214,7 +231,7 @@ impl EventStore {
             Box::new(move || write_buffered(&buffer, &tree, &cursors, &written))
         };
         let flusher = Flusher::start(
-            db.clone(),
+            disk.clone(),
             config.durability,
             config.flush_interval,
             write_out,
@@ -223,7 +240,7 @@ impl EventStore {
             inner: Arc::new(Inner {
                 flusher,
                 tree,
-                db,
+                disk,
                 durability: config.durability,
                 cursors,
                 buffer,
@@ -463,9 +480,18 @@ impl EventStore {
 
     /// Flushes everything to disk, blocking the calling thread.
     pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(failure) = self.inner.flusher.failure() {
+            return Err(failure.into());
+        }
         self.inner.write_buffered()?;
-        self.inner.db.flush()?;
-        Ok(())
+        Ok(self.inner.disk.flush()?)
+    }
+
+    /// The first write, flush or sync of the log that failed (a full disk, an I/O error), if any. After
+    /// one, the store makes nothing durable any more (every wait for durability fails with this error):
+    /// sled cannot be trusted to recover in-process, so the process should be restarted.
+    pub fn write_failure(&self) -> Option<StoreError> {
+        self.inner.flusher.failure().map(StoreError::from)
     }
 
     /// All events of a run, in order; empty when the run does not exist.
@@ -580,7 +606,7 @@ impl EventStore {
 
     /// Bytes the log takes on disk, as sled counts them.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.inner.disk.db.size_on_disk()?)
     }
 
     /// Writes whole runs with their own timestamps in one atomic batch: events, summaries and index
