@@ -127,6 +127,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
         progress.finish();
+        engine
+            .shutdown()
+            .context("cannot record the engine's shutdown in the event log")?;
         store.flush().context("cannot flush the event log")?;
         let output = match state.phase {
             RunPhase::Succeeded => state.output.clone().unwrap_or(Value::Null),

@@ -141,8 +141,13 @@ fn plan_stages(plan: &Value) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
-/// The `Succeeded` condition of a run in `phase`.
-pub fn outcome_condition(phase: RunPhase, message: Option<String>) -> Condition {
+/// The `Succeeded` condition of a run in `phase`; its reason is the phase, or the run error's own reason
+/// (`Quarantined`) when it has one.
+pub fn outcome_condition(
+    phase: RunPhase,
+    message: Option<String>,
+    reason: Option<&str>,
+) -> Condition {
     let status = match phase {
         RunPhase::Pending | RunPhase::Running => "Unknown",
         RunPhase::Succeeded => "True",
@@ -151,7 +156,7 @@ pub fn outcome_condition(phase: RunPhase, message: Option<String>) -> Condition 
     Condition {
         type_: CONDITION_SUCCEEDED.into(),
         status: status.into(),
-        reason: Some(format!("{phase:?}")),
+        reason: Some(reason.map_or_else(|| format!("{phase:?}"), str::to_string)),
         message,
         last_transition_time: Some(now()),
         observed_generation: None,
@@ -214,6 +219,7 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         conditions: vec![outcome_condition(
             phase,
             state.error.as_ref().map(|e| e.message.clone()),
+            state.error.as_ref().and_then(|e| e.reason()),
         )],
         run_id: Some(state.run_id.to_string()),
         start_time: time_from_micros(started),
@@ -294,6 +300,7 @@ pub fn cancelled_before_start(run_id: Option<String>) -> PipelineRunStatus {
         conditions: vec![outcome_condition(
             RunPhase::Cancelled,
             Some("cancelled before it started".into()),
+            None,
         )],
         run_id,
         start_time: Some(t.clone()),

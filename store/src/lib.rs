@@ -14,6 +14,7 @@ mod flusher;
 pub mod fold;
 mod keys;
 mod query;
+mod session;
 mod store;
 mod summary;
 
@@ -22,5 +23,6 @@ pub use error::StoreError;
 pub use event::*;
 pub use fold::*;
 pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
+pub use session::EngineSession;
 pub use store::{Appended, EventStore, WriteCycle, WriteObserver};
 pub use summary::RunSummary;

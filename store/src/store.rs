@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     // Dropped first: joins the flusher thread (which holds a handle on the database) before `db` closes.
     flusher: Flusher,
     pub(crate) tree: sled::Tree,
-    db: sled::Db,
+    pub(crate) db: sled::Db,
     durability: Durability,
     cursors: Arc<[Mutex<CursorMap>]>,
     buffer: Arc<WriteBuffer>,
