@@ -811,3 +811,78 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
     let events = all_events(&data);
     assert!(!events.contains("StageStarted"), "{events}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Big pipelines: validation, planning and the run are linear in the stages
+
+/// A Pipeline of `n` `noop` stages in a chain, each reading the previous one's output by template.
+fn chain_pipeline(n: usize) -> Value {
+    let stages: Vec<Value> = (0..n)
+        .map(|i| match i {
+            0 => json!({"id": "s0", "componentType": "noop", "config": {"value": "{{input.x}}"}}),
+            _ => json!({
+                "id": format!("s{i}"),
+                "componentType": "noop",
+                "dependsOn": [format!("s{}", i - 1)],
+                "config": {"value": format!("{{{{upstream.s{}.value}}}}", i - 1)},
+            }),
+        })
+        .collect();
+    json!({
+        "apiVersion": "flowmason.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "chain"},
+        "spec": {"stages": stages, "sampleInput": {"x": 7}},
+    })
+}
+
+/// Runs `fm` with `args` to its end: exit code (None: killed by a signal), stdout, and its peak resident
+/// set size in bytes, read by `wait4` for that child alone.
+fn run_fm_measured(args: &[&str], data: &Path) -> (Option<i32>, String, u64) {
+    let out_path = data.join("stdout");
+    let out = std::fs::File::create(&out_path).expect("stdout file");
+    let child = fm()
+        .args(args)
+        .env("FM_DATA_DIR", data)
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fm starts");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value; wait4 writes both out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not waited for by anything else; the pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let stdout = std::fs::read_to_string(&out_path).expect("stdout");
+    // Linux reports ru_maxrss in KiB.
+    (code, stdout, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn a_20000_stage_chain_validates_and_runs_within_512_mib() {
+    const STAGES: usize = 20_000;
+    // Measured: about 130 MiB to validate and 280 MiB to run (debug build); quadratic validation took
+    // more than 6.9 GB, and a recursive cycle check overflowed the stack.
+    const BOUND: u64 = 512 * 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "chain.json",
+        &chain_pipeline(STAGES).to_string(),
+    );
+    let file = file.to_str().expect("utf-8 path");
+
+    let (code, stdout, rss) = run_fm_measured(&["validate", file], dir.path());
+    assert_eq!(code, Some(0), "fm validate: {stdout}");
+    assert!(stdout.contains("is valid (20000 stages)"), "{stdout}");
+    assert!(rss < BOUND, "fm validate peaked at {} MiB", rss >> 20);
+
+    let (code, stdout, rss) = run_fm_measured(&["run", file], dir.path());
+    assert_eq!(code, Some(0), "fm run: {stdout}");
+    let output: Value = serde_json::from_str(stdout.trim()).expect("output is JSON");
+    assert_eq!(output, json!({"value": 7}), "the last stage's output");
+    assert!(rss < BOUND, "fm run peaked at {} MiB", rss >> 20);
+}
