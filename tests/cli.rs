@@ -841,6 +841,10 @@ fn chain_pipeline(n: usize) -> Value {
 fn run_fm_measured(args: &[&str], data: &Path) -> (Option<i32>, String, u64) {
     let out_path = data.join("stdout");
     let out = std::fs::File::create(&out_path).expect("stdout file");
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also reads its peak memory"
+    )]
     let child = fm()
         .args(args)
         .env("FM_DATA_DIR", data)
