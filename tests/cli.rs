@@ -812,6 +812,63 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
     assert!(!events.contains("StageStarted"), "{events}");
 }
 
+#[test]
+fn history_show_names_a_quarantined_run_and_its_resumes() {
+    use flowmason_store::{Event, EventKind, QUARANTINED, RunError, RunId};
+    let data = tempfile::tempdir().expect("tempdir");
+    let run = RunId::now_v7();
+    let kinds = vec![
+        EventKind::RunAccepted {
+            pipeline: "poison".into(),
+            namespace: "default".into(),
+            generation: 1,
+            trigger: Default::default(),
+            run_name: None,
+            labels: BTreeMap::new(),
+            plan: json!({"stages": [{"id": "boom", "component": "noop"}]}),
+            inputs: json!({}),
+        },
+        EventKind::RunStarted,
+        EventKind::RunResumed {
+            session: 2,
+            after_crash: true,
+        },
+        EventKind::RunFailed {
+            error: RunError {
+                message: "quarantined: in flight at 2 consecutive crashes of the engine".into(),
+                stage: None,
+                details: json!({"reason": QUARANTINED}),
+            },
+        },
+    ];
+    let events: Vec<Event> = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| Event {
+            seq: i as u64,
+            at: 1_700_000_000_000_000 + i as i64,
+            kind,
+        })
+        .collect();
+    {
+        let store =
+            EventStore::open(data.path().join("events"), StoreConfig::default()).expect("open");
+        store.import_runs(&[(run, events)]).expect("import");
+        store.flush().expect("flush");
+    }
+    let data_dir = data.path().to_str().expect("path");
+    let show = run_fm(&["history", "show", &run.to_string(), "--data-dir", data_dir]);
+    assert_eq!(show.status.code(), Some(0), "{}", text(&show.stderr));
+    let shown = text(&show.stdout);
+    for needle in [
+        "Phase:     Failed (Quarantined)",
+        "Error:     quarantined: in flight at 2 consecutive crashes",
+        "run resumed after a crash of the engine (engine session 2)",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Big pipelines: validation, planning and the run are linear in the stages
 

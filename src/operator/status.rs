@@ -454,4 +454,17 @@ mod tests {
         assert_eq!(status.stages.len(), 10);
         assert_eq!(status.metrics.map(|m| m.total_stages), Some(50));
     }
+
+    #[test]
+    fn a_quarantined_run_has_the_reason_quarantined() {
+        let condition = outcome_condition(
+            RunPhase::Failed,
+            Some("quarantined: in flight at 2 consecutive crashes".into()),
+            Some(flowmason_store::QUARANTINED),
+        );
+        assert_eq!(condition.reason.as_deref(), Some("Quarantined"));
+        assert_eq!(condition.status, "False");
+        let plain = outcome_condition(RunPhase::Failed, None, None);
+        assert_eq!(plain.reason.as_deref(), Some("Failed"));
+    }
 }
