@@ -505,6 +505,7 @@ impl Engine {
     /// be used (unreadable plan, unknown component) is ended `Failed` with the reason.
     pub async fn resume_all(&self) -> Result<Vec<RunHandle>, EngineError> {
         let mut handles = Vec::new();
+        let mut taken = Vec::new();
         for run in self.inner.store.unfinished_runs()? {
             if self
                 .inner
@@ -515,7 +516,16 @@ impl Engine {
             {
                 continue;
             }
-            if let Some(handle) = self.resume(run, false).await? {
+            if let Some(state) = self.take_up(run).await? {
+                taken.push(state);
+            }
+        }
+        // One wait for every `RunResumed` just recorded: durable before any of the runs is acted on.
+        if !taken.is_empty() {
+            self.inner.store.sync().await?;
+        }
+        for state in taken {
+            if let Some(handle) = self.continue_resumed(state, false).await? {
                 handles.push(handle);
             }
         }
@@ -528,6 +538,21 @@ impl Engine {
         run: RunId,
         observe: bool,
     ) -> Result<Option<RunHandle>, EngineError> {
+        let Some(state) = self.take_up(run).await? else {
+            return Ok(None);
+        };
+        self.inner
+            .store
+            .sync()
+            .await
+            .map_err(|source| EngineError::Store { run, source })?;
+        self.continue_resumed(state, observe).await
+    }
+
+    /// Folds an unfinished run and records that this session takes it up ([`Self::record_resume`]),
+    /// without waiting for that to be durable; `None` when there is nothing to resume (ended, unknown,
+    /// unreadable or quarantined: the last two are ended `Failed`).
+    async fn take_up(&self, run: RunId) -> Result<Option<RunState>, EngineError> {
         let store = &self.inner.store;
         let state = match store.fold(run) {
             Ok(Some(state)) => state,
@@ -542,10 +567,16 @@ impl Engine {
         if state.phase.is_terminal() {
             return Ok(None);
         }
-        let state = match self.record_resume(state).await? {
-            Some(state) => state,
-            None => return Ok(None),
-        };
+        self.record_resume(state).await
+    }
+
+    /// Starts a run taken up by [`Self::take_up`], once its `RunResumed` is durable.
+    async fn continue_resumed(
+        &self,
+        state: RunState,
+        observe: bool,
+    ) -> Result<Option<RunHandle>, EngineError> {
+        let run = state.run_id;
         let plan = match serde_json::from_value::<PlanSpec>(state.plan.clone()) {
             Ok(spec) => match self.check(spec) {
                 Ok(plan) => plan,
@@ -571,8 +602,8 @@ impl Engine {
         self.spawn(plan, state, env, observe, Vec::new()).map(Some)
     }
 
-    /// Records (durably, before the run is acted on) that this engine session takes the run up again, and
-    /// whether after a crash. A run that the previous session had resumed after a crash, and that was
+    /// Records that this engine session takes the run up again, and whether after a crash (the caller
+    /// waits for it to be durable before acting on the run). A run that the previous session had resumed after a crash, and that was
     /// still in flight when that session crashed too, is not resumed a third time: it is ended `Failed`
     /// as quarantined (`None`), so that whatever in it brings the process down cannot do so again.
     async fn record_resume(&self, mut state: RunState) -> Result<Option<RunState>, EngineError> {
@@ -592,8 +623,8 @@ impl Engine {
             session: session.id,
             after_crash: session.after_crash,
         };
-        let events = match self.inner.store.append_durable(run, vec![resumed]).await {
-            Ok(events) => events,
+        let events = match self.inner.store.append(run, vec![resumed]) {
+            Ok(appended) => appended.events,
             // Ended meanwhile (cancelled by another path): nothing to resume.
             Err(StoreError::RunEnded { .. }) => return Ok(None),
             Err(source) => return Err(EngineError::Store { run, source }),
