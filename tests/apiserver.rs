@@ -109,6 +109,27 @@ fn hello_pipeline(name: &str) -> Value {
     })
 }
 
+/// A Pipeline of `n` `noop` stages in a chain, each reading the previous one's output by template.
+fn chain_pipeline(name: &str, n: usize) -> Value {
+    let stages: Vec<Value> = (0..n)
+        .map(|i| match i {
+            0 => json!({"id": "s0", "componentType": "noop"}),
+            _ => json!({
+                "id": format!("s{i}"),
+                "componentType": "noop",
+                "dependsOn": [format!("s{}", i - 1)],
+                "config": {"value": format!("{{{{upstream.s{}.value}}}}", i - 1)},
+            }),
+        })
+        .collect();
+    json!({
+        "apiVersion": "flowmason.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": name},
+        "spec": {"stages": stages},
+    })
+}
+
 /// Waits (bounded) for the next `n` events of a watch stream.
 async fn next_events<S, K>(stream: &mut S, n: usize) -> Vec<WatchEvent<K>>
 where
@@ -1662,4 +1683,42 @@ async fn kubectl_works_against_the_embedded_server() {
         "{err}"
     );
     h.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20000_stage_pipeline_is_validated_and_accepted_and_the_server_keeps_serving() {
+    let h = Harness::start_with(|c| c.api.max_body_bytes = 8 * 1024 * 1024).await;
+    let pipelines = "/apis/flowmason.io/v1/namespaces/default/pipelines";
+    let body = chain_pipeline("chain", 20_000).to_string().into_bytes();
+    assert!(body.len() > 1_500_000, "{} bytes", body.len());
+    let (code, created) = h.raw("POST", pipelines, "application/json", body).await;
+    assert_eq!(code, 201, "{created}");
+    // An invalid one of the same size is refused with its problem named (validation ran on all of it).
+    let mut broken = chain_pipeline("broken", 20_000);
+    broken["spec"]["stages"][19_999]["config"]["value"] = json!("{{upstream.s19999.value}}");
+    let (code, refused) = h
+        .raw(
+            "POST",
+            pipelines,
+            "application/json",
+            broken.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stages[19999]") && m.contains("not upstream")),
+        "{refused}"
+    );
+    let (code, got) = h
+        .raw(
+            "GET",
+            &format!("{pipelines}/chain"),
+            "application/json",
+            vec![],
+        )
+        .await;
+    assert_eq!(code, 200, "the server still serves");
+    assert_eq!(got["spec"]["stages"].as_array().map(Vec::len), Some(20_000));
 }

@@ -1042,3 +1042,139 @@ fn an_output_over_the_limit_fails_its_stage_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn history_show_names_a_quarantined_run_and_its_resumes() {
+    use flowmason_store::{Event, EventKind, QUARANTINED, RunError, RunId};
+    let data = tempfile::tempdir().expect("tempdir");
+    let run = RunId::now_v7();
+    let kinds = vec![
+        EventKind::RunAccepted {
+            pipeline: "poison".into(),
+            namespace: "default".into(),
+            generation: 1,
+            trigger: Default::default(),
+            run_name: None,
+            labels: BTreeMap::new(),
+            plan: json!({"stages": [{"id": "boom", "component": "noop"}]}),
+            inputs: json!({}),
+        },
+        EventKind::RunStarted,
+        EventKind::RunResumed {
+            session: 2,
+            after_crash: true,
+        },
+        EventKind::RunFailed {
+            error: RunError {
+                message: "quarantined: in flight at 2 consecutive crashes of the engine".into(),
+                stage: None,
+                details: json!({"reason": QUARANTINED}),
+            },
+        },
+    ];
+    let events: Vec<Event> = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| Event {
+            seq: i as u64,
+            at: 1_700_000_000_000_000 + i as i64,
+            kind,
+        })
+        .collect();
+    {
+        let store =
+            EventStore::open(data.path().join("events"), StoreConfig::default()).expect("open");
+        store.import_runs(&[(run, events)]).expect("import");
+        store.flush().expect("flush");
+    }
+    let data_dir = data.path().to_str().expect("path");
+    let show = run_fm(&["history", "show", &run.to_string(), "--data-dir", data_dir]);
+    assert_eq!(show.status.code(), Some(0), "{}", text(&show.stderr));
+    let shown = text(&show.stdout);
+    for needle in [
+        "Phase:     Failed (Quarantined)",
+        "Error:     quarantined: in flight at 2 consecutive crashes",
+        "run resumed after a crash of the engine (engine session 2)",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Big pipelines: validation, planning and the run are linear in the stages
+
+/// A Pipeline of `n` `noop` stages in a chain, each reading the previous one's output by template.
+fn chain_pipeline(n: usize) -> Value {
+    let stages: Vec<Value> = (0..n)
+        .map(|i| match i {
+            0 => json!({"id": "s0", "componentType": "noop", "config": {"value": "{{input.x}}"}}),
+            _ => json!({
+                "id": format!("s{i}"),
+                "componentType": "noop",
+                "dependsOn": [format!("s{}", i - 1)],
+                "config": {"value": format!("{{{{upstream.s{}.value}}}}", i - 1)},
+            }),
+        })
+        .collect();
+    json!({
+        "apiVersion": "flowmason.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "chain"},
+        "spec": {"stages": stages, "sampleInput": {"x": 7}},
+    })
+}
+
+/// Runs `fm` with `args` to its end: exit code (None: killed by a signal), stdout, and its peak resident
+/// set size in bytes, read by `wait4` for that child alone.
+fn run_fm_measured(args: &[&str], data: &Path) -> (Option<i32>, String, u64) {
+    let out_path = data.join("stdout");
+    let out = std::fs::File::create(&out_path).expect("stdout file");
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also reads its peak memory"
+    )]
+    let child = fm()
+        .args(args)
+        .env("FM_DATA_DIR", data)
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fm starts");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value; wait4 writes both out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not waited for by anything else; the pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let stdout = std::fs::read_to_string(&out_path).expect("stdout");
+    // Linux reports ru_maxrss in KiB.
+    (code, stdout, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn a_20000_stage_chain_validates_and_runs_within_512_mib() {
+    const STAGES: usize = 20_000;
+    // Measured: about 130 MiB to validate and 280 MiB to run (debug build); quadratic validation took
+    // more than 6.9 GB, and a recursive cycle check overflowed the stack.
+    const BOUND: u64 = 512 * 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "chain.json",
+        &chain_pipeline(STAGES).to_string(),
+    );
+    let file = file.to_str().expect("utf-8 path");
+
+    let (code, stdout, rss) = run_fm_measured(&["validate", file], dir.path());
+    assert_eq!(code, Some(0), "fm validate: {stdout}");
+    assert!(stdout.contains("is valid (20000 stages)"), "{stdout}");
+    assert!(rss < BOUND, "fm validate peaked at {} MiB", rss >> 20);
+
+    let (code, stdout, rss) = run_fm_measured(&["run", file], dir.path());
+    assert_eq!(code, Some(0), "fm run: {stdout}");
+    let output: Value = serde_json::from_str(stdout.trim()).expect("output is JSON");
+    assert_eq!(output, json!({"value": 7}), "the last stage's output");
+    assert!(rss < BOUND, "fm run peaked at {} MiB", rss >> 20);
+}

@@ -1306,3 +1306,228 @@ async fn context_fields_resolve_in_both_spellings() {
         Some(json!({ "camel": expected, "snake": expected, "pipeline": "test" }))
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Crashes: engines in child processes (this test binary run again) that abort or stop gracefully.
+
+/// Set in a child process of the crash tests: what the child does (see [`engine_child`]).
+const CHILD_ROLE: &str = "FM_TEST_ENGINE_CHILD";
+/// The child's data dir.
+const CHILD_DIR: &str = "FM_TEST_ENGINE_DIR";
+
+/// Aborts the process, as a stack overflow or an out-of-memory kill would end it.
+struct Abort;
+impl Component for Abort {
+    fn execute(
+        &self,
+        _input: Value,
+        _ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        std::process::abort()
+    }
+}
+
+/// Waits until the file named by its input's `path` exists, then succeeds.
+struct Gate;
+impl Component for Gate {
+    fn execute(
+        &self,
+        input: Value,
+        _ctx: StageContext,
+    ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+        Box::pin(async move {
+            let path = input
+                .get("path")
+                .and_then(Value::as_str)
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| ComponentError::config("path: required"))?;
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(json!({ "opened": true }).into())
+        })
+    }
+}
+
+/// What a child engine does, by role: `poison` starts a run whose stage aborts the process; `gated`
+/// starts a run that waits for the gate file and then stops gracefully; `resume` resumes every unfinished
+/// run and stops gracefully once they have ended; `resume-and-stop` resumes them and stops gracefully at
+/// once; `gated-then-resume` starts a gated run, then resumes the others (the poison run aborts).
+async fn engine_child(role: &str, dir: &std::path::Path) {
+    // Every event durable before it is acted on: the log shows exactly what ran before the abort.
+    let config = StoreConfig {
+        durability: Durability::Always,
+        ..StoreConfig::default()
+    };
+    let store = EventStore::open(dir.join("events"), config).expect("open");
+    let mut registry = Registry::new();
+    registry.register("abort", Abort).register("gate", Gate);
+    let engine = Engine::new(store.clone(), registry, EngineConfig::default());
+    let gated = || {
+        let gate = dir.join("gate").display().to_string();
+        RunRequest::new(
+            "gated",
+            plan(vec![with_config(
+                stage("wait", "gate", &[]),
+                json!({ "path": gate }),
+            )]),
+            json!({}),
+        )
+    };
+    match role {
+        "poison" => {
+            let spec = plan(vec![stage("boom", "abort", &[])]);
+            let handle = engine
+                .start(RunRequest::new("poison", spec, json!({})))
+                .await
+                .expect("start");
+            let _ = handle.finished().await;
+            panic!("the poison run ended instead of aborting the process");
+        }
+        "gated" => {
+            engine.start(gated()).await.expect("start");
+        }
+        "gated-then-resume" => {
+            engine.start(gated()).await.expect("start");
+            for handle in engine.resume_all().await.expect("resume") {
+                let _ = handle.finished().await;
+            }
+        }
+        "resume" => {
+            for handle in engine.resume_all().await.expect("resume") {
+                handle.finished().await.expect("end");
+            }
+        }
+        "resume-and-stop" => {
+            engine.resume_all().await.expect("resume");
+        }
+        other => panic!("unknown child role {other:?}"),
+    }
+    engine.shutdown().expect("shutdown");
+    store.flush().expect("flush");
+    // Leaves at once, with runs still in flight: a graceful stop, as `fm serve` on SIGTERM.
+    std::process::exit(0);
+}
+
+/// Runs this test binary's test `test` as a child engine with `role`; returns whether it exited normally
+/// (false: it aborted).
+fn run_child(test: &str, role: &str, dir: &std::path::Path) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().expect("test binary");
+    let status = std::process::Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, role)
+        .env(CHILD_DIR, dir)
+        .status()
+        .expect("run child");
+    // SIGABRT
+    match status.signal() {
+        Some(6) => false,
+        _ => {
+            assert!(status.success(), "child {role} failed: {status}");
+            true
+        }
+    }
+}
+
+fn runs_by_pipeline(store: &EventStore) -> BTreeMap<String, (RunState, Vec<Event>)> {
+    let page = store
+        .query(&flowmason_store::RunQuery::default())
+        .expect("query");
+    page.runs
+        .iter()
+        .map(|summary| {
+            let state = store.fold(summary.run_id).expect("fold").expect("present");
+            let events = store.events(summary.run_id).expect("events");
+            (state.pipeline.clone(), (state, events))
+        })
+        .collect()
+}
+
+fn resumes(events: &[Event]) -> Vec<(u64, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RunResumed {
+                session,
+                after_crash,
+            } => Some((session, after_crash)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_run_in_flight_at_two_consecutive_crashes_is_quarantined_and_the_others_resume() {
+    const TEST: &str =
+        "a_run_in_flight_at_two_consecutive_crashes_is_quarantined_and_the_others_resume";
+    if let (Ok(role), Some(dir)) = (std::env::var(CHILD_ROLE), std::env::var_os(CHILD_DIR)) {
+        return engine_child(&role, std::path::Path::new(&dir)).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(
+        !run_child(TEST, "poison", dir.path()),
+        "the poison stage aborts the first engine"
+    );
+    assert!(
+        !run_child(TEST, "gated-then-resume", dir.path()),
+        "resumed once, the poison run aborts the second engine (with the gated run in flight)"
+    );
+    std::fs::write(dir.path().join("gate"), b"open").expect("open the gate");
+    assert!(
+        run_child(TEST, "resume", dir.path()),
+        "the third engine does not resume the poison run, and finishes the other one"
+    );
+
+    let store = EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("open");
+    let runs = runs_by_pipeline(&store);
+    let (poison, events) = &runs["poison"];
+    assert_eq!(poison.phase, RunPhase::Failed);
+    let error = poison.error.as_ref().expect("error");
+    assert_eq!(error.reason(), Some(flowmason_store::QUARANTINED));
+    assert!(
+        error
+            .message
+            .starts_with("quarantined: in flight at 2 consecutive crashes of the engine"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        resumes(events),
+        [(2, true)],
+        "resumed once, by the engine after the first crash"
+    );
+    assert_eq!(
+        stage_events(events, "StageStarted", "boom").count(),
+        2,
+        "the aborting stage never ran a third time"
+    );
+    let (gated, events) = &runs["gated"];
+    assert_eq!(gated.phase, RunPhase::Succeeded, "{:?}", gated.error);
+    assert_eq!(resumes(events), [(3, true)]);
+}
+
+#[actix_rt::test]
+async fn a_run_in_flight_at_graceful_restarts_is_resumed_every_time() {
+    const TEST: &str = "a_run_in_flight_at_graceful_restarts_is_resumed_every_time";
+    if let (Ok(role), Some(dir)) = (std::env::var(CHILD_ROLE), std::env::var_os(CHILD_DIR)) {
+        return engine_child(&role, std::path::Path::new(&dir)).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(run_child(TEST, "gated", dir.path()));
+    for _ in 0..3 {
+        assert!(run_child(TEST, "resume-and-stop", dir.path()));
+    }
+    std::fs::write(dir.path().join("gate"), b"open").expect("open the gate");
+    assert!(run_child(TEST, "resume", dir.path()));
+
+    let store = EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("open");
+    let runs = runs_by_pipeline(&store);
+    let (gated, events) = &runs["gated"];
+    assert_eq!(gated.phase, RunPhase::Succeeded, "{:?}", gated.error);
+    assert_eq!(
+        resumes(events),
+        [(2, false), (3, false), (4, false), (5, false)],
+        "every restart was graceful"
+    );
+}

@@ -2189,6 +2189,10 @@ fn run_data_routes() -> Vec<(&'static str, String)> {
         ("GET", format!("/api/v1/runs/{run}/events")),
         ("POST", format!("/api/v1/runs/{run}/rerun")),
         ("GET", "/api/v1/pipelines/default/hello/stats".into()),
+        ("GET", "/api/v1/pipelines".into()),
+        ("GET", "/api/v1/pipelines/default/hello".into()),
+        ("POST", "/api/v1/pipelines/default/hello/runs".into()),
+        ("POST", format!("/api/v1/runs/{run}/cancel")),
         ("GET", "/metrics".into()),
     ]
 }
@@ -2427,4 +2431,54 @@ async fn fm_history_serve_needs_the_token_from_its_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_through_graceful_restarts_of_fm_serve_is_resumed_every_time_never_quarantined() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = Fm::serve(data.path(), &[]);
+    let client = first.client().await;
+    let mut fm = Some(first);
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let mut runs: Api<PipelineRun> = Api::namespaced(client, "default");
+    create_pipeline(&pipelines, "slow", delay_stages(600_000)).await;
+    create_run(&runs, "r", "slow", json!({"x": 1})).await;
+    let mut run_id = String::new();
+    // Attempt n of the stage runs in the n-th process; each process is stopped with SIGTERM.
+    const PROCESSES: u32 = 4;
+    for attempt in 1..=PROCESSES {
+        run_id = eventually(&format!("attempt {attempt} running"), || async {
+            let status = runs.get_opt("r").await.ok().flatten()?.status?;
+            let wait = status.stages.iter().find(|s| s.id == "wait")?;
+            (wait.attempts == attempt && status.phase == Some(RunPhase::Running))
+                .then_some(status.run_id?)
+        })
+        .await;
+        if let Some(running) = fm.take() {
+            running.stop();
+        }
+        if attempt < PROCESSES {
+            let next = Fm::serve(data.path(), &[]);
+            runs = Api::namespaced(next.client().await, "default");
+            fm = Some(next);
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_fm"))
+        .args(["history", "show", &run_id, "-o", "json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("fm history show");
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("history json");
+    assert_eq!(shown["run"]["phase"], json!("Running"), "{shown}");
+    let resumes: Vec<&Value> = shown["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == json!("RunResumed"))
+        .collect();
+    assert_eq!(resumes.len(), 3, "one per restart: {resumes:?}");
+    assert!(
+        resumes.iter().all(|e| e["after_crash"] == json!(false)),
+        "every restart was graceful: {resumes:?}"
+    );
 }

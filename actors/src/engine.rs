@@ -4,7 +4,7 @@
 //! thread or tokio task. Each run is a `RunActor` on one of the engine's arbiters.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -13,7 +13,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use flowmason_store::{
-    Event, EventKind, EventStore, RunError, RunId, RunState, StoreError, Trigger,
+    EngineSession, Event, EventKind, EventStore, QUARANTINED, ResumeState, RunError, RunId,
+    RunState, StoreError, Trigger,
 };
 
 use crate::component::{Component, Registry};
@@ -256,6 +257,11 @@ pub(crate) struct Inner {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     runs: Mutex<HashMap<RunId, Addr<RunActor>>>,
+    /// This engine's session of the log; `None` when it could not be recorded (then nothing is
+    /// quarantined).
+    session: Option<EngineSession>,
+    /// Whether this engine has resumed a run (see [`Engine::shutdown`]).
+    resumed_any: AtomicBool,
 }
 
 /// The engine handle; cheap to clone.
@@ -266,7 +272,26 @@ pub struct Engine {
 
 impl Engine {
     /// Creates an engine. Must be called from a thread running an actix `System`.
+    ///
+    /// Begins an engine session of the log (see [`EventStore::begin_engine_session`]): until
+    /// [`shutdown`](Self::shutdown), a stop of the process counts as a crash, and the unfinished runs are
+    /// resumed as after a crash by the next engine.
     pub fn new(store: EventStore, registry: Registry, config: EngineConfig) -> Engine {
+        let session = match store.begin_engine_session() {
+            Ok(session) => {
+                if session.after_crash {
+                    tracing::warn!(
+                        session = session.id,
+                        "the previous engine on this event log did not shut down; its unfinished runs resume as after a crash"
+                    );
+                }
+                Some(session)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot record the engine session; crashed runs will not be quarantined");
+                None
+            }
+        };
         let arbiters = if config.workers == 0 {
             vec![Arbiter::current()]
         } else {
@@ -283,8 +308,25 @@ impl Engine {
                 arbiters,
                 next_arbiter: AtomicUsize::new(0),
                 runs: Mutex::new(HashMap::new()),
+                session,
+                resumed_any: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Records that this engine stops gracefully (SIGTERM, end of `fm run`): the runs it leaves unfinished
+    /// are then resumed normally by the next engine, however often that happens. Not calling it makes
+    /// the stop count as a crash. An engine that began after a crash and resumed nothing leaves the
+    /// crash on record, so that the runs in flight at it are still resumed as after a crash.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        let Some(session) = self.inner.session else {
+            return Ok(());
+        };
+        if session.after_crash && !self.inner.resumed_any.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.inner.store.end_engine_session(session.id)?;
+        Ok(())
     }
 
     pub fn store(&self) -> &EventStore {
@@ -541,6 +583,7 @@ impl Engine {
     /// be used (unreadable plan, unknown component) is ended `Failed` with the reason.
     pub async fn resume_all(&self) -> Result<Vec<RunHandle>, EngineError> {
         let mut handles = Vec::new();
+        let mut taken = Vec::new();
         for run in self.inner.store.unfinished_runs()? {
             if self
                 .inner
@@ -551,7 +594,16 @@ impl Engine {
             {
                 continue;
             }
-            if let Some(handle) = self.resume(run, false).await? {
+            if let Some(state) = self.take_up(run).await? {
+                taken.push(state);
+            }
+        }
+        // One wait for every `RunResumed` just recorded: durable before any of the runs is acted on.
+        if !taken.is_empty() {
+            self.inner.store.sync().await?;
+        }
+        for state in taken {
+            if let Some(handle) = self.continue_resumed(state, false).await? {
                 handles.push(handle);
             }
         }
@@ -564,6 +616,21 @@ impl Engine {
         run: RunId,
         observe: bool,
     ) -> Result<Option<RunHandle>, EngineError> {
+        let Some(state) = self.take_up(run).await? else {
+            return Ok(None);
+        };
+        self.inner
+            .store
+            .sync()
+            .await
+            .map_err(|source| EngineError::Store { run, source })?;
+        self.continue_resumed(state, observe).await
+    }
+
+    /// Folds an unfinished run and records that this session takes it up ([`Self::record_resume`]),
+    /// without waiting for that to be durable; `None` when there is nothing to resume (ended, unknown,
+    /// unreadable or quarantined: the last two are ended `Failed`).
+    async fn take_up(&self, run: RunId) -> Result<Option<RunState>, EngineError> {
         let store = &self.inner.store;
         let state = match store.fold(run) {
             Ok(Some(state)) => state,
@@ -578,6 +645,16 @@ impl Engine {
         if state.phase.is_terminal() {
             return Ok(None);
         }
+        self.record_resume(state).await
+    }
+
+    /// Starts a run taken up by [`Self::take_up`], once its `RunResumed` is durable.
+    async fn continue_resumed(
+        &self,
+        state: RunState,
+        observe: bool,
+    ) -> Result<Option<RunHandle>, EngineError> {
+        let run = state.run_id;
         let plan = match serde_json::from_value::<PlanSpec>(state.plan.clone()) {
             Ok(spec) => match self.check(spec) {
                 Ok(plan) => plan,
@@ -603,12 +680,63 @@ impl Engine {
         self.spawn(plan, state, env, observe, Vec::new()).map(Some)
     }
 
-    async fn fail_unusable(&self, run: RunId, message: String) -> Result<(), EngineError> {
-        let error = RunError {
-            message,
-            stage: None,
-            details: Value::Null,
+    /// Records that this engine session takes the run up again, and whether after a crash (the caller
+    /// waits for it to be durable before acting on the run). A run that the previous session had resumed after a crash, and that was
+    /// still in flight when that session crashed too, is not resumed a third time: it is ended `Failed`
+    /// as quarantined (`None`), so that whatever in it brings the process down cannot do so again.
+    async fn record_resume(&self, mut state: RunState) -> Result<Option<RunState>, EngineError> {
+        let run = state.run_id;
+        let Some(session) = self.inner.session else {
+            return Ok(Some(state));
         };
+        if let Some(previous) = state.last_resume
+            && quarantine(session, previous)
+        {
+            let error = quarantine_error(previous);
+            tracing::error!(%run, pipeline = %state.pipeline, reason = %error.message, "run quarantined");
+            self.fail_with(run, error).await?;
+            return Ok(None);
+        }
+        let resumed = EventKind::RunResumed {
+            session: session.id,
+            after_crash: session.after_crash,
+        };
+        let events = match self.inner.store.append(run, vec![resumed]) {
+            Ok(appended) => appended.events,
+            // Ended meanwhile (cancelled by another path): nothing to resume.
+            Err(StoreError::RunEnded { .. }) => return Ok(None),
+            Err(source) => return Err(EngineError::Store { run, source }),
+        };
+        for event in &events {
+            if let Some(on_event) = &self.inner.on_event {
+                on_event(&Observation {
+                    event,
+                    before: &state,
+                    component: None,
+                });
+            }
+            state.apply(event).map_err(|e| EngineError::Store {
+                run,
+                source: StoreError::Fold(e),
+            })?;
+        }
+        self.inner.resumed_any.store(true, Ordering::Release);
+        Ok(Some(state))
+    }
+
+    async fn fail_unusable(&self, run: RunId, message: String) -> Result<(), EngineError> {
+        self.fail_with(
+            run,
+            RunError {
+                message,
+                stage: None,
+                details: Value::Null,
+            },
+        )
+        .await
+    }
+
+    async fn fail_with(&self, run: RunId, error: RunError) -> Result<(), EngineError> {
         match self
             .inner
             .store
@@ -753,3 +881,74 @@ pub(crate) fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
 }
 
 pub(crate) type EngineRef = std::sync::Weak<Inner>;
+
+/// Whether a run whose last resume was `previous` must be quarantined by `session`: the previous session
+/// resumed it after a crash and crashed too, so it was in flight at two consecutive crashes.
+fn quarantine(session: EngineSession, previous: ResumeState) -> bool {
+    session.after_crash && previous.after_crash && previous.session.saturating_add(1) == session.id
+}
+
+/// The error a quarantined run ends with; `details.reason` is [`QUARANTINED`].
+fn quarantine_error(previous: ResumeState) -> RunError {
+    let resumed_at = chrono::DateTime::from_timestamp_micros(previous.at)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| previous.at.to_string());
+    RunError {
+        message: format!(
+            "quarantined: in flight at 2 consecutive crashes of the engine (last resumed at {resumed_at}, \
+             after the first); not resumed again, since something in it may be what brings the process down"
+        ),
+        stage: None,
+        details: serde_json::json!({
+            "reason": QUARANTINED,
+            "crashes": 2,
+            "lastResumedAt": resumed_at,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64, after_crash: bool) -> EngineSession {
+        EngineSession { id, after_crash }
+    }
+
+    fn resumed(session: u64, after_crash: bool) -> ResumeState {
+        ResumeState {
+            at: 1_700_000_000_000_000,
+            session,
+            after_crash,
+        }
+    }
+
+    #[test]
+    fn only_a_run_resumed_after_the_previous_crash_and_crashed_again_is_quarantined() {
+        assert!(quarantine(session(5, true), resumed(4, true)));
+        // A clean stop in between, or a clean resume, resets the count.
+        assert!(!quarantine(session(5, false), resumed(4, true)));
+        assert!(!quarantine(session(5, true), resumed(4, false)));
+        // Resumed twice in one session (not a crash), or resumed long ago.
+        assert!(!quarantine(session(5, true), resumed(5, true)));
+        assert!(!quarantine(session(5, true), resumed(2, true)));
+    }
+
+    #[test]
+    fn the_quarantine_error_says_why_and_carries_the_reason() {
+        let error = quarantine_error(resumed(4, true));
+        assert_eq!(error.reason(), Some(QUARANTINED));
+        assert!(
+            error
+                .message
+                .starts_with("quarantined: in flight at 2 consecutive crashes"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("2023-11-14T22:13:20Z"),
+            "{}",
+            error.message
+        );
+    }
+}

@@ -1,10 +1,10 @@
 //! The execution plan: what a run executes, as data (`PlanSpec`, recorded in `RunAccepted`) and as a
 //! checked DAG (`Plan`) the run actor walks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -335,19 +335,21 @@ impl Plan {
 /// Every cycle of the graph, each named by its stages in dependency order and closed on its first stage.
 fn cycles(graph: &DiGraph<usize, ()>, spec: &PlanSpec) -> Vec<Vec<String>> {
     let mut found = Vec::new();
-    for component in tarjan_scc(graph) {
+    // Kosaraju's walks are iterative; petgraph's Tarjan recurses once per stage of a path and overflows
+    // the stack on a long chain.
+    for component in kosaraju_scc(graph) {
         let self_loop = component.len() == 1 && graph.contains_edge(component[0], component[0]);
         if component.len() < 2 && !self_loop {
             continue;
         }
-        let members: Vec<usize> = {
-            let mut m: Vec<usize> = component.iter().map(|n| graph[*n]).collect();
-            m.sort_unstable();
-            m
-        };
+        // Sets, not lists: a cycle may have thousands of stages.
+        let members: HashSet<usize> = component.iter().map(|n| graph[*n]).collect();
         // Walk from the first-declared member along edges inside the component until we come back.
-        let start = members[0];
+        let Some(&start) = members.iter().min() else {
+            continue;
+        };
         let mut path = vec![start];
+        let mut on_path = HashSet::from([start]);
         let mut current = start;
         loop {
             let next = graph
@@ -356,7 +358,7 @@ fn cycles(graph: &DiGraph<usize, ()>, spec: &PlanSpec) -> Vec<Vec<String>> {
                 .filter(|n| members.contains(n))
                 .min_by_key(|n| if *n == start { usize::MAX } else { *n });
             let Some(next) = next else { break };
-            if next == start || path.contains(&next) {
+            if next == start || !on_path.insert(next) {
                 break;
             }
             path.push(next);

@@ -112,6 +112,7 @@ impl Redactor {
         match kind {
             EventKind::RunAccepted { inputs, .. } => self.redact_value(inputs),
             EventKind::RunStarted
+            | EventKind::RunResumed { .. }
             | EventKind::StageStarted { .. }
             | EventKind::StageRetryScheduled { .. }
             | EventKind::StageSkipped { .. } => {}

@@ -111,6 +111,8 @@ pub(crate) struct RunActor {
     templated: Vec<bool>,
     running: Vec<Option<(u32, Addr<StageActor>)>>,
     running_count: usize,
+    /// Stages whose phase is `Retrying`: whether the run is idle is asked after every stage.
+    retrying_count: usize,
     ending: Option<Ending>,
     finished: bool,
     /// Something recorded since the last `commit` must be durable before it is acted on.
@@ -164,6 +166,7 @@ impl RunActor {
             position,
             running: (0..n).map(|_| None).collect(),
             running_count: 0,
+            retrying_count: 0,
             ending: None,
             finished: false,
             must_sync: false,
@@ -307,6 +310,7 @@ impl RunActor {
                     self.next_attempt[index] = attempt + 1;
                 }
                 StagePhase::Retrying => {
+                    self.retrying_count += 1;
                     let now = now_micros();
                     let due = stage.retry_at.unwrap_or(now);
                     let delay = Duration::from_micros(due.saturating_sub(now).max(0) as u64);
@@ -446,8 +450,7 @@ impl RunActor {
             }
         }
         // Once the run is ending, a stage waiting for a retry will not get it.
-        let idle = self.running_count == 0
-            && (self.ending.is_some() || !self.phases.contains(&StagePhase::Retrying));
+        let idle = self.running_count == 0 && (self.ending.is_some() || self.retrying_count == 0);
         if idle && (self.ending.is_some() || self.ready.is_empty()) {
             self.conclude(kinds);
             effects.push(Effect::Finish);
@@ -500,9 +503,10 @@ impl RunActor {
         self.record(std::mem::take(kinds));
         let plan = self.plan.clone();
         let ending = self.ending.clone();
+        let after_failure = self.downstream_of_failure();
         for &index in plan.order() {
             if !self.phases[index].is_terminal() {
-                let reason = if ending.is_some() && self.depends_on_failure(index) {
+                let reason = if ending.is_some() && after_failure[index] {
                     SkipReason::UpstreamFailed
                 } else {
                     SkipReason::RunEnded
@@ -549,10 +553,17 @@ impl RunActor {
         self.finished = true;
     }
 
-    fn depends_on_failure(&self, index: usize) -> bool {
-        (0..self.plan.len()).any(|i| {
-            matches!(self.phases[i], StagePhase::Failed) && self.plan.is_upstream(i, index)
-        })
+    /// By plan index: whether a failed stage is upstream of the stage. One pass in topological order.
+    fn downstream_of_failure(&self) -> Vec<bool> {
+        let mut after = vec![false; self.plan.len()];
+        for &index in self.plan.order() {
+            after[index] = self
+                .plan
+                .dependencies(index)
+                .iter()
+                .any(|&d| after[d] || self.phases[d] == StagePhase::Failed);
+        }
+        after
     }
 
     /// The output of `outputStage`, else of the single sink stage, else an object keyed by sink stage id
@@ -647,6 +658,7 @@ impl RunActor {
             return;
         }
         self.phases[index] = StagePhase::Pending;
+        self.retrying_count -= 1;
         self.next_attempt[index] = attempt;
         let mut kinds = Vec::new();
         let mut effects = Vec::new();
@@ -793,6 +805,7 @@ impl Handler<StageDone> for RunActor {
                         at,
                     });
                     self.phases[index] = StagePhase::Retrying;
+                    self.retrying_count += 1;
                     effects.push(Effect::Retry {
                         index,
                         attempt: attempt + 1,

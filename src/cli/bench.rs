@@ -383,6 +383,9 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
                 .collect()
                 .await;
             let elapsed = started.elapsed();
+            engine
+                .shutdown()
+                .context("cannot record the engine's shutdown in the event log")?;
             let mut latencies = Vec::with_capacity(runs);
             let mut failed = 0;
             for result in results {

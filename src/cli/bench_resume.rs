@@ -83,6 +83,9 @@ pub fn resume(args: ResumeBench) -> anyhow::Result<i32> {
                 let state = handle.finished().await?;
                 *phases.entry(state.phase).or_default() += 1;
             }
+            engine
+                .shutdown()
+                .context("cannot record the engine's shutdown in the event log")?;
             anyhow::Ok((resumed, resumed_runs, restart.elapsed(), phases))
         }
     })??;

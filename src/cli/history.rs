@@ -568,6 +568,9 @@ fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         );
         let handle = engine.start(request).await?;
         let state = handle.finished().await;
+        if let Err(error) = engine.shutdown() {
+            tracing::error!(%error, "cannot record the engine's shutdown in the event log");
+        }
         let _ = store.flush();
         state
     })??;
@@ -627,6 +630,9 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         stop.cancel();
         let _ = served.task.await;
         let _ = retention.await;
+        engine
+            .shutdown()
+            .context("cannot record the engine's shutdown in the event log")?;
         store.flush().context("cannot flush the event log")?;
         anyhow::Ok(0)
     })?
@@ -670,7 +676,10 @@ fn print_run(state: &RunState, events: &[flowmason_store::Event]) {
         state.namespace, state.pipeline, state.generation
     );
     println!("Trigger:   {}", state.trigger);
-    println!("Phase:     {}", state.phase);
+    match state.error.as_ref().and_then(|e| e.reason()) {
+        Some(reason) => println!("Phase:     {} ({reason})", state.phase),
+        None => println!("Phase:     {}", state.phase),
+    }
     println!("Accepted:  {}", format_time(state.accepted_at));
     if let Some(d) = state.duration_micros() {
         println!("Duration:  {}", format_duration(d));

@@ -139,6 +139,13 @@ pub fn describe(kind: &EventKind) -> Option<String> {
     Some(match kind {
         EventKind::RunAccepted { pipeline, .. } => format!("run of {pipeline} accepted"),
         EventKind::RunStarted => "run started".to_string(),
+        EventKind::RunResumed {
+            session,
+            after_crash: true,
+        } => format!("run resumed after a crash of the engine (engine session {session})"),
+        EventKind::RunResumed { session, .. } => {
+            format!("run resumed after a restart (engine session {session})")
+        }
         EventKind::StageStarted { stage, attempt } => {
             format!("stage {stage} started (attempt {attempt})")
         }

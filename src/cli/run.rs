@@ -137,6 +137,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 "hint: give Secret and ConfigMap values with --secrets FILE or --env-file NAME=FILE (see docs/environment.md)"
             );
         }
+        engine
+            .shutdown()
+            .context("cannot record the engine's shutdown in the event log")?;
         store.flush().context("cannot flush the event log")?;
         let output = match state.phase {
             RunPhase::Succeeded => state.output.clone().unwrap_or(Value::Null),

@@ -4,7 +4,7 @@
 //! names the field path and the offending value (`stages[2].id: duplicate stage id "fetch"`), so that an
 //! invalid Pipeline gets `Ready=False` with a reason a user can act on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde_json::Value;
@@ -18,6 +18,7 @@ use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
 use super::duration::DurationSpec;
 use super::policy::{ParallelismSpec, RetrySpec};
+use super::upstream::Upstream;
 
 /// One problem with a spec: the field path (`stages[1].dependsOn`) and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,7 +131,7 @@ const STAGE_LIST_FIELDS: &[(&str, &[&str])] = &[
 /// Only literal lists are checked (a templated list is known at run time).
 fn check_owned_stages(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     let ids: BTreeSet<&str> = spec.stages.iter().map(|s| s.id.as_str()).collect();
-    let upstream = upstream_sets(&spec.stages);
+    let mut checks = UpstreamChecks::default();
     for (i, stage) in spec.stages.iter().enumerate() {
         let Some((_, fields)) = STAGE_LIST_FIELDS
             .iter()
@@ -149,25 +150,60 @@ fn check_owned_stages(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
             for named in items.iter().filter_map(Value::as_str) {
                 let at = format!("stages[{i}].config.{field}");
                 if !ids.contains(named) {
-                    errors.push(ValidationError::new(
+                    checks.fail(ValidationError::new(
                         at,
                         format!("stage {:?} names unknown stage {named:?}", stage.id),
                     ));
-                } else if !upstream
-                    .get(named)
-                    .is_some_and(|up| up.contains(stage.id.as_str()))
-                {
-                    errors.push(ValidationError::new(
-                        at,
-                        format!(
-                            "stage {named:?} must depend on {:?} (dependsOn, directly or through other stages), \
-                             or it would not wait for {:?}",
-                            stage.id, stage.component_type
+                } else {
+                    checks.unless_upstream(
+                        (stage.id.as_str(), named),
+                        ValidationError::new(
+                            at,
+                            format!(
+                                "stage {named:?} must depend on {:?} (dependsOn, directly or through other stages), \
+                                 or it would not wait for {:?}",
+                                stage.id, stage.component_type
+                            ),
                         ),
-                    ));
+                    );
                 }
             }
         }
+    }
+    checks.resolve(&spec.stages, errors);
+}
+
+/// Problems found in stage order, some of which hold only if one stage is not upstream of another: the
+/// questions are answered together at the end (see [`Upstream`]), and the problems reported in order.
+#[derive(Default)]
+struct UpstreamChecks<'a> {
+    /// A problem, and the question `(ancestor, stage)` whose "no" makes it one (none: it is one).
+    found: Vec<(ValidationError, Option<usize>)>,
+    questions: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> UpstreamChecks<'a> {
+    fn fail(&mut self, error: ValidationError) {
+        self.found.push((error, None));
+    }
+
+    fn unless_upstream(&mut self, question: (&'a str, &'a str), error: ValidationError) {
+        self.found.push((error, Some(self.questions.len())));
+        self.questions.push(question);
+    }
+
+    fn resolve(self, stages: &[StageSpec], errors: &mut Vec<ValidationError>) {
+        let answers = if self.questions.is_empty() {
+            Vec::new()
+        } else {
+            Upstream::new(stages).answer(&self.questions)
+        };
+        errors.extend(
+            self.found
+                .into_iter()
+                .filter(|(_, q)| q.is_none_or(|q| !answers[q]))
+                .map(|(e, _)| e),
+        );
     }
 }
 
@@ -608,37 +644,13 @@ fn check_env(env: &[EnvVarSpec], errors: &mut Vec<ValidationError>) {
     }
 }
 
-/// Stage ids upstream of each stage (transitively through `dependsOn`); unknown ids and cycles are
-/// tolerated here because they are reported by the plan check.
-fn upstream_sets(stages: &[StageSpec]) -> HashMap<&str, BTreeSet<&str>> {
-    let deps: HashMap<&str, &[String]> = stages
-        .iter()
-        .map(|s| (s.id.as_str(), s.depends_on.as_slice()))
-        .collect();
-    let mut out = HashMap::new();
-    for stage in stages {
-        let mut seen = BTreeSet::new();
-        let mut todo: Vec<&str> = stage.depends_on.iter().map(String::as_str).collect();
-        while let Some(next) = todo.pop() {
-            if seen.insert(next)
-                && let Some(more) = deps.get(next)
-            {
-                todo.extend(more.iter().map(String::as_str));
-            }
-        }
-        seen.remove(stage.id.as_str());
-        out.insert(stage.id.as_str(), seen);
-    }
-    out
-}
-
 /// Templates in `config` and `inputMapping` must be well formed and may only read stages that exist
 /// and are upstream of the stage (otherwise their output cannot be there when the stage starts).
 fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     use flowmason_actors::template::{Root, references_at};
 
     let ids: BTreeSet<&str> = spec.stages.iter().map(|s| s.id.as_str()).collect();
-    let upstream = upstream_sets(&spec.stages);
+    let mut checks = UpstreamChecks::default();
     for (i, stage) in spec.stages.iter().enumerate() {
         let mut values: Vec<(String, Value)> = Vec::new();
         if let Some(config) = &stage.config {
@@ -656,7 +668,7 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
             let refs = match references_at(&value, &field) {
                 Ok(refs) => refs,
                 Err(e) => {
-                    errors.push(ValidationError::new(
+                    checks.fail(ValidationError::new(
                         e.field(),
                         strip_field(&e.to_string(), e.field()),
                     ));
@@ -674,26 +686,26 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
                 {
                     continue;
                 }
-                if !ids.contains(target.as_str()) {
-                    errors.push(ValidationError::new(
+                match ids.get(target.as_str()) {
+                    None => checks.fail(ValidationError::new(
                         r.field.clone(),
                         format!("template references unknown stage {target:?}"),
-                    ));
-                } else if !upstream
-                    .get(stage.id.as_str())
-                    .is_some_and(|up| up.contains(target.as_str()))
-                {
-                    errors.push(ValidationError::new(
-                        r.field.clone(),
-                        format!(
-                            "template references stage {target:?}, which is not upstream of {:?} (add it to dependsOn)",
-                            stage.id
+                    )),
+                    Some(&target_id) => checks.unless_upstream(
+                        (target_id, stage.id.as_str()),
+                        ValidationError::new(
+                            r.field.clone(),
+                            format!(
+                                "template references stage {target:?}, which is not upstream of {:?} (add it to dependsOn)",
+                                stage.id
+                            ),
                         ),
-                    ));
+                    ),
                 }
             }
         }
     }
+    checks.resolve(&spec.stages, errors);
 }
 
 /// A template error's message without its leading "field: ", which `ValidationError` carries separately.

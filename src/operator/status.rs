@@ -147,8 +147,13 @@ fn plan_stages(plan: &Value) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
-/// The `Succeeded` condition of a run in `phase`.
-pub fn outcome_condition(phase: RunPhase, message: Option<String>) -> Condition {
+/// The `Succeeded` condition of a run in `phase`; its reason is the phase, or the run error's own reason
+/// (`Quarantined`) when it has one.
+pub fn outcome_condition(
+    phase: RunPhase,
+    message: Option<String>,
+    reason: Option<&str>,
+) -> Condition {
     let status = match phase {
         RunPhase::Pending | RunPhase::Running => "Unknown",
         RunPhase::Succeeded => "True",
@@ -157,7 +162,7 @@ pub fn outcome_condition(phase: RunPhase, message: Option<String>) -> Condition 
     Condition {
         type_: CONDITION_SUCCEEDED.into(),
         status: status.into(),
-        reason: Some(format!("{phase:?}")),
+        reason: Some(reason.map_or_else(|| format!("{phase:?}"), str::to_string)),
         message,
         last_transition_time: Some(now()),
         observed_generation: None,
@@ -223,13 +228,13 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         }
     };
     let started = state.started_at.unwrap_or(state.accepted_at);
-    let mut condition = outcome_condition(phase, state.error.as_ref().map(|e| e.message.clone()));
-    if let Some(reason) = rejection_reason(state) {
-        condition.reason = Some(reason.to_string());
-    }
     let status = PipelineRunStatus {
         phase: Some(phase),
-        conditions: vec![condition],
+        conditions: vec![outcome_condition(
+            phase,
+            state.error.as_ref().map(|e| e.message.clone()),
+            state.error.as_ref().and_then(|e| e.reason()),
+        )],
         run_id: Some(state.run_id.to_string()),
         start_time: time_from_micros(started),
         completion_time: state.finished_at.and_then(time_from_micros),
@@ -320,6 +325,7 @@ pub fn cancelled_before_start(run_id: Option<String>) -> PipelineRunStatus {
         conditions: vec![outcome_condition(
             RunPhase::Cancelled,
             Some("cancelled before it started".into()),
+            None,
         )],
         run_id,
         start_time: Some(t.clone()),
@@ -497,5 +503,18 @@ mod tests {
         );
         assert_eq!(status.stages.len(), 10);
         assert_eq!(status.metrics.map(|m| m.total_stages), Some(50));
+    }
+
+    #[test]
+    fn a_quarantined_run_has_the_reason_quarantined() {
+        let condition = outcome_condition(
+            RunPhase::Failed,
+            Some("quarantined: in flight at 2 consecutive crashes".into()),
+            Some(flowmason_store::QUARANTINED),
+        );
+        assert_eq!(condition.reason.as_deref(), Some("Quarantined"));
+        assert_eq!(condition.status, "False");
+        let plain = outcome_condition(RunPhase::Failed, None, None);
+        assert_eq!(plain.reason.as_deref(), Some("Failed"));
     }
 }

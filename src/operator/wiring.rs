@@ -206,6 +206,10 @@ impl Operator {
         if let Some(triggers) = &self.config.triggers {
             triggers.clear();
         }
+        // A graceful stop: the runs left in flight resume normally, not as after a crash.
+        if let Err(error) = self.engine.shutdown() {
+            tracing::error!(%error, "cannot record the engine's shutdown in the event log");
+        }
         let _ = self.engine.store().flush();
         if let Some(l) = leadership {
             l.release().await;

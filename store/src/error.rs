@@ -54,6 +54,9 @@ pub enum StoreError {
         seq: u64,
         reason: String,
     },
+    /// The record of the engine sessions cannot be decoded.
+    #[error("engine session record is corrupt: {reason}")]
+    CorruptSession { reason: String },
     /// The flusher thread is gone (the store is shutting down), so durability cannot be awaited.
     #[error("event store is closed")]
     Closed,

@@ -186,6 +186,16 @@ pub struct RunError {
     pub details: Value,
 }
 
+/// `RunError::details.reason` of a run the engine quarantined instead of resuming it.
+pub const QUARANTINED: &str = "Quarantined";
+
+impl RunError {
+    /// Why the run ended, when it was not a stage failure: [`QUARANTINED`], or `None`.
+    pub fn reason(&self) -> Option<&str> {
+        self.details.get("reason").and_then(Value::as_str)
+    }
+}
+
 /// Why a stage did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -223,6 +233,15 @@ pub enum EventKind {
     },
     /// The first stage started: the run is running.
     RunStarted,
+    /// An engine took the unfinished run up again after a restart, before acting on it. Recorded durably,
+    /// so that a run the engine keeps crashing on can be recognised (see `RunState::last_resume`).
+    RunResumed {
+        /// The engine session that resumed it (see `EventStore::begin_engine_session`).
+        session: u64,
+        /// Whether the engine before that session stopped without shutting down (a crash, SIGKILL, an
+        /// abort): the run was in flight at that crash.
+        after_crash: bool,
+    },
     StageStarted {
         stage: String,
         attempt: u32,
@@ -306,6 +325,7 @@ impl EventKind {
         match self {
             EventKind::RunAccepted { .. } => "RunAccepted",
             EventKind::RunStarted => "RunStarted",
+            EventKind::RunResumed { .. } => "RunResumed",
             EventKind::StageStarted { .. } => "StageStarted",
             EventKind::StageSucceeded { .. } => "StageSucceeded",
             EventKind::StageFailed { .. } => "StageFailed",
@@ -353,6 +373,10 @@ mod tests {
             },
             EventKind::RunCancelled {
                 reason: String::new(),
+            },
+            EventKind::RunResumed {
+                session: 3,
+                after_crash: true,
             },
         ];
         for kind in kinds {

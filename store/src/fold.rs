@@ -94,6 +94,18 @@ pub struct StageState {
     pub reused_from: Option<RunId>,
 }
 
+/// The last time an engine took a run up again after a restart (its last `RunResumed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeState {
+    /// When (Unix microseconds).
+    pub at: i64,
+    /// The engine session that resumed it.
+    pub session: u64,
+    /// Whether the run was in flight at a crash of the engine before that session.
+    pub after_crash: bool,
+}
+
 /// The events of a run did not make a valid stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
@@ -145,6 +157,9 @@ pub struct RunState {
     pub error: Option<RunError>,
     /// Sequence number of the last event folded in.
     pub last_seq: u64,
+    /// The last resume after a restart, if the run was ever resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resume: Option<ResumeState>,
     /// LLM tokens used by the run: the sum of `usage.total_tokens` over the outputs of succeeded stages
     /// (the convention every LLM component follows), feeding `status.metrics.totalTokens`.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -252,6 +267,7 @@ impl RunState {
             output: None,
             error: None,
             last_seq: event.seq,
+            last_resume: None,
             total_tokens: 0,
             total_cost_usd: 0.0,
         }
@@ -285,6 +301,16 @@ impl RunState {
             EventKind::RunStarted => {
                 self.phase = RunPhase::Running;
                 self.started_at = Some(at);
+            }
+            EventKind::RunResumed {
+                session,
+                after_crash,
+            } => {
+                self.last_resume = Some(ResumeState {
+                    at,
+                    session: *session,
+                    after_crash: *after_crash,
+                });
             }
             EventKind::StageStarted { stage, attempt } => {
                 let s = self.stages.entry(stage.clone()).or_default();
@@ -627,6 +653,38 @@ mod tests {
             }
         );
         assert_eq!(RunState::fold(run(), &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn the_last_resume_is_kept_and_does_not_change_the_phase() {
+        let resumed = |session, after_crash| EventKind::RunResumed {
+            session,
+            after_crash,
+        };
+        let events = stream(vec![
+            accepted(),
+            EventKind::RunStarted,
+            resumed(4, true),
+            resumed(5, false),
+        ]);
+        let state = RunState::fold(run(), &events[..3]).unwrap().unwrap();
+        assert_eq!(state.phase, RunPhase::Running);
+        assert_eq!(
+            state.last_resume,
+            Some(ResumeState {
+                at: 102,
+                session: 4,
+                after_crash: true
+            })
+        );
+        let state = RunState::fold(run(), &events).unwrap().unwrap();
+        assert_eq!(
+            state.last_resume.map(|r| (r.session, r.after_crash)),
+            Some((5, false))
+        );
+        let round: RunState =
+            serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+        assert_eq!(round, state);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod fold;
 mod keys;
 mod query;
 pub mod sled_files;
+mod session;
 mod store;
 mod summary;
 
@@ -24,5 +25,6 @@ pub use error::StoreError;
 pub use event::*;
 pub use fold::*;
 pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
+pub use session::EngineSession;
 pub use store::{Appended, EventStore, WriteCycle, WriteObserver};
 pub use summary::RunSummary;

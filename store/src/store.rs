@@ -55,7 +55,7 @@ pub(crate) struct Inner {
     // Dropped first: joins the flusher thread (which holds a handle on the database) before `db` closes.
     flusher: Flusher,
     pub(crate) tree: sled::Tree,
-    disk: Disk,
+    pub(crate) disk: Disk,
     durability: Durability,
     cursors: Arc<[Mutex<CursorMap>]>,
     buffer: Arc<WriteBuffer>,
