@@ -9,7 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use flowmason::cli::{self, Cli};
 
 fn main() {
-    // Before anything builds a TLS client (see STACK.md: kube and reqwest must agree on ring).
+    // Before anything builds a TLS client (see docs/architecture.md: kube and reqwest must agree on ring).
     flowmason::llm::http::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,5 +1,5 @@
 //! The process runtime: an actix `System` (for the engine's actors) on a multi-threaded tokio runtime (for
-//! everything else), as STACK.md prescribes. Actors started with `.start()` live on the system's arbiter;
+//! everything else); see docs/architecture.md. Actors started with `.start()` live on the system's arbiter;
 //! `tokio::spawn` work runs on the worker threads.
 
 use std::future::Future;

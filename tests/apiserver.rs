@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 fn init() {
-    // kube uses rustls with ring; install the provider before any client is built (STACK.md).
+    // kube uses rustls with ring; install the provider before any client is built (docs/architecture.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

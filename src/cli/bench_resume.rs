@@ -1,4 +1,4 @@
-//! `fm bench resume`: DESIGN.md's restart target ("restart with 10k in-flight runs: resumed in <= 2 s,
+//! `fm bench resume`: the restart target of docs/architecture.md ("restart with 10k in-flight runs: resumed in <= 2 s,
 //! none lost, none run twice to completion"). A child `fm bench engine` starts the runs, with stages
 //! that outlast it, and is killed with SIGKILL once every run is in flight; this process then opens the
 //! same event log and resumes the runs as `fm serve` and `fm resume` do on start, reports how long that

@@ -1,5 +1,5 @@
-//! The HTTP side of provider calls: one shared client (rustls with the ring provider, as STACK.md
-//! prescribes), a JSON POST, and the mapping of answers to error classes: connection problems, timeouts,
+//! The HTTP side of provider calls: one shared client (rustls with the ring provider, see
+//! docs/architecture.md), a JSON POST, and the mapping of answers to error classes: connection problems, timeouts,
 //! 408, 429 and 5xx are transient (retried), with the provider's `retry-after` passed to the engine as the
 //! least delay before the next attempt; other 4xx are refused requests (not retried).
 

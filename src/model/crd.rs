@@ -1,5 +1,5 @@
 //! The `flowmason.io/v1` custom resources, `Pipeline` and `PipelineRun`, with every field of the seed
-//! (`kubernetes-deployment.md`), DESIGN.md and the original FlowMason models.
+//! (`kubernetes-deployment.md`), docs/architecture.md and the original FlowMason models.
 //!
 //! Input accepts both camelCase (the seed's spelling) and the snake_case spelling the original FlowMason
 //! sends; output is always camelCase. Every snake_case alias is listed once in [`FIELD_ALIASES`], which

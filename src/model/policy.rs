@@ -1,5 +1,5 @@
 //! The two polymorphic knobs of a pipeline: `retries` (an integer as the seed documents, or a policy
-//! object as DESIGN.md adds) and `parallelism` (an integer, or a boolean as the original Python client
+//! object, as this engine adds) and `parallelism` (an integer, or a boolean as the original Python client
 //! sends). Both keep what was written, so that validation can report bad values by field and value,
 //! and convert into the engine's types.
 
