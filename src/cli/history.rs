@@ -621,9 +621,11 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("--bind {}: cannot listen", args.bind))?;
         let served = crate::http::serve(listener, router, stop.clone())?;
         let retention = retention::spawn(store.clone(), policy, every, stop.clone());
-        println!("FlowMason history API listening on http://{}", served.addr);
-        println!("web UI: http://{}/ui/", served.addr);
-        std::io::Write::flush(&mut std::io::stdout()).ok();
+        super::announce(&[
+            format!("web UI: http://{}/ui/", served.addr),
+            // Last: scripts (and the tests) read up to this line and may stop reading there.
+            format!("FlowMason history API listening on http://{}", served.addr),
+        ]);
         tokio::signal::ctrl_c()
             .await
             .context("cannot wait for Ctrl-C")?;

@@ -433,6 +433,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// Prints a value as pretty JSON or YAML.
+/// Prints a server's start-up lines on stdout. A server must outlive whoever reads them: scripts and
+/// tests often stop reading after the address, so a closed pipe is ignored here instead of ending the
+/// process (`println!` panics on it, and servers keep SIGPIPE ignored).
+pub(crate) fn announce(lines: &[String]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
+}
+
 pub fn print_structured(value: &impl serde::Serialize, format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Name => {

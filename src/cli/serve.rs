@@ -4,7 +4,6 @@
 //! DATA_DIR/events, and the history API and web UI (`/ui/`; run data behind the bearer token). The controllers talk to the API over HTTP like any client, so they behave exactly as
 //! `fm operator` does against a cluster.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -194,12 +193,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             let stop = stop.clone();
             Some(actix::spawn(async move { operator.run(stop).await }))
         };
-        println!("FlowMason API server listening on {}", server.url());
-        // Like Jupyter's login link: the page keeps the token for the session and drops it from the URL.
-        println!("web UI: {}/ui/?token={}", server.url(), server.token());
-        // Last: scripts (and the tests) read up to this line and may stop reading there.
-        println!("export KUBECONFIG={}", server.kubeconfig_path().display());
-        std::io::stdout().flush().ok();
+        super::announce(&[
+            format!("FlowMason API server listening on {}", server.url()),
+            // Like Jupyter's login link: the page keeps the token for the session and drops it from
+            // the URL.
+            format!("web UI: {}/ui/?token={}", server.url(), server.token()),
+            // Last: scripts (and the tests) read up to this line and may stop reading there.
+            format!("export KUBECONFIG={}", server.kubeconfig_path().display()),
+        ]);
         let api_store = server.store().clone();
         let stores: Vec<FailureCheck> = vec![
             Box::new(move || {
