@@ -1729,6 +1729,21 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
         !err.contains("Status {") && !err.contains("ErrorResponse"),
         "{err}"
     );
+    // A typo in a field name is refused before anything is sent, naming the field and the fix.
+    let typo = data.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: typo}\nspec:\n  stages:\n    - {id: a, componentType: noop}\n    - {id: b, componentType: noop, dependOn: [a]}\n",
+    )
+    .expect("write");
+    let (code, _, err) = fm_k8s(&fm, &["deploy", typo.to_str().expect("path")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("spec.stages[1].dependOn: unknown field; did you mean \"dependsOn\"?"),
+        "{err}"
+    );
+    let (code, _, err) = fm_k8s(&fm, &["status", "typo"]);
+    assert_ne!(code, 0, "not deployed: {err}");
     fm.stop();
 }
 
@@ -2337,9 +2352,10 @@ fn start_printing_address(args: &[&str], prefix: &str, on_stderr: bool) -> (Chil
     let wanted = prefix.to_string();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stream).lines().map_while(Result::ok);
-        let printed = lines
-            .by_ref()
-            .find_map(|l| l.split_once(wanted.as_str()).map(|(_, rest)| rest.to_string()));
+        let printed = lines.by_ref().find_map(|l| {
+            l.split_once(wanted.as_str())
+                .map(|(_, rest)| rest.to_string())
+        });
         let _ = found.send(printed);
         lines.for_each(drop);
     });

@@ -24,6 +24,18 @@ pub struct UnknownField {
     pub suggestion: Option<String>,
 }
 
+impl UnknownField {
+    /// The problem without the path, for reports that put the path first (`fm validate`):
+    /// `unknown field; did you mean "dependsOn"?`.
+    pub fn message(&self) -> String {
+        match &self.suggestion {
+            Some(s) => format!("unknown field; did you mean {s:?}?"),
+            None => "unknown field".to_string(),
+        }
+    }
+}
+
+/// As kube-apiserver words it in warnings and strict decoding errors: `unknown field "spec.x"`.
 impl fmt::Display for UnknownField {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "unknown field {:?}", self.path)?;
