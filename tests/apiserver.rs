@@ -1512,6 +1512,90 @@ fn repo(path: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_validate_refuses_or_warns_about_unknown_fields_and_explain_describes_them() {
+    let h = Harness::start().await;
+    let kubectl = Kubectl {
+        bin: kubectl_path(),
+        kubeconfig: h.server.kubeconfig_path().to_path_buf(),
+    };
+    let crds = repo("deploy/crds");
+    kubectl
+        .ok(&["apply", "-f", crds.to_str().expect("path")])
+        .await;
+    let typo = h.dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: typo}\nspec:\n  stages:\n    - {id: a, component_type: noop}\n    - {id: b, componentType: noop, dependOn: [a]}\n",
+    )
+    .expect("write");
+    let file = typo.to_str().expect("path");
+
+    // kubectl's default, --validate=strict, sends fieldValidation=Strict: refused, naming the field.
+    let (code, _, err) = kubectl.run(&["apply", "-f", file]).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains(r#"Pipeline "typo" is invalid: spec.stages[1].dependOn: unknown field; did you mean "dependsOn"?"#),
+        "{err}"
+    );
+    let (code, _, _) = kubectl.run(&["get", "pipeline", "typo"]).await;
+    assert_ne!(code, Some(0), "nothing was created");
+
+    // Warn: created without the unknown field, and kubectl prints the server's warning.
+    let (code, out, err) = kubectl.run(&["apply", "--validate=warn", "-f", file]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("pipeline.flowmason.io/typo created"), "{out}");
+    assert!(
+        err.contains(
+            r#"Warning: unknown field "spec.stages[1].dependOn", did you mean "dependsOn"?"#
+        ),
+        "{err}"
+    );
+    let stored = kubectl.ok(&["get", "pipeline", "typo", "-o", "json"]).await;
+    let stored: Value = serde_json::from_str(&stored).expect("json");
+    assert_eq!(
+        stored["spec"]["stages"][1],
+        json!({"id": "b", "componentType": "noop"}),
+        "pruned as kube-apiserver prunes unknown fields"
+    );
+    assert_eq!(stored["spec"]["stages"][0]["component_type"], json!("noop"));
+
+    // An update (a patch) is checked too; --validate=false sends Ignore.
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&typo)
+            .expect("read")
+            .replace("dependOn", "dependsOnn"),
+    )
+    .expect("write");
+    let (code, _, err) = kubectl.run(&["apply", "-f", file]).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("spec.stages[1].dependsOnn: unknown field"),
+        "{err}"
+    );
+    let (code, _, err) = kubectl
+        .run(&["apply", "--validate=false", "-f", file])
+        .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("Warning"), "{err}");
+
+    // kubectl explain reads the schemas served in /openapi/v3.
+    let out = kubectl.ok(&["explain", "pipeline.spec"]).await;
+    assert!(
+        out.contains("KIND:") && out.contains("Pipeline") && out.contains("stages"),
+        "{out}"
+    );
+    let out = kubectl.ok(&["explain", "pipeline.spec.stages"]).await;
+    assert!(
+        out.contains("dependsOn") && out.contains("componentType") && out.contains("depends_on"),
+        "{out}"
+    );
+    let out = kubectl.ok(&["explain", "pipelinerun.spec"]).await;
+    assert!(out.contains("pipelineRef"), "{out}");
+    h.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_works_against_the_embedded_server() {
     let h = Harness::start().await;
     let kubectl = Kubectl {
