@@ -162,6 +162,11 @@ fn describe<K: ResourceExt>(event: &WatchEvent<K>) -> String {
 
 /// Create, get, list, replace, merge patch, JSON patch, delete and 404 for one kind.
 async fn crud(api: Api<DynamicObject>, object: Value, field: &str) {
+    crud_with(api, object, field, json!({"changed": "yes"})).await;
+}
+
+/// [`crud`] replacing `field` with `changed` (our kinds declare every field, and unknown ones are pruned).
+async fn crud_with(api: Api<DynamicObject>, object: Value, field: &str, changed_value: Value) {
     let created = api
         .create(&PostParams::default(), &dynamic(object))
         .await
@@ -182,13 +187,13 @@ async fn crud(api: Api<DynamicObject>, object: Value, field: &str) {
     assert!(listed.items.iter().any(|o| o.name_any() == name), "listed");
 
     let mut changed = got.clone();
-    changed.data[field] = json!({"changed": "yes"});
+    changed.data[field] = changed_value.clone();
     let replaced = api
         .replace(&name, &PostParams::default(), &changed)
         .await
         .expect("replace");
     assert!(rv(&replaced) > rv(&got), "resourceVersion grows");
-    assert_eq!(replaced.data[field], json!({"changed": "yes"}));
+    assert_eq!(replaced.data[field], changed_value);
 
     let patched = api
         .patch(
@@ -277,17 +282,21 @@ async fn crud_for_every_resource_kind() {
         "extra",
     )
     .await;
-    crud(
+    let mut changed_spec = hello_pipeline("hello")["spec"].clone();
+    changed_spec["description"] = json!("changed");
+    crud_with(
         ns(resource("flowmason.io", "Pipeline", "pipelines")),
         hello_pipeline("hello"),
-        "extra",
+        "spec",
+        changed_spec,
     )
     .await;
-    crud(
+    crud_with(
         ns(resource("flowmason.io", "PipelineRun", "pipelineruns")),
         json!({"apiVersion": "flowmason.io/v1", "kind": "PipelineRun", "metadata": {"name": "run-1"},
                "spec": {"pipelineRef": "hello", "inputs": {"x": 1}}}),
-        "extra",
+        "spec",
+        json!({"pipelineRef": "hello", "inputs": {"changed": "yes"}}),
     )
     .await;
 

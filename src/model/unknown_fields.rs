@@ -259,6 +259,31 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_and_what_we_serialize_have_no_unknown_fields() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let loaded = crate::model::load_pipeline_file(&path).expect("example loads");
+            assert_eq!(loaded.unknown_fields, Vec::new(), "{}", path.display());
+            let written =
+                serde_json::to_value(crate::model::Pipeline::new(&loaded.name, loaded.spec))
+                    .expect("serializes");
+            assert_eq!(
+                pipeline_unknown_fields(&written),
+                Vec::new(),
+                "{}",
+                path.display()
+            );
+            checked += 1;
+        }
+        assert!(checked > 0, "no examples in {}", dir.display());
+    }
+
+    #[test]
     fn pruning_removes_exactly_the_unknown_fields() {
         let mut doc = json!({"apiVersion": "flowmason.io/v1", "kind": "PipelineRun", "metadata": {"name": "r"},
                              "spec": {"pipelineRef": "p", "inptus": {}}, "extra": 1});
