@@ -162,6 +162,11 @@ fn describe<K: ResourceExt>(event: &WatchEvent<K>) -> String {
 
 /// Create, get, list, replace, merge patch, JSON patch, delete and 404 for one kind.
 async fn crud(api: Api<DynamicObject>, object: Value, field: &str) {
+    crud_with(api, object, field, json!({"changed": "yes"})).await;
+}
+
+/// [`crud`] replacing `field` with `changed` (our kinds declare every field, and unknown ones are pruned).
+async fn crud_with(api: Api<DynamicObject>, object: Value, field: &str, changed_value: Value) {
     let created = api
         .create(&PostParams::default(), &dynamic(object))
         .await
@@ -182,13 +187,13 @@ async fn crud(api: Api<DynamicObject>, object: Value, field: &str) {
     assert!(listed.items.iter().any(|o| o.name_any() == name), "listed");
 
     let mut changed = got.clone();
-    changed.data[field] = json!({"changed": "yes"});
+    changed.data[field] = changed_value.clone();
     let replaced = api
         .replace(&name, &PostParams::default(), &changed)
         .await
         .expect("replace");
     assert!(rv(&replaced) > rv(&got), "resourceVersion grows");
-    assert_eq!(replaced.data[field], json!({"changed": "yes"}));
+    assert_eq!(replaced.data[field], changed_value);
 
     let patched = api
         .patch(
@@ -277,17 +282,21 @@ async fn crud_for_every_resource_kind() {
         "extra",
     )
     .await;
-    crud(
+    let mut changed_spec = hello_pipeline("hello")["spec"].clone();
+    changed_spec["description"] = json!("changed");
+    crud_with(
         ns(resource("flowmason.io", "Pipeline", "pipelines")),
         hello_pipeline("hello"),
-        "extra",
+        "spec",
+        changed_spec,
     )
     .await;
-    crud(
+    crud_with(
         ns(resource("flowmason.io", "PipelineRun", "pipelineruns")),
         json!({"apiVersion": "flowmason.io/v1", "kind": "PipelineRun", "metadata": {"name": "run-1"},
                "spec": {"pipelineRef": "hello", "inputs": {"x": 1}}}),
-        "extra",
+        "spec",
+        json!({"pipelineRef": "hello", "inputs": {"changed": "yes"}}),
     )
     .await;
 
@@ -1509,6 +1518,90 @@ async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Str
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_validate_refuses_or_warns_about_unknown_fields_and_explain_describes_them() {
+    let h = Harness::start().await;
+    let kubectl = Kubectl {
+        bin: kubectl_path(),
+        kubeconfig: h.server.kubeconfig_path().to_path_buf(),
+    };
+    let crds = repo("deploy/crds");
+    kubectl
+        .ok(&["apply", "-f", crds.to_str().expect("path")])
+        .await;
+    let typo = h.dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: typo}\nspec:\n  stages:\n    - {id: a, component_type: noop}\n    - {id: b, componentType: noop, dependOn: [a]}\n",
+    )
+    .expect("write");
+    let file = typo.to_str().expect("path");
+
+    // kubectl's default, --validate=strict, sends fieldValidation=Strict: refused, naming the field.
+    let (code, _, err) = kubectl.run(&["apply", "-f", file]).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains(r#"Pipeline "typo" is invalid: spec.stages[1].dependOn: unknown field; did you mean "dependsOn"?"#),
+        "{err}"
+    );
+    let (code, _, _) = kubectl.run(&["get", "pipeline", "typo"]).await;
+    assert_ne!(code, Some(0), "nothing was created");
+
+    // Warn: created without the unknown field, and kubectl prints the server's warning.
+    let (code, out, err) = kubectl.run(&["apply", "--validate=warn", "-f", file]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("pipeline.flowmason.io/typo created"), "{out}");
+    assert!(
+        err.contains(
+            r#"Warning: unknown field "spec.stages[1].dependOn", did you mean "dependsOn"?"#
+        ),
+        "{err}"
+    );
+    let stored = kubectl.ok(&["get", "pipeline", "typo", "-o", "json"]).await;
+    let stored: Value = serde_json::from_str(&stored).expect("json");
+    assert_eq!(
+        stored["spec"]["stages"][1],
+        json!({"id": "b", "componentType": "noop"}),
+        "pruned as kube-apiserver prunes unknown fields"
+    );
+    assert_eq!(stored["spec"]["stages"][0]["component_type"], json!("noop"));
+
+    // An update (a patch) is checked too; --validate=false sends Ignore.
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&typo)
+            .expect("read")
+            .replace("dependOn", "dependsOnn"),
+    )
+    .expect("write");
+    let (code, _, err) = kubectl.run(&["apply", "-f", file]).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("spec.stages[1].dependsOnn: unknown field"),
+        "{err}"
+    );
+    let (code, _, err) = kubectl
+        .run(&["apply", "--validate=false", "-f", file])
+        .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("Warning"), "{err}");
+
+    // kubectl explain reads the schemas served in /openapi/v3.
+    let out = kubectl.ok(&["explain", "pipeline.spec"]).await;
+    assert!(
+        out.contains("KIND:") && out.contains("Pipeline") && out.contains("stages"),
+        "{out}"
+    );
+    let out = kubectl.ok(&["explain", "pipeline.spec.stages"]).await;
+    assert!(
+        out.contains("dependsOn") && out.contains("componentType") && out.contains("depends_on"),
+        "{out}"
+    );
+    let out = kubectl.ok(&["explain", "pipelinerun.spec"]).await;
+    assert!(out.contains("pipelineRef"), "{out}");
+    h.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -890,6 +890,62 @@ fn one_stage(component: &str, config: Value, timeout: Option<&str>) -> String {
 }
 
 #[test]
+fn validate_names_unknown_fields_with_the_closest_allowed_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "typos.yaml",
+        r#"
+apiVersion: flowmason.io/v1
+kind: Pipeline
+metadata: {name: typos}
+spec:
+  shedule: "0 * * * *"
+  stages:
+    - id: a
+      component_type: noop
+      confg: {x: 1}
+    - id: b
+      componentType: noop
+      dependOn: [a]
+      depends_on: [a]
+"#,
+    );
+    let out = run_fm(&["validate", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let path = file.display();
+    for line in [
+        format!("{path}: spec.shedule: unknown field; did you mean \"schedule\"?"),
+        format!("{path}: spec.stages[0].confg: unknown field; did you mean \"config\"?"),
+        format!("{path}: spec.stages[1].dependOn: unknown field; did you mean \"dependsOn\"?"),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?} in:\n{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "snake_case spellings are known: {stdout}"
+    );
+    let bare = write(
+        dir.path(),
+        "bare.yaml",
+        "stages:\n  - {id: a, componentType: noop, dependOn: []}\n",
+    );
+    let out = run_fm(&["validate", bare.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stdout)
+            .contains(": stages[0].dependOn: unknown field; did you mean \"dependsOn\"?"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn validate_refuses_deeply_nested_expressions_naming_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [

@@ -1729,6 +1729,21 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
         !err.contains("Status {") && !err.contains("ErrorResponse"),
         "{err}"
     );
+    // A typo in a field name is refused before anything is sent, naming the field and the fix.
+    let typo = data.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: typo}\nspec:\n  stages:\n    - {id: a, componentType: noop}\n    - {id: b, componentType: noop, dependOn: [a]}\n",
+    )
+    .expect("write");
+    let (code, _, err) = fm_k8s(&fm, &["deploy", typo.to_str().expect("path")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("spec.stages[1].dependOn: unknown field; did you mean \"dependsOn\"?"),
+        "{err}"
+    );
+    let (code, _, err) = fm_k8s(&fm, &["status", "typo"]);
+    assert_ne!(code, 0, "not deployed: {err}");
     fm.stop();
 }
 

@@ -8,8 +8,11 @@
 //! OpenAPI: kubectl validates on the client only when the server does not support server-side field
 //! validation, which it decides from the OpenAPI v3 document of the group version (a PATCH operation
 //! tagged with the kind's `x-kubernetes-group-version-kind` that takes a `fieldValidation` query
-//! parameter). `/openapi/v3/<gv>` serves exactly that for every resource, without schemas; so kubectl
-//! leaves validation to us (our kinds are checked on write). `/openapi/v2` is served without schemas,
+//! parameter). `/openapi/v3/<gv>` serves exactly that for every resource, so kubectl leaves validation
+//! to us (our kinds are checked on write, see [`super::field_validation`]). The `flowmason.io/v1`
+//! document also carries the `Pipeline` and `PipelineRun` schemas in `components.schemas` (the CRDs'
+//! `openAPIV3Schema`, snake_case aliases included), which is what `kubectl explain` reads to describe
+//! the fields. `/openapi/v2` is served without schemas,
 //! for older kubectl (Debian's 1.20), which validates against it and skips kinds it has no schema for.
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use serde_json::json;
 use super::ApiState;
 use super::error::ApiError;
 use super::handlers::json_response;
+use crate::model::unknown_fields;
 
 /// The Kubernetes version we speak (k8s-openapi's newest).
 pub async fn version() -> Response {
@@ -182,8 +186,44 @@ fn gv_document(state: &ApiState, group: &str, version: &str) -> serde_json::Valu
         "openapi": "3.0.0",
         "info": {"title": "FlowMason embedded API", "version": "v1.34.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": kind_schemas(group, version)},
     })
+}
+
+/// `components.schemas` of a group version: our kinds' CRD schemas, named as kube-apiserver names
+/// custom resources' (`io.flowmason.v1.Pipeline`), tagged with their group, version and kind.
+fn kind_schemas(group: &str, version: &str) -> serde_json::Value {
+    let mut schemas = serde_json::Map::new();
+    if group != "flowmason.io" || version != "v1" {
+        return serde_json::Value::Object(schemas);
+    }
+    for (kind, schema) in [
+        ("Pipeline", unknown_fields::pipeline_schema()),
+        ("PipelineRun", unknown_fields::pipelinerun_schema()),
+    ] {
+        let mut schema = schema.clone();
+        if let Some(props) = schema
+            .get_mut("properties")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            props.insert("apiVersion".into(), json!({
+                "type": "string",
+                "description": "APIVersion defines the versioned schema of this representation of an object: flowmason.io/v1.",
+            }));
+            props.insert(
+                "kind".into(),
+                json!({"type": "string", "description": format!("Kind is the REST resource this object represents: {kind}.")}),
+            );
+            props.insert("metadata".into(), json!({
+                "type": "object",
+                "description": "Standard object's metadata (name, namespace, labels, annotations, ...).",
+            }));
+        }
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": group, "version": version, "kind": kind}]);
+        schemas.insert(format!("io.flowmason.{version}.{kind}"), schema);
+    }
+    serde_json::Value::Object(schemas)
 }
 
 /// `/openapi/v3/<api/v1 | apis/group/version>`.

@@ -19,6 +19,7 @@ use super::ApiState;
 use super::delete::{self, DeleteOptions, Deleted};
 use super::discovery;
 use super::error::ApiError;
+use super::field_validation::{self, FieldValidation, with_warnings};
 use super::objects::{deletion_complete, prepare_create, prepare_update};
 use super::patch::{self, PatchKind};
 use super::registry::ResourceType;
@@ -168,6 +169,8 @@ async fn handle(state: Arc<ApiState>, request: Request) -> Result<Response, ApiE
     let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
     let body = read_body(&state, &parts.headers, body).await?;
     let dry_run = query.get("dryRun").is_some_and(|v| !v.is_empty());
+    let field_validation =
+        FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?;
     let Target {
         rt,
         namespace,
@@ -230,7 +233,10 @@ async fn handle(state: Arc<ApiState>, request: Request) -> Result<Response, ApiE
             let Some(ns) = namespace.or_else(|| (!rt.namespaced).then(String::new)) else {
                 return Err(method_not_allowed(&Method::POST));
             };
-            create(state, rt, ns, read_object(&parts.headers, &body)?, dry_run).await
+            let mut object = read_object(&parts.headers, &body)?;
+            let warnings = field_validation::check(&rt, &mut object, field_validation)?;
+            let response = create(state, rt, ns, object, dry_run).await?;
+            Ok(with_warnings(response, &warnings))
         }
         (None, Method::DELETE) => {
             let labels =
@@ -261,21 +267,37 @@ async fn handle(state: Arc<ApiState>, request: Request) -> Result<Response, ApiE
                     Ok(json_response(StatusCode::OK, &object))
                 }
                 Method::PUT => {
-                    let new = read_object(&parts.headers, &body)?;
-                    write(state, rt, key, status, dry_run, move |rt, old| {
+                    let mut new = read_object(&parts.headers, &body)?;
+                    let warnings = if status {
+                        Vec::new()
+                    } else {
+                        field_validation::check(&rt, &mut new, field_validation)?
+                    };
+                    let response = write(state, rt, key, status, dry_run, move |rt, old| {
                         prepare_update(rt, old, new, status)
                     })
-                    .await
+                    .await?;
+                    Ok(with_warnings(response, &warnings))
                 }
                 Method::PATCH => {
                     let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
                     let kind = PatchKind::from_content_type(&content_type, rt.custom)?;
-                    write(state, rt, key, status, dry_run, move |rt, old| {
+                    let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
+                    let found = warnings.clone();
+                    let response = write(state, rt, key, status, dry_run, move |rt, old| {
                         let mut doc = old.clone();
                         patch::apply(kind, &mut doc, &body).map_err(|e| with_kind(e, rt, old))?;
+                        if !status {
+                            let w = field_validation::check(rt, &mut doc, field_validation)?;
+                            if let Ok(mut found) = found.lock() {
+                                *found = w;
+                            }
+                        }
                         prepare_update(rt, old, doc, status)
                     })
-                    .await
+                    .await?;
+                    let warnings = warnings.lock().map(|w| w.clone()).unwrap_or_default();
+                    Ok(with_warnings(response, &warnings))
                 }
                 Method::DELETE if !status => {
                     let opts = DeleteOptions::parse(

@@ -8,6 +8,7 @@
 //! - [`store`]: the sled object store, resourceVersions, watch history, change fan-out;
 //! - [`registry`]: served resources and discovery documents;
 //! - [`objects`]: metadata, generation, status-subresource and validation rules;
+//! - [`field_validation`]: unknown fields of our kinds under `fieldValidation` (Strict/Warn/Ignore);
 //! - [`metadata`]: kube-apiserver's rules for labels, annotations and ConfigMap/Secret data;
 //! - [`handlers`]: routing and create/get/list/update/patch/delete;
 //! - [`delete`]: finalizers, propagation policies, ownerReference cascade;
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod delete;
 pub mod discovery;
 pub mod error;
+pub mod field_validation;
 pub mod handlers;
 pub mod metadata;
 pub mod objects;

@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
-use super::{EXIT_INTERRUPTED, EXIT_RUN_FAILED, OutputFormat, inputs, print_structured};
+use super::{
+    EXIT_INTERRUPTED, EXIT_INVALID, EXIT_RUN_FAILED, OutputFormat, inputs, print_structured,
+};
 use crate::client::{FlowMasonClient, follow_run};
 use crate::model::{self, Pipeline, PipelineRun, RunPhase};
 use crate::triggers::cron::{self, parse_instant};
@@ -39,7 +41,8 @@ pub struct K8sArgs {
 #[derive(Subcommand, Debug)]
 pub enum K8sCommand {
     /// Create or update a Pipeline from a file: a Pipeline resource, a bare spec, or a FlowMason
-    /// pipeline.json (converted), in YAML or JSON.
+    /// pipeline.json (converted), in YAML or JSON. A file with unknown fields (typos such as
+    /// `dependOn`) is refused with exit 2, as `kubectl apply` refuses it by default.
     Deploy { file: PathBuf },
     /// List the Pipelines.
     List,
@@ -168,6 +171,22 @@ async fn dispatch(
     match command {
         K8sCommand::Deploy { file } => {
             let loaded = model::load_pipeline_file(&file)?;
+            if !loaded.unknown_fields.is_empty() {
+                for unknown in &loaded.unknown_fields {
+                    eprintln!(
+                        "{}: {}: {}",
+                        file.display(),
+                        unknown.path,
+                        unknown.message()
+                    );
+                }
+                eprintln!(
+                    "{}: not deployed: {} unknown field(s) (as kubectl apply refuses them by default)",
+                    file.display(),
+                    loaded.unknown_fields.len()
+                );
+                return Ok(EXIT_INVALID);
+            }
             let mut pipeline = Pipeline::new(&loaded.name, loaded.spec);
             if pipeline.spec.sample_input.is_none() {
                 pipeline.spec.sample_input = loaded.sample_input;

@@ -1,4 +1,6 @@
-//! `fm validate FILE`: every problem of a pipeline file, one line each, before anything runs.
+//! `fm validate FILE`: every problem of a pipeline file, one line each, before anything runs. Unknown
+//! fields (typos such as `dependOn`, which loading would ignore) are problems too, with the closest
+//! allowed name.
 
 use std::path::PathBuf;
 
@@ -23,7 +25,14 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
         }
     };
     let registry = builtin_registry();
-    let problems = model::validate(&loaded.spec, &|name| registry.contains(name));
+    let problems: Vec<model::ValidationError> = loaded
+        .unknown_fields
+        .iter()
+        .map(|u| model::ValidationError::new(&u.path, u.message()))
+        .chain(model::validate(&loaded.spec, &|name| {
+            registry.contains(name)
+        }))
+        .collect();
     if problems.is_empty() {
         println!(
             "{}: pipeline {} is valid ({} stages)",

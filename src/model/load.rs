@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::crd::{Pipeline, PipelineSpec};
 use super::flowmason_json::{FlowMasonPipeline, looks_like_flowmason};
+use super::unknown_fields::{UnknownField, pipeline_spec_unknown_fields, pipeline_unknown_fields};
 
 /// Which kind of document a pipeline was loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub struct LoadedPipeline {
     /// Example inputs (`sampleInput`), for runs started without inputs.
     pub sample_input: Option<Value>,
     pub format: SourceFormat,
+    /// Fields the schema does not declare (ignored when loading): typos such as `dependOn`. Always
+    /// empty for a FlowMason `pipeline.json`, which has no CRD schema.
+    pub unknown_fields: Vec<UnknownField>,
 }
 
 /// Why a pipeline document could not be loaded. Every variant names the file (`origin`).
@@ -132,6 +136,7 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
             sample_input: pipeline.spec.sample_input.clone(),
             spec: pipeline.spec,
             format: SourceFormat::Resource,
+            unknown_fields: pipeline_unknown_fields(&doc),
         });
     }
     if looks_like_flowmason(map) {
@@ -148,6 +153,7 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
             sample_input: spec.sample_input.clone(),
             spec,
             format: SourceFormat::FlowMason,
+            unknown_fields: Vec::new(),
         });
     }
     let spec: PipelineSpec = parse(text, origin, json)?;
@@ -157,6 +163,7 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
         sample_input: spec.sample_input.clone(),
         spec,
         format: SourceFormat::Spec,
+        unknown_fields: pipeline_spec_unknown_fields(&doc),
     })
 }
 
@@ -478,6 +485,25 @@ spec:
             err.to_string(),
             "list.yaml: expected a Pipeline, a pipeline spec or a FlowMason pipeline.json object, got a list"
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_for_resources_and_bare_specs() {
+        let loaded = load_pipeline_str(RESOURCE_YAML, "pipeline.yaml").expect("resource");
+        assert_eq!(loaded.unknown_fields, Vec::new());
+        let text = "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: p}\nspec:\n  stages:\n    - {id: a, componentType: noop, dependOn: [b]}\n";
+        let loaded = load_pipeline_str(text, "p.yaml").expect("resource");
+        let found: Vec<String> = loaded
+            .unknown_fields
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            vec![r#"unknown field "spec.stages[0].dependOn", did you mean "dependsOn"?"#]
+        );
+        let loaded = load_pipeline_str("shedule: x\nstages: []\n", "s.yaml").expect("spec");
+        assert_eq!(loaded.unknown_fields[0].path, "shedule");
     }
 
     #[test]
