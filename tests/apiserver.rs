@@ -968,6 +968,9 @@ type BadCase = (
     &'static str,
 );
 
+#[path = "apiserver/corpus.rs"]
+mod corpus;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
     let h = Harness::start_with(|c| c.api.max_body_bytes = 4096).await;

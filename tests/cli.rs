@@ -871,6 +871,9 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
 #[path = "cli/durability.rs"]
 mod durability;
 
+#[path = "cli/corpus.rs"]
+mod corpus;
+
 // ---------------------------------------------------------------------------------------------------------
 // Hostile expressions: refused or failed cleanly, never a crash of `fm`
 

@@ -469,6 +469,9 @@ fn signed(request: reqwest::RequestBuilder, secret: &[u8], body: &[u8]) -> reqwe
     signed_at(request, secret, chrono::Utc::now().timestamp(), body)
 }
 
+#[path = "triggers/corpus.rs"]
+mod corpus;
+
 #[tokio::test]
 async fn webhook_accepts_signed_json_and_rejects_the_rest() {
     let h = api().await;

@@ -1144,4 +1144,95 @@ mod tests {
             TemplateError::Syntax { .. }
         ));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Pieces of templates, valid and broken, that random concatenations combine into hostile strings.
+        const PIECES: &[&str] = &[
+            "{{",
+            "}}",
+            "{",
+            "}",
+            " ",
+            "input",
+            "upstream",
+            "env",
+            "context",
+            "fetch",
+            "body",
+            "user",
+            "id",
+            "tags",
+            "items",
+            "API_KEY",
+            "runId",
+            "run_id",
+            ".",
+            "..",
+            "[",
+            "]",
+            "[0]",
+            "[1]",
+            "[-1]",
+            "[99999999999999999999]",
+            "0",
+            "name",
+            "a",
+            "b",
+            "\u{e9}",
+            "\\",
+            "\"",
+            "|",
+        ];
+
+        fn template() -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::sample::select(PIECES), 0..24)
+                .prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn rendering_arbitrary_strings_never_panics(text in any::<String>()) {
+                with_scope(|scope| {
+                    let _ = render(&Value::String(text.clone()), "config", scope);
+                });
+                let _ = references(&Value::String(text));
+            }
+
+            #[test]
+            fn rendering_template_soup_resolves_or_names_the_field(text in template()) {
+                let value = json!({"k": [text.clone()]});
+                if let Err(err) = with_scope(|scope| render(&value, "config", scope)) {
+                    prop_assert_eq!(err.field(), "config.k[0]");
+                }
+                if has_templates(&value) {
+                    let _ = references_at(&value, "config");
+                } else {
+                    prop_assert!(references(&value).unwrap().is_empty());
+                }
+            }
+
+            #[test]
+            fn rendering_nested_values_keeps_plain_text_unchanged(
+                value in any::<u32>().prop_map(|n| json!({"n": n}))
+                    .prop_recursive(8, 64, 4, |inner| prop_oneof![
+                        proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                        proptest::collection::btree_map(
+                            proptest::sample::select(&["a", "b", "c", "{", "}"][..]).prop_map(String::from),
+                            inner,
+                            0..4,
+                        )
+                            .prop_map(|m| Value::Object(m.into_iter().collect())),
+                    ]),
+            ) {
+                let rendered = with_scope(|scope| render(&value, "config", scope)).unwrap();
+                prop_assert_eq!(rendered, value);
+            }
+        }
+    }
 }

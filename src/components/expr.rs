@@ -1454,4 +1454,137 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("timed out or cancelled"), "{e}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Tokens of the language and of what it refuses; random sequences of them are hostile sources.
+        const TOKENS: &[&str] = &[
+            "data",
+            "x",
+            "1",
+            "0",
+            "-1",
+            "2.5",
+            "1e308",
+            "10",
+            "'z'",
+            "\"s\"",
+            "True",
+            "None",
+            " + ",
+            " - ",
+            " * ",
+            " / ",
+            " // ",
+            " % ",
+            " ** ",
+            "-",
+            "not ",
+            " and ",
+            " or ",
+            " if ",
+            " else ",
+            " for x in ",
+            " in ",
+            " is ",
+            "==",
+            "<",
+            ">=",
+            "(",
+            ")",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            ":",
+            ".",
+            "['a']",
+            "[0]",
+            "[1:]",
+            "len(",
+            "sorted(",
+            "list(",
+            "range(",
+            "str(",
+            "int(",
+            "lower()",
+            "lambda",
+            "import",
+            "__class__",
+            "#",
+            "\\",
+            "'",
+            "\"",
+            "\n",
+            " ",
+        ];
+
+        fn source() -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::sample::select(TOKENS), 0..20)
+                .prop_map(|tokens| tokens.concat())
+        }
+
+        fn parse_and_eval(src: &str) {
+            if let Ok(expr) = Expr::parse(src, &["data"]) {
+                let data = json!({"a": [1, "b", null], "s": "Zz", "n": 2});
+                let _ = expr.eval(&[("data", data)], &CancellationToken::new());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_strings_parse_or_fail_without_panicking(src in any::<String>()) {
+                parse_and_eval(&src);
+            }
+
+            #[test]
+            fn token_soup_parses_and_evaluates_or_fails_without_panicking(src in source()) {
+                parse_and_eval(&src);
+            }
+
+            #[test]
+            fn nesting_beyond_the_limit_is_refused_before_parsing(
+                opener in proptest::sample::select(&["not ", "-", "(", "[", "+", "~"][..]),
+                depth in (MAX_NESTING + 1)..(4 * MAX_NESTING),
+            ) {
+                let closer = match opener {
+                    "(" => ")",
+                    "[" => "]",
+                    _ => "",
+                };
+                let src = format!("{}data{}", opener.repeat(depth), closer.repeat(depth));
+                prop_assert!(exceeds_nesting(&src, MAX_NESTING));
+                let refused = matches!(
+                    Expr::parse(&src, &["data"]),
+                    Err(ExprError::TooDeep { limit: MAX_NESTING, .. })
+                );
+                prop_assert!(refused, "{} x {:?} was not refused", depth, opener);
+            }
+
+            #[test]
+            fn nesting_within_the_limit_never_overflows_the_stack(
+                openers in proptest::collection::vec(
+                    proptest::sample::select(&["not ", "-", "(", "[", "data + ", "1 if data else "][..]),
+                    0..MAX_NESTING,
+                ),
+            ) {
+                let mut src: String = openers.concat();
+                src.push_str("data");
+                for opener in openers.iter().rev() {
+                    match *opener {
+                        "(" => src.push(')'),
+                        "[" => src.push(']'),
+                        _ => {}
+                    }
+                }
+                parse_and_eval(&src);
+            }
+        }
+    }
 }

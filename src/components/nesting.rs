@@ -99,4 +99,53 @@ mod tests {
         assert!(problems("filter", &config(templated)).is_empty());
         assert!(problems("logger", &config(json!({"condition": "(".repeat(1000)}))).is_empty());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn the_scanners_never_panic_and_name_only_expression_fields(
+                component in proptest::sample::select(
+                    &["filter", "conditional", "router", "foreach", "json_transform", "noop"][..],
+                ),
+                text in any::<String>(),
+            ) {
+                let config = json!({
+                    "condition": text, "jq_condition": text, "condition_expression": text,
+                    "value_expression": text, "filter_expression": text, "jq": text,
+                    "jmespath_expression": text, "other": text,
+                });
+                let Value::Object(config) = config else { unreachable!("an object literal") };
+                for (field, message) in problems(component, &config) {
+                    prop_assert!(field != "other" && config.contains_key(&field), "{}", field);
+                    prop_assert!(message.contains(&MAX_NESTING.to_string()), "{}", message);
+                }
+            }
+
+            #[test]
+            fn deep_brackets_are_named_in_every_language(
+                depth in (MAX_NESTING + 1)..(2 * MAX_NESTING),
+            ) {
+                let deep = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+                for (component, field) in [
+                    ("filter", "condition"),
+                    ("filter", "jq_condition"),
+                    ("json_transform", "jq"),
+                ] {
+                    let Value::Object(config) = json!({ field: deep }) else {
+                        unreachable!("an object literal")
+                    };
+                    let found: Vec<String> =
+                        problems(component, &config).into_iter().map(|(f, _)| f).collect();
+                    prop_assert_eq!(found, vec![field.to_string()]);
+                }
+            }
+        }
+    }
 }

@@ -514,4 +514,117 @@ spec:
             "{err}"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::model::validate::validate;
+
+        /// Arbitrary JSON values, with the keys a pipeline document uses more often than chance would.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::String),
+                proptest::sample::select(
+                    &["1s", "-1s", "99999999999h", "", "noop", "a", "{{input.x}}"][..]
+                )
+                .prop_map(Value::from),
+            ];
+            let keys = proptest::sample::select(
+                &[
+                    "apiVersion",
+                    "kind",
+                    "metadata",
+                    "name",
+                    "spec",
+                    "stages",
+                    "id",
+                    "componentType",
+                    "config",
+                    "dependsOn",
+                    "timeout",
+                    "retry",
+                    "sampleInput",
+                    "inputSchema",
+                    "x",
+                    "",
+                ][..],
+            )
+            .prop_map(String::from);
+            leaf.prop_recursive(6, 64, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::btree_map(keys.clone(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn load_and_validate(text: &str) {
+            if let Ok(loaded) = load_pipeline_str(text, "prop.yaml") {
+                let _ = validate(&loaded.spec, &|component| component == "noop");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_strings_load_or_fail_naming_the_origin(text in any::<String>()) {
+                if let Err(err) = load_pipeline_str(&text, "prop.yaml") {
+                    prop_assert!(err.to_string().starts_with("prop.yaml"), "{}", err);
+                }
+                load_and_validate(&text);
+            }
+
+            #[test]
+            fn arbitrary_bytes_in_a_file_load_or_fail_naming_the_file(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("p.yaml");
+                std::fs::write(&path, &bytes).unwrap();
+                if let Err(err) = load_pipeline_file(&path) {
+                    prop_assert!(err.to_string().contains("p.yaml"), "{}", err);
+                }
+            }
+
+            #[test]
+            fn arbitrary_json_values_load_and_validate_without_panicking(value in json_value()) {
+                load_and_validate(&value.to_string());
+                let resource = json!({
+                    "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+                    "metadata": {"name": "p"}, "spec": {"stages": [value]},
+                });
+                load_and_validate(&resource.to_string());
+            }
+
+            #[test]
+            fn arbitrary_stage_graphs_validate_without_panicking(
+                edges in proptest::collection::vec(
+                    (0..8usize, proptest::collection::vec(0..10usize, 0..4)),
+                    0..12,
+                ),
+            ) {
+                // Duplicate ids, cycles, self-loops and unknown dependencies, in any combination.
+                let stages: Vec<Value> = edges
+                    .iter()
+                    .map(|(id, deps)| json!({
+                        "id": format!("s{id}"),
+                        "componentType": "noop",
+                        "dependsOn": deps.iter().map(|d| format!("s{d}")).collect::<Vec<_>>(),
+                    }))
+                    .collect();
+                let resource = json!({
+                    "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+                    "metadata": {"name": "p"}, "spec": {"stages": stages},
+                });
+                load_and_validate(&resource.to_string());
+            }
+        }
+    }
 }

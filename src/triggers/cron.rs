@@ -792,4 +792,94 @@ mod tests {
         );
         assert!(parse_instant("yesterday").is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Pieces of cron fields, valid and not.
+        const PIECES: &[&str] = &[
+            "*",
+            "*/",
+            "0",
+            "1",
+            "5",
+            "7",
+            "12",
+            "23",
+            "31",
+            "59",
+            "60",
+            "99",
+            "4294967296",
+            "-",
+            ",",
+            "/",
+            "L",
+            "W",
+            "#",
+            "?",
+            "MON",
+            "fri",
+            "JAN",
+            "dec",
+            "@",
+            "@daily",
+            "@hourly",
+            "@yearly",
+            "@reboot",
+            " ",
+            "  ",
+        ];
+
+        fn schedule() -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::sample::select(PIECES), 0..16)
+                .prop_map(|pieces| pieces.concat())
+        }
+
+        fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+            // Years 1970 to 2200.
+            (0i64..7_258_118_400).prop_map(|s| Utc.timestamp_opt(s, 0).single().unwrap_or_default())
+        }
+
+        fn exercise(expr: &str, zone: Option<&str>, t: DateTime<Utc>) {
+            let Ok(schedule) = CronSchedule::parse(expr, zone) else {
+                return;
+            };
+            if let Some(next) = schedule.next_after(t) {
+                assert!(next > t, "{expr}: next {next} after {t}");
+            }
+            if let Some(latest) = schedule.latest_at_or_before(t) {
+                assert!(latest <= t, "{expr}: latest {latest} at or before {t}");
+            }
+            let until = t + chrono::Duration::hours(2);
+            if let Ok(found) = schedule.between(t, until, 200) {
+                assert!(found.iter().all(|at| *at > t && *at <= until), "{expr}");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_schedules_parse_or_fail_without_panicking(
+                expr in any::<String>(),
+                t in instant(),
+            ) {
+                exercise(&expr, None, t);
+            }
+
+            #[test]
+            fn cron_soup_in_any_zone_gives_ordered_instants_or_an_error(
+                expr in schedule(),
+                zone in proptest::sample::select(
+                    &["", "UTC", "Europe/Berlin", "America/St_Johns", "Australia/Lord_Howe", "Nope/Zone"][..],
+                ),
+                t in instant(),
+            ) {
+                exercise(&expr, Some(zone), t);
+            }
+        }
+    }
 }

@@ -291,4 +291,112 @@ mod tests {
         let err = decode_event(run, &key[..10], b"\x01{}").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Event kinds that cover the shapes of a stream: unit variants, strings, numbers, JSON payloads.
+        fn kinds() -> Vec<EventKind> {
+            vec![
+                EventKind::RunStarted,
+                EventKind::StageStarted {
+                    stage: "a\u{e9}\"b".into(),
+                    attempt: 1,
+                },
+                EventKind::StageRetryScheduled {
+                    stage: "a".into(),
+                    attempt: 2,
+                    at: -77,
+                },
+                EventKind::StageSkipped {
+                    stage: "b".into(),
+                    reason: crate::event::SkipReason::RunEnded,
+                },
+            ]
+        }
+
+        fn names_the_run(err: &StoreError, run: RunId) -> bool {
+            err.to_string().contains(&run.to_string())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes_decode_to_events_or_an_error_naming_the_run(
+                value in proptest::collection::vec(any::<u8>(), 0..512),
+                seq in any::<u64>(),
+            ) {
+                let run = RunId::from_u128(11);
+                if let Err(err) = decode_events(run, &keys::event_key(run, seq), &value) {
+                    prop_assert!(names_the_run(&err, run), "{err}");
+                }
+                if let Err(err) = decode_summary(run, &value) {
+                    prop_assert!(names_the_run(&err, run), "{err}");
+                }
+            }
+
+            #[test]
+            fn arbitrary_keys_never_panic_the_decoder(
+                key in proptest::collection::vec(any::<u8>(), 0..64),
+                value in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let run = RunId::from_u128(12);
+                if let Err(err) = decode_events(run, &key, &value) {
+                    prop_assert!(names_the_run(&err, run), "{err}");
+                }
+            }
+
+            #[test]
+            fn a_truncated_record_is_an_error_naming_run_and_seq(
+                which in 0..4usize,
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                let run = RunId::from_u128(13);
+                let record = encode_event(run, 5, 99, &kinds()[which]).unwrap();
+                let cut = cut.index(record.len());
+                let err = decode_events(run, &keys::event_key(run, 5), &record[..cut]).unwrap_err();
+                prop_assert!(
+                    err.to_string().starts_with(&format!("run {run}: event 5 ")),
+                    "{err}"
+                );
+            }
+
+            #[test]
+            fn a_truncated_segment_decodes_whole_records_or_names_the_run(
+                count in 2..5usize,
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                let run = RunId::from_u128(14);
+                let records: Vec<IVec> = (0..count)
+                    .map(|i| encode_event(run, i as u64, 7, &kinds()[i % 4]).unwrap())
+                    .collect();
+                let segment = encode_segment(&records);
+                let cut = cut.index(segment.len());
+                let key = keys::event_key(run, count as u64 - 1);
+                match decode_events(run, &key, &segment[..cut]) {
+                    // A cut between two records leaves a shorter, well-formed segment.
+                    Ok(events) => prop_assert!(events.len() < count),
+                    Err(err) => prop_assert!(names_the_run(&err, run), "{err}"),
+                }
+            }
+
+            #[test]
+            fn a_flipped_byte_in_a_record_never_panics_the_decoder(
+                which in 0..4usize,
+                at in any::<proptest::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let run = RunId::from_u128(15);
+                let mut record = encode_event(run, 3, 1, &kinds()[which]).unwrap().to_vec();
+                let at = at.index(record.len());
+                record[at] = byte;
+                if let Err(err) = decode_events(run, &keys::event_key(run, 3), &record) {
+                    prop_assert!(names_the_run(&err, run), "{err}");
+                }
+            }
+        }
+    }
 }

@@ -1305,4 +1305,47 @@ pub(crate) mod tests {
         let store = EventStore::open(dir.path(), config(Durability::Batch)).unwrap();
         assert_eq!(store.events(run).unwrap().len(), 1);
     }
+
+    mod recovery_properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            // Each case opens a sled log twice: few cases.
+            #![proptest_config(ProptestConfig::with_cases(24))]
+
+            #[test]
+            fn recovery_of_a_log_with_a_corrupt_record_reports_it_and_never_panics(
+                garbage in proptest::collection::vec(any::<u8>(), 0..256),
+                seq in 0..6u64,
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let run = new_run();
+                {
+                    let store = EventStore::open(dir.path(), config(Durability::Always)).unwrap();
+                    put(
+                        &store,
+                        run,
+                        vec![accepted("p", "ns"), EventKind::RunStarted, started("a")],
+                    );
+                    store.flush().unwrap();
+                    store.inner.tree.insert(keys::event_key(run, seq), garbage.clone()).unwrap();
+                    store.flush().unwrap();
+                }
+                // What a restart does: reopen, list the unfinished runs, fold each.
+                let store = EventStore::open(dir.path(), config(Durability::Always)).unwrap();
+                prop_assert_eq!(store.unfinished_runs().unwrap(), vec![run]);
+                match store.fold(run) {
+                    Ok(_) => {}
+                    Err(err) => prop_assert!(
+                        err.to_string().contains(&run.to_string()),
+                        "{}", err
+                    ),
+                }
+                // Listing stays usable: the corrupt event does not touch the summary and indexes.
+                prop_assert!(store.query(&RunQuery::default()).is_ok());
+            }
+        }
+    }
 }
