@@ -15,8 +15,8 @@ mod flusher;
 pub mod fold;
 mod keys;
 mod query;
-pub mod sled_files;
 mod session;
+pub mod sled_files;
 mod store;
 mod summary;
 

@@ -142,7 +142,11 @@ async fn sigkill_at_random_points_loses_no_acknowledged_run_and_runs_none_twice(
     let mut run_ids = BTreeMap::new();
     for name in &existing {
         let status = final_status(&runs, name).await;
-        assert_eq!(status.phase, Some(RunPhase::Succeeded), "{name}: {status:?}");
+        assert_eq!(
+            status.phase,
+            Some(RunPhase::Succeeded),
+            "{name}: {status:?}"
+        );
         let run_id = status.run_id.expect("runId");
         let events = events_of(&http, &server, &run_id).await;
         assert_eq!(count(&events, "RunAccepted"), 1, "{name}: {events:?}");
@@ -283,8 +287,11 @@ async fn a_watch_open_across_a_sigkill_and_restart_sees_every_later_change() {
     // restart reached it.
     let listed = eventually("the run deleted after the restart is gone", || async {
         let list = runs.list(&Default::default()).await.ok()?;
-        (!list.items.iter().any(|r| r.metadata.name.as_deref() == Some("before")))
-            .then_some(list)
+        (!list
+            .items
+            .iter()
+            .any(|r| r.metadata.name.as_deref() == Some("before")))
+        .then_some(list)
     })
     .await;
     let expected = versions(&listed.items);
