@@ -234,6 +234,9 @@ fn serve_on(data: &Path, port: u16) -> Fm {
     Fm::start(&["serve", "--bind", &bind, "--data-dir", dir])
 }
 
+/// A PipelineRun as the watch delivered it: its name and phase.
+type Seen = (String, Option<RunPhase>);
+
 /// name → resourceVersion of every PipelineRun in `runs`.
 fn versions<'a>(runs: impl IntoIterator<Item = &'a PipelineRun>) -> BTreeMap<String, String> {
     runs.into_iter()
@@ -258,7 +261,7 @@ async fn a_watch_open_across_a_sigkill_and_restart_sees_every_later_change() {
     create_pipeline(&pipelines, "watched", delay_stages(50)).await;
 
     let (cache, writer) = reflector::store::<PipelineRun>();
-    let seen: Arc<Mutex<Vec<(String, Option<RunPhase>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let watch = {
         let seen = seen.clone();
         let stream = reflector(writer, watcher(runs.clone(), watcher::Config::default()))
