@@ -419,14 +419,16 @@ fn history_serve_answers_queries_metrics_health_and_reruns_on_its_engine() {
         .expect("spawn fm history serve"),
     );
     let stdout = child.0.stdout.take().expect("stdout");
-    let base = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let base = lines
+        .by_ref()
         .find_map(|l| {
             l.strip_prefix("FlowMason history API listening on ")
                 .map(str::to_string)
         })
         .expect("fm history serve prints its address");
+    // Read on: a closed pipe would make the server's next line (the web UI's address) end it.
+    std::thread::spawn(move || lines.for_each(drop));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::blocking::Client::new();
     let get = |path: &str| http.get(format!("{base}{path}")).send().expect("request");

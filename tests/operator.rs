@@ -24,6 +24,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "operator/faults.rs"]
+mod faults;
 #[path = "operator/ui.rs"]
 mod ui;
 

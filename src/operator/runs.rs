@@ -748,6 +748,11 @@ async fn resume(run: Arc<PipelineRun>, run_id: RunId, ctx: Arc<RunContext>) -> R
     Ok(Action::await_change())
 }
 
+/// Whether the folded state has ended the run.
+fn ended(state: Option<&RunState>) -> bool {
+    state.is_some_and(|s| s.phase.is_terminal())
+}
+
 /// Starts the task that folds a run's events and writes its status: the first state at once, then at
 /// most one write per `write_interval`, and always the final state (retried until it is written).
 #[allow(clippy::too_many_arguments)]
@@ -794,9 +799,16 @@ fn spawn_writer(
                                 tracing::warn!(%run_id, error = %e, "status fold");
                             }
                             recorder.add(&event);
+                            // The stream shows events before they are durable: an end is written only
+                            // once the run has finished (after its terminal event's sync), from the log,
+                            // so that a crash cannot leave a status ending a run the log has unfinished.
+                            if ended(state.as_ref()) {
+                                dirty = false;
+                                continue;
+                            }
                             dirty = true;
-                            // Phase changes (at most Pending, Running and the end) are written at once;
-                            // everything else waits for the interval.
+                            // Phase changes (Pending, Running) are written at once; everything else waits
+                            // for the interval.
                             let phase = state.as_ref().map(|s| s.phase);
                             if last_write.is_none() || phase != written_phase {
                                 written_phase = phase;

@@ -4,8 +4,8 @@
 //!   stdout; a `201 Created` that `fm serve` writes on a socket) must be preceded by an fdatasync/fsync of
 //!   every sled file written before it (the log `db`, large values in `blobs/`), and of the directory of
 //!   every file created in it. A `sync_file_range` (all sled's `flush()` does) does not count.
-//! - Full disk: a small tmpfs is filled while `fm serve` runs (skipped with a printed reason where mount is
-//!   not permitted).
+//! - Full disk: a small tmpfs is filled while `fm serve` runs, with and without a run in flight (skipped
+//!   with a printed reason where mount is not permitted). Part of the fault suite (see the README).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -200,7 +200,14 @@ fn run_acks_follow_a_sync(durability: &str) {
         .expect("strace runs");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let trace = std::fs::read_to_string(&trace_path).expect("trace");
-    let ack = |c: &Call| c.fd.is_some_and(|(fd, _)| fd == "1");
+    // The ack is what `fm run` itself prints: its expression workers (`fm __eval-worker`, traced too)
+    // answer on their own stdout, a pipe to `fm run`, which acknowledges nothing.
+    let main = trace
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the trace starts with fm's execve");
+    let ack = |c: &Call| c.pid == main && c.fd.is_some_and(|(fd, _)| fd == "1");
     let failures = unsynced_acks(&trace, &[data.join("events")], &ack);
     assert!(
         failures.is_empty(),
@@ -220,7 +227,13 @@ fn run_prints_its_result_only_after_the_event_log_is_synced_under_batch() {
 }
 
 /// Starts `fm serve` (API only) on `data` through `wrapper` (e.g. strace); returns it and its URL.
+/// `fm serve` with its API server only (no controllers, no triggers).
 fn serve(wrapper: Option<Command>, data: &Path) -> (KillOnDrop, String) {
+    serve_with(wrapper, data, &["--no-controllers", "--no-triggers"])
+}
+
+/// `fm serve <extra>` on `data`, optionally under `wrapper`; the process and the URL it listens on.
+fn serve_with(wrapper: Option<Command>, data: &Path, extra: &[&str]) -> (KillOnDrop, String) {
     let mut command = match wrapper {
         Some(mut w) => {
             w.arg(env!("CARGO_BIN_EXE_fm"));
@@ -229,14 +242,9 @@ fn serve(wrapper: Option<Command>, data: &Path) -> (KillOnDrop, String) {
         None => fm(),
     };
     let mut child = command
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--no-controllers",
-            "--no-triggers",
-            "--data-dir",
-        ])
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(data)
         .env_remove("FM_DATA_DIR")
         .env("FM_LOG", "error")
@@ -515,4 +523,115 @@ fn run_on_a_full_disk_says_so_naming_the_event_log() {
             && !stderr.contains("another fm"),
         "{stderr}"
     );
+}
+
+const PIPELINES: &str = "/apis/flowmason.io/v1/namespaces/default/pipelines";
+const PIPELINERUNS: &str = "/apis/flowmason.io/v1/namespaces/default/pipelineruns";
+
+/// The PipelineRun `name` as JSON, once `done` holds for it.
+fn wait_run(
+    url: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, body) = http(url, "GET", &format!("{PIPELINERUNS}/{name}"), "");
+        if status == 200 {
+            let run: serde_json::Value = serde_json::from_str(&body).expect("PipelineRun JSON");
+            if done(&run) {
+                return run;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {name} {what}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The events of run `run_id` from the history API.
+fn run_events(url: &str, run_id: &str) -> Vec<serde_json::Value> {
+    let (status, body) = http(url, "GET", &format!("/api/v1/runs/{run_id}/events"), "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("events JSON")
+}
+
+#[test]
+fn serve_with_a_run_in_flight_on_a_full_disk_keeps_its_events_and_resumes_it_after_a_restart() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let (mut server, url) = serve_with(None, &data, &["--no-triggers"]);
+    let pipeline = serde_json::json!({
+        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
+        "metadata": {"name": "filling"},
+        "spec": {"stages": [
+            {"id": "wait", "componentType": "delay", "config": {"ms": 1500}},
+            {"id": "shape", "componentType": "json_transform", "dependsOn": ["wait"],
+             "config": {"data": {"x": "{{input.x}}"}, "expression": "x"}}
+        ]}
+    });
+    let (status, body) = http(&url, "POST", PIPELINES, &pipeline.to_string());
+    assert_eq!(status, 201, "{body}");
+    let run = serde_json::json!({
+        "apiVersion": "flowmason.io/v1", "kind": "PipelineRun",
+        "metadata": {"name": "in-flight"},
+        "spec": {"pipelineRef": "filling", "inputs": {"x": 7}}
+    });
+    let (status, body) = http(&url, "POST", PIPELINERUNS, &run.to_string());
+    assert_eq!(status, 201, "{body}");
+    let running = wait_run(&url, "in-flight", "Running", |r| {
+        r["status"]["phase"] == "Running"
+            && r["status"]["stages"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["id"] == "wait" && s["attempts"] == 1))
+    });
+    let run_id = running["status"]["runId"]
+        .as_str()
+        .expect("runId")
+        .to_string();
+    let acknowledged = run_events(&url, &run_id);
+
+    // The disk fills while the stage waits: its end cannot be recorded, nor can API writes.
+    let filler = fs.fill();
+    let (status, body) = write_until_refused(&url, 64 * 1024);
+    assert_eq!(status, 500, "{body}");
+    std::fs::remove_file(filler).expect("free space");
+    assert_eq!(
+        exit_code(&mut server.0, Duration::from_secs(60)),
+        Some(flowmason::cli::EXIT_STORAGE)
+    );
+    drop(server);
+
+    let (_server, url) = serve_with(None, &data, &["--no-triggers"]);
+    let done = wait_run(&url, "in-flight", "ended", |r| {
+        r["status"]["phase"]
+            .as_str()
+            .is_some_and(|p| ["Succeeded", "Failed", "Cancelled", "TimedOut"].contains(&p))
+    });
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
+    assert_eq!(done["status"]["runId"].as_str(), Some(run_id.as_str()));
+    assert_eq!(
+        done["status"]["output"]["result"],
+        serde_json::json!({"x": 7}),
+        "{done}"
+    );
+    let events = run_events(&url, &run_id);
+    assert!(
+        events.len() > acknowledged.len() && events[..acknowledged.len()] == acknowledged[..],
+        "the events acknowledged before the disk filled are not kept as they were:\n\
+         before: {acknowledged:?}\nafter: {events:?}"
+    );
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(kinds.contains(&"RunResumed"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "RunSucceeded").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(http(&url, "GET", "/readyz", "").0, 200);
 }
