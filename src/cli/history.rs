@@ -597,6 +597,7 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         &args.retention_interval,
     )?);
     let guard = args.http_auth.guard("--bind", args.bind)?;
+    let data_dir = args.store.data_dir()?;
     let store = args.store.open()?;
     let env = args.env.resolver()?;
     crate::runtime::block_on(|| async move {
@@ -626,12 +627,23 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
             // Last: scripts (and the tests) read up to this line and may stop reading there.
             format!("FlowMason history API listening on http://{}", served.addr),
         ]);
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
+        // Ctrl-C, SIGTERM, or a failed event log once the disk takes writes again (exit 74, so that
+        // a supervisor restarts it with the log reopened); a stuck shutdown ends by the watchdog.
+        let events = store.clone();
+        let stores: Vec<super::stopping::FailureCheck> = vec![Box::new(move || {
+            events
+                .write_failure()
+                .map(|e| format!("event log cannot write: {e}"))
+        })];
+        let reason = super::stopping::wait_for_stop(stores, data_dir).await?;
+        let code = reason.exit_code();
+        super::stopping::exit_after(super::stopping::SHUTDOWN_GRACE, code);
         stop.cancel();
         let _ = served.task.await;
         let _ = retention.await;
+        if code != 0 {
+            return anyhow::Ok(code);
+        }
         engine
             .shutdown()
             .context("cannot record the engine's shutdown in the event log")?;
