@@ -464,6 +464,25 @@ fn history_serve_answers_queries_metrics_health_and_reruns_on_its_engine() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert_eq!(detail["inputs"], json!({"name": "one", "orders": []}));
+
+    // SIGTERM (how Kubernetes and systemd stop it) ends it cleanly.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fm history serve ignored SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 /// A child process killed when the test ends, however it ends.
