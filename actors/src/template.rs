@@ -812,6 +812,23 @@ fn parse_reference(raw: &str, inner: &str, at: &FieldPath<'_>) -> Result<Referen
 // ---------------------------------------------------------------------------------------------------
 // Input mapping.
 
+/// The stage's input as written, for checks before any run: `config` with each `input_mapping` entry set
+/// at its key unrendered (as [`build_input`] sets it rendered), so that a field set by the mapping counts
+/// as present, and as templated when its mapping is. Keys [`build_input`] would reject are left out; a
+/// config that is not an object is returned as it is.
+pub fn unrendered_input(config: &Value, input_mapping: &BTreeMap<String, Value>) -> Value {
+    let mut out = match config {
+        Value::Object(map) => map.clone(),
+        Value::Null if !input_mapping.is_empty() => Map::new(),
+        other => return other.clone(),
+    };
+    for (key, raw) in input_mapping {
+        // A bad key is reported when the run builds the input; here it only adds no field.
+        let _ = set_dotted(&mut out, key, raw.clone());
+    }
+    Value::Object(out)
+}
+
 /// Sets `value` at the dotted `key` inside `obj`, creating (or replacing non-object) intermediates.
 fn set_dotted(obj: &mut Map<String, Value>, key: &str, value: Value) -> Result<(), &'static str> {
     if key.is_empty() || key.split('.').any(str::is_empty) {

@@ -6,9 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde_json::Value;
 
+use flowmason_actors::component::Registry;
+use flowmason_actors::template::unrendered_input;
 use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
 };
@@ -92,6 +95,7 @@ pub fn validate(
     for (i, stage) in spec.stages.iter().enumerate() {
         check_component(i, stage, known_components, &mut errors);
         check_nesting(i, stage, &mut errors);
+        check_config(i, stage, &mut errors);
     }
     if let Err(more) = to_plan(spec) {
         errors.extend(more);
@@ -217,6 +221,30 @@ fn check_nesting(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>)
         errors.push(ValidationError::new(
             format!("stages[{i}].config.{field}"),
             format!("{message} (stage {:?})", stage.id),
+        ));
+    }
+}
+
+/// The built-in components, for their static config checks (`Component::validate`).
+static BUILTIN: LazyLock<Registry> = LazyLock::new(crate::components::builtin_registry);
+
+/// The stage's literal config (and inputMapping) as its component checks it before any run: a bad
+/// literal value (a jq filter that does not compile, `level: loud`, `url: ftp://x`) or a missing required
+/// field fails here rather than in a run. Templated fields are checked when a run renders them.
+fn check_config(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>) {
+    let Some(component) = BUILTIN.get(&stage.component_type) else {
+        return;
+    };
+    let config = stage
+        .config
+        .clone()
+        .map(Value::Object)
+        .unwrap_or(Value::Null);
+    let input = unrendered_input(&config, &stage.input_mapping);
+    if let Err(e) = component.validate(&input) {
+        errors.push(ValidationError::new(
+            format!("stages[{i}].config"),
+            format!("{} (stage {:?})", e.message, stage.id),
         ));
     }
 }
