@@ -227,6 +227,76 @@ stages:
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
 }
 
+/// Issue 15: literal component config, the schedule, the webhook path and resource quantities are checked
+/// by `fm validate`, each problem naming its field and value, instead of failing a run (or never firing).
+#[test]
+fn validate_checks_component_config_triggers_and_quantities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "unrunnable.yaml",
+        r#"
+schedule: "61 * * * *"
+triggers:
+  webhook:
+    path: /hooks/x
+resources:
+  requests:
+    memory: 256MB
+stages:
+  - id: jq
+    componentType: json_transform
+    config: {data: 1, jq: ".a | ("}
+  - id: log
+    componentType: logger
+    config: {message: hi, level: loud}
+  - id: wait
+    componentType: delay
+    config: {ms: -1}
+  - id: fetch
+    componentType: http_request
+    config: {url: "https://example.com", method: FETCH}
+  - id: ftp
+    componentType: http_request
+    config: {url: "ftp://x"}
+  - id: process
+    componentType: json_transform
+    dependsOn: [ftp]
+  - id: mapped
+    componentType: json_transform
+    dependsOn: [ftp]
+    inputMapping: {data: "{{upstream.ftp}}"}
+    config: {jq: "{{input.filter}}"}
+"#,
+    );
+    let out = run_fm(&["validate", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    for (field, needle) in [
+        ("stages[0].config", "jq filter \".a | (\""),
+        ("stages[1].config", "\"loud\""),
+        ("stages[2].config", "-1"),
+        ("stages[3].config", "\"FETCH\""),
+        ("stages[4].config", "\"ftp://x\""),
+        ("stages[5].config", "`data` is required"),
+        ("schedule", "\"61 * * * *\""),
+        ("triggers.webhook.path", "\"/hooks/x\""),
+        ("resources.requests.memory", "\"256MB\""),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&format!(": {field}: ")) && l.contains(needle)),
+            "missing {field} naming {needle} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("stages[6]"),
+        "data from inputMapping counts:\n{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 9, "{stdout}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // fm history
 

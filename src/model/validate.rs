@@ -16,6 +16,9 @@ use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
 };
 
+use crate::triggers::TriggerError;
+use crate::triggers::cron::CronSchedule;
+use crate::triggers::webhook::{PREFIX as WEBHOOK_PREFIX, WebhookRoutes};
 use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan_providers};
 
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
@@ -101,6 +104,10 @@ pub fn validate(
         errors.extend(more);
     }
     check_owned_stages(spec, &mut errors);
+    check_triggers(spec, &mut errors);
+    if let Err(problem) = crate::operator::capacity::demand(spec.resources.as_ref()) {
+        errors.push(spec_field_error(&problem));
+    }
     for (field, schema) in [
         ("inputSchema", &spec.input_schema),
         ("outputSchema", &spec.output_schema),
@@ -113,6 +120,55 @@ pub fn validate(
         }
     }
     errors
+}
+
+/// The schedule and the webhook path, checked as the trigger manager would use them, so that a Pipeline
+/// whose trigger could never fire is invalid instead of `Ready` with a warning in the server's log.
+fn check_triggers(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    if let Some(expr) = &spec.schedule
+        && let Err(e) = CronSchedule::parse(expr, spec.time_zone.as_deref())
+    {
+        errors.push(match e {
+            TriggerError::TimeZone(zone) => ValidationError::new(
+                "timeZone",
+                format!("{zone:?} is not an IANA time zone name (e.g. Europe/Berlin)"),
+            ),
+            TriggerError::Schedule { expr, reason } => ValidationError::new(
+                "schedule",
+                format!(
+                    "{expr:?} is not a cron expression ({reason}); expected 5 fields \
+                     (minute hour day-of-month month day-of-week) such as \"0 * * * *\", or @hourly, @daily"
+                ),
+            ),
+            other => spec_field_error(&other.to_string()),
+        });
+    }
+    let path = spec
+        .triggers
+        .as_ref()
+        .and_then(|t| t.webhook.as_ref())
+        .and_then(|w| w.path.as_deref())
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    if let Some(path) = path {
+        let served = WebhookRoutes::path_for("", "", Some(path));
+        if !served.starts_with(WEBHOOK_PREFIX) || served.len() == WEBHOOK_PREFIX.len() {
+            errors.push(ValidationError::new(
+                "triggers.webhook.path",
+                format!("{path:?} must start with {WEBHOOK_PREFIX:?} and name a path below it"),
+            ));
+        }
+    }
+}
+
+/// A problem that reads `spec.<field>: message`, as one naming the field the way the others do.
+fn spec_field_error(problem: &str) -> ValidationError {
+    match problem.split_once(": ") {
+        Some((field, message)) => {
+            ValidationError::new(field.strip_prefix("spec.").unwrap_or(field), message)
+        }
+        None => ValidationError::new("", problem),
+    }
 }
 
 /// Config fields that name stages a control-flow stage chooses among or runs itself (FlowMason's
