@@ -252,12 +252,25 @@ impl<'a> UpstreamChecks<'a> {
         self.questions.push(question);
     }
 
+    /// A question about a stage id used twice has no answer (which of the stages?): the duplicate is
+    /// reported on its own, and the problem that hangs on the question is left out rather than guessed.
     fn resolve(self, stages: &[StageSpec], errors: &mut Vec<ValidationError>) {
-        let answers = if self.questions.is_empty() {
+        let mut answers = if self.questions.is_empty() {
             Vec::new()
         } else {
             Upstream::new(stages).answer(&self.questions)
         };
+        let mut seen = BTreeSet::new();
+        let duplicated: BTreeSet<&str> = stages
+            .iter()
+            .map(|s| s.id.as_str())
+            .filter(|id| !seen.insert(*id))
+            .collect();
+        if !duplicated.is_empty() {
+            for (answer, (ancestor, stage)) in answers.iter_mut().zip(&self.questions) {
+                *answer |= duplicated.contains(ancestor) || duplicated.contains(stage);
+            }
+        }
         errors.extend(
             self.found
                 .into_iter()
@@ -673,15 +686,6 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
         }
     }
     if let Some(triggers) = &spec.triggers {
-        if let Some(webhook) = &triggers.webhook
-            && let Some(path) = &webhook.path
-            && !path.starts_with('/')
-        {
-            errors.push(ValidationError::new(
-                "triggers.webhook.path",
-                format!("must start with '/', got {path:?}"),
-            ));
-        }
         if let Some(pubsub) = &triggers.pubsub
             && pubsub.topic.trim().is_empty()
         {
@@ -903,11 +907,23 @@ mod tests {
 
     #[test]
     fn valid_spec_has_no_errors() {
-        let s = spec(vec![
-            stage("fetch", "http_request", &[]),
-            stage("process", "json_transform", &["fetch"]),
-        ]);
+        let mut process = stage("process", "json_transform", &["fetch"]);
+        process
+            .input_mapping
+            .insert("data".into(), json!("{{upstream.fetch.body}}"));
+        let s = spec(vec![stage("fetch", "http_request", &[]), process]);
         assert_eq!(validate(&s, &known), vec![]);
+    }
+
+    #[test]
+    fn a_duplicate_stage_id_is_reported_once_without_guessing_which_stage_a_template_means() {
+        let mut second = stage("x", "noop", &["y"]);
+        second.config = json!({"v": "{{upstream.y.z}}"}).as_object().cloned();
+        let s = spec(vec![stage("y", "noop", &[]), stage("x", "noop", &[]), second]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec!["stages[2].id: duplicate stage id \"x\""]
+        );
     }
 
     #[test]
@@ -1077,7 +1093,7 @@ mod tests {
                 "env[2].name: required",
                 "env[2].valueFrom: set only one of secretKeyRef and configMapKeyRef",
                 "providers.default: unknown provider \"gemini\" (anthropic or openai)",
-                "triggers.webhook.path: must start with '/', got \"hooks\"",
+                "triggers.webhook.path: \"hooks\" must start with \"/webhooks/\" and name a path below it",
             ]
         );
     }
