@@ -227,6 +227,62 @@ stages:
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
 }
 
+/// Issue 15: a duplicate stage id is one problem (no false "not upstream" beside it), a Pipeline whose
+/// stages come from a ConfigMap is not "valid (0 stages)", and ids YAML 1.1 reads as booleans are warned
+/// about without making the file invalid.
+#[test]
+fn validate_reports_duplicates_once_sourced_stages_and_yaml_boolean_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duplicate = write(
+        dir.path(),
+        "duplicate.yaml",
+        r#"
+stages:
+  - {id: y, componentType: noop}
+  - {id: x, componentType: noop}
+  - id: x
+    componentType: noop
+    dependsOn: [y]
+    config: {v: "{{upstream.y.z}}"}
+"#,
+    );
+    let out = run_fm(&["validate", duplicate.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!("{}: stages[2].id: duplicate stage id \"x\"", duplicate.display())
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning: stages[0].id: \"y\" is a boolean in YAML 1.1"),
+        "{stderr}"
+    );
+
+    let booleans = write(
+        dir.path(),
+        "booleans.yaml",
+        "stages:\n  - {id: \"on\", componentType: noop}\n  - {id: \"off\", componentType: noop, dependsOn: [\"on\"]}\n",
+    );
+    let out = run_fm(&["validate", booleans.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    for field in ["stages[0].id: \"on\"", "stages[1].id: \"off\""] {
+        assert!(stderr.contains(&format!("warning: {field}")), "{stderr}");
+    }
+
+    let sourced = write(
+        dir.path(),
+        "sourced.yaml",
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: sourced}\nspec:\n  source: {name: cm}\n",
+    );
+    let out = run_fm(&["validate", sourced.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("0 stages"), "{stdout}");
+    assert!(stdout.contains("ConfigMap \"cm\""), "{stdout}");
+}
+
 /// Issue 15: literal component config, the schedule, the webhook path and resource quantities are checked
 /// by `fm validate`, each problem naming its field and value, instead of failing a run (or never firing).
 #[test]

@@ -1711,20 +1711,35 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let (code, _, err) = fm_k8s(&fm, &["status", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("Pipeline default/nope not found"), "{err}");
-    // A 422 is printed as kubectl prints it: each problem once, no Rust debug dump.
+    // An invalid spec is refused before it is sent, as `fm validate` reports it (the seed's
+    // `json_transform` without `data`).
     let bad = data.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: bad}\nspec:\n  stages:\n    - {id: a, componentType: no_such_component}\n",
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: bad}\nspec:\n  stages:\n    - {id: a, componentType: json_transform}\n",
+    )
+    .expect("write");
+    let (code, out, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("stages[0].config: json_transform: `data` is required"),
+        "{out}"
+    );
+    let (code, _, err) = fm_k8s(&fm, &["status", "bad"]);
+    assert!(
+        code != 0 && err.contains("Pipeline default/bad not found"),
+        "{err}"
+    );
+    // A 422 is printed as kubectl prints it: each problem once, no Rust debug dump.
+    std::fs::write(
+        &bad,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: Bad_Name}\nspec:\n  stages:\n    - {id: a, componentType: noop}\n",
     )
     .expect("write");
     let (code, _, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
     assert_ne!(code, 0);
-    assert_eq!(err.matches("no_such_component").count(), 1, "{err}");
-    assert!(
-        err.contains("is invalid:\n* spec.stages[0].componentType: "),
-        "{err}"
-    );
+    assert_eq!(err.matches("\n* ").count(), 1, "{err}");
+    assert!(err.contains("is invalid:\n* metadata.name: "), "{err}");
     assert!(
         !err.contains("Status {") && !err.contains("ErrorResponse"),
         "{err}"

@@ -39,7 +39,8 @@ pub struct K8sArgs {
 #[derive(Subcommand, Debug)]
 pub enum K8sCommand {
     /// Create or update a Pipeline from a file: a Pipeline resource, a bare spec, or a FlowMason
-    /// pipeline.json (converted), in YAML or JSON.
+    /// pipeline.json (converted), in YAML or JSON. The file is checked as `fm validate` checks it first;
+    /// an invalid one is not sent (exit 2).
     Deploy { file: PathBuf },
     /// List the Pipelines.
     List,
@@ -168,6 +169,11 @@ async fn dispatch(
     match command {
         K8sCommand::Deploy { file } => {
             let loaded = model::load_pipeline_file(&file)?;
+            // Checked here too, so that a cluster whose API server only knows the CRD's schema does not
+            // accept a Pipeline that could never run.
+            if !super::validate::report(&file, &loaded.spec) {
+                return Ok(super::EXIT_INVALID);
+            }
             let mut pipeline = Pipeline::new(&loaded.name, loaded.spec);
             if pipeline.spec.sample_input.is_none() {
                 pipeline.spec.sample_input = loaded.sample_input;

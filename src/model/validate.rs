@@ -171,6 +171,34 @@ fn spec_field_error(problem: &str) -> ValidationError {
     }
 }
 
+/// Stage ids YAML 1.1 reads as booleans: kubectl and other YAML 1.1 tools turn an unquoted `on` into
+/// `true`, so the Pipeline they apply names a different stage than the file does.
+const YAML11_BOOLEANS: &[&str] = &["y", "yes", "n", "no", "on", "off", "true", "false"];
+
+/// What is allowed but probably not meant: stage ids that a YAML 1.1 tool changes. These never make a
+/// spec invalid; `fm validate` and `fm k8s deploy` print them.
+pub fn warnings(spec: &PipelineSpec) -> Vec<ValidationError> {
+    spec.stages
+        .iter()
+        .enumerate()
+        .filter(|(_, stage)| {
+            YAML11_BOOLEANS
+                .iter()
+                .any(|b| stage.id.eq_ignore_ascii_case(b))
+        })
+        .map(|(i, stage)| {
+            ValidationError::new(
+                format!("stages[{i}].id"),
+                format!(
+                    "{:?} is a boolean in YAML 1.1 (kubectl applies an unquoted {} as true or false); \
+                     quote it or choose another id",
+                    stage.id, stage.id
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Config fields that name stages a control-flow stage chooses among or runs itself (FlowMason's
 /// directives), by component type.
 const STAGE_LIST_FIELDS: &[(&str, &[&str])] = &[
@@ -924,6 +952,18 @@ mod tests {
             messages(&validate(&s, &known)),
             vec!["stages[2].id: duplicate stage id \"x\""]
         );
+    }
+
+    #[test]
+    fn stage_ids_yaml_1_1_reads_as_booleans_are_warned_about() {
+        let s = spec(vec![
+            stage("On", "noop", &[]),
+            stage("y", "noop", &[]),
+            stage("only", "noop", &[]),
+        ]);
+        let fields: Vec<String> = warnings(&s).into_iter().map(|w| w.field).collect();
+        assert_eq!(fields, ["stages[0].id", "stages[1].id"]);
+        assert!(validate(&s, &known).is_empty());
     }
 
     #[test]
