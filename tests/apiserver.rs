@@ -1085,14 +1085,24 @@ async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
             "resources": {"requests": {"memory": "256MB"}},
             "stages": [{"id": "log", "componentType": "logger", "config": {"message": "m", "level": "loud"}}]}});
     let (code, status) = h
-        .raw("POST", pipelines, json_ct, unrunnable.to_string().into_bytes())
+        .raw(
+            "POST",
+            pipelines,
+            json_ct,
+            unrunnable.to_string().into_bytes(),
+        )
         .await;
     assert_eq!(code, 422, "{status}");
     let causes: Vec<(String, String)> = status["details"]["causes"]
         .as_array()
         .expect("causes")
         .iter()
-        .map(|c| (c["field"].as_str().unwrap_or("").to_string(), c["message"].as_str().unwrap_or("").to_string()))
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap_or("").to_string(),
+                c["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     for (field, needle) in [
         ("spec.schedule", "every hour"),

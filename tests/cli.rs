@@ -251,7 +251,10 @@ stages:
     let stdout = text(&out.stdout);
     assert_eq!(
         stdout.trim(),
-        format!("{}: stages[2].id: duplicate stage id \"x\"", duplicate.display())
+        format!(
+            "{}: stages[2].id: duplicate stage id \"x\"",
+            duplicate.display()
+        )
     );
     let stderr = text(&out.stderr);
     assert!(

@@ -2352,9 +2352,10 @@ fn start_printing_address(args: &[&str], prefix: &str, on_stderr: bool) -> (Chil
     let wanted = prefix.to_string();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stream).lines().map_while(Result::ok);
-        let printed = lines
-            .by_ref()
-            .find_map(|l| l.split_once(wanted.as_str()).map(|(_, rest)| rest.to_string()));
+        let printed = lines.by_ref().find_map(|l| {
+            l.split_once(wanted.as_str())
+                .map(|(_, rest)| rest.to_string())
+        });
         let _ = found.send(printed);
         lines.for_each(drop);
     });

@@ -917,7 +917,9 @@ mod tests {
         );
         assert!(
             JsonTransform
-                .validate(&json!({"data": [], "flatten": "{{input.flat}}", "mapping": "{{input.m}}"}))
+                .validate(
+                    &json!({"data": [], "flatten": "{{input.flat}}", "mapping": "{{input.m}}"})
+                )
                 .is_ok()
         );
         for bad in [

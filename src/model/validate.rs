@@ -11,15 +11,15 @@ use std::sync::LazyLock;
 use serde_json::Value;
 
 use flowmason_actors::component::Registry;
-use flowmason_actors::template::unrendered_input;
 use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
 };
+use flowmason_actors::template::unrendered_input;
 
+use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan_providers};
 use crate::triggers::TriggerError;
 use crate::triggers::cron::CronSchedule;
 use crate::triggers::webhook::{PREFIX as WEBHOOK_PREFIX, WebhookRoutes};
-use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan_providers};
 
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
 use super::duration::DurationSpec;
@@ -713,15 +713,13 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             ));
         }
     }
-    if let Some(triggers) = &spec.triggers {
-        if let Some(pubsub) = &triggers.pubsub
-            && pubsub.topic.trim().is_empty()
-        {
-            errors.push(ValidationError::new(
-                "triggers.pubsub.topic",
-                "required: the NATS subject to listen on",
-            ));
-        }
+    if let Some(pubsub) = spec.triggers.as_ref().and_then(|t| t.pubsub.as_ref())
+        && pubsub.topic.trim().is_empty()
+    {
+        errors.push(ValidationError::new(
+            "triggers.pubsub.topic",
+            "required: the NATS subject to listen on",
+        ));
     }
 }
 
@@ -947,7 +945,11 @@ mod tests {
     fn a_duplicate_stage_id_is_reported_once_without_guessing_which_stage_a_template_means() {
         let mut second = stage("x", "noop", &["y"]);
         second.config = json!({"v": "{{upstream.y.z}}"}).as_object().cloned();
-        let s = spec(vec![stage("y", "noop", &[]), stage("x", "noop", &[]), second]);
+        let s = spec(vec![
+            stage("y", "noop", &[]),
+            stage("x", "noop", &[]),
+            second,
+        ]);
         assert_eq!(
             messages(&validate(&s, &known)),
             vec!["stages[2].id: duplicate stage id \"x\""]
