@@ -200,7 +200,19 @@ fn run_acks_follow_a_sync(durability: &str) {
         .expect("strace runs");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let trace = std::fs::read_to_string(&trace_path).expect("trace");
-    let ack = |c: &Call| c.fd.is_some_and(|(fd, _)| fd == "1");
+    // The ack is a write to `fm run`'s stdout: the pipe the result (its last line) went to. Expression
+    // worker processes (`jmespath_expression`, compiled when the pipeline is validated) answer on their
+    // own stdout, a different pipe, which acknowledges nothing.
+    let stdout_pipe = trace
+        .lines()
+        .rev()
+        .filter_map(parse)
+        .filter(|c| c.starts && c.name == "write")
+        .filter_map(|c| c.fd.filter(|(fd, _)| *fd == "1"))
+        .map(|(_, pipe)| pipe)
+        .next()
+        .expect("fm run wrote its result");
+    let ack = |c: &Call| c.fd == Some(("1", stdout_pipe));
     let failures = unsynced_acks(&trace, &[data.join("events")], &ack);
     assert!(
         failures.is_empty(),
