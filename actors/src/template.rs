@@ -861,6 +861,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn unrendered_input_sets_mapped_fields_as_written() {
+        let mapping = BTreeMap::from([
+            ("data".to_string(), json!("{{upstream.fetch}}")),
+            ("headers.auth".to_string(), json!("x")),
+        ]);
+        assert_eq!(
+            unrendered_input(&json!({"jq": ".a", "data": 1}), &mapping),
+            json!({"jq": ".a", "data": "{{upstream.fetch}}", "headers": {"auth": "x"}})
+        );
+        assert_eq!(
+            unrendered_input(&Value::Null, &mapping)["data"],
+            json!("{{upstream.fetch}}")
+        );
+        assert_eq!(
+            unrendered_input(&Value::Null, &BTreeMap::new()),
+            Value::Null
+        );
+        assert_eq!(unrendered_input(&json!([1]), &mapping), json!([1]));
+    }
+
     struct Fixture {
         input: Value,
         outputs: BTreeMap<String, Value>,
