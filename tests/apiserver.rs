@@ -1090,6 +1090,44 @@ async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
         "{status}"
     );
 
+    // Triggers, literal component config and resource quantities are checked before anything runs
+    // (issue 15): each refused, naming its field, instead of accepted Ready and failing later.
+    let unrunnable = json!({"apiVersion": "flowmason.io/v1", "kind": "Pipeline", "metadata": {"name": "unrunnable"},
+        "spec": {"schedule": "every hour", "triggers": {"webhook": {"path": "/hooks/x", "auth": "none"}},
+            "resources": {"requests": {"memory": "256MB"}},
+            "stages": [{"id": "log", "componentType": "logger", "config": {"message": "m", "level": "loud"}}]}});
+    let (code, status) = h
+        .raw(
+            "POST",
+            pipelines,
+            json_ct,
+            unrunnable.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+    let causes: Vec<(String, String)> = status["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap_or("").to_string(),
+                c["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for (field, needle) in [
+        ("spec.schedule", "every hour"),
+        ("spec.triggers.webhook.path", "/hooks/x"),
+        ("spec.resources.requests.memory", "256MB"),
+        ("spec.stages[0].config", "loud"),
+    ] {
+        assert!(
+            causes.iter().any(|(f, m)| f == field && m.contains(needle)),
+            "{field} naming {needle:?} in {causes:?}"
+        );
+    }
+
     // Still serving.
     let (code, version) = h.raw("GET", "/version", json_ct, vec![]).await;
     assert_eq!(code, 200);

@@ -227,6 +227,135 @@ stages:
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
 }
 
+/// Issue 15: a duplicate stage id is one problem (no false "not upstream" beside it), a Pipeline whose
+/// stages come from a ConfigMap is not "valid (0 stages)", and ids YAML 1.1 reads as booleans are warned
+/// about without making the file invalid.
+#[test]
+fn validate_reports_duplicates_once_sourced_stages_and_yaml_boolean_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let duplicate = write(
+        dir.path(),
+        "duplicate.yaml",
+        r#"
+stages:
+  - {id: y, componentType: noop}
+  - {id: x, componentType: noop}
+  - id: x
+    componentType: noop
+    dependsOn: [y]
+    config: {v: "{{upstream.y.z}}"}
+"#,
+    );
+    let out = run_fm(&["validate", duplicate.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{}: stages[2].id: duplicate stage id \"x\"",
+            duplicate.display()
+        )
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning: stages[0].id: \"y\" is a boolean in YAML 1.1"),
+        "{stderr}"
+    );
+
+    let booleans = write(
+        dir.path(),
+        "booleans.yaml",
+        "stages:\n  - {id: \"on\", componentType: noop}\n  - {id: \"off\", componentType: noop, dependsOn: [\"on\"]}\n",
+    );
+    let out = run_fm(&["validate", booleans.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    for field in ["stages[0].id: \"on\"", "stages[1].id: \"off\""] {
+        assert!(stderr.contains(&format!("warning: {field}")), "{stderr}");
+    }
+
+    let sourced = write(
+        dir.path(),
+        "sourced.yaml",
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: sourced}\nspec:\n  source: {name: cm}\n",
+    );
+    let out = run_fm(&["validate", sourced.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("0 stages"), "{stdout}");
+    assert!(stdout.contains("ConfigMap \"cm\""), "{stdout}");
+}
+
+/// Issue 15: literal component config, the schedule, the webhook path and resource quantities are checked
+/// by `fm validate`, each problem naming its field and value, instead of failing a run (or never firing).
+#[test]
+fn validate_checks_component_config_triggers_and_quantities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "unrunnable.yaml",
+        r#"
+schedule: "61 * * * *"
+triggers:
+  webhook:
+    path: /hooks/x
+resources:
+  requests:
+    memory: 256MB
+stages:
+  - id: jq
+    componentType: json_transform
+    config: {data: 1, jq: ".a | ("}
+  - id: log
+    componentType: logger
+    config: {message: hi, level: loud}
+  - id: wait
+    componentType: delay
+    config: {ms: -1}
+  - id: fetch
+    componentType: http_request
+    config: {url: "https://example.com", method: FETCH}
+  - id: ftp
+    componentType: http_request
+    config: {url: "ftp://x"}
+  - id: process
+    componentType: json_transform
+    dependsOn: [ftp]
+  - id: mapped
+    componentType: json_transform
+    dependsOn: [ftp]
+    inputMapping: {data: "{{upstream.ftp}}"}
+    config: {jq: "{{input.filter}}"}
+"#,
+    );
+    let out = run_fm(&["validate", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    for (field, needle) in [
+        ("stages[0].config", "jq filter \".a | (\""),
+        ("stages[1].config", "\"loud\""),
+        ("stages[2].config", "-1"),
+        ("stages[3].config", "\"FETCH\""),
+        ("stages[4].config", "\"ftp://x\""),
+        ("stages[5].config", "`data` is required"),
+        ("schedule", "\"61 * * * *\""),
+        ("triggers.webhook.path", "\"/hooks/x\""),
+        ("resources.requests.memory", "\"256MB\""),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&format!(": {field}: ")) && l.contains(needle)),
+            "missing {field} naming {needle} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("stages[6]"),
+        "data from inputMapping counts:\n{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 9, "{stdout}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // fm history
 

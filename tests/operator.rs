@@ -1142,19 +1142,16 @@ async fn runs_reserve_their_resource_requests_from_the_operators_capacity() {
         json!({"requests": {"memory": "lots"}}),
         delay_stages(1),
     );
-    pipelines
+    // `fm serve` validates as `fm validate` does: refused with 422 naming the field (a cluster that
+    // accepts it gets `Ready=False` with the same message from the operator's check).
+    let refused = pipelines
         .create(&PostParams::default(), &bad)
         .await
-        .expect("create");
-    let ready = eventually("bad pipeline verdict", || async {
-        let p = pipelines.get("bad").await.ok()?;
-        p.status?.conditions.first().cloned()
-    })
-    .await;
-    assert_eq!(ready.status, "False");
-    let message = ready.message.unwrap_or_default();
+        .expect_err("a malformed quantity is refused");
+    let message = refused.to_string();
     assert!(
-        message.contains("spec.resources.requests.memory: \"lots\" is not a quantity"),
+        message.contains("spec.resources.requests.memory")
+            && message.contains("\"lots\" is not a quantity"),
         "{message}"
     );
     fm.stop();
@@ -1713,20 +1710,35 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let (code, _, err) = fm_k8s(&fm, &["status", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("Pipeline default/nope not found"), "{err}");
-    // A 422 is printed as kubectl prints it: each problem once, no Rust debug dump.
+    // An invalid spec is refused before it is sent, as `fm validate` reports it (the seed's
+    // `json_transform` without `data`).
     let bad = data.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: bad}\nspec:\n  stages:\n    - {id: a, componentType: no_such_component}\n",
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: bad}\nspec:\n  stages:\n    - {id: a, componentType: json_transform}\n",
+    )
+    .expect("write");
+    let (code, out, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("stages[0].config: json_transform: `data` is required"),
+        "{out}"
+    );
+    let (code, _, err) = fm_k8s(&fm, &["status", "bad"]);
+    assert!(
+        code != 0 && err.contains("Pipeline default/bad not found"),
+        "{err}"
+    );
+    // A 422 is printed as kubectl prints it: each problem once, no Rust debug dump.
+    std::fs::write(
+        &bad,
+        "apiVersion: flowmason.io/v1\nkind: Pipeline\nmetadata: {name: Bad_Name}\nspec:\n  stages:\n    - {id: a, componentType: noop}\n",
     )
     .expect("write");
     let (code, _, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
     assert_ne!(code, 0);
-    assert_eq!(err.matches("no_such_component").count(), 1, "{err}");
-    assert!(
-        err.contains("is invalid:\n* spec.stages[0].componentType: "),
-        "{err}"
-    );
+    assert_eq!(err.matches("\n* ").count(), 1, "{err}");
+    assert!(err.contains("is invalid:\n* metadata.name: "), "{err}");
     assert!(
         !err.contains("Status {") && !err.contains("ErrorResponse"),
         "{err}"

@@ -1082,6 +1082,63 @@ async fn two_engines_share_one_durable_consumer_without_duplicates() {
     h.server.shutdown().await;
 }
 
+/// Issue 15: a pub/sub trigger on an engine without `--nats` is not silently left out: the Pipeline gets
+/// `TriggerConnected=False` with the reason, and a Warning Event naming the field.
+#[tokio::test]
+async fn a_pubsub_trigger_without_nats_is_reported_on_the_pipeline() {
+    let h = api().await;
+    let p = create_pipeline(
+        &h.client,
+        "unconnected",
+        json!({"triggers": {"pubsub": {"topic": "orders.in"}}}),
+    )
+    .await;
+    let t = Triggers::new(h.client.clone(), TriggerConfig::default());
+    t.apply(&p);
+    let condition = eventually("TriggerConnected=False", || async {
+        let p = Api::<Pipeline>::namespaced(h.client.clone(), "default")
+            .get("unconnected")
+            .await
+            .ok()?;
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "TriggerConnected" && c.status == "False")
+    })
+    .await;
+    assert_eq!(condition.reason.as_deref(), Some("NoNatsConnection"));
+    assert!(
+        condition
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("spec.triggers.pubsub.topic") && m.contains("--nats")),
+        "{condition:?}"
+    );
+    let event = eventually("a Warning Event", || async {
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(h.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.involved_object.name.as_deref() == Some("unconnected")
+                    && e.reason.as_deref() == Some("TriggerNotArmed")
+            })
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("orders.in")),
+        "{event:?}"
+    );
+    t.clear();
+    h.server.shutdown().await;
+}
+
 async fn connected_condition(client: &Client, pipeline: &str) -> Option<String> {
     let p = Api::<Pipeline>::namespaced(client.clone(), "default")
         .get(pipeline)

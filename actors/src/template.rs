@@ -812,6 +812,23 @@ fn parse_reference(raw: &str, inner: &str, at: &FieldPath<'_>) -> Result<Referen
 // ---------------------------------------------------------------------------------------------------
 // Input mapping.
 
+/// The stage's input as written, for checks before any run: `config` with each `input_mapping` entry set
+/// at its key unrendered (as [`build_input`] sets it rendered), so that a field set by the mapping counts
+/// as present, and as templated when its mapping is. Keys [`build_input`] would reject are left out; a
+/// config that is not an object is returned as it is.
+pub fn unrendered_input(config: &Value, input_mapping: &BTreeMap<String, Value>) -> Value {
+    let mut out = match config {
+        Value::Object(map) => map.clone(),
+        Value::Null if !input_mapping.is_empty() => Map::new(),
+        other => return other.clone(),
+    };
+    for (key, raw) in input_mapping {
+        // A bad key is reported when the run builds the input; here it only adds no field.
+        let _ = set_dotted(&mut out, key, raw.clone());
+    }
+    Value::Object(out)
+}
+
 /// Sets `value` at the dotted `key` inside `obj`, creating (or replacing non-object) intermediates.
 fn set_dotted(obj: &mut Map<String, Value>, key: &str, value: Value) -> Result<(), &'static str> {
     if key.is_empty() || key.split('.').any(str::is_empty) {
@@ -843,6 +860,27 @@ fn set_dotted(obj: &mut Map<String, Value>, key: &str, value: Value) -> Result<(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn unrendered_input_sets_mapped_fields_as_written() {
+        let mapping = BTreeMap::from([
+            ("data".to_string(), json!("{{upstream.fetch}}")),
+            ("headers.auth".to_string(), json!("x")),
+        ]);
+        assert_eq!(
+            unrendered_input(&json!({"jq": ".a", "data": 1}), &mapping),
+            json!({"jq": ".a", "data": "{{upstream.fetch}}", "headers": {"auth": "x"}})
+        );
+        assert_eq!(
+            unrendered_input(&Value::Null, &mapping)["data"],
+            json!("{{upstream.fetch}}")
+        );
+        assert_eq!(
+            unrendered_input(&Value::Null, &BTreeMap::new()),
+            Value::Null
+        );
+        assert_eq!(unrendered_input(&json!([1]), &mapping), json!([1]));
+    }
 
     struct Fixture {
         input: Value,

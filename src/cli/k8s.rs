@@ -41,8 +41,9 @@ pub struct K8sArgs {
 #[derive(Subcommand, Debug)]
 pub enum K8sCommand {
     /// Create or update a Pipeline from a file: a Pipeline resource, a bare spec, or a FlowMason
-    /// pipeline.json (converted), in YAML or JSON. A file with unknown fields (typos such as
-    /// `dependOn`) is refused with exit 2, as `kubectl apply` refuses it by default.
+    /// pipeline.json (converted), in YAML or JSON. The file is checked as `fm validate` checks it first
+    /// (unknown fields such as `dependOn` included, as `kubectl apply` refuses them by default); an
+    /// invalid one is not sent (exit 2).
     Deploy { file: PathBuf },
     /// List the Pipelines.
     List,
@@ -171,20 +172,9 @@ async fn dispatch(
     match command {
         K8sCommand::Deploy { file } => {
             let loaded = model::load_pipeline_file(&file)?;
-            if !loaded.unknown_fields.is_empty() {
-                for unknown in &loaded.unknown_fields {
-                    eprintln!(
-                        "{}: {}: {}",
-                        file.display(),
-                        unknown.path,
-                        unknown.message()
-                    );
-                }
-                eprintln!(
-                    "{}: not deployed: {} unknown field(s) (as kubectl apply refuses them by default)",
-                    file.display(),
-                    loaded.unknown_fields.len()
-                );
+            // Checked here too, so that a cluster whose API server only knows the CRD's schema does not
+            // accept a Pipeline that could never run.
+            if !super::validate::report(&file, &loaded, super::validate::Problems::Stderr) {
                 return Ok(EXIT_INVALID);
             }
             let mut pipeline = Pipeline::new(&loaded.name, loaded.spec);

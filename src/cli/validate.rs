@@ -2,13 +2,13 @@
 //! fields (typos such as `dependOn`, which loading would ignore) are problems too, with the closest
 //! allowed name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use super::EXIT_INVALID;
 use crate::components::builtin_registry;
-use crate::model;
+use crate::model::{self, LoadedPipeline};
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
@@ -24,6 +24,42 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_INVALID);
         }
     };
+    if !report(&args.file, &loaded, Problems::Stdout) {
+        return Ok(EXIT_INVALID);
+    }
+    let stages = match &loaded.spec.source {
+        // The stages are in a ConfigMap this command cannot read; the server checks them when it
+        // resolves the source (the file the ConfigMap is made from can be checked on its own).
+        Some(source) => format!(
+            "its stages come from ConfigMap {:?} key {:?}, checked when the server resolves it",
+            source.name,
+            source.key.as_deref().unwrap_or("pipeline.json")
+        ),
+        None => format!("{} stages", loaded.spec.stages.len()),
+    };
+    println!(
+        "{}: pipeline {} is valid ({stages})",
+        args.file.display(),
+        loaded.name,
+    );
+    Ok(0)
+}
+
+/// Where [`report`] prints the problems: `fm validate`'s answer is its problems (stdout); a command
+/// with an answer of its own (`fm k8s deploy`) prints them on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Problems {
+    Stdout,
+    Stderr,
+}
+
+/// Checks a pipeline loaded from `file` before it is deployed or run: its unknown fields (with the
+/// closest allowed name) and every problem of its spec, one line each prefixed with the file, and each
+/// warning on stderr; answers whether it is valid.
+pub(super) fn report(file: &Path, loaded: &LoadedPipeline, to: Problems) -> bool {
+    for warning in model::warnings(&loaded.spec) {
+        eprintln!("{}: warning: {warning}", file.display());
+    }
     let registry = builtin_registry();
     let problems: Vec<model::ValidationError> = loaded
         .unknown_fields
@@ -33,18 +69,14 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
             registry.contains(name)
         }))
         .collect();
-    if problems.is_empty() {
-        println!(
-            "{}: pipeline {} is valid ({} stages)",
-            args.file.display(),
-            loaded.name,
-            loaded.spec.stages.len()
-        );
-        return Ok(0);
-    }
     for problem in &problems {
-        println!("{}: {problem}", args.file.display());
+        match to {
+            Problems::Stdout => println!("{}: {problem}", file.display()),
+            Problems::Stderr => eprintln!("{}: {problem}", file.display()),
+        }
     }
-    eprintln!("{}: {} problem(s)", args.file.display(), problems.len());
-    Ok(EXIT_INVALID)
+    if !problems.is_empty() {
+        eprintln!("{}: {} problem(s)", file.display(), problems.len());
+    }
+    problems.is_empty()
 }

@@ -45,11 +45,17 @@ pub const NAME: &str = "json_transform";
 pub struct JsonTransform;
 
 impl Component for JsonTransform {
-    /// Checks the types of the fields set statically, and compiles literal `jq` and `jmespath_expression`
-    /// values (those without templates) so that a typo fails validation rather than a run.
+    /// Requires `data` (FlowMason's `JsonTransformInput.data` has no default; nothing is passed on from
+    /// upstream implicitly), checks the types of the fields set statically, and compiles literal `jq` and
+    /// `jmespath_expression` values (those without templates) so that a typo fails validation rather than
+    /// a run.
     fn validate(&self, config: &Value) -> Result<(), ComponentError> {
-        let Some(map) = config_object(NAME, config)? else {
-            return Ok(());
+        let map = config_object(NAME, config)?;
+        let Some(map) = map.filter(|m| m.contains_key("data")) else {
+            return Err(ComponentError::config(format!(
+                "{NAME}: `data` is required: set it in config or inputMapping, \
+                 e.g. `data: \"{{{{upstream.fetch}}}}\"`"
+            )));
         };
         let literal = |field: &str| map.get(field).filter(|v| !is_templated(v));
         if let Some(v) = literal("mapping") {
@@ -901,28 +907,31 @@ mod tests {
     fn validate_compiles_literal_expressions_only() {
         assert!(
             JsonTransform
-                .validate(&json!({"jq": ".a[] | select(.x > 1)", "jmespath_expression": "a[0]"}))
+                .validate(&json!({"data": {}, "jq": ".a[] | select(.x > 1)", "jmespath_expression": "a[0]"}))
                 .is_ok()
         );
         assert!(
             JsonTransform
-                .validate(&json!({"jq": "{{input.filter}}", "jmespath_expression": "{{input.e}}"}))
+                .validate(&json!({"data": "{{upstream.a}}", "jq": "{{input.filter}}", "jmespath_expression": "{{input.e}}"}))
                 .is_ok()
         );
         assert!(
             JsonTransform
-                .validate(&json!({"flatten": "{{input.flat}}", "mapping": "{{input.m}}"}))
+                .validate(
+                    &json!({"data": [], "flatten": "{{input.flat}}", "mapping": "{{input.m}}"})
+                )
                 .is_ok()
         );
-        assert!(JsonTransform.validate(&Value::Null).is_ok());
         for bad in [
-            json!({"jq": ".a | ("}),
-            json!({"jmespath_expression": "a[?"}),
-            json!({"mapping": {"x": 1}}),
-            json!({"flatten": 1}),
-            json!({"exclude_fields": "a"}),
-            json!({"defaults": 1}),
-            json!({"jq": true}),
+            Value::Null,
+            json!({"jq": "."}),
+            json!({"data": 1, "jq": ".a | ("}),
+            json!({"data": 1, "jmespath_expression": "a[?"}),
+            json!({"data": 1, "mapping": {"x": 1}}),
+            json!({"data": 1, "flatten": 1}),
+            json!({"data": 1, "exclude_fields": "a"}),
+            json!({"data": 1, "defaults": 1}),
+            json!({"data": 1, "jq": true}),
             json!("config"),
         ] {
             let err = JsonTransform.validate(&bad).unwrap_err();

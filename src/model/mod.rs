@@ -24,4 +24,6 @@ pub use crd_yaml::{pipeline_crd_yaml, pipelinerun_crd_yaml};
 pub use duration::{DurationError, DurationSpec};
 pub use load::{LoadError, LoadedPipeline, SourceFormat, load_pipeline_file, load_pipeline_str};
 pub use policy::{BackoffSpec, ParallelismSpec, RetryPolicySpec, RetrySpec};
-pub use validate::{ValidationError, apply_run_overrides, to_plan, validate, validate_run};
+pub use validate::{
+    ValidationError, apply_run_overrides, to_plan, validate, validate_run, warnings,
+};

@@ -6,14 +6,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde_json::Value;
 
+use flowmason_actors::component::Registry;
 use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
 };
+use flowmason_actors::template::unrendered_input;
 
 use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan_providers};
+use crate::triggers::TriggerError;
+use crate::triggers::cron::CronSchedule;
+use crate::triggers::webhook::{PREFIX as WEBHOOK_PREFIX, WebhookRoutes};
 
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
 use super::duration::DurationSpec;
@@ -92,11 +98,16 @@ pub fn validate(
     for (i, stage) in spec.stages.iter().enumerate() {
         check_component(i, stage, known_components, &mut errors);
         check_nesting(i, stage, &mut errors);
+        check_config(i, stage, &mut errors);
     }
     if let Err(more) = to_plan(spec) {
         errors.extend(more);
     }
     check_owned_stages(spec, &mut errors);
+    check_triggers(spec, &mut errors);
+    if let Err(problem) = crate::operator::capacity::demand(spec.resources.as_ref()) {
+        errors.push(spec_field_error(&problem));
+    }
     for (field, schema) in [
         ("inputSchema", &spec.input_schema),
         ("outputSchema", &spec.output_schema),
@@ -109,6 +120,83 @@ pub fn validate(
         }
     }
     errors
+}
+
+/// The schedule and the webhook path, checked as the trigger manager would use them, so that a Pipeline
+/// whose trigger could never fire is invalid instead of `Ready` with a warning in the server's log.
+fn check_triggers(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    if let Some(expr) = &spec.schedule
+        && let Err(e) = CronSchedule::parse(expr, spec.time_zone.as_deref())
+    {
+        errors.push(match e {
+            TriggerError::TimeZone(zone) => ValidationError::new(
+                "timeZone",
+                format!("{zone:?} is not an IANA time zone name (e.g. Europe/Berlin)"),
+            ),
+            TriggerError::Schedule { expr, reason } => ValidationError::new(
+                "schedule",
+                format!(
+                    "{expr:?} is not a cron expression ({reason}); expected 5 fields \
+                     (minute hour day-of-month month day-of-week) such as \"0 * * * *\", or @hourly, @daily"
+                ),
+            ),
+            other => spec_field_error(&other.to_string()),
+        });
+    }
+    let path = spec
+        .triggers
+        .as_ref()
+        .and_then(|t| t.webhook.as_ref())
+        .and_then(|w| w.path.as_deref())
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    if let Some(path) = path {
+        let served = WebhookRoutes::path_for("", "", Some(path));
+        if !served.starts_with(WEBHOOK_PREFIX) || served.len() == WEBHOOK_PREFIX.len() {
+            errors.push(ValidationError::new(
+                "triggers.webhook.path",
+                format!("{path:?} must start with {WEBHOOK_PREFIX:?} and name a path below it"),
+            ));
+        }
+    }
+}
+
+/// A problem that reads `spec.<field>: message`, as one naming the field the way the others do.
+fn spec_field_error(problem: &str) -> ValidationError {
+    match problem.split_once(": ") {
+        Some((field, message)) => {
+            ValidationError::new(field.strip_prefix("spec.").unwrap_or(field), message)
+        }
+        None => ValidationError::new("", problem),
+    }
+}
+
+/// Stage ids YAML 1.1 reads as booleans: kubectl and other YAML 1.1 tools turn an unquoted `on` into
+/// `true`, so the Pipeline they apply names a different stage than the file does.
+const YAML11_BOOLEANS: &[&str] = &["y", "yes", "n", "no", "on", "off", "true", "false"];
+
+/// What is allowed but probably not meant: stage ids that a YAML 1.1 tool changes. These never make a
+/// spec invalid; `fm validate` and `fm k8s deploy` print them.
+pub fn warnings(spec: &PipelineSpec) -> Vec<ValidationError> {
+    spec.stages
+        .iter()
+        .enumerate()
+        .filter(|(_, stage)| {
+            YAML11_BOOLEANS
+                .iter()
+                .any(|b| stage.id.eq_ignore_ascii_case(b))
+        })
+        .map(|(i, stage)| {
+            ValidationError::new(
+                format!("stages[{i}].id"),
+                format!(
+                    "{:?} is a boolean in YAML 1.1 (kubectl applies an unquoted {} as true or false); \
+                     quote it or choose another id",
+                    stage.id, stage.id
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Config fields that name stages a control-flow stage chooses among or runs itself (FlowMason's
@@ -192,12 +280,25 @@ impl<'a> UpstreamChecks<'a> {
         self.questions.push(question);
     }
 
+    /// A question about a stage id used twice has no answer (which of the stages?): the duplicate is
+    /// reported on its own, and the problem that hangs on the question is left out rather than guessed.
     fn resolve(self, stages: &[StageSpec], errors: &mut Vec<ValidationError>) {
-        let answers = if self.questions.is_empty() {
+        let mut answers = if self.questions.is_empty() {
             Vec::new()
         } else {
             Upstream::new(stages).answer(&self.questions)
         };
+        let mut seen = BTreeSet::new();
+        let duplicated: BTreeSet<&str> = stages
+            .iter()
+            .map(|s| s.id.as_str())
+            .filter(|id| !seen.insert(*id))
+            .collect();
+        if !duplicated.is_empty() {
+            for (answer, (ancestor, stage)) in answers.iter_mut().zip(&self.questions) {
+                *answer |= duplicated.contains(ancestor) || duplicated.contains(stage);
+            }
+        }
         errors.extend(
             self.found
                 .into_iter()
@@ -217,6 +318,30 @@ fn check_nesting(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>)
         errors.push(ValidationError::new(
             format!("stages[{i}].config.{field}"),
             format!("{message} (stage {:?})", stage.id),
+        ));
+    }
+}
+
+/// The built-in components, for their static config checks (`Component::validate`).
+static BUILTIN: LazyLock<Registry> = LazyLock::new(crate::components::builtin_registry);
+
+/// The stage's literal config (and inputMapping) as its component checks it before any run: a bad
+/// literal value (a jq filter that does not compile, `level: loud`, `url: ftp://x`) or a missing required
+/// field fails here rather than in a run. Templated fields are checked when a run renders them.
+fn check_config(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>) {
+    let Some(component) = BUILTIN.get(&stage.component_type) else {
+        return;
+    };
+    let config = stage
+        .config
+        .clone()
+        .map(Value::Object)
+        .unwrap_or(Value::Null);
+    let input = unrendered_input(&config, &stage.input_mapping);
+    if let Err(e) = component.validate(&input) {
+        errors.push(ValidationError::new(
+            format!("stages[{i}].config"),
+            format!("{} (stage {:?})", e.message, stage.id),
         ));
     }
 }
@@ -611,24 +736,13 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             ));
         }
     }
-    if let Some(triggers) = &spec.triggers {
-        if let Some(webhook) = &triggers.webhook
-            && let Some(path) = &webhook.path
-            && !path.starts_with('/')
-        {
-            errors.push(ValidationError::new(
-                "triggers.webhook.path",
-                format!("must start with '/', got {path:?}"),
-            ));
-        }
-        if let Some(pubsub) = &triggers.pubsub
-            && pubsub.topic.trim().is_empty()
-        {
-            errors.push(ValidationError::new(
-                "triggers.pubsub.topic",
-                "required: the NATS subject to listen on",
-            ));
-        }
+    if let Some(pubsub) = spec.triggers.as_ref().and_then(|t| t.pubsub.as_ref())
+        && pubsub.topic.trim().is_empty()
+    {
+        errors.push(ValidationError::new(
+            "triggers.pubsub.topic",
+            "required: the NATS subject to listen on",
+        ));
     }
 }
 
@@ -842,11 +956,39 @@ mod tests {
 
     #[test]
     fn valid_spec_has_no_errors() {
-        let s = spec(vec![
-            stage("fetch", "http_request", &[]),
-            stage("process", "json_transform", &["fetch"]),
-        ]);
+        let mut process = stage("process", "json_transform", &["fetch"]);
+        process
+            .input_mapping
+            .insert("data".into(), json!("{{upstream.fetch.body}}"));
+        let s = spec(vec![stage("fetch", "http_request", &[]), process]);
         assert_eq!(validate(&s, &known), vec![]);
+    }
+
+    #[test]
+    fn a_duplicate_stage_id_is_reported_once_without_guessing_which_stage_a_template_means() {
+        let mut second = stage("x", "noop", &["y"]);
+        second.config = json!({"v": "{{upstream.y.z}}"}).as_object().cloned();
+        let s = spec(vec![
+            stage("y", "noop", &[]),
+            stage("x", "noop", &[]),
+            second,
+        ]);
+        assert_eq!(
+            messages(&validate(&s, &known)),
+            vec!["stages[2].id: duplicate stage id \"x\""]
+        );
+    }
+
+    #[test]
+    fn stage_ids_yaml_1_1_reads_as_booleans_are_warned_about() {
+        let s = spec(vec![
+            stage("On", "noop", &[]),
+            stage("y", "noop", &[]),
+            stage("only", "noop", &[]),
+        ]);
+        let fields: Vec<String> = warnings(&s).into_iter().map(|w| w.field).collect();
+        assert_eq!(fields, ["stages[0].id", "stages[1].id"]);
+        assert!(validate(&s, &known).is_empty());
     }
 
     #[test]
@@ -1016,7 +1158,7 @@ mod tests {
                 "env[2].name: required",
                 "env[2].valueFrom: set only one of secretKeyRef and configMapKeyRef",
                 "providers.default: unknown provider \"gemini\" (anthropic or openai)",
-                "triggers.webhook.path: must start with '/', got \"hooks\"",
+                "triggers.webhook.path: \"hooks\" must start with \"/webhooks/\" and name a path below it",
             ]
         );
     }

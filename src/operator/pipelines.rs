@@ -408,7 +408,7 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<PipelineContext>) -> Result
     }
     if let Some(triggers) = &ctx.triggers {
         // Unchanged trigger specs keep running (apply compares a fingerprint); problems are logged
-        // and reported on the Pipeline's trigger conditions by the triggers themselves.
+        // and recorded on the Pipeline (Warning Events, `TriggerConnected`) by the triggers themselves.
         triggers.apply(&pipeline);
     }
     let verdict = check_pipeline(&pipeline, &ctx.cluster, ctx.known.as_ref()).await?;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cron::{CronSchedule, CronTrigger};
 use super::nats::{NatsConnection, NatsTrigger};
+use super::problems::{ArmingProblems, report};
 use super::webhook::{self, WebhookMount, WebhookRoutes, WebhookTarget};
 use super::{ApiStatus, Clock, StatusSink, SystemClock, TriggerContext, TriggerMetrics};
 use crate::model::Pipeline;
@@ -120,8 +121,8 @@ impl Triggers {
     }
 
     /// Arms the Pipeline's triggers, or re-arms them if their spec changed; unchanged ones keep running.
-    /// Returns the problems that kept a trigger from arming (bad schedule, taken path), each naming the
-    /// field.
+    /// Returns the problems that kept a trigger from arming (bad schedule, taken path, no NATS), each
+    /// naming the field; they are also recorded on the Pipeline (see [`super::problems`]).
     pub fn apply(&self, pipeline: &Pipeline) -> Vec<String> {
         let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
         let name = pipeline.name_any();
@@ -135,6 +136,7 @@ impl Triggers {
             self.disarm(&namespace, &name, old);
         }
         let mut problems = Vec::new();
+        let mut pubsub_unconnected = None;
         let stop = CancellationToken::new();
         let spec = &pipeline.spec;
         let suspended = spec.suspend.unwrap_or(false);
@@ -161,10 +163,14 @@ impl Triggers {
                     );
                     tokio::spawn(t.run(stop.clone()));
                 }
-                None => problems.push(format!(
-                    "spec.triggers.pubsub.topic {:?}: this engine has no NATS connection (--nats)",
-                    pubsub.topic
-                )),
+                None => {
+                    let message = format!(
+                        "spec.triggers.pubsub.topic {:?}: this engine has no NATS connection (--nats)",
+                        pubsub.topic
+                    );
+                    pubsub_unconnected = Some(message.clone());
+                    problems.push(message);
+                }
             }
         }
         let mut webhook_path = None;
@@ -200,6 +206,15 @@ impl Triggers {
         }
         for p in &problems {
             tracing::warn!("triggers of Pipeline {namespace}/{name}: {p}");
+        }
+        if !problems.is_empty() {
+            let ctx = self.ctx.clone();
+            let pipeline = pipeline.clone();
+            let arming = ArmingProblems {
+                messages: problems.clone(),
+                pubsub_unconnected,
+            };
+            tokio::spawn(async move { report(&ctx, &pipeline, arming).await });
         }
         armed.insert(
             key,

@@ -17,6 +17,7 @@ pub mod cron;
 pub mod lifecycle;
 pub mod manager;
 pub mod nats;
+pub mod problems;
 pub mod webhook;
 
 use std::collections::BTreeMap;
