@@ -458,6 +458,13 @@ fn history_lists_runs_newest_first_and_shows_one_in_full() {
         "{}",
         text(&ambiguous.stderr)
     );
+    let rerun = run_fm(&["history", "rerun", short, "--data-dir", data_dir]);
+    assert_eq!(rerun.status.code(), Some(0), "{}", text(&rerun.stderr));
+    assert!(
+        text(&rerun.stdout).starts_with(&format!("rerun of {run_id}: run ")),
+        "{}",
+        text(&rerun.stdout)
+    );
 
     // A reader that goes away (`| head`) ends the command quietly, without a panic.
     let mut child = fm()

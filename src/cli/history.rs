@@ -4,7 +4,9 @@
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use flowmason_store::{RunId, RunPage, RunPhase, RunQuery, RunState, RunSummary, Trigger};
+use flowmason_store::{
+    EventStore, RunId, RunPage, RunPhase, RunQuery, RunState, RunSummary, Trigger,
+};
 use serde_json::json;
 
 use crate::history::rerun::{self, RerunOptions};
@@ -95,6 +97,7 @@ pub enum HistoryCommand {
 
 #[derive(Args, Debug)]
 pub struct RerunArgs {
+    /// The run to rerun: its id, or the start of it that no other run shares.
     pub run_id: String,
     /// Take the stages that succeeded from the old run; run only the failed stage and its dependants.
     #[arg(long)]
@@ -317,6 +320,39 @@ fn list_remote(
     print_page(&page, args.output)
 }
 
+/// [`resolve_run_id`] over the runs of the event log `store`.
+fn resolve_local_run_id(store: &EventStore, text: &str) -> anyhow::Result<RunId> {
+    resolve_run_id(text, |token| {
+        store
+            .query(&RunQuery {
+                limit: 1000,
+                continue_token: token,
+                ..RunQuery::default()
+            })
+            .context("history query failed")
+    })
+}
+
+/// [`resolve_run_id`] over the runs of the history API at `base`.
+fn resolve_remote_run_id(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    text: &str,
+) -> anyhow::Result<RunId> {
+    resolve_run_id(text, |token| {
+        let mut url = format!("{base}/api/v1/runs?limit=1000");
+        if let Some(token) = token {
+            url.push_str(&format!("&continue={}", encode_component(&token)));
+        }
+        let response = http
+            .get(&url)
+            .send()
+            .with_context(|| format!("cannot reach {url}"))?;
+        serde_json::from_value(expect_ok(&url, response)?)
+            .with_context(|| format!("{url}: unexpected answer"))
+    })
+}
+
 /// The run a run id names, or a prefix of one (as `git` takes short hashes): `text` itself when it is a
 /// whole id, else the only run whose id starts with it, found by walking the listing `page` gives (a
 /// continue token in, a page of runs and the next token out). An ambiguous prefix names the candidates.
@@ -422,19 +458,7 @@ fn show_remote(
 ) -> anyhow::Result<i32> {
     let base = server.trim_end_matches('/');
     let http = client(token_file)?;
-    let run_id = resolve_run_id(run_id, |token| {
-        let mut url = format!("{base}/api/v1/runs?limit=1000");
-        if let Some(token) = token {
-            url.push_str(&format!("&continue={}", encode_component(&token)));
-        }
-        let response = http
-            .get(&url)
-            .send()
-            .with_context(|| format!("cannot reach {url}"))?;
-        serde_json::from_value(expect_ok(&url, response)?)
-            .with_context(|| format!("{url}: unexpected answer"))
-    })?
-    .to_string();
+    let run_id = resolve_remote_run_id(&http, base, run_id)?.to_string();
     let run_id = run_id.as_str();
     let url = format!("{base}/api/v1/runs/{run_id}");
     let response = http
@@ -523,12 +547,11 @@ fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         from_failed: args.from_failed,
     };
     if let Some(server) = &args.server {
-        let url = format!(
-            "{}/api/v1/runs/{}/rerun",
-            server.trim_end_matches('/'),
-            args.run_id
-        );
-        let response = client(args.http_token_file.as_deref())?
+        let base = server.trim_end_matches('/');
+        let http = client(args.http_token_file.as_deref())?;
+        let run = resolve_remote_run_id(&http, base, &args.run_id)?;
+        let url = format!("{base}/api/v1/runs/{run}/rerun");
+        let response = http
             .post(&url)
             .json(&options)
             .send()
@@ -546,11 +569,8 @@ fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let run: RunId = args
-        .run_id
-        .parse()
-        .with_context(|| format!("run id {:?} is not a UUID", args.run_id))?;
     let store = args.store.open()?;
+    let run = resolve_local_run_id(&store, &args.run_id)?;
     let old = store
         .fold(run)
         .with_context(|| format!("cannot read run {run}"))?
@@ -654,15 +674,7 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
 
 fn show(run_id: &str, output: OutputFormat, store: &StoreArgs) -> anyhow::Result<i32> {
     let store = store.open()?;
-    let run = resolve_run_id(run_id, |token| {
-        store
-            .query(&RunQuery {
-                limit: 1000,
-                continue_token: token,
-                ..RunQuery::default()
-            })
-            .context("history query failed")
-    })?;
+    let run = resolve_local_run_id(&store, run_id)?;
     let Some(state) = store
         .fold(run)
         .with_context(|| format!("cannot read run {run}"))?
