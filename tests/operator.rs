@@ -1721,8 +1721,8 @@ async fn fm_k8s_verbs_deploy_list_status_run_wait_logs_follow_cancel_delete() {
     let (code, out, err) = fm_k8s(&fm, &["deploy", bad.to_str().expect("path")]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(
-        out.contains("stages[0].config: json_transform: `data` is required"),
-        "{out}"
+        err.contains("stages[0].config: json_transform: `data` is required"),
+        "{err}"
     );
     let (code, _, err) = fm_k8s(&fm, &["status", "bad"]);
     assert!(
