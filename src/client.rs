@@ -37,6 +37,12 @@ pub enum ClientError {
     },
     #[error("watch of PipelineRun {name}: {message}")]
     Watch { name: String, message: String },
+    #[error("run id {prefix:?} is ambiguous in {namespace}: {}", .candidates.join(", "))]
+    Ambiguous {
+        prefix: String,
+        namespace: String,
+        candidates: Vec<String>,
+    },
 }
 
 fn api_error(action: String) -> impl FnOnce(kube::Error) -> ClientError {
@@ -301,19 +307,44 @@ impl FlowMasonClient {
     }
 
     /// The PipelineRun named `name_or_run_id`, or else the one whose `status.runId` it is.
+    /// The PipelineRun named `name_or_run_id`, else the one whose `status.runId` is it, or starts with it
+    /// (at least 4 characters, as `fm history show` takes short ids) when no other run's does.
     pub async fn find_run(&self, name_or_run_id: &str) -> Result<PipelineRun, ClientError> {
         if let Some(run) = self.get_run(name_or_run_id).await? {
             return Ok(run);
         }
-        self.list_runs(None)
-            .await?
-            .into_iter()
-            .find(|r| r.status.as_ref().and_then(|s| s.run_id.as_deref()) == Some(name_or_run_id))
-            .ok_or_else(|| ClientError::NotFound {
+        let runs = self.list_runs(None).await?;
+        let run_id = |r: &PipelineRun| r.status.as_ref().and_then(|s| s.run_id.clone());
+        if let Some(run) = runs
+            .iter()
+            .find(|r| run_id(r).as_deref() == Some(name_or_run_id))
+        {
+            return Ok(run.clone());
+        }
+        let prefix = name_or_run_id.to_ascii_lowercase();
+        let mut matching: Vec<&PipelineRun> = if prefix.len() >= 4 {
+            runs.iter()
+                .filter(|r| run_id(r).is_some_and(|id| id.starts_with(&prefix)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match matching.len() {
+            1 => Ok(matching.remove(0).clone()),
+            0 => Err(ClientError::NotFound {
                 kind: "PipelineRun (by name or status.runId)",
                 namespace: self.namespace.clone(),
                 name: name_or_run_id.to_string(),
-            })
+            }),
+            _ => Err(ClientError::Ambiguous {
+                prefix: name_or_run_id.to_string(),
+                namespace: self.namespace.clone(),
+                candidates: matching
+                    .iter()
+                    .map(|r| format!("{} ({})", r.name_any(), run_id(r).unwrap_or_default()))
+                    .collect(),
+            }),
+        }
     }
 
     pub async fn get_run(&self, name: &str) -> Result<Option<PipelineRun>, ClientError> {

@@ -1545,6 +1545,21 @@ async fn rerun_from_failed_through_fm_k8s_and_the_api_skips_the_stages_that_succ
             && message.contains("0190a0a0-0000-7000-8000-000000000000"),
         "{message}"
     );
+    // `fm k8s rerun` takes a run id shortened while it stays unambiguous, as `fm history show` does.
+    let short = &run_id[..run_id.len() - 4];
+    let (code, out, err) = fm_k8s(&fm, &["rerun", short]);
+    assert_eq!(code, 0, "{out}{err}");
+    let name = out
+        .trim()
+        .strip_prefix("pipelinerun.flowmason.io/")
+        .and_then(|s| s.strip_suffix(" created"))
+        .expect("fm k8s rerun prints the new PipelineRun")
+        .to_string();
+    let by_prefix = wait_phase(&runs, &name, &terminal()).await;
+    assert_eq!(
+        by_prefix.spec.rerun_of.as_ref().map(|r| r.run_id.as_str()),
+        Some(run_id.as_str())
+    );
     fm.stop();
 }
 
