@@ -426,7 +426,7 @@ impl Engine {
                 run: run_id,
                 source,
             })?;
-        let state = self.observe(&plan, run_id, &events)?;
+        let state = self.observe(Some(&plan), run_id, &events)?;
         // The environment is resolved once the run is on record, so that a missing secret leaves a
         // failed run behind (visible in history and status) rather than nothing.
         let mut resolved = match (self.inner.env)(&state).await {
@@ -438,16 +438,24 @@ impl Engine {
         self.spawn(plan, state, resolved, observe, events)
     }
 
-    /// Folds the first events of a run, showing each to the observer.
-    fn observe(&self, plan: &Plan, run: RunId, events: &[Event]) -> Result<RunState, EngineError> {
+    /// Folds the first events of a run, showing each to the observer (with the stage's component type
+    /// when the run has a `plan`).
+    fn observe(
+        &self,
+        plan: Option<&Plan>,
+        run: RunId,
+        events: &[Event],
+    ) -> Result<RunState, EngineError> {
         let mut state: Option<RunState> = None;
         for event in events {
             if let (Some(on_event), Some(before)) = (&self.inner.on_event, &state) {
-                let component = event
-                    .kind
-                    .stage()
-                    .and_then(|id| plan.index_of(id))
-                    .map(|i| plan.stage(i).component.as_str());
+                let component = plan.and_then(|plan| {
+                    event
+                        .kind
+                        .stage()
+                        .and_then(|id| plan.index_of(id))
+                        .map(|i| plan.stage(i).component.as_str())
+                });
                 on_event(&Observation {
                     event,
                     before,
@@ -555,28 +563,7 @@ impl Engine {
             .append_durable(run, kinds)
             .await
             .map_err(|source| EngineError::Store { run, source })?;
-        let mut state: Option<RunState> = None;
-        for event in &events {
-            if let (Some(on_event), Some(before)) = (&self.inner.on_event, &state) {
-                on_event(&Observation {
-                    event,
-                    before,
-                    component: None,
-                });
-            }
-            RunState::apply_to(&mut state, run, event).map_err(|e| EngineError::Store {
-                run,
-                source: StoreError::Fold(e),
-            })?;
-            if let (Some(on_event), Some(after), 0) = (&self.inner.on_event, &state, event.seq) {
-                on_event(&Observation {
-                    event,
-                    before: after,
-                    component: None,
-                });
-            }
-        }
-        state.ok_or(EngineError::Lost { run })
+        self.observe(None, run, &events)
     }
 
     /// Resumes every run the log holds that has not ended, as after a restart. A run whose record cannot
