@@ -92,6 +92,20 @@ async fn create_pipeline(client: &Client, name: &str, extra: Value) -> Pipeline 
         .expect("pipeline create")
 }
 
+/// A Secret `name` in `default` whose key `token` holds `s3cret`, for webhook `secretRef`s.
+async fn create_token_secret(client: &Client, name: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "stringData": {"token": "s3cret"},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret create");
+}
+
 async fn runs_of(client: &Client, pipeline: &str) -> Vec<PipelineRun> {
     let mut runs = Api::<PipelineRun>::namespaced(client.clone(), "default")
         .list(&ListParams::default().labels(&format!("{LABEL_PIPELINE}={pipeline}")))
@@ -475,16 +489,7 @@ mod corpus;
 #[tokio::test]
 async fn webhook_accepts_signed_json_and_rejects_the_rest() {
     let h = api().await;
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "hook-secret", "namespace": "default"},
-        "stringData": {"token": "s3cret"},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(h.client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("secret create");
+    create_token_secret(&h.client, "hook-secret").await;
     let p = create_pipeline(
         &h.client,
         "hook",
@@ -675,16 +680,7 @@ async fn webhook_without_a_secret_is_armed_only_with_auth_none() {
 #[tokio::test]
 async fn signed_webhook_needs_a_fresh_timestamp_and_a_replay_starts_no_second_run() {
     let h = api().await;
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "stamp-secret", "namespace": "default"},
-        "stringData": {"token": "s3cret"},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(h.client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("secret create");
+    create_token_secret(&h.client, "stamp-secret").await;
     let p = create_pipeline(
         &h.client,
         "stamped",

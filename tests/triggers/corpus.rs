@@ -6,16 +6,13 @@
 use std::collections::BTreeMap;
 
 use flowmason::triggers::{TriggerConfig, Triggers};
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::api::PostParams;
 use serde::Deserialize;
 use serde_json::json;
 
 #[path = "../support/corpus.rs"]
 mod support;
 
-use super::{api, create_pipeline, serve, signed_at};
+use super::{api, create_pipeline, create_token_secret, serve, signed_at};
 use support::{Repeat, cases, expand};
 
 /// One case of `cases.json`.
@@ -64,16 +61,7 @@ fn corpus_path() -> String {
 #[tokio::test]
 async fn every_bad_webhook_request_gets_its_stated_status() {
     let h = api().await;
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "corpus-secret", "namespace": "default"},
-        "stringData": {"token": "s3cret"},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(h.client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("secret create");
+    create_token_secret(&h.client, "corpus-secret").await;
     let guarded = create_pipeline(
         &h.client,
         "corpus",
