@@ -29,6 +29,8 @@ use serde_json::{Map, Number, Value};
 use flowmason_actors::limits::{self, Syntax};
 use tokio_util::sync::CancellationToken;
 
+use super::abbreviate;
+
 /// Functions an expression may call.
 pub const FUNCTIONS: &[&str] = &[
     "abs", "all", "any", "bool", "float", "int", "len", "list", "max", "min", "round", "sorted",
@@ -154,15 +156,6 @@ impl Expr {
         cancel: &CancellationToken,
     ) -> Result<bool, ExprError> {
         Ok(truthy(&self.eval(variables, cancel)?))
-    }
-}
-
-/// The first characters of a long expression, for error messages.
-fn abbreviate(source: &str) -> String {
-    const SHOWN: usize = 40;
-    match source.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}...", &source[..end]),
-        None => source.to_string(),
     }
 }
 

@@ -35,7 +35,7 @@ use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext}
 
 use super::eval_worker::{self, Answer, Job};
 
-use super::{config_object, input_object, is_templated, opt_bool, opt_str, type_name};
+use super::{abbreviate, config_object, input_object, is_templated, opt_bool, opt_str, type_name};
 
 /// The component type name.
 pub const NAME: &str = "json_transform";
@@ -424,15 +424,6 @@ fn search_jmespath(
     let result = serde_json::to_value(&*found)
         .map_err(|e| format!("{NAME}: jmespath result is not JSON: {e}"))?;
     Ok(integral_floats_as_ints(result))
-}
-
-/// The first characters of a long filter or expression, for error messages.
-fn abbreviate(text: &str) -> String {
-    const SHOWN: usize = 40;
-    match text.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 /// jq as [`exceeds_nesting`] scans it.

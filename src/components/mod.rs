@@ -133,6 +133,15 @@ pub(crate) fn is_templated(value: &Value) -> bool {
     flowmason_actors::template::has_templates(value)
 }
 
+/// The first characters of a long expression or filter, for error messages.
+pub(crate) fn abbreviate(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// A JSON type name for messages.
 pub(crate) fn type_name(value: &Value) -> &'static str {
     match value {
