@@ -1297,6 +1297,17 @@ async fn fm_operator_serves_metrics_health_history_and_the_web_ui_on_its_http_po
         .await
         .expect("pipeline");
     assert_eq!(missing.status().as_u16(), 404);
+    let unknown = http
+        .post(format!("{base}/api/v1/pipelines/default/nothing/runs"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("start a run of a missing pipeline");
+    assert_eq!(
+        unknown.status().as_u16(),
+        404,
+        "a run of a Pipeline that does not exist is the caller's 404, not a bad gateway"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &operator.id().to_string()])
         .status();

@@ -25,7 +25,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Map, Value, json};
 
 use super::history::{ApiError, parse_query};
-use crate::client::FlowMasonClient;
+use crate::client::{ClientError, FlowMasonClient};
 use crate::model::Pipeline;
 
 /// Where Pipelines come from.
@@ -82,6 +82,21 @@ impl PipelinesState {
             }),
         }
     }
+}
+
+/// What the operator's client answered, as the HTTP status a caller can act on: a missing Pipeline is the
+/// caller's 404, a request the API server refused keeps its status, and only a failure to reach it is 502.
+fn client_error(e: ClientError) -> ApiError {
+    let status = match &e {
+        ClientError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ClientError::Ambiguous { .. } => StatusCode::CONFLICT,
+        ClientError::Api {
+            error: kube::Error::Api(s),
+            ..
+        } => StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY),
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError(status, e.to_string())
 }
 
 fn kube_error(action: String) -> impl FnOnce(kube::Error) -> ApiError {
@@ -236,10 +251,25 @@ async fn start_run(
     let Some(client) = state.client("start a run")? else {
         return Err(no_cluster("starting a run"));
     };
-    let created = FlowMasonClient::new(client, namespace.clone())
+    let flowmason = FlowMasonClient::new(client, namespace.clone());
+    // Kubernetes would accept a PipelineRun of any name and the run would fail later; the caller asked
+    // for this Pipeline, so its absence is their 404 now.
+    if flowmason
+        .get_pipeline(&name)
+        .await
+        .map_err(client_error)?
+        .is_none()
+    {
+        return Err(client_error(ClientError::NotFound {
+            kind: "Pipeline",
+            namespace,
+            name,
+        }));
+    }
+    let created = flowmason
         .create_run(&name, None, inputs)
         .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(client_error)?;
     let run_id = crate::operator::runs::run_id_of(&created)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
@@ -288,7 +318,7 @@ async fn cancel_run(
     FlowMasonClient::new(client, summary.namespace.clone())
         .cancel_run(&run_name)
         .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(client_error)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "runId": run, "runName": run_name, "namespace": summary.namespace })),

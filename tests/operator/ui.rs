@@ -516,6 +516,29 @@ async fn web_ui_cancels_a_slow_run_and_reruns_a_failed_run_from_its_failed_stage
         )
         .await;
     assert_eq!(reused, json!("Succeeded"));
+
+    // The runs page filters by several phases at once: Failed and Cancelled, not the run still Running.
+    create_run(&runs, "slow-2", "slow", json!({})).await;
+    browser.goto(&format!("{server}/ui/#/runs")).await;
+    browser
+        .until(
+            "the running run listed before filtering",
+            "return [...document.querySelectorAll('#runs .phase')].some(p => p.dataset.phase === 'Running')",
+            json!([]),
+        )
+        .await;
+    browser.click("#run-filters input[value=Failed]").await;
+    browser.click("#run-filters input[value=Cancelled]").await;
+    browser.click("#run-filters button[type=submit]").await;
+    let shown = browser
+        .until(
+            "only failed and cancelled runs",
+            "const p = [...document.querySelectorAll('#runs .phase')].map(p => p.dataset.phase); \
+             return location.hash.includes('phase=') && p.length === 3 && !p.includes('Running') && p.sort().join(',')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(shown, json!("Cancelled,Failed,Failed"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,7 +250,12 @@ async function runsPage(params) {
   const query = new URLSearchParams();
   for (const f of filters) if (params.get(f)) query.set(f, params.get(f));
   query.set('limit', '50');
-  const phases = ['', 'Pending', 'Running', 'Succeeded', 'Failed', 'Cancelled', 'TimedOut'];
+  const phases = ['Pending', 'Running', 'Succeeded', 'Failed', 'Cancelled', 'TimedOut'];
+  const chosen = new Set((params.get('phase') || '').split(',').filter(Boolean));
+  // Any set of phases at once (the history API takes them comma-separated): "Failed or TimedOut" is one
+  // question, not two pages.
+  const phaseBoxes = phases.map((p) => `<label class="check"><input type="checkbox" name="phase" value="${p}"
+    ${chosen.has(p) ? 'checked' : ''}>${p}</label>`).join('');
   const triggers = ['', 'manual', 'cron', 'webhook', 'pubsub'];
   const select = (name, options) => `<select name="${name}">${options.map((o) =>
     `<option value="${o}" ${params.get(name) === o ? 'selected' : ''}>${o || 'any'}</option>`).join('')}</select>`;
@@ -258,7 +263,7 @@ async function runsPage(params) {
     <form class="filters" id="run-filters">
       <label>Namespace <input name="namespace" value="${esc(params.get('namespace'))}" placeholder="all"></label>
       <label>Pipeline <input name="pipeline" value="${esc(params.get('pipeline'))}" placeholder="all"></label>
-      <label>Phase ${select('phase', phases)}</label><label>Trigger ${select('trigger', triggers)}</label>
+      <fieldset class="phases"><legend>Phase</legend>${phaseBoxes}</fieldset><label>Trigger ${select('trigger', triggers)}</label>
       <label>Since <input name="since" value="${esc(params.get('since'))}" placeholder="2h, 7d or RFC 3339"></label>
       <label>Until <input name="until" value="${esc(params.get('until'))}" placeholder="1h or RFC 3339"></label>
       <button type="submit">Filter</button></form>
@@ -266,7 +271,10 @@ async function runsPage(params) {
   document.getElementById('run-filters').addEventListener('submit', (e) => {
     e.preventDefault();
     const next = new URLSearchParams();
-    for (const [k, v] of new FormData(e.target)) if (v) next.set(k, v);
+    const form = new FormData(e.target);
+    for (const [k, v] of form) if (v && k !== 'phase') next.set(k, v);
+    const picked = form.getAll('phase');
+    if (picked.length) next.set('phase', picked.join(','));
     location.hash = `#/runs${next.toString() ? `?${next}` : ''}`;
   });
   const box = document.getElementById('runs');
