@@ -137,7 +137,7 @@ fn user_prompt(
 
 /// The evaluation read from the model's answer, with FlowMason's defaults for missing fields.
 fn evaluation(answer: &str) -> Map<String, Value> {
-    let parsed = parse_json_object(answer);
+    let parsed = llm::parse_json_object(answer);
     let Some(result) = parsed else {
         return json!({
             "overall_rating": "acceptable", "score": 0.5, "feedback": answer,
@@ -166,22 +166,6 @@ fn evaluation(answer: &str) -> Map<String, Value> {
     .as_object()
     .cloned()
     .unwrap_or_default()
-}
-
-/// A JSON object: the whole answer, else the first fenced code block in it.
-fn parse_json_object(answer: &str) -> Option<Map<String, Value>> {
-    let whole = serde_json::from_str::<Value>(answer.trim()).ok();
-    let fenced = || {
-        let start = answer.find("```")?;
-        let rest = &answer[start + 3..];
-        let body_start = rest.find('\n')? + 1;
-        let end = rest[body_start..].find("```")?;
-        serde_json::from_str::<Value>(rest[body_start..body_start + end].trim()).ok()
-    };
-    match whole.or_else(fenced)? {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,20 @@ use crate::model::{ProviderSpec, ProvidersSpec};
 pub const PROVIDERS_FIELD: &str = "_providers";
 
 /// The components that call an LLM and so get [`PROVIDERS_FIELD`].
-pub const LLM_COMPONENTS: &[&str] = &["generator", "critic", "summarizer", "chat"];
+pub const LLM_COMPONENTS: &[&str] = &[
+    "generator",
+    "critic",
+    "summarizer",
+    "chat",
+    "improver",
+    "selector",
+    "rewriter",
+    "translator",
+    "analyzer",
+    "combiner",
+    "synthesizer",
+    "embedder",
+];
 
 /// An LLM API we speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

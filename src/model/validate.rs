@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 
 use serde_json::Value;
 
+use flowmason_actors::canonical_name;
 use flowmason_actors::component::Registry;
 use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
@@ -223,7 +224,7 @@ fn check_owned_stages(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     for (i, stage) in spec.stages.iter().enumerate() {
         let Some((_, fields)) = STAGE_LIST_FIELDS
             .iter()
-            .find(|(c, _)| *c == stage.component_type)
+            .find(|(c, _)| *c == canonical_name(&stage.component_type))
         else {
             continue;
         };
@@ -314,7 +315,9 @@ fn check_nesting(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>)
     let Some(config) = &stage.config else {
         return;
     };
-    for (field, message) in crate::components::nesting::problems(&stage.component_type, config) {
+    for (field, message) in
+        crate::components::nesting::problems(&canonical_name(&stage.component_type), config)
+    {
         errors.push(ValidationError::new(
             format!("stages[{i}].config.{field}"),
             format!("{message} (stage {:?})", stage.id),
@@ -421,7 +424,8 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
         );
         stages.push(StagePlan {
             id: stage.id.clone(),
-            component: stage.component_type.clone(),
+            // The hyphenated spelling FlowMason writes (`http-request`) plans as the registered name.
+            component: canonical_name(&stage.component_type),
             depends_on: stage.depends_on.clone(),
             config: stage
                 .config
@@ -700,7 +704,7 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             .as_ref()
             .is_some_and(|c| c.contains_key(PROVIDERS_FIELD))
             || stage.input_mapping.contains_key(PROVIDERS_FIELD);
-        if LLM_COMPONENTS.contains(&stage.component_type.as_str())
+        if LLM_COMPONENTS.contains(&canonical_name(&stage.component_type).as_str())
             && !has_provider
             && !configured_by_hand
         {
