@@ -158,6 +158,14 @@ async fn answer(State(state): State<Arc<FakeState>>, request: Request) -> Respon
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}),
             }
+        } else if path == "/v1/embeddings" {
+            Canned {
+                status: 200,
+                headers: Vec::new(),
+                body: json!({"object": "list", "model": model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [3.0, 4.0]}],
+                    "usage": {"prompt_tokens": 4, "total_tokens": 4}}),
+            }
         } else {
             Canned {
                 status: 404,
@@ -702,4 +710,321 @@ async fn env_files_and_the_chain_resolve_in_order() {
         chain.secret("default", "nope", "k").await.expect("lookup"),
         None
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The LLM nodes of issue 17, against what FlowMason's own nodes do with the same input and answer
+
+/// What FlowMason's node (run by tests/python/nodes.py from the installed package, without a network)
+/// asked its LLM and answered, per case.
+fn original_nodes(cases: &Value) -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "target/pyenv is missing: run scripts/test.sh to install flowmason from PyPI"
+    );
+    let mut child = std::process::Command::new(python)
+        .arg(root.join("tests/python/nodes.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(cases.to_string().as_bytes())
+            .expect("write cases");
+    }
+    let out = child.wait_with_output().expect("python ends");
+    assert!(out.status.success(), "nodes.py failed");
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("nodes.py prints JSON")
+}
+
+/// One single-stage pipeline of `node` on the OpenAI fake, answering `answer`.
+async fn run_node(fake: &Fake, node: &str, input: &Value, answer: &str) -> (Ran, Seen) {
+    fake.set_texts("unused", answer);
+    let mut config = input.clone();
+    config["provider"] = json!("openai");
+    let yaml = pipeline(
+        fake,
+        &format!("  - id: node\n    componentType: {node}\n    config: {config}"),
+        "",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    let seen = fake.seen().last().cloned().expect("a request");
+    (ran, seen)
+}
+
+#[actix_rt::test]
+async fn the_new_llm_nodes_ask_and_answer_as_flowmasons_own_nodes_do() {
+    let json_improved = r#"{"improved_content": "Better.", "changes_made": ["shorter"], "preserved_aspects": ["tone"], "improvement_summary": "cut"}"#;
+    let cases = json!([
+        {"node": "improver", "answer": json_improved, "input": {"content": "Draft text", "feedback": "Too long",
+            "improvements": ["cut words"], "preserve_aspects": ["tone"], "improvement_focus": "brevity"}},
+        {"node": "improver", "answer": "Just better text.", "input": {"content": "Draft", "feedback": "Meh",
+            "preserve_aspects": ["voice"]}},
+        {"node": "selector", "answer": r#"{"selected_index": 1, "explanation": "B is clearer", "rankings": [{"index": 1, "score": 0.9}], "confidence": 0.8}"#,
+            "input": {"candidates": ["A text", "B text", "C text"], "criteria": ["clarity"], "context": "for kids",
+                      "selection_mode": "top_n", "top_n": 2}},
+        {"node": "selector", "answer": "I like the second.", "input": {"candidates": ["A", "B"], "selection_mode": "rank_all"}},
+        {"node": "rewriter", "answer": "  Dear Sir.  ", "input": {"text": "hey you", "style": "formal", "tone": "friendly",
+            "target_audience": "executives"}},
+        {"node": "rewriter", "answer": "Short.", "input": {"text": "long text", "preserve_key_points": false}},
+        {"node": "translator", "answer": "Hello", "input": {"text": "Hola", "source_language": "Spanish",
+            "target_language": "English", "context": "a greeting"}},
+        {"node": "translator", "answer": "Bonjour", "input": {"text": "Hello", "target_language": "French",
+            "preserve_formatting": false}},
+        {"node": "analyzer", "answer": "Sure: {\"sentiment\": \"positive\", \"confidence\": 0.9} ok", "input": {"text": "I love it"}},
+        {"node": "analyzer", "answer": "Two topics.", "input": {"text": "Cats and dogs", "analysis_type": "custom",
+            "prompt": "List the topics."}},
+        {"node": "analyzer", "answer": "{\"entities\": []}", "input": {"text": "Ada in London", "analysis_type": "entities"}},
+        {"node": "combiner", "answer": r#"{"synthesized": "All in one.", "key_themes": ["x"], "strategy_applied": "compare"}"#,
+            "input": {"inputs": ["first", "second"], "synthesis_strategy": "compare", "context": "ctx",
+                      "output_format": "bullet_points", "max_length": 50, "preserve_sources": true}},
+        {"node": "combiner", "answer": "Merged text.", "input": {"inputs": ["a", "b", "c"]}}
+    ]);
+    let originals = original_nodes(&cases);
+    let fake = Fake::start().await;
+    let mut compared = 0;
+    for (case, original) in cases.as_array().expect("cases").iter().zip(&originals) {
+        let node = case["node"].as_str().expect("node");
+        let answer = case["answer"].as_str().expect("answer");
+        for ours in [node, "synthesizer"] {
+            // synthesizer is combiner under its former name.
+            if ours == "synthesizer" && node != "combiner" {
+                continue;
+            }
+            let (ran, seen) = run_node(&fake, ours, &case["input"], answer).await;
+            assert_eq!(
+                ran.state.phase,
+                RunPhase::Succeeded,
+                "{ours}: {:?}",
+                ran.state.error
+            );
+            let call = &original["calls"][0];
+            assert_eq!(
+                seen.body["messages"],
+                json!([{"role": "system", "content": call["system_prompt"]},
+                       {"role": "user", "content": call["prompt"]}]),
+                "{ours}: the request differs from FlowMason's for {case}"
+            );
+            assert_eq!(seen.body["temperature"], call["temperature"], "{ours}");
+            assert_eq!(seen.body["max_tokens"], call["max_tokens"], "{ours}");
+            let mut output = ran.state.output.clone().expect("output");
+            let usage = output
+                .as_object_mut()
+                .and_then(|o| o.remove("usage"))
+                .expect("usage");
+            assert_eq!(usage["total_tokens"], json!(8), "{ours}");
+            assert_eq!(
+                output, original["output"],
+                "{ours}: the output differs from FlowMason's for {case}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 15);
+}
+
+#[actix_rt::test]
+async fn the_synthesizer_heads_labelled_sources_and_adds_its_instructions() {
+    let fake = Fake::start().await;
+    let input = json!({"sources": [{"label": "Deal", "content": "big"}, {"label": "Intel", "content": "rivals"}],
+                       "instructions": "Write a strategy."});
+    let (ran, seen) = run_node(&fake, "synthesizer", &input, "Strategy.").await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+    assert_eq!(
+        seen.body["messages"][1]["content"],
+        json!(
+            "Synthesize the following 2 inputs:\n\n[Deal]:\nbig\n\n[Intel]:\nrivals\n\n\n\nInstructions:\nWrite a strategy.\n\nApply the 'integrate' strategy to combine these inputs into a unified output."
+        )
+    );
+    let output = ran.state.output.expect("output");
+    assert_eq!(output["synthesized"], json!("Strategy."));
+    assert_eq!(output["sources_used"], json!(2));
+}
+
+#[actix_rt::test]
+async fn the_embedder_calls_the_embeddings_api_and_normalizes() {
+    let fake = Fake::start().await;
+    let yaml = pipeline(
+        &fake,
+        "  - id: embed\n    componentType: embedder\n    config: {text: \" otters \", dimensions: 2}",
+        "",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/embeddings");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {OPENAI_KEY}")
+    );
+    assert_eq!(
+        seen[0].body,
+        json!({"model": "text-embedding-3-small", "input": "otters", "encoding_format": "float", "dimensions": 2})
+    );
+    let output = ran.state.output.expect("output");
+    assert_eq!(output["embedding"], json!([0.6, 0.8]));
+    assert_eq!(output["text"], json!("otters"));
+    assert_eq!(output["dimensions"], json!(2));
+    assert_eq!(output["usage"]["input_tokens"], json!(4));
+    assert_eq!(ran.state.total_tokens, 4);
+}
+
+#[actix_rt::test]
+async fn the_new_nodes_report_config_errors_before_any_call() {
+    let fake = Fake::start().await;
+    let cases = [
+        (
+            "selector",
+            json!({"candidates": ["{{input.a}}"]}),
+            "selector: `candidates` must hold at least 2 candidates, got 1",
+        ),
+        (
+            "translator",
+            json!({"text": "{{input.t}}", "target_language": "{{input.blank}}"}),
+            "translator: `target_language` must not be empty",
+        ),
+        (
+            "embedder",
+            json!({"text": "t", "provider": "{{input.p}}"}),
+            "embedder: provider \"anthropic\" has no embeddings API",
+        ),
+        (
+            "synthesizer",
+            json!({"sources": "{{input.s}}"}),
+            "synthesizer: `sources` must be a list of sources, got a string",
+        ),
+    ];
+    for (node, config, message) in cases {
+        let yaml = pipeline(
+            &fake,
+            &format!("  - id: node\n    componentType: {node}\n    config: {config}"),
+            "",
+        );
+        let ran = run_pipeline(
+            &yaml,
+            &secrets_yaml(),
+            json!({"a": "x", "p": "anthropic", "s": "text", "t": "x", "blank": " "}),
+        )
+        .await;
+        assert_eq!(ran.state.phase, RunPhase::Failed, "{node}");
+        let error = ran.state.stages["node"].error.clone().expect("error");
+        assert!(error.message.contains(message), "{node}: {}", error.message);
+        assert!(!error.retryable, "{node}");
+    }
+    assert!(fake.seen().is_empty(), "no provider was called");
+}
+
+#[actix_rt::test]
+async fn a_new_node_is_retried_after_a_server_error() {
+    let fake = Fake::start().await;
+    fake.push(Canned {
+        status: 503,
+        headers: Vec::new(),
+        body: json!({"error": {"message": "overloaded"}}),
+    });
+    let yaml = pipeline(
+        &fake,
+        "  - id: node\n    componentType: rewriter\n    config: {text: hi}",
+        "retries: {limit: 2, backoff: {duration: 10ms}}",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(
+        ran.state.phase,
+        RunPhase::Succeeded,
+        "{:?}",
+        ran.state.error
+    );
+    assert_eq!(fake.seen().len(), 2);
+    assert_eq!(ran.state.stages["node"].attempts, 2);
+    assert_eq!(
+        ran.state.output.expect("output")["rewritten"],
+        json!("Drafted text.")
+    );
+}
+
+/// A provider that accepts connections and never answers.
+async fn silent_provider() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    (listener, url)
+}
+
+fn silent_pipeline(url: &str, node: &str, config: &str, timeout: &str) -> String {
+    format!(
+        "stages:\n  - id: node\n    componentType: {node}\n    config: {config}\n{timeout}\nproviders:\n  openai:\n    baseUrl: {url}\n    secretRef: {{name: llm-secrets, key: openai-key}}\n"
+    )
+}
+
+#[actix_rt::test]
+async fn a_new_node_waiting_on_a_silent_provider_times_out() {
+    let (_listener, url) = silent_provider().await;
+    let yaml = silent_pipeline(
+        &url,
+        "translator",
+        "{text: hi, target_language: French}",
+        "    timeout: 300ms",
+    );
+    let ran = run_pipeline(&yaml, &secrets_yaml(), json!({})).await;
+    assert_eq!(ran.state.phase, RunPhase::Failed);
+    let error = ran.state.stages["node"].error.clone().expect("error");
+    assert!(error.message.contains("timed out"), "{}", error.message);
+}
+
+#[actix_rt::test]
+async fn a_new_node_waiting_on_a_silent_provider_is_cancelled() {
+    let (_listener, url) = silent_provider().await;
+    let yaml = silent_pipeline(&url, "embedder", "{text: hi}", "");
+    let loaded = load_pipeline_str(&yaml, "test.yaml").expect("pipeline loads");
+    let plan = to_plan(&loaded.spec).expect("plan");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("store");
+    let source =
+        Chain::new().with(SecretsFile::parse("secrets", &secrets_yaml()).expect("secrets"));
+    let config = EngineConfig {
+        env: flowmason::env::resolver(Arc::new(source)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store.clone(), builtin_registry(), config);
+    let handle = engine
+        .start(RunRequest::new("llm", plan, json!({})))
+        .await
+        .expect("start");
+    let run_id = handle.run_id;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let started = store
+            .events(run_id)
+            .expect("events")
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::StageStarted { .. }));
+        if started {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(engine.cancel(run_id, "test"));
+    let state = handle.finished().await.expect("end");
+    assert_eq!(state.phase, RunPhase::Cancelled);
 }
