@@ -1028,3 +1028,122 @@ async fn a_new_node_waiting_on_a_silent_provider_is_cancelled() {
     let state = handle.finished().await.expect("end");
     assert_eq!(state.phase, RunPhase::Cancelled);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// FlowMason projects
+
+/// A FlowMason project as `flowmason init` lays it out: `flowmason.json` naming the providers and a
+/// pipeline under `pipelines/` with FlowMason's hyphenated component names.
+fn project_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("flowmason.json"),
+        r#"{"name": "demo", "version": "1.0.0", "main": "pipelines/main.pipeline.json",
+            "providers": {"default": "anthropic", "anthropic": {"model": "claude-project"}}}"#,
+    )
+    .expect("write manifest");
+    std::fs::create_dir_all(dir.path().join("pipelines")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("pipelines/main.pipeline.json"),
+        r#"{"name": "demo-main", "version": "1.0.0",
+            "input_schema": {"type": "object", "properties": {"topic": {"type": "string", "default": "otters"}}},
+            "stages": [
+              {"id": "prep", "component": "json-transform", "config": {"data": {"t": "{{input.topic}}"}, "jmespath_expression": "t"}},
+              {"id": "write", "component": "generator", "depends_on": ["prep"], "config": {"prompt": "Write about {{upstream.prep.result}}"}},
+              {"id": "polish", "component": "improver", "depends_on": ["write"],
+               "config": {"content": "{{upstream.write.content}}", "feedback": "Shorter."}}
+            ],
+            "output_stage_id": "polish"}"#,
+    )
+    .expect("write pipeline");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_pipeline_runs_with_the_providers_of_flowmason_json_and_the_key_from_the_environment()
+ {
+    let fake = Fake::start().await;
+    fake.set_texts("Otters are great.", "unused");
+    let project = project_dir();
+    let file = project.path().join("pipelines/main.pipeline.json");
+    let data = project.path().join("data");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fm"))
+        .env_remove("FM_DATA_DIR")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("ANTHROPIC_BASE_URL", fake.url())
+        .arg("run")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["-o", "json"])
+        .output()
+        .await
+        .expect("fm runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let result: Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    assert_eq!(result["improved_content"], json!("Otters are great."));
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.path, "/v1/messages");
+        assert_eq!(s.headers["x-api-key"], ANTHROPIC_KEY);
+        assert_eq!(s.body["model"], json!("claude-project"));
+    }
+    // The input schema's default filled the missing input.
+    assert_eq!(
+        seen[0].body["messages"][0]["content"],
+        json!("Write about otters")
+    );
+    assert_no_secret(&stdout, "stdout");
+    assert_no_secret(&stderr, "stderr");
+    for entry in walk(&data) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(ANTHROPIC_KEY.len())
+                .any(|w| w == ANTHROPIC_KEY.as_bytes()),
+            "{} holds the key",
+            entry.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn validate_names_where_a_provider_can_be_set() {
+    let project = project_dir();
+    let file = project.path().join("pipelines/main.pipeline.json");
+    let validate = |file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fm"))
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .env_remove("OPENAI_BASE_URL")
+            .arg("validate")
+            .arg(file)
+            .output()
+            .expect("fm runs")
+    };
+    let out = validate(&file);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_file(project.path().join("flowmason.json")).expect("rm");
+    let out = validate(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stdout.contains("generator calls an LLM and no provider is set: set providers.anthropic or providers.openai in the pipeline or in its project's flowmason.json, or ANTHROPIC_API_KEY / OPENAI_API_KEY in env (for fm run, in its environment)"),
+        "{stdout}"
+    );
+}

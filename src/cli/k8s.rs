@@ -171,13 +171,18 @@ async fn dispatch(
 ) -> anyhow::Result<i32> {
     match command {
         K8sCommand::Deploy { file } => {
-            let loaded = model::load_pipeline_file(&file)?;
+            // A project pipeline carries its flowmason.json providers; keys stay out (the Pipeline's
+            // `env` or the providers' `secretRef` give them on the cluster).
+            let loaded = super::load_pipeline(&file, false).map_err(anyhow::Error::msg)?;
             // Checked here too, so that a cluster whose API server only knows the CRD's schema does not
             // accept a Pipeline that could never run.
             if !super::validate::report(&file, &loaded, super::validate::Problems::Stderr) {
                 return Ok(EXIT_INVALID);
             }
             let mut pipeline = Pipeline::new(&loaded.name, loaded.spec);
+            if !loaded.annotations.is_empty() {
+                pipeline.metadata.annotations = Some(loaded.annotations);
+            }
             if pipeline.spec.sample_input.is_none() {
                 pipeline.spec.sample_input = loaded.sample_input;
             }

@@ -40,7 +40,7 @@ pub enum RunOutput {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let loaded = model::load_pipeline_file(&args.file)?;
+    let loaded = super::load_pipeline(&args.file, true).map_err(anyhow::Error::msg)?;
     // `subpipeline` stages find the pipelines they name among the files next to this one.
     let dir = match args.file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -68,10 +68,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .join("; ")
         )
     })?;
-    let inputs = inputs::parse(&args.input, args.inputs.as_deref())?
+    let mut inputs = inputs::parse(&args.input, args.inputs.as_deref())?
         .or_else(|| loaded.sample_input.clone())
         .unwrap_or_else(|| Value::Object(Default::default()));
     if let Some(schema) = &loaded.spec.input_schema {
+        model::input_schema::apply_defaults(schema, &mut inputs);
         let problems = model::input_schema::check(schema, &inputs);
         if !problems.is_empty() {
             for problem in &problems {
@@ -84,7 +85,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_INVALID);
         }
     }
-    let env = args.env.resolver()?;
+    let env = args.env.resolver_with_sdk_keys()?;
     let store = args.store.open()?;
     let mut request = RunRequest::new(loaded.name.clone(), plan, inputs);
     request.namespace = loaded.namespace.clone().unwrap_or_else(|| "default".into());

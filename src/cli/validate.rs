@@ -17,7 +17,7 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
-    let loaded = match model::load_pipeline_file(&args.file) {
+    let loaded = match super::load_pipeline(&args.file, true) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");

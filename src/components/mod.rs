@@ -111,6 +111,60 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
     registry
 }
 
+/// The fields of the output of the LLM nodes, whose shape is fixed (FlowMason's `Output` models plus
+/// `usage`): a template reading another field of their output can never resolve, which validation
+/// reports before any run. `None` for components whose output depends on their config.
+pub fn output_fields(component: &str) -> Option<&'static [&'static str]> {
+    Some(match component {
+        "generator" => &["content", "tokens_used", "finish_reason", "model", "usage"],
+        "critic" => &[
+            "overall_rating",
+            "score",
+            "feedback",
+            "strengths",
+            "improvements",
+            "criterion_scores",
+            "passes_threshold",
+            "usage",
+        ],
+        "summarizer" => &["summary", "style", "input", "word_count", "usage"],
+        "chat" => &["response", "turn_count", "history", "usage"],
+        "improver" => &[
+            "improved_content",
+            "changes_made",
+            "preserved_aspects",
+            "improvement_summary",
+            "usage",
+        ],
+        "selector" => &[
+            "selected",
+            "selected_index",
+            "explanation",
+            "rankings",
+            "confidence",
+            "usage",
+        ],
+        "rewriter" => &["rewritten", "style", "tone", "input", "usage"],
+        "translator" => &[
+            "translated",
+            "source_language",
+            "target_language",
+            "input",
+            "usage",
+        ],
+        "analyzer" => &["analysis", "type", "input", "raw", "usage"],
+        "combiner" | "synthesizer" => &[
+            "synthesized",
+            "sources_used",
+            "strategy_applied",
+            "key_themes",
+            "usage",
+        ],
+        "embedder" => &["embedding", "text", "dimensions", "model", "usage"],
+        _ => return None,
+    })
+}
+
 /// The stage input as an object; `null` (a stage with no config) counts as an empty one.
 pub(crate) fn input_object(
     component: &str,

@@ -11,6 +11,8 @@ use std::sync::LazyLock;
 use serde_json::Value;
 
 use flowmason_actors::canonical_name;
+
+use crate::components::output_fields;
 use flowmason_actors::component::Registry;
 use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
@@ -120,7 +122,31 @@ pub fn validate(
             errors.push(ValidationError::new(field, problem));
         }
     }
+    check_sample_input(spec, &mut errors);
     errors
+}
+
+/// The example inputs (`sampleInput`, FlowMason's `example_input`) must satisfy the `inputSchema`, with
+/// its defaults applied as a run would: a run started without inputs uses them.
+fn check_sample_input(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    let (Some(schema), Some(sample)) = (&spec.input_schema, &spec.sample_input) else {
+        return;
+    };
+    if super::input_schema::schema_problem(schema).is_some() {
+        return;
+    }
+    let mut sample = sample.clone();
+    super::input_schema::apply_defaults(schema, &mut sample);
+    for problem in super::input_schema::check(schema, &sample) {
+        let problem = problem.strip_prefix("inputs").unwrap_or(&problem);
+        errors.push(ValidationError::new(
+            format!("sampleInput{}", problem.split(':').next().unwrap_or("")),
+            format!(
+                "the example input does not satisfy inputSchema:{}",
+                problem.split_once(':').map_or("", |(_, m)| m)
+            ),
+        ));
+    }
 }
 
 /// The schedule and the webhook path, checked as the trigger manager would use them, so that a Pipeline
@@ -696,7 +722,7 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
         || spec.env.iter().any(|e| {
             crate::llm::providers::ProviderKind::ALL
                 .iter()
-                .any(|k| e.name == k.conventional_key_var())
+                .any(|k| e.name == k.conventional_key_var() || e.name == k.base_url_var())
         });
     for (i, stage) in spec.stages.iter().enumerate() {
         let configured_by_hand = stage
@@ -711,7 +737,7 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             errors.push(ValidationError::new(
                 format!("stages[{i}].componentType"),
                 format!(
-                    "{} calls an LLM: set providers.anthropic or providers.openai (or ANTHROPIC_API_KEY / OPENAI_API_KEY in env)",
+                    "{} calls an LLM and no provider is set: set providers.anthropic or providers.openai in the pipeline or in its project's flowmason.json, or ANTHROPIC_API_KEY / OPENAI_API_KEY in env (for fm run, in its environment)",
                     stage.component_type
                 ),
             ));
@@ -768,6 +794,11 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     use flowmason_actors::template::{Root, references_at};
 
     let ids: BTreeSet<&str> = spec.stages.iter().map(|s| s.id.as_str()).collect();
+    let components: BTreeMap<&str, String> = spec
+        .stages
+        .iter()
+        .map(|s| (s.id.as_str(), canonical_name(&s.component_type)))
+        .collect();
     let mut checks = UpstreamChecks::default();
     for (i, stage) in spec.stages.iter().enumerate() {
         let mut values: Vec<(String, Value)> = Vec::new();
@@ -786,10 +817,9 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
             let refs = match references_at(&value, &field) {
                 Ok(refs) => refs,
                 Err(e) => {
-                    checks.fail(ValidationError::new(
-                        e.field(),
-                        strip_field(&e.to_string(), e.field()),
-                    ));
+                    let message = expression_problem(e.template())
+                        .unwrap_or_else(|| strip_field(&e.to_string(), e.field()));
+                    checks.fail(ValidationError::new(e.field(), message));
                     continue;
                 }
             };
@@ -803,6 +833,22 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
                     .is_some()
                 {
                     continue;
+                }
+                if let (Some(read), Some(fields)) = (
+                    r.path.first(),
+                    components
+                        .get(target.as_str())
+                        .and_then(|c| output_fields(c)),
+                ) && !fields.contains(&read.as_str())
+                {
+                    checks.fail(ValidationError::new(
+                        r.field.clone(),
+                        format!(
+                            "template reads {read:?} of stage {target:?}, whose {} output has no such field (its fields: {})",
+                            components[target.as_str()],
+                            fields.join(", ")
+                        ),
+                    ));
                 }
                 match ids.get(target.as_str()) {
                     None => checks.fail(ValidationError::new(
@@ -824,6 +870,35 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
         }
     }
     checks.resolve(&spec.stages, errors);
+}
+
+/// What is wrong with a template that holds an expression (a call such as `len(input.x)` or `now()`,
+/// an operator, a conditional) rather than a path: FlowMason's templates hold such expressions, which its
+/// engine cannot evaluate either. `None` for a template that is a malformed path.
+fn expression_problem(template: &str) -> Option<String> {
+    let inner = template
+        .trim()
+        .strip_prefix("{{")
+        .and_then(|t| t.strip_suffix("}}"))
+        .unwrap_or(template)
+        .trim();
+    let call = inner.find('(').filter(|&i| {
+        inner[..i]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    let what = if call.is_some() {
+        "a function call"
+    } else if inner.contains(' ') {
+        "an expression"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "template {template} is {what}, not a template: templates are paths only ({{{{input.<field>}}}}, \
+         {{{{upstream.<stage>.<field>}}}}, {{{{env.<NAME>}}}}, {{{{context.<field>}}}}, with .field and [index] steps); \
+         compute values in a json_transform stage (jq or JMESPath) or an expression-taking component"
+    ))
 }
 
 /// A template error's message without its leading "field: ", which `ValidationError` carries separately.
