@@ -1147,3 +1147,279 @@ async fn validate_names_where_a_provider_can_be_set() {
         "{stdout}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The corpus: FlowMason's 24 studio templates
+
+/// What a template does here: runs to `Succeeded` against the local servers with its example input
+/// (plus its schema's defaults), or fails validation with a problem containing the text given, which
+/// names the template's own defect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Invalid(&'static str),
+}
+
+/// Every template and its expected outcome, with the template's own defect that validation names.
+/// `document-batch-processor` also uses `loop` (the control-flow components are another branch); its
+/// row names a defect of its own, so it stays Invalid once `loop` exists.
+const TEMPLATES: &[(&str, Outcome)] = &[
+    (
+        "agentic-support-workflow",
+        Outcome::Invalid(
+            "stages[10].config.prompt: template reads \"improved\" of stage \"polish-response\", whose improver output has no such field",
+        ),
+    ),
+    ("ai-research-assistant", Outcome::Succeeded),
+    (
+        "blog-post-writer",
+        Outcome::Invalid(
+            "sampleInput: the example input lacks \"audience\", which stages[0].config.prompt reads",
+        ),
+    ),
+    (
+        "content-factory",
+        Outcome::Invalid("template reads \"reasoning\" of stage \"best-selector\""),
+    ),
+    ("content-review-loop", Outcome::Succeeded),
+    (
+        "customer-email-responder",
+        Outcome::Invalid(
+            "sampleInput: the example input does not satisfy inputSchema: \"customer_message\" is a required property",
+        ),
+    ),
+    (
+        "data-extractor",
+        Outcome::Invalid("\"fields_to_extract\" is a required property"),
+    ),
+    (
+        "devops-cicd-deployment",
+        Outcome::Invalid(
+            "stages[0].config.data.timestamp: template {{now()}} is a function call, not a template",
+        ),
+    ),
+    (
+        "devops-health-monitor",
+        Outcome::Invalid(
+            "stages[0].config.data.services_count: template {{len(input.services)}} is a function call",
+        ),
+    ),
+    (
+        "devops-incident-response",
+        Outcome::Invalid(
+            "template references stage \"parse-alert\", which is not upstream of \"execute-restart\"",
+        ),
+    ),
+    (
+        "devops-multi-service-orchestration",
+        Outcome::Invalid("stages[1].config.data.timestamp: template {{now()}} is a function call"),
+    ),
+    (
+        "document-batch-processor",
+        Outcome::Invalid(
+            "stages[1].config.variables.processing_start: template {{now()}} is a function call",
+        ),
+    ),
+    ("document-qa", Outcome::Succeeded),
+    (
+        "enterprise-data-pipeline",
+        Outcome::Invalid(
+            "template {{len(data.invoices) if data.invoices else 0}} is a function call",
+        ),
+    ),
+    ("hello-world", Outcome::Succeeded),
+    (
+        "iterative-refinement",
+        Outcome::Invalid(
+            "stages[3].config.content: template reads \"content\" of stage \"improve1\", whose improver output has no such field",
+        ),
+    ),
+    (
+        "lead-qualification",
+        Outcome::Invalid("\"company_name\" is a required property"),
+    ),
+    (
+        "multi-agent-debate",
+        Outcome::Invalid("json_transform: `data` is required"),
+    ),
+    (
+        "multi-draft-selector",
+        Outcome::Invalid(
+            "sampleInput: the example input does not satisfy inputSchema: \"prompt\" is a required property",
+        ),
+    ),
+    (
+        "opportunity-analyzer",
+        Outcome::Invalid("\"deal_notes\" is a required property"),
+    ),
+    ("persona-chat", Outcome::Succeeded),
+    (
+        "research-synthesizer",
+        Outcome::Invalid("\"research_question\" is a required property"),
+    ),
+    (
+        "sales-call-summarizer",
+        Outcome::Invalid("\"notes\" is a required property"),
+    ),
+    (
+        "validated-output",
+        Outcome::Invalid("template reads \"content\" of stage \"improve\""),
+    ),
+];
+
+/// The directory of the studio's templates in the installed package.
+fn templates_dir() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("target/pyenv/bin/python"))
+        .args([
+            "-c",
+            "import flowmason_studio_backend, os; print(os.path.dirname(flowmason_studio_backend.__file__))",
+        ])
+        .output()
+        .expect("target/pyenv is missing: run scripts/test.sh to install flowmason from PyPI");
+    assert!(
+        out.status.success(),
+        "flowmason is not installed in target/pyenv"
+    );
+    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("data/templates")
+}
+
+/// A local HTTP service for `http-request` stages: every request succeeds with a small JSON body.
+async fn endpoints() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        axum::Json(json!({"status": "ok", "healthy": true, "data": [], "items": []}))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// The outcome of one template: its validation problems, else the phase of its run with the example
+/// input, every LLM stage on the Anthropic fake and every `{{env.X}}` set (URLs to `endpoints`).
+async fn template_outcome(path: &Path, fake: &Fake, endpoints: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).expect("read template");
+    let mut loaded =
+        load_pipeline_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    loaded.spec.providers = Some(
+        serde_json::from_value(json!({"anthropic": {
+            "model": "claude-test", "baseUrl": fake.url(),
+            "secretRef": {"name": "llm-secrets", "key": "anthropic-key"}}}))
+        .expect("providers"),
+    );
+    let mut names: Vec<String> = text
+        .split("{{env.")
+        .skip(1)
+        .filter_map(|rest| rest.split("}}").next().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    loaded.spec.env = names
+        .iter()
+        .map(|name| {
+            let value = if name.ends_with("_API") || name.ends_with("_URL") {
+                endpoints.to_string()
+            } else {
+                "test-value".to_string()
+            };
+            serde_json::from_value(json!({"name": name, "value": value})).expect("env var")
+        })
+        .collect();
+    let registry = builtin_registry();
+    let problems = flowmason::model::validate(&loaded.spec, &|n| registry.contains(n));
+    if !problems.is_empty() {
+        return Err(problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"));
+    }
+    let mut inputs = loaded.sample_input.clone().unwrap_or_else(|| json!({}));
+    if let Some(schema) = &loaded.spec.input_schema {
+        flowmason::model::input_schema::apply_defaults(schema, &mut inputs);
+    }
+    let plan = to_plan(&loaded.spec).expect("plan");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("store");
+    let source =
+        Chain::new().with(SecretsFile::parse("secrets", &secrets_yaml()).expect("secrets"));
+    let config = EngineConfig {
+        env: flowmason::env::resolver(Arc::new(source)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store, registry, config);
+    let state = engine
+        .start(RunRequest::new("corpus", plan, inputs))
+        .await
+        .expect("start")
+        .finished()
+        .await
+        .expect("end");
+    match state.phase {
+        RunPhase::Succeeded => Ok("Succeeded".into()),
+        other => Err(format!("run {other:?}: {:?}", state.error)),
+    }
+}
+
+#[actix_rt::test]
+async fn flowmasons_templates_run_or_fail_validation_naming_their_own_defect() {
+    let fake = Fake::start().await;
+    fake.set_texts(
+        r#"{"overall_rating": "good", "score": 0.8, "feedback": "Fine.", "passes_threshold": true}"#,
+        "unused",
+    );
+    let endpoints = endpoints().await;
+    let dir = templates_dir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("templates")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 24, "FlowMason 1.0.24 ships 24 templates");
+    let mut succeeded = 0;
+    let mut report = Vec::new();
+    let mut wrong = Vec::new();
+    for file in &files {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let outcome = template_outcome(file, &fake, &endpoints).await;
+        let expected = TEMPLATES.iter().find(|(t, _)| *t == name).map(|(_, o)| *o);
+        let matches = match (&outcome, expected) {
+            (Ok(_), Some(Outcome::Succeeded)) => true,
+            (Err(problems), Some(Outcome::Invalid(text))) => {
+                !problems.starts_with("run ") && problems.contains(text)
+            }
+            _ => false,
+        };
+        if outcome.is_ok() {
+            succeeded += 1;
+        }
+        report.push(format!(
+            "{name}: {}",
+            match &outcome {
+                Ok(_) => "Succeeded".to_string(),
+                Err(p) => format!("Invalid: {}", p.replace('\n', " | ")),
+            }
+        ));
+        if !matches {
+            wrong.push(format!("{name}: expected {expected:?}, got {outcome:?}"));
+        }
+    }
+    println!("{}", report.join("\n"));
+    println!(
+        "corpus: {succeeded} of {} templates run to Succeeded, {} fail validation naming their defect",
+        files.len(),
+        files.len() - succeeded
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(succeeded >= 2, "the original runs 2 of 24");
+}

@@ -1,6 +1,6 @@
 //! `critic`: evaluates content and answers with structured feedback, FlowMason's core node.
 //!
-//! Input: `content` (required), `criteria` (list), `context`, `rubric` (criterion -> description),
+//! Input: `content` (required), `criteria` (list, or one string as FlowMason's templates write it), `context`, `rubric` (criterion -> description),
 //! `strict_mode`, plus `temperature` (0.3), `max_tokens` (2048), `provider`, `model`. The model is asked
 //! for FlowMason's JSON evaluation; its answer is read as JSON (also inside a markdown code block). An
 //! answer that is not JSON becomes the `feedback` of an `acceptable` rating with score 0.5, as in
@@ -69,6 +69,9 @@ impl Component for Critic {
 fn criteria(input: &Map<String, Value>) -> Result<Vec<String>, ComponentError> {
     match input.get("criteria") {
         None | Some(Value::Null) => Ok(Vec::new()),
+        // FlowMason's studio templates write the criteria as one text.
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.trim().to_string()]),
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| {

@@ -137,6 +137,16 @@ fn check_sample_input(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     }
     let mut sample = sample.clone();
     super::input_schema::apply_defaults(schema, &mut sample);
+    for (field, key) in input_reads(spec) {
+        if sample.get(&key).is_none() {
+            errors.push(ValidationError::new(
+                "sampleInput",
+                format!(
+                    "the example input lacks {key:?}, which {field} reads (and inputSchema gives it no default)"
+                ),
+            ));
+        }
+    }
     for problem in super::input_schema::check(schema, &sample) {
         let problem = problem.strip_prefix("inputs").unwrap_or(&problem);
         errors.push(ValidationError::new(
@@ -872,6 +882,28 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     checks.resolve(&spec.stages, errors);
 }
 
+/// The top-level inputs the stages' templates read (`{{input.topic}}`), each with the first field that
+/// reads it.
+fn input_reads(spec: &PipelineSpec) -> Vec<(String, String)> {
+    use flowmason_actors::template::{Root, references_at};
+    let mut reads: BTreeMap<String, String> = BTreeMap::new();
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let Some(config) = &stage.config else {
+            continue;
+        };
+        let field = format!("stages[{i}].config");
+        let Ok(refs) = references_at(&Value::Object(config.clone()), &field) else {
+            continue;
+        };
+        for r in refs {
+            if let (Root::Input, Some(key)) = (&r.root, r.path.first()) {
+                reads.entry(key.clone()).or_insert(r.field.clone());
+            }
+        }
+    }
+    reads.into_iter().map(|(key, field)| (field, key)).collect()
+}
+
 /// What is wrong with a template that holds an expression (a call such as `len(input.x)` or `now()`,
 /// an operator, a conditional) rather than a path: FlowMason's templates hold such expressions, which its
 /// engine cannot evaluate either. `None` for a template that is a malformed path.
@@ -993,6 +1025,46 @@ mod tests {
         assert_eq!(
             plan.output_schema,
             Some(serde_json::json!({"type": "object"}))
+        );
+    }
+
+    #[test]
+    fn flowmason_defects_are_named_expressions_missing_output_fields_and_example_inputs() {
+        let mut write = stage("write", "generator", &[]);
+        write.config = serde_json::json!({"prompt": "{{len(input.items)}} at {{input.when}}"})
+            .as_object()
+            .cloned();
+        let mut polish = stage("polish", "improver", &["write"]);
+        polish.config = serde_json::json!({"content": "{{upstream.write.text}}", "feedback": "f"})
+            .as_object()
+            .cloned();
+        let mut s = spec(vec![write, polish]);
+        s.input_schema = serde_json::json!({"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array"}, "when": {"type": "string"}}})
+        .as_object()
+        .cloned();
+        s.sample_input = Some(serde_json::json!({"topic": "x"}));
+        let problems = messages(&validate(&s, &known));
+        for expected in [
+            "stages[0].config.prompt: template {{len(input.items)}} is a function call, not a template",
+            "stages[1].config.content: template reads \"text\" of stage \"write\", whose generator output has no such field (its fields: content, tokens_used, finish_reason, model, usage)",
+            "sampleInput: the example input does not satisfy inputSchema: \"items\" is a required property",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected} not in {problems:?}"
+            );
+        }
+        let mut write = stage("write", "generator", &[]);
+        write.config = serde_json::json!({"prompt": "at {{input.when}}"})
+            .as_object()
+            .cloned();
+        let mut s2 = spec(vec![write]);
+        s2.input_schema = s.input_schema.clone();
+        s2.sample_input = Some(serde_json::json!({"items": []}));
+        assert!(
+            messages(&validate(&s2, &known)).iter().any(|p| p
+                == "sampleInput: the example input lacks \"when\", which stages[0].config.prompt reads (and inputSchema gives it no default)"),
         );
     }
 
