@@ -43,7 +43,8 @@ pub enum K8sCommand {
     /// Create or update a Pipeline from a file: a Pipeline resource, a bare spec, or a FlowMason
     /// pipeline.json (converted), in YAML or JSON. The file is checked as `fm validate` checks it first
     /// (unknown fields such as `dependOn` included, as `kubectl apply` refuses them by default); an
-    /// invalid one is not sent (exit 2).
+    /// invalid one is not sent (exit 2). A project pipeline carries the providers of the flowmason.json
+    /// above it (never a key: give it through the Pipeline's env or a providers secretRef).
     Deploy { file: PathBuf },
     /// List the Pipelines.
     List,

@@ -16,7 +16,9 @@ use crate::model;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON).
+    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON). In a
+    /// FlowMason project, the flowmason.json above it gives the LLM providers; ANTHROPIC_API_KEY /
+    /// OPENAI_API_KEY (and *_BASE_URL) in this environment give their keys.
     pub file: PathBuf,
     /// A run input, `key=value`; the value is parsed as JSON when it is JSON. Repeatable.
     #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
