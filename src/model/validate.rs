@@ -400,7 +400,7 @@ fn check_component(
         ));
         return;
     }
-    if known(name) {
+    if known(name) || known(&canonical_name(name)) {
         return;
     }
     let normalised = name.trim().to_ascii_lowercase().replace('-', "_");
@@ -1154,14 +1154,16 @@ mod tests {
     fn unknown_component_lists_known_ones_or_suggests() {
         let s = spec(vec![
             stage("a", "htp", &[]),
-            stage("b", "http-request", &[]),
+            stage("b", "HTTP-Request", &[]),
             stage("c", "", &[]),
+            // FlowMason's hyphenated spelling is the registered component.
+            stage("d", "json-transform", &[]),
         ]);
         assert_eq!(
             messages(&validate(&s, &known)),
             vec![
                 "stages[0].componentType: unknown component \"htp\" (known components include http_request, json_transform, generator, noop)",
-                "stages[1].componentType: unknown component \"http-request\" (did you mean \"http_request\"?)",
+                "stages[1].componentType: unknown component \"HTTP-Request\" (did you mean \"http_request\"?)",
                 "stages[2].componentType: required (stage \"c\")",
             ]
         );
