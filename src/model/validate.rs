@@ -1152,12 +1152,14 @@ mod tests {
 
     #[test]
     fn unknown_component_lists_known_ones_or_suggests() {
+        // FlowMason's hyphenated spelling is the registered component, whose config is checked.
+        let mut d = stage("d", "json-transform", &[]);
+        d.config = serde_json::json!({"data": {"x": 1}}).as_object().cloned();
         let s = spec(vec![
             stage("a", "htp", &[]),
             stage("b", "HTTP-Request", &[]),
             stage("c", "", &[]),
-            // FlowMason's hyphenated spelling is the registered component.
-            stage("d", "json-transform", &[]),
+            d,
         ]);
         assert_eq!(
             messages(&validate(&s, &known)),
