@@ -2550,3 +2550,104 @@ async fn a_run_through_graceful_restarts_of_fm_serve_is_resumed_every_time_never
         "every restart was graceful: {resumes:?}"
     );
 }
+
+/// A FlowMason project deployed with `fm k8s deploy` carries its `flowmason.json` providers into the
+/// Pipeline; on `fm serve` it runs with the key from a Secret through `spec.env`, as the seed injects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_pipeline_deployed_with_fm_k8s_runs_with_its_key_from_a_secret_in_env() {
+    use std::sync::Mutex;
+    const KEY: &str = "sk-ant-project-4242";
+    // The Anthropic Messages API, recording the key of each call.
+    let keys: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = keys.clone();
+    let router = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    let key = headers
+                        .get("x-api-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    seen.lock().expect("lock").push(key.to_string());
+                    axum::Json(json!({"id": "m", "type": "message", "role": "assistant",
+                        "model": body["model"], "content": [{"type": "text", "text": "From the project."}],
+                        "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 2}}))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let project = data.path().join("project");
+    std::fs::create_dir_all(project.join("pipelines")).expect("mkdir");
+    std::fs::write(
+        project.join("flowmason.json"),
+        r#"{"name": "demo", "providers": {"default": "anthropic", "anthropic": {"model": "claude-project"}}}"#,
+    )
+    .expect("write manifest");
+    let file = project.join("pipelines/main.pipeline.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "project-main", "category": "demo", "tags": ["a", "b"], "stages": [
+            {"id": "write", "component": "generator", "config": {"prompt": "Write."}, "position": {"x": 1, "y": 2}}
+        ], "output_stage_id": "write"}"#,
+    )
+    .expect("write pipeline");
+
+    let fm = Fm::serve(data.path(), &[]);
+    let (code, out, err) = fm_k8s(&fm, &["deploy", file.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let client = fm.client().await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
+    let deployed = pipelines.get("project-main").await.expect("deployed");
+    let providers = deployed.spec.providers.clone().expect("providers carried");
+    assert_eq!(providers.default.as_deref(), Some("anthropic"));
+    let anthropic = providers.anthropic.expect("anthropic");
+    assert_eq!(anthropic.model.as_deref(), Some("claude-project"));
+    assert_eq!(anthropic.secret_ref, None, "no key travels with the deploy");
+    assert_eq!(
+        deployed
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("flowmason.io/tags")
+            .map(String::as_str),
+        Some("a,b")
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-secrets"},
+        "stringData": {"anthropic-key": KEY}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    pipelines
+        .patch(
+            "project-main",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"env": [
+                {"name": "ANTHROPIC_API_KEY",
+                 "valueFrom": {"secretKeyRef": {"name": "llm-secrets", "key": "anthropic-key"}}},
+                {"name": "ANTHROPIC_BASE_URL", "value": url}
+            ]}})),
+        )
+        .await
+        .expect("patch env");
+    let (code, out, err) = fm_k8s(&fm, &["run", "project-main", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let output: Value = serde_json::from_str(&out).expect("output json");
+    assert_eq!(output["content"], json!("From the project."));
+    assert_eq!(*keys.lock().expect("lock"), vec![KEY.to_string()]);
+    assert!(!out.contains(KEY) && !err.contains(KEY));
+}

@@ -279,7 +279,15 @@ pub trait Component: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>>;
 }
 
-/// Components by type name (`componentType`).
+/// A component type as registered: FlowMason's project loader and `init` write the hyphenated
+/// spelling (`http-request`, `json-transform`) of the registered names (`http_request`), so a `-` reads
+/// as `_`.
+pub fn canonical_name(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// Components by type name (`componentType`); lookups accept the hyphenated spelling
+/// ([`canonical_name`]).
 #[derive(Clone, Default)]
 pub struct Registry {
     components: BTreeMap<String, Arc<dyn Component>>,
@@ -295,12 +303,18 @@ impl Registry {
         self
     }
 
+    /// The component registered as `name`, or as its [`canonical_name`] (`http-request` finds
+    /// `http_request`).
     pub fn get(&self, name: &str) -> Option<Arc<dyn Component>> {
-        self.components.get(name).cloned()
+        self.components
+            .get(name)
+            .or_else(|| self.components.get(canonical_name(name).as_str()))
+            .cloned()
     }
 
     pub fn contains(&self, name: &str) -> bool {
         self.components.contains_key(name)
+            || self.components.contains_key(canonical_name(name).as_str())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -311,5 +325,32 @@ impl Registry {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.components.keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Component for Nothing {
+        fn execute(
+            &self,
+            _input: Value,
+            _ctx: StageContext,
+        ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+            Box::pin(async { Ok(Value::Null.into()) })
+        }
+    }
+
+    #[test]
+    fn the_hyphenated_spelling_finds_the_registered_component() {
+        let mut registry = Registry::new();
+        registry.register("http_request", Nothing);
+        assert!(registry.contains("http-request"));
+        assert!(registry.get("http-request").is_some());
+        assert!(!registry.contains("http request"));
+        assert_eq!(registry.names().collect::<Vec<_>>(), ["http_request"]);
     }
 }

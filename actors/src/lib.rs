@@ -15,6 +15,7 @@ pub mod template;
 
 pub use component::{
     Component, ComponentError, ComponentOutput, LogLine, Registry, RunView, StageContext,
+    canonical_name,
 };
 pub use engine::{
     Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, Rejection,

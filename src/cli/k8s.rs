@@ -43,7 +43,8 @@ pub enum K8sCommand {
     /// Create or update a Pipeline from a file: a Pipeline resource, a bare spec, or a FlowMason
     /// pipeline.json (converted), in YAML or JSON. The file is checked as `fm validate` checks it first
     /// (unknown fields such as `dependOn` included, as `kubectl apply` refuses them by default); an
-    /// invalid one is not sent (exit 2).
+    /// invalid one is not sent (exit 2). A project pipeline carries the providers of the flowmason.json
+    /// above it (never a key: give it through the Pipeline's env or a providers secretRef).
     Deploy { file: PathBuf },
     /// List the Pipelines.
     List,
@@ -171,13 +172,18 @@ async fn dispatch(
 ) -> anyhow::Result<i32> {
     match command {
         K8sCommand::Deploy { file } => {
-            let loaded = model::load_pipeline_file(&file)?;
+            // A project pipeline carries its flowmason.json providers; keys stay out (the Pipeline's
+            // `env` or the providers' `secretRef` give them on the cluster).
+            let loaded = super::load_pipeline(&file, false).map_err(anyhow::Error::msg)?;
             // Checked here too, so that a cluster whose API server only knows the CRD's schema does not
             // accept a Pipeline that could never run.
             if !super::validate::report(&file, &loaded, super::validate::Problems::Stderr) {
                 return Ok(EXIT_INVALID);
             }
             let mut pipeline = Pipeline::new(&loaded.name, loaded.spec);
+            if !loaded.annotations.is_empty() {
+                pipeline.metadata.annotations = Some(loaded.annotations);
+            }
             if pipeline.spec.sample_input.is_none() {
                 pipeline.spec.sample_input = loaded.sample_input;
             }

@@ -342,7 +342,20 @@ pub struct EnvArgs {
 impl EnvArgs {
     /// The engine's environment resolver over the sources given.
     pub fn resolver(&self) -> anyhow::Result<flowmason_actors::EnvResolver> {
-        use crate::env::{Chain, EnvFile, ProcessEnv, SecretsFile};
+        self.resolver_over(crate::env::ProcessEnv::current())
+    }
+
+    /// [`EnvArgs::resolver`] for `fm run`, which also offers the process' SDK key variables
+    /// (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`) to the providers (see `crate::model::project`).
+    pub fn resolver_with_sdk_keys(&self) -> anyhow::Result<flowmason_actors::EnvResolver> {
+        self.resolver_over(crate::env::ProcessEnv::current_with_sdk_keys())
+    }
+
+    fn resolver_over(
+        &self,
+        process: crate::env::ProcessEnv,
+    ) -> anyhow::Result<flowmason_actors::EnvResolver> {
+        use crate::env::{Chain, EnvFile, SecretsFile};
         let mut chain = Chain::new();
         if let Some(path) = &self.secrets {
             chain = chain.with(SecretsFile::load(path).context("--secrets")?);
@@ -350,9 +363,29 @@ impl EnvArgs {
         for arg in &self.env_files {
             chain = chain.with(EnvFile::load(arg).context("--env-file")?);
         }
-        chain = chain.with(ProcessEnv::current());
+        chain = chain.with(process);
         Ok(crate::env::resolver(std::sync::Arc::new(chain)))
     }
+}
+
+/// Loads a pipeline file for `fm run`, `fm validate` and `fm k8s deploy`: the providers of the
+/// project's `flowmason.json` (found walking up from the file) fill what the pipeline leaves open, and
+/// with `process_env` (`fm run`, `fm validate`) so do the SDK variables of this process
+/// (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`, ...). The message of an error names the file.
+pub(crate) fn load_pipeline(
+    file: &std::path::Path,
+    process_env: bool,
+) -> Result<crate::model::LoadedPipeline, String> {
+    let mut loaded = crate::model::load_pipeline_file(file).map_err(|e| e.to_string())?;
+    if let Some(project) = crate::model::project::project_of(file).map_err(|e| e.to_string())? {
+        project.apply(&mut loaded.spec);
+    }
+    if process_env {
+        crate::model::project::apply_process_env(&mut loaded.spec, &|name| {
+            std::env::var(name).ok()
+        });
+    }
+    Ok(loaded)
 }
 
 /// How results are printed.

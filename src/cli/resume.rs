@@ -18,7 +18,7 @@ pub struct ResumeArgs {
 }
 
 pub fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
-    let env = args.env.resolver()?;
+    let env = args.env.resolver_with_sdk_keys()?;
     let store = args.store.open()?;
     crate::runtime::block_on(move || async move {
         let config = EngineConfig {

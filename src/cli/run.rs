@@ -16,7 +16,9 @@ use crate::model;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON).
+    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON). In a
+    /// FlowMason project, the flowmason.json above it gives the LLM providers; ANTHROPIC_API_KEY /
+    /// OPENAI_API_KEY (and *_BASE_URL) in this environment give their keys.
     pub file: PathBuf,
     /// A run input, `key=value`; the value is parsed as JSON when it is JSON. Repeatable.
     #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
@@ -40,7 +42,7 @@ pub enum RunOutput {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let loaded = model::load_pipeline_file(&args.file)?;
+    let loaded = super::load_pipeline(&args.file, true).map_err(anyhow::Error::msg)?;
     // `subpipeline` stages find the pipelines they name among the files next to this one.
     let dir = match args.file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -68,10 +70,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .join("; ")
         )
     })?;
-    let inputs = inputs::parse(&args.input, args.inputs.as_deref())?
+    let mut inputs = inputs::parse(&args.input, args.inputs.as_deref())?
         .or_else(|| loaded.sample_input.clone())
         .unwrap_or_else(|| Value::Object(Default::default()));
     if let Some(schema) = &loaded.spec.input_schema {
+        model::input_schema::apply_defaults(schema, &mut inputs);
         let problems = model::input_schema::check(schema, &inputs);
         if !problems.is_empty() {
             for problem in &problems {
@@ -84,7 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_INVALID);
         }
     }
-    let env = args.env.resolver()?;
+    let env = args.env.resolver_with_sdk_keys()?;
     let store = args.store.open()?;
     let mut request = RunRequest::new(loaded.name.clone(), plan, inputs);
     request.namespace = loaded.namespace.clone().unwrap_or_else(|| "default".into());

@@ -12,12 +12,14 @@ use crate::model::{self, LoadedPipeline};
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
-    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON).
+    /// Pipeline file: a Pipeline resource, a bare spec, or a FlowMason pipeline.json (YAML or JSON). In a
+    /// FlowMason project, the flowmason.json above it gives the LLM providers; ANTHROPIC_API_KEY /
+    /// OPENAI_API_KEY (and *_BASE_URL) in this environment give their keys.
     pub file: PathBuf,
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
-    let loaded = match model::load_pipeline_file(&args.file) {
+    let loaded = match super::load_pipeline(&args.file, true) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");

@@ -1,6 +1,6 @@
 //! `critic`: evaluates content and answers with structured feedback, FlowMason's core node.
 //!
-//! Input: `content` (required), `criteria` (list), `context`, `rubric` (criterion -> description),
+//! Input: `content` (required), `criteria` (list, or one string as FlowMason's templates write it), `context`, `rubric` (criterion -> description),
 //! `strict_mode`, plus `temperature` (0.3), `max_tokens` (2048), `provider`, `model`. The model is asked
 //! for FlowMason's JSON evaluation; its answer is read as JSON (also inside a markdown code block). An
 //! answer that is not JSON becomes the `feedback` of an `acceptable` rating with score 0.5, as in
@@ -69,6 +69,9 @@ impl Component for Critic {
 fn criteria(input: &Map<String, Value>) -> Result<Vec<String>, ComponentError> {
     match input.get("criteria") {
         None | Some(Value::Null) => Ok(Vec::new()),
+        // FlowMason's studio templates write the criteria as one text.
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.trim().to_string()]),
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| {
@@ -137,7 +140,7 @@ fn user_prompt(
 
 /// The evaluation read from the model's answer, with FlowMason's defaults for missing fields.
 fn evaluation(answer: &str) -> Map<String, Value> {
-    let parsed = parse_json_object(answer);
+    let parsed = llm::parse_json_object(answer);
     let Some(result) = parsed else {
         return json!({
             "overall_rating": "acceptable", "score": 0.5, "feedback": answer,
@@ -166,22 +169,6 @@ fn evaluation(answer: &str) -> Map<String, Value> {
     .as_object()
     .cloned()
     .unwrap_or_default()
-}
-
-/// A JSON object: the whole answer, else the first fenced code block in it.
-fn parse_json_object(answer: &str) -> Option<Map<String, Value>> {
-    let whole = serde_json::from_str::<Value>(answer.trim()).ok();
-    let fenced = || {
-        let start = answer.find("```")?;
-        let rest = &answer[start + 3..];
-        let body_start = rest.find('\n')? + 1;
-        let end = rest[body_start..].find("```")?;
-        serde_json::from_str::<Value>(rest[body_start..body_start + end].trim()).ok()
-    };
-    match whole.or_else(fenced)? {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

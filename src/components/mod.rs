@@ -1,5 +1,6 @@
 //! Built-in components: FlowMason's core operators, its LLM nodes (`generator`, `critic`, `summarizer`,
-//! `chat`, calling the providers of `crate::llm`), plus `delay` and `noop`.
+//! `chat`, `improver`, `selector`, `rewriter`, `translator`, `analyzer`, `combiner`, `synthesizer`,
+//! `embedder`, calling the providers of `crate::llm`), plus `delay` and `noop`.
 //!
 //! Each component receives the stage's rendered input (its `config` with templates resolved and
 //! `inputMapping` applied, see `flowmason_actors::template::build_input`), which must be a JSON object.
@@ -12,44 +13,60 @@ use serde_json::{Map, Value};
 
 use flowmason_actors::{ComponentError, Registry};
 
+pub mod analyzer;
 pub mod chat;
+pub mod combiner;
 pub mod conditional;
 pub mod critic;
 pub mod delay;
+pub mod embedder;
 pub mod eval_worker;
 pub mod expr;
 pub mod filter;
 pub mod foreach;
 pub mod generator;
 pub mod http_request;
+pub mod improver;
 pub mod json_transform;
 pub mod logger;
 pub mod nesting;
 pub mod noop;
+pub mod rewriter;
 pub mod router;
 pub mod schema_validate;
+pub mod selector;
 pub mod subpipeline;
 pub mod summarizer;
 pub mod switch_router;
+pub mod synthesizer;
+pub mod translator;
 pub mod trycatch;
 pub mod variable_set;
 
+pub use analyzer::Analyzer;
 pub use chat::Chat;
+pub use combiner::Combiner;
 pub use conditional::Conditional;
 pub use critic::Critic;
 pub use delay::Delay;
+pub use embedder::Embedder;
 pub use filter::Filter;
 pub use foreach::ForEach;
 pub use generator::Generator;
 pub use http_request::HttpRequest;
+pub use improver::Improver;
 pub use json_transform::JsonTransform;
 pub use logger::Logger;
 pub use noop::Noop;
+pub use rewriter::Rewriter;
 pub use router::Router;
 pub use schema_validate::SchemaValidate;
+pub use selector::Selector;
 pub use subpipeline::{DirectoryResolver, NoPipelines, PipelineResolver, SubPipeline};
 pub use summarizer::Summarizer;
 pub use switch_router::SwitchRouter;
+pub use synthesizer::Synthesizer;
+pub use translator::Translator;
 pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
 
@@ -81,7 +98,71 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(trycatch::NAME, TryCatch)
         .register(subpipeline::NAME, SubPipeline::new(resolver))
         .register(http_request::NAME, HttpRequest::new());
+    // LLM nodes of issue 17.
     registry
+        .register(improver::NAME, Improver)
+        .register(selector::NAME, Selector)
+        .register(rewriter::NAME, Rewriter)
+        .register(translator::NAME, Translator)
+        .register(analyzer::NAME, Analyzer)
+        .register(combiner::NAME, Combiner)
+        .register(synthesizer::NAME, Synthesizer)
+        .register(embedder::NAME, Embedder);
+    registry
+}
+
+/// The fields of the output of the LLM nodes, whose shape is fixed (FlowMason's `Output` models plus
+/// `usage`): a template reading another field of their output can never resolve, which validation
+/// reports before any run. `None` for components whose output depends on their config.
+pub fn output_fields(component: &str) -> Option<&'static [&'static str]> {
+    Some(match component {
+        "generator" => &["content", "tokens_used", "finish_reason", "model", "usage"],
+        "critic" => &[
+            "overall_rating",
+            "score",
+            "feedback",
+            "strengths",
+            "improvements",
+            "criterion_scores",
+            "passes_threshold",
+            "usage",
+        ],
+        "summarizer" => &["summary", "style", "input", "word_count", "usage"],
+        "chat" => &["response", "turn_count", "history", "usage"],
+        "improver" => &[
+            "improved_content",
+            "changes_made",
+            "preserved_aspects",
+            "improvement_summary",
+            "usage",
+        ],
+        "selector" => &[
+            "selected",
+            "selected_index",
+            "explanation",
+            "rankings",
+            "confidence",
+            "usage",
+        ],
+        "rewriter" => &["rewritten", "style", "tone", "input", "usage"],
+        "translator" => &[
+            "translated",
+            "source_language",
+            "target_language",
+            "input",
+            "usage",
+        ],
+        "analyzer" => &["analysis", "type", "input", "raw", "usage"],
+        "combiner" | "synthesizer" => &[
+            "synthesized",
+            "sources_used",
+            "strategy_applied",
+            "key_themes",
+            "usage",
+        ],
+        "embedder" => &["embedding", "text", "dimensions", "model", "usage"],
+        _ => return None,
+    })
 }
 
 /// The stage input as an object; `null` (a stage with no config) counts as an empty one.
@@ -196,6 +277,33 @@ pub(crate) fn opt_str_list(
     }
 }
 
+/// An optional list of strings (criteria, aspects, ...): absent or `null` gives an empty list.
+pub(crate) fn opt_text_list(
+    component: &str,
+    map: &Map<String, Value>,
+    field: &str,
+) -> Result<Vec<String>, ComponentError> {
+    let not_strings = |what: String| {
+        ComponentError::config(format!(
+            "{component}: `{field}` must be an array of strings, got {what}"
+        ))
+    };
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.trim().to_string()),
+                other => Err(not_strings(format!(
+                    "an element that is {}",
+                    type_name(other)
+                ))),
+            })
+            .collect(),
+        Some(other) => Err(not_strings(type_name(other).to_string())),
+    }
+}
+
 /// An optional string field: absent or `null` gives `None`.
 pub(crate) fn opt_str<'a>(
     component: &str,
@@ -274,22 +382,30 @@ mod tests {
         assert_eq!(
             names,
             [
+                "analyzer",
                 "chat",
+                "combiner",
                 "conditional",
                 "critic",
                 "delay",
+                "embedder",
                 "filter",
                 "foreach",
                 "generator",
                 "http_request",
+                "improver",
                 "json_transform",
                 "logger",
                 "noop",
+                "rewriter",
                 "router",
                 "schema_validate",
+                "selector",
                 "subpipeline",
                 "summarizer",
                 "switch_router",
+                "synthesizer",
+                "translator",
                 "trycatch",
                 "variable_set"
             ]

@@ -32,6 +32,35 @@ impl ProcessEnv {
         )
     }
 
+    /// The current process environment, with the official SDKs' key variables (`ANTHROPIC_API_KEY`,
+    /// `OPENAI_API_KEY`) as keys of Secret `fm-process-env` (`crate::model::project`): `fm run` only,
+    /// which runs the user's own pipelines with the user's own keys; a server never offers them.
+    pub fn current_with_sdk_keys() -> ProcessEnv {
+        let mut env = ProcessEnv::current();
+        env.add_sdk_keys(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        );
+        env
+    }
+
+    /// Adds the SDK key variables among `vars` as keys of Secret `fm-process-env`.
+    pub fn add_sdk_keys(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        use crate::llm::ProviderKind;
+        use crate::model::project::PROCESS_ENV_SECRET;
+        for (name, value) in vars {
+            if ProviderKind::ALL
+                .iter()
+                .any(|k| k.conventional_key_var() == name)
+            {
+                self.vars.insert(
+                    ProcessEnv::variable("FM_SECRET_", PROCESS_ENV_SECRET, &name),
+                    value,
+                );
+            }
+        }
+    }
+
     /// A given set of variables (tests, embedding).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> ProcessEnv {
         ProcessEnv {

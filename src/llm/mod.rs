@@ -233,6 +233,43 @@ pub async fn call(
     Ok(completion)
 }
 
+/// A JSON object in a model's answer: the whole answer, else the first fenced code block in it
+/// (models often wrap the JSON they were asked for in a markdown block).
+pub(crate) fn parse_json_object(answer: &str) -> Option<Map<String, Value>> {
+    let whole = serde_json::from_str::<Value>(answer.trim()).ok();
+    let fenced = || {
+        let start = answer.find("```")?;
+        let rest = &answer[start + 3..];
+        let body_start = rest.find('\n')? + 1;
+        let end = rest[body_start..].find("```")?;
+        serde_json::from_str::<Value>(rest[body_start..body_start + end].trim()).ok()
+    };
+    match whole.or_else(fenced)? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// One user prompt with a system prompt, the shape of every FlowMason node's call
+/// (`context.llm.generate_async(prompt, system_prompt, temperature, max_tokens)`).
+pub async fn ask(
+    component: &str,
+    input: &Map<String, Value>,
+    options: &LlmOptions,
+    system: Option<String>,
+    prompt: String,
+    ctx: &StageContext,
+) -> Result<Completion, ComponentError> {
+    let request = ChatRequest {
+        system,
+        messages: vec![Message::user(prompt)],
+        max_tokens: options.max_tokens,
+        temperature: options.temperature,
+        stop_sequences: Vec::new(),
+    };
+    call(component, input, options, &request, ctx).await
+}
+
 /// Checks the statically set fields of an LLM stage's config (templated values are checked once
 /// rendered): `strings` must be strings, the knobs in range, a named `provider` known.
 pub fn validate_config(

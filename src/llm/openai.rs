@@ -1,4 +1,5 @@
-//! The OpenAI Chat Completions API: `POST {base}/v1/chat/completions` with `Authorization: Bearer`.
+//! The OpenAI Chat Completions API: `POST {base}/v1/chat/completions` with `Authorization: Bearer`; and
+//! the Embeddings API (`POST {base}/v1/embeddings`) for `embedder`.
 
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
@@ -74,6 +75,70 @@ pub async fn complete(
     let url = provider.url("/v1/chat/completions");
     let answer = http::post_json("openai", &url, headers, &body(&provider.model, request)).await?;
     parse(&provider.model, &answer)
+}
+
+/// One text's embedding as the Embeddings API answered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub vector: Vec<f64>,
+    pub model: String,
+    pub input_tokens: u64,
+}
+
+/// The Embeddings API request body; `dimensions` only when asked for (the text-embedding-3 models
+/// shorten their vectors to it).
+pub fn embedding_body(model: &str, text: &str, dimensions: Option<u64>) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("input".into(), json!(text));
+    body.insert("encoding_format".into(), json!("float"));
+    if let Some(d) = dimensions {
+        body.insert("dimensions".into(), json!(d));
+    }
+    Value::Object(body)
+}
+
+/// Reads an Embeddings API answer: `data[0].embedding`, the model and `usage.prompt_tokens`.
+pub fn parse_embedding(model: &str, answer: &Value) -> Result<Embedding, ComponentError> {
+    let vector = answer
+        .pointer("/data/0/embedding")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("no `data[0].embedding` array"))?
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .ok_or_else(|| malformed("an embedding value is not a number"))
+        })
+        .collect::<Result<Vec<f64>, _>>()?;
+    Ok(Embedding {
+        vector,
+        model: answer
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(model)
+            .to_string(),
+        input_tokens: answer
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// Embeds one text with `provider` (an OpenAI-compatible server).
+pub async fn embed(
+    provider: &Provider,
+    text: &str,
+    dimensions: Option<u64>,
+) -> Result<Embedding, ComponentError> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = &provider.api_key {
+        let (name, value) = http::secret_header("authorization", &format!("Bearer {key}"))?;
+        headers.insert(name, value);
+    }
+    let url = provider.url("/v1/embeddings");
+    let body = embedding_body(&provider.model, text, dimensions);
+    let answer = http::post_json("openai", &url, headers, &body).await?;
+    parse_embedding(&provider.model, &answer)
 }
 
 #[cfg(test)]

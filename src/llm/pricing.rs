@@ -22,6 +22,9 @@ const OPENAI: &[(&str, f64, f64)] = &[
     ("gpt-3.5-turbo", 0.5, 1.5),
     ("o1-preview", 15.0, 60.0),
     ("o1-mini", 3.0, 12.0),
+    ("text-embedding-3-small", 0.02, 0.0),
+    ("text-embedding-3-large", 0.13, 0.0),
+    ("text-embedding-ada-002", 0.1, 0.0),
 ];
 const OPENAI_DEFAULT: (f64, f64) = (2.5, 10.0);
 

@@ -9,7 +9,8 @@
 //!
 //! A provider without a `secretRef` takes its key from the run's environment under the provider's
 //! conventional name (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`) when the pipeline or the run defines it, as
-//! the FlowMason documentation injects it (`spec.env` with a `secretKeyRef`); see [`keys_from_env`].
+//! the FlowMason documentation injects it (`spec.env` with a `secretKeyRef`), and its base URL from
+//! `ANTHROPIC_BASE_URL` / `OPENAI_BASE_URL` there when it sets none; see [`keys_from_env`].
 
 use serde_json::{Map, Value, json};
 
@@ -21,7 +22,20 @@ use crate::model::{ProviderSpec, ProvidersSpec};
 pub const PROVIDERS_FIELD: &str = "_providers";
 
 /// The components that call an LLM and so get [`PROVIDERS_FIELD`].
-pub const LLM_COMPONENTS: &[&str] = &["generator", "critic", "summarizer", "chat"];
+pub const LLM_COMPONENTS: &[&str] = &[
+    "generator",
+    "critic",
+    "summarizer",
+    "chat",
+    "improver",
+    "selector",
+    "rewriter",
+    "translator",
+    "analyzer",
+    "combiner",
+    "synthesizer",
+    "embedder",
+];
 
 /// An LLM API we speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +91,14 @@ impl ProviderKind {
         }
     }
 
+    /// The official SDKs' variable of the provider's base URL, read from the run's `env` like the key.
+    pub fn base_url_var(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "ANTHROPIC_BASE_URL",
+            ProviderKind::OpenAi => "OPENAI_BASE_URL",
+        }
+    }
+
     fn spec(self, providers: &ProvidersSpec) -> Option<&ProviderSpec> {
         match self {
             ProviderKind::Anthropic => providers.anthropic.as_ref(),
@@ -128,18 +150,24 @@ pub fn plan_providers(providers: &ProvidersSpec) -> (Vec<EnvRef>, Value) {
 /// gets one entry per provider whose variable is defined. Secret-sourced values stay references, resolved
 /// and masked like any other. Applied after the run's `env` overrides, so a run may bring the key.
 pub fn keys_from_env(plan: &mut PlanSpec) {
-    let defined: Vec<ProviderKind> = ProviderKind::ALL
+    let in_env =
+        |var: &str| plan.env.contains_key(var) || plan.env_from.iter().any(|r| r.name == var);
+    // Per provider: whether the run's env defines its key variable and its base URL variable.
+    let defined: Vec<(ProviderKind, bool, bool)> = ProviderKind::ALL
         .into_iter()
-        .filter(|k| {
-            let var = k.conventional_key_var();
-            plan.env.contains_key(var) || plan.env_from.iter().any(|r| r.name == var)
+        .map(|k| {
+            (
+                k,
+                in_env(k.conventional_key_var()),
+                in_env(k.base_url_var()),
+            )
         })
+        .filter(|(_, key, url)| *key || *url)
         .collect();
     if defined.is_empty() {
         return;
     }
-    let key =
-        |kind: ProviderKind| Value::String(format!("{{{{env.{}}}}}", kind.conventional_key_var()));
+    let template = |var: &str| Value::String(format!("{{{{env.{var}}}}}"));
     for stage in plan
         .stages
         .iter_mut()
@@ -152,16 +180,25 @@ pub fn keys_from_env(plan: &mut PlanSpec) {
                 Value::Object(
                     defined
                         .iter()
-                        .map(|k| (k.name().to_string(), json!({})))
+                        .map(|(k, _, _)| (k.name().to_string(), json!({})))
                         .collect(),
                 )
             });
         let Value::Object(field) = field else {
             continue;
         };
-        for kind in &defined {
+        for (kind, key, url) in &defined {
             if let Some(Value::Object(entry)) = field.get_mut(kind.name()) {
-                entry.entry("apiKey").or_insert_with(|| key(*kind));
+                if *key {
+                    entry
+                        .entry("apiKey")
+                        .or_insert_with(|| template(kind.conventional_key_var()));
+                }
+                if *url {
+                    entry
+                        .entry("baseUrl")
+                        .or_insert_with(|| template(kind.base_url_var()));
+                }
             }
         }
     }
@@ -370,6 +407,13 @@ mod tests {
         assert_eq!(
             plan.stages[0].input_mapping[PROVIDERS_FIELD],
             json!({"anthropic": {"apiKey": "{{env.ANTHROPIC_API_KEY}}"}})
+        );
+        // The SDK's base URL variable too.
+        let mut plan = llm_plan(None, &["OPENAI_BASE_URL"]);
+        keys_from_env(&mut plan);
+        assert_eq!(
+            plan.stages[0].input_mapping[PROVIDERS_FIELD],
+            json!({"openai": {"baseUrl": "{{env.OPENAI_BASE_URL}}"}})
         );
         // Nothing defined: nothing changes.
         let mut plan = llm_plan(None, &[]);

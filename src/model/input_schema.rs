@@ -1,7 +1,8 @@
 //! A Pipeline's `inputSchema`: a JSON Schema (Draft 7, no remote references) of its run inputs. The
 //! schema itself is checked when the pipeline is validated, and a run's inputs are checked before the
 //! run starts, so that a run with wrong inputs fails at once naming each input, instead of in whichever
-//! stage first reads it.
+//! stage first reads it. Missing inputs whose schema property has a `default` get it when the run
+//! starts, as JSON Schema users expect and FlowMason's templates assume.
 
 use serde_json::{Map, Value};
 
@@ -15,6 +16,24 @@ pub fn schema_problem(schema: &Map<String, Value>) -> Option<String> {
 pub fn check(schema: &Map<String, Value>, inputs: &Value) -> Vec<String> {
     flowmason_actors::schema::problems(&Value::Object(schema.clone()), inputs, "inputs")
         .unwrap_or_else(|problem| vec![format!("inputSchema: {problem}")])
+}
+
+/// Sets each top-level input that is missing (or `null`) to its property's `default` in `schema`.
+/// Inputs that are not an object are left as they are (the schema check reports them).
+pub fn apply_defaults(schema: &Map<String, Value>, inputs: &mut Value) {
+    let (Some(properties), Value::Object(inputs)) =
+        (schema.get("properties").and_then(Value::as_object), inputs)
+    else {
+        return;
+    };
+    for (name, property) in properties {
+        let Some(default) = property.get("default") else {
+            continue;
+        };
+        if inputs.get(name).is_none_or(Value::is_null) {
+            inputs.insert(name.clone(), default.clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +88,20 @@ mod tests {
             missing[0].contains("\"name\" is a required property"),
             "{missing:?}"
         );
+    }
+
+    #[test]
+    fn missing_inputs_get_their_defaults() {
+        let schema = json!({"type": "object", "properties": {
+            "tone": {"type": "string", "default": "warm"},
+            "n": {"type": "integer", "default": 3},
+            "name": {"type": "string"}}})
+        .as_object()
+        .expect("object")
+        .clone();
+        let mut inputs = json!({"n": 5, "tone": null});
+        apply_defaults(&schema, &mut inputs);
+        assert_eq!(inputs, json!({"n": 5, "tone": "warm"}));
     }
 
     #[test]

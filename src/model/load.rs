@@ -39,6 +39,9 @@ pub struct LoadedPipeline {
     /// Fields the schema does not declare (ignored when loading): typos such as `dependOn`. Always
     /// empty for a FlowMason `pipeline.json`, which has no CRD schema.
     pub unknown_fields: Vec<UnknownField>,
+    /// Annotations for the deployed Pipeline: a resource's own, or a FlowMason file's catalogue fields
+    /// (`category`, `tags`, `difficulty`).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a pipeline document could not be loaded. Every variant names the file (`origin`).
@@ -134,6 +137,7 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
             name,
             namespace: pipeline.metadata.namespace.clone(),
             sample_input: pipeline.spec.sample_input.clone(),
+            annotations: pipeline.metadata.annotations.clone().unwrap_or_default(),
             spec: pipeline.spec,
             format: SourceFormat::Resource,
             unknown_fields: pipeline_unknown_fields(&doc),
@@ -154,6 +158,7 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
             spec,
             format: SourceFormat::FlowMason,
             unknown_fields: Vec::new(),
+            annotations: original.annotations(),
         });
     }
     let spec: PipelineSpec = parse(text, origin, json)?;
@@ -164,6 +169,7 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
         spec,
         format: SourceFormat::Spec,
         unknown_fields: pipeline_spec_unknown_fields(&doc),
+        annotations: Default::default(),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod flowmason_json;
 pub mod input_schema;
 pub mod load;
 pub mod policy;
+pub mod project;
 pub mod unknown_fields;
 pub mod upstream;
 pub mod validate;

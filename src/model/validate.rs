@@ -10,6 +10,9 @@ use std::sync::LazyLock;
 
 use serde_json::Value;
 
+use flowmason_actors::canonical_name;
+
+use crate::components::output_fields;
 use flowmason_actors::component::Registry;
 use flowmason_actors::plan::{
     DEFAULT_PARALLELISM, EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan,
@@ -119,7 +122,41 @@ pub fn validate(
             errors.push(ValidationError::new(field, problem));
         }
     }
+    check_sample_input(spec, &mut errors);
     errors
+}
+
+/// The example inputs (`sampleInput`, FlowMason's `example_input`) must satisfy the `inputSchema`, with
+/// its defaults applied as a run would: a run started without inputs uses them.
+fn check_sample_input(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
+    let (Some(schema), Some(sample)) = (&spec.input_schema, &spec.sample_input) else {
+        return;
+    };
+    if super::input_schema::schema_problem(schema).is_some() {
+        return;
+    }
+    let mut sample = sample.clone();
+    super::input_schema::apply_defaults(schema, &mut sample);
+    for (field, key) in input_reads(spec) {
+        if sample.get(&key).is_none() {
+            errors.push(ValidationError::new(
+                "sampleInput",
+                format!(
+                    "the example input lacks {key:?}, which {field} reads (and inputSchema gives it no default)"
+                ),
+            ));
+        }
+    }
+    for problem in super::input_schema::check(schema, &sample) {
+        let problem = problem.strip_prefix("inputs").unwrap_or(&problem);
+        errors.push(ValidationError::new(
+            format!("sampleInput{}", problem.split(':').next().unwrap_or("")),
+            format!(
+                "the example input does not satisfy inputSchema:{}",
+                problem.split_once(':').map_or("", |(_, m)| m)
+            ),
+        ));
+    }
 }
 
 /// The schedule and the webhook path, checked as the trigger manager would use them, so that a Pipeline
@@ -223,7 +260,7 @@ fn check_owned_stages(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     for (i, stage) in spec.stages.iter().enumerate() {
         let Some((_, fields)) = STAGE_LIST_FIELDS
             .iter()
-            .find(|(c, _)| *c == stage.component_type)
+            .find(|(c, _)| *c == canonical_name(&stage.component_type))
         else {
             continue;
         };
@@ -314,7 +351,9 @@ fn check_nesting(i: usize, stage: &StageSpec, errors: &mut Vec<ValidationError>)
     let Some(config) = &stage.config else {
         return;
     };
-    for (field, message) in crate::components::nesting::problems(&stage.component_type, config) {
+    for (field, message) in
+        crate::components::nesting::problems(&canonical_name(&stage.component_type), config)
+    {
         errors.push(ValidationError::new(
             format!("stages[{i}].config.{field}"),
             format!("{message} (stage {:?})", stage.id),
@@ -361,7 +400,7 @@ fn check_component(
         ));
         return;
     }
-    if known(name) {
+    if known(name) || known(&canonical_name(name)) {
         return;
     }
     let normalised = name.trim().to_ascii_lowercase().replace('-', "_");
@@ -421,7 +460,8 @@ pub fn to_plan(spec: &PipelineSpec) -> Result<PlanSpec, Vec<ValidationError>> {
         );
         stages.push(StagePlan {
             id: stage.id.clone(),
-            component: stage.component_type.clone(),
+            // The hyphenated spelling FlowMason writes (`http-request`) plans as the registered name.
+            component: canonical_name(&stage.component_type),
             depends_on: stage.depends_on.clone(),
             config: stage
                 .config
@@ -692,7 +732,7 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
         || spec.env.iter().any(|e| {
             crate::llm::providers::ProviderKind::ALL
                 .iter()
-                .any(|k| e.name == k.conventional_key_var())
+                .any(|k| e.name == k.conventional_key_var() || e.name == k.base_url_var())
         });
     for (i, stage) in spec.stages.iter().enumerate() {
         let configured_by_hand = stage
@@ -700,14 +740,14 @@ fn check_optional_fields(spec: &PipelineSpec, errors: &mut Vec<ValidationError>)
             .as_ref()
             .is_some_and(|c| c.contains_key(PROVIDERS_FIELD))
             || stage.input_mapping.contains_key(PROVIDERS_FIELD);
-        if LLM_COMPONENTS.contains(&stage.component_type.as_str())
+        if LLM_COMPONENTS.contains(&canonical_name(&stage.component_type).as_str())
             && !has_provider
             && !configured_by_hand
         {
             errors.push(ValidationError::new(
                 format!("stages[{i}].componentType"),
                 format!(
-                    "{} calls an LLM: set providers.anthropic or providers.openai (or ANTHROPIC_API_KEY / OPENAI_API_KEY in env)",
+                    "{} calls an LLM and no provider is set: set providers.anthropic or providers.openai in the pipeline or in its project's flowmason.json, or ANTHROPIC_API_KEY / OPENAI_API_KEY in env (for fm run, in its environment)",
                     stage.component_type
                 ),
             ));
@@ -764,6 +804,11 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
     use flowmason_actors::template::{Root, references_at};
 
     let ids: BTreeSet<&str> = spec.stages.iter().map(|s| s.id.as_str()).collect();
+    let components: BTreeMap<&str, String> = spec
+        .stages
+        .iter()
+        .map(|s| (s.id.as_str(), canonical_name(&s.component_type)))
+        .collect();
     let mut checks = UpstreamChecks::default();
     for (i, stage) in spec.stages.iter().enumerate() {
         let mut values: Vec<(String, Value)> = Vec::new();
@@ -782,10 +827,9 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
             let refs = match references_at(&value, &field) {
                 Ok(refs) => refs,
                 Err(e) => {
-                    checks.fail(ValidationError::new(
-                        e.field(),
-                        strip_field(&e.to_string(), e.field()),
-                    ));
+                    let message = expression_problem(e.template())
+                        .unwrap_or_else(|| strip_field(&e.to_string(), e.field()));
+                    checks.fail(ValidationError::new(e.field(), message));
                     continue;
                 }
             };
@@ -799,6 +843,22 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
                     .is_some()
                 {
                     continue;
+                }
+                if let (Some(read), Some(fields)) = (
+                    r.path.first(),
+                    components
+                        .get(target.as_str())
+                        .and_then(|c| output_fields(c)),
+                ) && !fields.contains(&read.as_str())
+                {
+                    checks.fail(ValidationError::new(
+                        r.field.clone(),
+                        format!(
+                            "template reads {read:?} of stage {target:?}, whose {} output has no such field (its fields: {})",
+                            components[target.as_str()],
+                            fields.join(", ")
+                        ),
+                    ));
                 }
                 match ids.get(target.as_str()) {
                     None => checks.fail(ValidationError::new(
@@ -820,6 +880,57 @@ fn check_templates(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
         }
     }
     checks.resolve(&spec.stages, errors);
+}
+
+/// The top-level inputs the stages' templates read (`{{input.topic}}`), each with the first field that
+/// reads it.
+fn input_reads(spec: &PipelineSpec) -> Vec<(String, String)> {
+    use flowmason_actors::template::{Root, references_at};
+    let mut reads: BTreeMap<String, String> = BTreeMap::new();
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let Some(config) = &stage.config else {
+            continue;
+        };
+        let field = format!("stages[{i}].config");
+        let Ok(refs) = references_at(&Value::Object(config.clone()), &field) else {
+            continue;
+        };
+        for r in refs {
+            if let (Root::Input, Some(key)) = (&r.root, r.path.first()) {
+                reads.entry(key.clone()).or_insert(r.field.clone());
+            }
+        }
+    }
+    reads.into_iter().map(|(key, field)| (field, key)).collect()
+}
+
+/// What is wrong with a template that holds an expression (a call such as `len(input.x)` or `now()`,
+/// an operator, a conditional) rather than a path: FlowMason's templates hold such expressions, which its
+/// engine cannot evaluate either. `None` for a template that is a malformed path.
+fn expression_problem(template: &str) -> Option<String> {
+    let inner = template
+        .trim()
+        .strip_prefix("{{")
+        .and_then(|t| t.strip_suffix("}}"))
+        .unwrap_or(template)
+        .trim();
+    let call = inner.find('(').filter(|&i| {
+        inner[..i]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    let what = if call.is_some() {
+        "a function call"
+    } else if inner.contains(' ') {
+        "an expression"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "template {template} is {what}, not a template: templates are paths only ({{{{input.<field>}}}}, \
+         {{{{upstream.<stage>.<field>}}}}, {{{{env.<NAME>}}}}, {{{{context.<field>}}}}, with .field and [index] steps); \
+         compute values in a json_transform stage (jq or JMESPath) or an expression-taking component"
+    ))
 }
 
 /// A template error's message without its leading "field: ", which `ValidationError` carries separately.
@@ -918,6 +1029,46 @@ mod tests {
     }
 
     #[test]
+    fn flowmason_defects_are_named_expressions_missing_output_fields_and_example_inputs() {
+        let mut write = stage("write", "generator", &[]);
+        write.config = serde_json::json!({"prompt": "{{len(input.items)}} at {{input.when}}"})
+            .as_object()
+            .cloned();
+        let mut polish = stage("polish", "improver", &["write"]);
+        polish.config = serde_json::json!({"content": "{{upstream.write.text}}", "feedback": "f"})
+            .as_object()
+            .cloned();
+        let mut s = spec(vec![write, polish]);
+        s.input_schema = serde_json::json!({"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array"}, "when": {"type": "string"}}})
+        .as_object()
+        .cloned();
+        s.sample_input = Some(serde_json::json!({"topic": "x"}));
+        let problems = messages(&validate(&s, &known));
+        for expected in [
+            "stages[0].config.prompt: template {{len(input.items)}} is a function call, not a template",
+            "stages[1].config.content: template reads \"text\" of stage \"write\", whose generator output has no such field (its fields: content, tokens_used, finish_reason, model, usage)",
+            "sampleInput: the example input does not satisfy inputSchema: \"items\" is a required property",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected} not in {problems:?}"
+            );
+        }
+        let mut write = stage("write", "generator", &[]);
+        write.config = serde_json::json!({"prompt": "at {{input.when}}"})
+            .as_object()
+            .cloned();
+        let mut s2 = spec(vec![write]);
+        s2.input_schema = s.input_schema.clone();
+        s2.sample_input = Some(serde_json::json!({"items": []}));
+        assert!(
+            messages(&validate(&s2, &known)).iter().any(|p| p
+                == "sampleInput: the example input lacks \"when\", which stages[0].config.prompt reads (and inputSchema gives it no default)"),
+        );
+    }
+
+    #[test]
     fn a_broken_input_schema_is_a_problem_of_the_pipeline() {
         let mut spec: PipelineSpec = serde_json::from_value(serde_json::json!({
             "stages": [{"id": "a", "componentType": "noop"}],
@@ -1001,16 +1152,20 @@ mod tests {
 
     #[test]
     fn unknown_component_lists_known_ones_or_suggests() {
+        // FlowMason's hyphenated spelling is the registered component, whose config is checked.
+        let mut d = stage("d", "json-transform", &[]);
+        d.config = serde_json::json!({"data": {"x": 1}}).as_object().cloned();
         let s = spec(vec![
             stage("a", "htp", &[]),
-            stage("b", "http-request", &[]),
+            stage("b", "HTTP-Request", &[]),
             stage("c", "", &[]),
+            d,
         ]);
         assert_eq!(
             messages(&validate(&s, &known)),
             vec![
                 "stages[0].componentType: unknown component \"htp\" (known components include http_request, json_transform, generator, noop)",
-                "stages[1].componentType: unknown component \"http-request\" (did you mean \"http_request\"?)",
+                "stages[1].componentType: unknown component \"HTTP-Request\" (did you mean \"http_request\"?)",
                 "stages[2].componentType: required (stage \"c\")",
             ]
         );

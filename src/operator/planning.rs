@@ -392,11 +392,13 @@ pub fn resolve_inputs(
     check_inputs(spec, inputs)
 }
 
-/// The inputs, if they match the Pipeline's `inputSchema` (no schema: any inputs).
-fn check_inputs(spec: &PipelineSpec, inputs: Value) -> Result<Value, Problem> {
+/// The inputs with the `inputSchema`'s defaults for those missing, if they match it (no schema: any
+/// inputs).
+fn check_inputs(spec: &PipelineSpec, mut inputs: Value) -> Result<Value, Problem> {
     let Some(schema) = &spec.input_schema else {
         return Ok(inputs);
     };
+    crate::model::input_schema::apply_defaults(schema, &mut inputs);
     let problems = crate::model::input_schema::check(schema, &inputs);
     if problems.is_empty() {
         Ok(inputs)
