@@ -1,5 +1,6 @@
 //! Built-in components: FlowMason's core operators, its LLM nodes (`generator`, `critic`, `summarizer`,
-//! `chat`, calling the providers of `crate::llm`), plus `delay` and `noop`.
+//! `chat`, calling the providers of `crate::llm`), its connectors (`local_file`, `postgres`, `redis`,
+//! `s3`; `mongodb` registered as not available), plus `delay` and `noop`.
 //!
 //! Each component receives the stage's rendered input (its `config` with templates resolved and
 //! `inputMapping` applied, see `flowmason_actors::template::build_input`), which must be a JSON object.
@@ -34,6 +35,14 @@ pub mod switch_router;
 pub mod trycatch;
 pub mod variable_set;
 
+// Connectors (issue 17): local_file, postgres, redis, s3, mongodb.
+pub mod connector;
+pub mod local_file;
+pub mod mongodb;
+pub mod postgres;
+pub mod redis;
+pub mod s3;
+
 pub use chat::Chat;
 pub use conditional::Conditional;
 pub use critic::Critic;
@@ -52,6 +61,12 @@ pub use summarizer::Summarizer;
 pub use switch_router::SwitchRouter;
 pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
+
+pub use self::redis::Redis;
+pub use local_file::LocalFile;
+pub use mongodb::MongoDb;
+pub use postgres::Postgres;
+pub use s3::S3;
 
 /// Every built-in component, under its FlowMason name (`componentType`). `subpipeline` finds no
 /// pipelines here; use [`registry_with_resolver`] to give it some.
@@ -81,6 +96,13 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(trycatch::NAME, TryCatch)
         .register(subpipeline::NAME, SubPipeline::new(resolver))
         .register(http_request::NAME, HttpRequest::new());
+    // Connectors.
+    registry
+        .register(local_file::NAME, LocalFile::from_process())
+        .register(postgres::NAME, Postgres)
+        .register(redis::NAME, Redis)
+        .register(s3::NAME, S3::new())
+        .register(mongodb::NAME, MongoDb);
     registry
 }
 
@@ -283,9 +305,14 @@ mod tests {
                 "generator",
                 "http_request",
                 "json_transform",
+                "local_file",
                 "logger",
+                "mongodb",
                 "noop",
+                "postgres",
+                "redis",
                 "router",
+                "s3",
                 "schema_validate",
                 "subpipeline",
                 "summarizer",
