@@ -479,6 +479,7 @@ fn to_sql(ty: &Type, value: &Value) -> Result<Param, String> {
             Value::String(s) => Box::new(s.clone()),
             other => Box::new(super::router::py_str(other)),
         },
+        Type::NUMERIC => Box::new(NumericParam::from_json(value).ok_or_else(wrong)?),
         Type::JSON | Type::JSONB => Box::new(value.clone()),
         Type::UUID => Box::new(text()?.parse::<uuid::Uuid>().map_err(|e| e.to_string())?),
         Type::TIMESTAMPTZ => Box::new(
@@ -524,6 +525,7 @@ fn null_of(ty: &Type) -> Option<Param> {
         Type::FLOAT4 => Box::new(Option::<f32>::None),
         Type::FLOAT8 => Box::new(Option::<f64>::None),
         Type::JSON | Type::JSONB => Box::new(Option::<Value>::None),
+        Type::NUMERIC => Box::new(Option::<NumericParam>::None),
         Type::UUID => Box::new(Option::<uuid::Uuid>::None),
         Type::TIMESTAMPTZ => Box::new(Option::<chrono::DateTime<chrono::Utc>>::None),
         Type::TIMESTAMP => Box::new(Option::<chrono::NaiveDateTime>::None),
@@ -649,6 +651,94 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Numeric {
     }
 }
 
+/// A JSON number (or numeric text) sent as a `numeric` parameter, in PostgreSQL's binary form: base-10000
+/// digit groups around the decimal point, exactly as written (no float rounding).
+#[derive(Debug)]
+struct NumericParam {
+    negative: bool,
+    /// The digits before and after the decimal point.
+    whole: String,
+    fraction: String,
+}
+
+impl NumericParam {
+    fn from_json(value: &Value) -> Option<Self> {
+        let text = match value {
+            // Rust prints floats without an exponent, so `1e20` becomes plain digits.
+            Value::Number(n) if n.to_string().contains(['e', 'E']) => format!("{}", n.as_f64()?),
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.trim().to_string(),
+            _ => return None,
+        };
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() && fraction.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+            return None;
+        }
+        Some(NumericParam {
+            negative,
+            whole: whole.trim_start_matches('0').to_string(),
+            fraction: fraction.to_string(),
+        })
+    }
+}
+
+impl tokio_postgres::types::ToSql for NumericParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut tokio_postgres::types::private::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // Whole digits padded on the left and fraction digits on the right to groups of four.
+        let pad = (4 - self.whole.len() % 4) % 4;
+        let whole = format!("{}{}", "0".repeat(pad), self.whole);
+        let frac_pad = (4 - self.fraction.len() % 4) % 4;
+        let fraction = format!("{}{}", self.fraction, "0".repeat(frac_pad));
+        let group = |s: &str| s.parse::<i16>().unwrap_or(0);
+        let mut groups: Vec<i16> = whole
+            .as_bytes()
+            .chunks(4)
+            .chain(fraction.as_bytes().chunks(4))
+            .map(|c| group(std::str::from_utf8(c).unwrap_or("0")))
+            .collect();
+        let mut weight = (whole.len() / 4) as i32 - 1;
+        while groups.first() == Some(&0) {
+            groups.remove(0);
+            weight -= 1;
+        }
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        if groups.is_empty() {
+            weight = 0;
+        }
+        let sign: u16 = if self.negative && !groups.is_empty() {
+            0x4000
+        } else {
+            0
+        };
+        let scale = self.fraction.len() as u16;
+        out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+        out.extend_from_slice(&(weight as i16).to_be_bytes());
+        out.extend_from_slice(&sign.to_be_bytes());
+        out.extend_from_slice(&scale.to_be_bytes());
+        for g in groups {
+            out.extend_from_slice(&g.to_be_bytes());
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 /// A driver error as a stage error: the server's own message, and a class for retries.
 fn db_error(action: &str, e: &tokio_postgres::Error) -> ComponentError {
     let Some(db) = e.as_db_error() else {
@@ -737,6 +827,26 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn numeric_parameters_encode_as_postgres_reads_them() {
+        use tokio_postgres::types::{FromSql as _, ToSql as _};
+        for (input, expected) in [
+            (json!(12.5), json!(12.5)),
+            (json!(3), json!(3)),
+            (json!(-100.25), json!(-100.25)),
+            (json!(0), json!(0)),
+            (json!("12345678.0001"), json!(12345678.0001)),
+            (json!(1e20), json!(100000000000000000000i128 as f64)),
+        ] {
+            let param = NumericParam::from_json(&input).expect("numeric");
+            let mut buf = tokio_postgres::types::private::BytesMut::new();
+            param.to_sql(&Type::NUMERIC, &mut buf).expect("encode");
+            let back = Numeric::from_sql(&Type::NUMERIC, &buf).expect("decode").0;
+            assert_eq!(back.as_f64(), expected.as_f64(), "{input}");
+        }
+        assert!(NumericParam::from_json(&json!("12a")).is_none());
     }
 
     #[test]

@@ -142,7 +142,23 @@ impl PgServer {
             .spawn()
             .expect("postgres starts");
         self.child = Some(child);
-        wait_listening("postgres", self.port);
+        // Listening is not ready: until recovery ends, connections are refused with 57P03.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(pg_bin("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .expect("pg_isready runs");
+            if ready.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not get ready on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn stop(&mut self) {
@@ -388,10 +404,8 @@ async fn postgres_slow_query_is_cancelled_on_the_server_when_the_stage_times_out
     )
     .await;
     assert_eq!(state.phase, RunPhase::Failed);
-    assert_eq!(
-        state.stages["slow"].error.as_ref().expect("error").class,
-        ErrorClass::Timeout
-    );
+    let error = state.stages["slow"].error.clone().expect("error");
+    assert_eq!(error.class, ErrorClass::Timeout, "{}", error.message);
     // Without the cancel request the server would sleep on for two minutes.
     let client = pg.client().await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -771,7 +785,11 @@ fn local_file_pipeline_runs_under_files_root_and_refuses_without_one() {
         .output()
         .expect("fm validate");
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stderr.contains("stages[0].config: local_file: `path` \"../etc/passwd\" contains `..`"),
         "{stderr}"
@@ -791,22 +809,26 @@ fn postgres_password_comes_from_a_secret_and_is_masked_and_a_literal_one_is_refu
     writeln!(f, "password={PG_PASSWORD}").expect("write");
     let pipeline = format!(
         r#"
-name: secret-db
-env:
-  - name: PGPASSWORD
-    valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
-stages:
-  - id: who
-    componentType: postgres
-    config:
-      operation: query
-      host: 127.0.0.1
-      port: {port}
-      user: {PG_USER}
-      database: postgres
-      password: "{{{{env.PGPASSWORD}}}}"
-      sql: "SELECT current_user AS name, $1::text AS echoed"
-      parameters: ["{{{{env.PGPASSWORD}}}}"]
+apiVersion: flowmason.io/v1
+kind: Pipeline
+metadata:
+  name: secret-db
+spec:
+  env:
+    - name: PGPASSWORD
+      valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
+  stages:
+    - id: who
+      componentType: postgres
+      config:
+        operation: query
+        host: 127.0.0.1
+        port: {port}
+        user: {PG_USER}
+        database: postgres
+        password: "{{{{env.PGPASSWORD}}}}"
+        sql: "SELECT current_user AS name, $1::text AS echoed"
+        parameters: ["{{{{env.PGPASSWORD}}}}"]
 "#,
         port = pg.port
     );
@@ -838,8 +860,8 @@ stages:
     assert!(!stdout.contains(PG_PASSWORD), "{stdout}");
 
     let literal = pipeline.replace(
-        "\"{{env.PGPASSWORD}}\"\n      sql",
-        "hunter2-literal\n      sql",
+        "\"{{env.PGPASSWORD}}\"\n        sql",
+        "hunter2-literal\n        sql",
     );
     assert!(literal.contains("hunter2-literal"));
     std::fs::write(&file, &literal).expect("pipeline");
@@ -849,7 +871,11 @@ stages:
         .output()
         .expect("fm validate");
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stderr.contains("stages[0].config: postgres: `password` holds a credential literally"),
         "{stderr}"
@@ -926,6 +952,7 @@ async fn s3(endpoint: &str, input: Value) -> Result<Value, ComponentError> {
 
 #[tokio::test]
 async fn s3_operations_give_flowmason_s_outputs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let moto = MotoServer::start();
     moto.create_bucket("reports").await;
     let e = moto.endpoint();
@@ -1038,10 +1065,11 @@ async fn s3_operations_give_flowmason_s_outputs() {
 
 #[actix_rt::test]
 async fn s3_credentials_from_env_and_a_stopped_server_is_retried_then_fails() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut moto = MotoServer::start();
-    moto.create_bucket("b").await;
+    moto.create_bucket("inbox").await;
     let f = fixture(builtin_registry());
-    let config = json!({"operation": "upload", "bucket": "b", "key": "k", "content": "v",
+    let config = json!({"operation": "upload", "bucket": "inbox", "key": "k", "content": "v",
         "endpoint_url": moto.endpoint(),
         "aws_access_key_id": "{{env.AWS_ACCESS_KEY_ID}}", "aws_secret_access_key": "{{env.AWS_SECRET_ACCESS_KEY}}"});
     let spec = with_env(
