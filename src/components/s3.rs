@@ -220,13 +220,13 @@ fn check_fields(op: &str, map: &Map<String, Value>) -> Result<(), ComponentError
         }
         _ => {}
     }
-    if let Some(Value::Object(meta)) = map.get("metadata") {
-        if let Some((k, v)) = meta.iter().find(|(_, v)| !v.is_string()) {
-            return Err(ComponentError::config(format!(
-                "{NAME}: `metadata.{k}` must be a string, got {}",
-                type_name(v)
-            )));
-        }
+    if let Some(Value::Object(meta)) = map.get("metadata")
+        && let Some((k, v)) = meta.iter().find(|(_, v)| !v.is_string())
+    {
+        return Err(ComponentError::config(format!(
+            "{NAME}: `metadata.{k}` must be a string, got {}",
+            type_name(v)
+        )));
     }
     if let Some(method) = opt_str(NAME, map, "http_method")?
         && !matches!(
