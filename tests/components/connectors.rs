@@ -245,6 +245,9 @@ async fn postgres_query_execute_bulk_insert_and_transaction_give_flowmason_s_out
         ("read", "postgres", pg.config(json!({"operation": "query",
             "sql": "SELECT * FROM orders WHERE total > $1 ORDER BY id", "parameters": ["{{input.min}}"],
             "fetch_size": 5}))),
+        ("first", "postgres", json!({"operation": "query",
+            "connection_string": format!("postgresql://{PG_USER}:{{{{env.PGPASSWORD}}}}@127.0.0.1:{}/postgres", pg.port),
+            "sql": "SELECT customer FROM orders ORDER BY id", "fetch_size": 1})),
     ]);
     let (state, _) = run(
         &f,
@@ -283,6 +286,10 @@ async fn postgres_query_execute_bulk_insert_and_transaction_give_flowmason_s_out
         read["metadata"]["query"],
         "SELECT * FROM orders WHERE total > $1 ORDER BY id"
     );
+    // The same server through a connection string whose password comes from env; fetch_size cuts.
+    let first = output(&state, "first");
+    assert_eq!(first["rows"], json!([{"customer": "ada"}]));
+    assert_eq!(first["row_count"], 1);
 }
 
 #[actix_rt::test]
