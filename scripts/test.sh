@@ -88,6 +88,25 @@ if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import flow
     target/pyenv/bin/pip install --quiet flowmason kubernetes
 fi
 
+# The connectors' tests in tests/components.rs start their own servers on loopback ports: PostgreSQL
+# (Debian's postgresql: initdb + postgres in a temp dir), Redis (Debian's redis-server) and an
+# S3-compatible server (moto's, from PyPI, into target/pyenv below).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null
+    fi
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+        echo "postgresql and redis-server are required by tests/components.rs: install those packages" >&2
+        exit 1
+    fi
+fi
+if [ ! -x target/pyenv/bin/moto_server ]; then
+    target/pyenv/bin/pip install --quiet 'moto[server]'
+fi
+
 # One target dir for every crate and test binary; tests run on the machine's cores.
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo test --workspace --locked

@@ -922,3 +922,6 @@ async fn cancelling_a_run_kills_its_runaway_jq_worker() {
     assert_eq!(state.phase, RunPhase::Cancelled);
     gone(pid).await;
 }
+
+#[path = "components/connectors.rs"]
+mod connectors;

@@ -46,6 +46,10 @@ pub struct Cli {
         default_value_t = flowmason_actors::limits::DEFAULT_MAX_OUTPUT_BYTES
     )]
     pub max_output_bytes: usize,
+    /// The directory `local_file` stages read and write under (paths relative to it, no escape through
+    /// `..`, absolute paths or symlinks). Without it, `local_file` stages fail.
+    #[arg(long, global = true, env = "FM_FILES_ROOT", value_name = "DIR")]
+    pub files_root: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -426,6 +430,10 @@ fn object_names(value: &serde_json::Value) -> Vec<String> {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     use crate::components::eval_worker::{self, WorkerLimits};
     flowmason_actors::limits::set_max_output_bytes(cli.max_output_bytes);
+    if let Some(root) = &cli.files_root {
+        crate::components::local_file::set_files_root(root)
+            .with_context(|| format!("--files-root {}", root.display()))?;
+    }
     if let Command::EvalWorker(args) = &cli.command {
         let limits = WorkerLimits {
             memory_bytes: args.memory_bytes,

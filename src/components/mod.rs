@@ -1,6 +1,7 @@
 //! Built-in components: FlowMason's core operators, its LLM nodes (`generator`, `critic`, `summarizer`,
 //! `chat`, `improver`, `selector`, `rewriter`, `translator`, `analyzer`, `combiner`, `synthesizer`,
-//! `embedder`, calling the providers of `crate::llm`), plus `delay` and `noop`.
+//! `embedder`, calling the providers of `crate::llm`), its connectors (`local_file`, `postgres`, `redis`,
+//! `s3`; `mongodb` registered as not available), plus `delay` and `noop`.
 //!
 //! Each component receives the stage's rendered input (its `config` with templates resolved and
 //! `inputMapping` applied, see `flowmason_actors::template::build_input`), which must be a JSON object.
@@ -43,6 +44,14 @@ pub mod translator;
 pub mod trycatch;
 pub mod variable_set;
 
+// Connectors (issue 17): local_file, postgres, redis, s3, mongodb.
+pub mod connector;
+pub mod local_file;
+pub mod mongodb;
+pub mod postgres;
+pub mod redis;
+pub mod s3;
+
 pub use analyzer::Analyzer;
 pub use chat::Chat;
 pub use combiner::Combiner;
@@ -69,6 +78,12 @@ pub use synthesizer::Synthesizer;
 pub use translator::Translator;
 pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
+
+pub use self::redis::Redis;
+pub use local_file::LocalFile;
+pub use mongodb::MongoDb;
+pub use postgres::Postgres;
+pub use s3::S3;
 
 /// Every built-in component, under its FlowMason name (`componentType`). `subpipeline` finds no
 /// pipelines here; use [`registry_with_resolver`] to give it some.
@@ -98,6 +113,13 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(trycatch::NAME, TryCatch)
         .register(subpipeline::NAME, SubPipeline::new(resolver))
         .register(http_request::NAME, HttpRequest::new());
+    // Connectors.
+    registry
+        .register(local_file::NAME, LocalFile::from_process())
+        .register(postgres::NAME, Postgres)
+        .register(redis::NAME, Redis)
+        .register(s3::NAME, S3::new())
+        .register(mongodb::NAME, MongoDb);
     // LLM nodes of issue 17.
     registry
         .register(improver::NAME, Improver)
@@ -395,10 +417,15 @@ mod tests {
                 "http_request",
                 "improver",
                 "json_transform",
+                "local_file",
                 "logger",
+                "mongodb",
                 "noop",
+                "postgres",
+                "redis",
                 "rewriter",
                 "router",
+                "s3",
                 "schema_validate",
                 "selector",
                 "subpipeline",
