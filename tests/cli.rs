@@ -1103,6 +1103,15 @@ spec:
         "{}",
         text(&out.stdout)
     );
+    // fm run refuses the same file before anything runs, instead of running `a` without its meaning.
+    let out = run_fm(&["run", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("spec.stages[1].dependOn: unknown field; did you mean \"dependsOn\"?")
+            && stderr.contains("nothing was run"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -44,6 +44,28 @@ pub struct FlowMasonPipeline {
     pub difficulty: Option<String>,
 }
 
+impl FlowMasonPipeline {
+    /// Every top-level name this format reads (with its aliases).
+    pub const FIELDS: &'static [&'static str] = &[
+        "name",
+        "version",
+        "description",
+        "stages",
+        "output_stage_id",
+        "outputStageId",
+        "input_schema",
+        "inputSchema",
+        "output_schema",
+        "outputSchema",
+        "sample_input",
+        "sampleInput",
+        "example_input",
+        "category",
+        "tags",
+        "difficulty",
+    ];
+}
+
 /// The annotation keys of the studio's catalogue fields.
 pub const CATEGORY_ANNOTATION: &str = "flowmason.io/category";
 pub const TAGS_ANNOTATION: &str = "flowmason.io/tags";

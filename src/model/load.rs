@@ -144,6 +144,16 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
         });
     }
     if looks_like_flowmason(map) {
+        if let Some(field) = spec_only_fields(map).first() {
+            return Err(LoadError::NotAPipeline {
+                origin: origin.to_string(),
+                message: format!(
+                    "{field}: a field of a pipeline spec, not of a FlowMason pipeline.json (this file is read as \
+                     one because it has a top-level `name`); it would be ignored: drop `name` to write a bare \
+                     spec (named after the file), or write a Pipeline resource with the name in metadata"
+                ),
+            });
+        }
         let original: FlowMasonPipeline = parse(text, origin, json)?;
         let spec = original.to_spec();
         let name = if original.name.trim().is_empty() {
@@ -171,6 +181,22 @@ pub fn load_pipeline_str(text: &str, origin: &str) -> Result<LoadedPipeline, Loa
         unknown_fields: pipeline_spec_unknown_fields(&doc),
         annotations: Default::default(),
     })
+}
+
+/// Top-level fields of `doc` that a pipeline spec declares and a FlowMason pipeline.json does not
+/// (`env`, `schedule`, `parallelism`, ...): in a document read as pipeline.json they would be lost
+/// without a word.
+fn spec_only_fields(doc: &serde_json::Map<String, Value>) -> Vec<String> {
+    let Some(spec) = super::unknown_fields::pipeline_schema()
+        .pointer("/properties/spec/properties")
+        .and_then(Value::as_object)
+    else {
+        return Vec::new();
+    };
+    doc.keys()
+        .filter(|k| spec.contains_key(k.as_str()) && !FlowMasonPipeline::FIELDS.contains(&k.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Any error while reading a document as a plain value is a syntax error, whatever path it was at.
@@ -491,6 +517,19 @@ spec:
             err.to_string(),
             "list.yaml: expected a Pipeline, a pipeline spec or a FlowMason pipeline.json object, got a list"
         );
+    }
+
+    #[test]
+    fn spec_fields_in_a_document_read_as_flowmason_json_are_refused_not_dropped() {
+        let text = "name: pg\nenv:\n  - {name: PGPASSWORD, valueFrom: {secretKeyRef: {name: s, key: k}}}\nstages:\n  - {id: a, componentType: noop}\n";
+        let err = load_pipeline_str(text, "pg.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains("env: a field of a pipeline spec, not of a FlowMason pipeline.json"),
+            "{err}"
+        );
+        // FlowMason's own fields (and a pipeline.json without spec fields) still load.
+        let text = r#"{"name": "p", "description": "d", "stages": [{"id": "a", "component_type": "noop"}]}"#;
+        assert_eq!(load_pipeline_str(text, "p.json").expect("pipeline.json").name, "p");
     }
 
     #[test]
