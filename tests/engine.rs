@@ -1018,6 +1018,40 @@ async fn resume_fails_a_run_whose_plan_cannot_be_read() {
     );
 }
 
+/// The observer (metrics, NATS lifecycle) sees a run that resume ends `Failed` because its record cannot
+/// be used, as it sees every other run's end.
+#[actix_rt::test]
+async fn the_observer_sees_the_failure_of_a_run_whose_plan_cannot_be_resumed() {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let f = fixture_full(
+        Durability::Batch,
+        EngineConfig {
+            observer: Some(Arc::new(move |o: &flowmason_actors::Observation<'_>| {
+                if let Ok(mut seen) = sink.lock() {
+                    seen.push(format!("{} {:?}", o.event.kind.name(), o.before.phase));
+                }
+            })),
+            ..EngineConfig::default()
+        },
+    );
+    let run = uuid::Uuid::now_v7();
+    f.store
+        .append_durable(
+            run,
+            vec![accepted(json!({ "stages": "not a list" }), 0, None)],
+        )
+        .await
+        .expect("append");
+    assert!(f.engine.resume_all().await.expect("resume").is_empty());
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("RunFailed Pending"),
+        "{seen:?}"
+    );
+}
+
 #[actix_rt::test]
 async fn every_run_gets_exactly_one_terminal_event_under_concurrency() {
     let f = fixture_with(Durability::Always);
