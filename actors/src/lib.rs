@@ -4,6 +4,7 @@
 
 pub mod component;
 pub mod engine;
+mod journal;
 pub mod limits;
 pub mod nested;
 pub mod plan;
@@ -17,8 +18,9 @@ pub use component::{
     Component, ComponentError, ComponentOutput, LogLine, Registry, RunView, StageContext,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, Rejection,
-    ResolvedEnv, Reuse, ReusedStage, RunHandle, RunRequest,
+    Engine, EngineConfig, EnvResolver, Rejection, ResolvedEnv, Reuse, ReusedStage, RunHandle,
+    RunRequest,
 };
+pub use journal::{EngineError, EventObserver, Observation};
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;

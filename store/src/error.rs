@@ -61,3 +61,10 @@ pub enum StoreError {
     #[error("event store is closed")]
     Closed,
 }
+
+impl StoreError {
+    /// Whether an append was refused because the run had already ended (another path ended it first).
+    pub fn is_run_ended(&self) -> bool {
+        matches!(self, StoreError::RunEnded { .. })
+    }
+}
