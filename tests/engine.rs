@@ -835,6 +835,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                 EventKind::StageStarted {
                     stage: "a".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
                 EventKind::StageSucceeded {
                     stage: "a".into(),
@@ -846,6 +847,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                 EventKind::StageStarted {
                     stage: "b".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
             ],
         )
@@ -906,6 +908,7 @@ async fn cancel_unfinished_ends_an_orphaned_run_without_running_it_and_leaves_ot
                 EventKind::StageStarted {
                     stage: "a".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
             ],
         )
@@ -1167,6 +1170,42 @@ async fn secret_values_are_masked_in_every_recorded_event() {
     assert!(log.contains("Bearer ***"));
     let status = serde_json::to_string(&state).expect("serialize");
     assert!(!status.contains(SECRET));
+}
+
+#[actix_rt::test]
+async fn each_attempt_records_its_rendered_input_with_secrets_masked() {
+    let f = fixture_env(secret_env(Arc::new(AtomicU32::new(0))));
+    let mut b = with_config(
+        stage("b", "echo", &["a"]),
+        json!({ "greeting": "hi {{input.name}}", "key": "{{env.API_KEY}}" }),
+    );
+    b.input_mapping
+        .insert("upstream".into(), json!("{{upstream.a.v}}"));
+    let spec = plan(vec![
+        with_config(stage("a", "echo", &[]), json!({ "v": 7 })),
+        b,
+        stage("c", "echo", &["b"]),
+    ]);
+    let (state, events) = run(&f, spec, json!({ "name": "Ada" })).await;
+    assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
+    let inputs: Vec<(&str, &Value)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StageStarted { stage, input, .. } => Some((stage.as_str(), input)),
+            _ => None,
+        })
+        .collect();
+    let rendered = json!({ "greeting": "hi Ada", "key": "***", "upstream": 7 });
+    assert_eq!(
+        inputs,
+        [
+            ("a", &json!({ "v": 7 })),
+            ("b", &rendered),
+            ("c", &Value::Null)
+        ]
+    );
+    assert_eq!(state.stages["b"].input, Some(rendered));
+    assert_eq!(state.stages["c"].input, None, "a null input is not kept");
 }
 
 #[actix_rt::test]

@@ -380,9 +380,11 @@ impl RunActor {
             }
             match self.render_input(index, attempt) {
                 Ok(input) => {
+                    // The journal masks the recorded copy; the component gets the input as rendered.
                     kinds.push(EventKind::StageStarted {
                         stage: self.plan.stage(index).id.clone(),
                         attempt,
+                        input: input.clone(),
                     });
                     self.phases[index] = StagePhase::Running;
                     self.running_count += 1;
@@ -398,6 +400,7 @@ impl RunActor {
                     kinds.push(EventKind::StageStarted {
                         stage: id.clone(),
                         attempt,
+                        input: Value::Null,
                     });
                     kinds.push(EventKind::StageFailed {
                         stage: id,

@@ -76,6 +76,10 @@ pub struct StageState {
     pub finished_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// The input of the last attempt, as its `StageStarted` recorded it (rendered, secrets masked);
+    /// `None` before the stage started, when the input was null, and in logs that did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
     /// Downstream stages this stage's branch decision left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<String>,
@@ -308,10 +312,15 @@ impl RunState {
                     after_crash: *after_crash,
                 });
             }
-            EventKind::StageStarted { stage, attempt } => {
+            EventKind::StageStarted {
+                stage,
+                attempt,
+                input,
+            } => {
                 let s = self.stages.entry(stage.clone()).or_default();
                 s.phase = StagePhase::Running;
                 s.attempts = *attempt;
+                s.input = (!input.is_null()).then(|| input.clone());
                 s.started_at.get_or_insert(at);
                 s.retry_at = None;
                 s.attempt_history.push(AttemptState {
@@ -465,6 +474,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             failed("a", 1),
             EventKind::StageRetryScheduled {
@@ -475,6 +485,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 2,
+                input: serde_json::Value::Null,
             },
             EventKind::StageSucceeded {
                 stage: "a".into(),
@@ -510,10 +521,12 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             EventKind::StageStarted {
                 stage: "b".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             EventKind::StageSucceeded {
                 stage: "b".into(),
@@ -525,6 +538,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "c".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             failed("c", 1),
             EventKind::StageRetryScheduled {

@@ -776,6 +776,7 @@ pub(crate) mod tests {
         EventKind::StageStarted {
             stage: stage.into(),
             attempt: 1,
+            input: serde_json::Value::Null,
         }
     }
 
