@@ -2,6 +2,7 @@
 //! attempt, with parallelism, retries, timeouts and cancellation. Every transition is appended to the
 //! event log before it is acted on. Knows nothing of Kubernetes.
 
+mod attempt;
 pub mod component;
 pub mod engine;
 mod journal;

@@ -18,10 +18,11 @@ use flowmason_store::{
     StoreError,
 };
 
+use crate::attempt::humanize;
 use crate::component::{Component, ComponentOutput, LogLine, Registry, RunView, StageContext};
 use crate::journal::{EngineError, Journal};
 use crate::plan::Plan;
-use crate::stage_actor::{CancelStage, StageActor, StageDone, humanize};
+use crate::stage_actor::{CancelStage, StageActor, StageDone};
 use crate::template::{self, Scope};
 
 /// Everything a run actor starts with.
