@@ -60,6 +60,7 @@ fn stage_pair(store: &EventStore, run: RunId, stage: &str) {
     let started = EventKind::StageStarted {
         stage: stage.to_string(),
         attempt: 1,
+        input: serde_json::Value::Null,
     };
     black_box(
         store
@@ -149,6 +150,7 @@ fn always(c: &mut Criterion) {
                                         let started = EventKind::StageStarted {
                                             stage: name.clone(),
                                             attempt: 1,
+                                            input: serde_json::Value::Null,
                                         };
                                         store
                                             .append_durable(run, vec![started])

@@ -835,6 +835,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                 EventKind::StageStarted {
                     stage: "a".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
                 EventKind::StageSucceeded {
                     stage: "a".into(),
@@ -846,6 +847,7 @@ async fn resume_reruns_an_interrupted_stage_as_a_new_attempt_and_keeps_finished_
                 EventKind::StageStarted {
                     stage: "b".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
             ],
         )
@@ -906,6 +908,7 @@ async fn cancel_unfinished_ends_an_orphaned_run_without_running_it_and_leaves_ot
                 EventKind::StageStarted {
                     stage: "a".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
             ],
         )
@@ -1015,6 +1018,40 @@ async fn resume_fails_a_run_whose_plan_cannot_be_read() {
             .expect("error")
             .message
             .starts_with("the run's plan cannot be read")
+    );
+}
+
+/// The observer (metrics, NATS lifecycle) sees a run that resume ends `Failed` because its record cannot
+/// be used, as it sees every other run's end.
+#[actix_rt::test]
+async fn the_observer_sees_the_failure_of_a_run_whose_plan_cannot_be_resumed() {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let f = fixture_full(
+        Durability::Batch,
+        EngineConfig {
+            observer: Some(Arc::new(move |o: &flowmason_actors::Observation<'_>| {
+                if let Ok(mut seen) = sink.lock() {
+                    seen.push(format!("{} {:?}", o.event.kind.name(), o.before.phase));
+                }
+            })),
+            ..EngineConfig::default()
+        },
+    );
+    let run = uuid::Uuid::now_v7();
+    f.store
+        .append_durable(
+            run,
+            vec![accepted(json!({ "stages": "not a list" }), 0, None)],
+        )
+        .await
+        .expect("append");
+    assert!(f.engine.resume_all().await.expect("resume").is_empty());
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("RunFailed Pending"),
+        "{seen:?}"
     );
 }
 
@@ -1133,6 +1170,42 @@ async fn secret_values_are_masked_in_every_recorded_event() {
     assert!(log.contains("Bearer ***"));
     let status = serde_json::to_string(&state).expect("serialize");
     assert!(!status.contains(SECRET));
+}
+
+#[actix_rt::test]
+async fn each_attempt_records_its_rendered_input_with_secrets_masked() {
+    let f = fixture_env(secret_env(Arc::new(AtomicU32::new(0))));
+    let mut b = with_config(
+        stage("b", "echo", &["a"]),
+        json!({ "greeting": "hi {{input.name}}", "key": "{{env.API_KEY}}" }),
+    );
+    b.input_mapping
+        .insert("upstream".into(), json!("{{upstream.a.v}}"));
+    let spec = plan(vec![
+        with_config(stage("a", "echo", &[]), json!({ "v": 7 })),
+        b,
+        stage("c", "echo", &["b"]),
+    ]);
+    let (state, events) = run(&f, spec, json!({ "name": "Ada" })).await;
+    assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
+    let inputs: Vec<(&str, &Value)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StageStarted { stage, input, .. } => Some((stage.as_str(), input)),
+            _ => None,
+        })
+        .collect();
+    let rendered = json!({ "greeting": "hi Ada", "key": "***", "upstream": 7 });
+    assert_eq!(
+        inputs,
+        [
+            ("a", &json!({ "v": 7 })),
+            ("b", &rendered),
+            ("c", &Value::Null)
+        ]
+    );
+    assert_eq!(state.stages["b"].input, Some(rendered));
+    assert_eq!(state.stages["c"].input, None, "a null input is not kept");
 }
 
 #[actix_rt::test]

@@ -676,6 +676,7 @@ async fn follow_streams_events_appended_after_it_connected_until_the_run_ends() 
                     EventKind::StageStarted {
                         stage: "a".into(),
                         attempt: 1,
+                        input: serde_json::Value::Null,
                     },
                 ],
             )
@@ -739,6 +740,7 @@ async fn follow_from_past_the_last_event_streams_only_later_events() {
             vec![EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             }],
         )
         .expect("append");

@@ -14,11 +14,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use flowmason_store::{
     EngineSession, Event, EventKind, EventStore, QUARANTINED, ResumeState, RunError, RunId,
-    RunState, StoreError, Trigger,
+    RunState, Trigger,
 };
 
 use crate::component::{Component, Registry};
-use crate::plan::{Plan, PlanError, PlanSpec};
+use crate::journal::{EngineError, EventObserver, Followers, Journal};
+use crate::plan::{Plan, PlanSpec};
 use crate::redact::Redactor;
 use crate::run_actor::{CancelRun, RunActor, RunSetup};
 
@@ -47,41 +48,6 @@ impl std::fmt::Debug for ResolvedEnv {
             .finish()
     }
 }
-
-/// Why the engine could not accept, resume or finish a run.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("invalid plan: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    InvalidPlan(Vec<PlanError>),
-    #[error("stages[{index}].componentType: unknown component {component:?}")]
-    UnknownComponent { index: usize, component: String },
-    #[error("run {run}: {source}")]
-    Store { run: RunId, source: StoreError },
-    #[error("event log: {0}")]
-    Log(#[from] StoreError),
-    #[error("run {run}: the plan cannot be encoded: {reason}")]
-    Encode { run: RunId, reason: String },
-    #[error("run {run}: the engine stopped before the run ended")]
-    Lost { run: RunId },
-    #[error("reuse.stages: stage {stage:?} is not in the plan")]
-    UnknownReusedStage { stage: String },
-}
-
-/// One event as the engine recorded it, shown to an [`EventObserver`].
-pub struct Observation<'a> {
-    pub event: &'a Event,
-    /// The run's state just before the event was folded in (for `RunAccepted`, just after): a stage's
-    /// attempt start and the run's start are there for durations, and the stages still running for a
-    /// terminal event.
-    pub before: &'a RunState,
-    /// The component type of the stage the event is about, when it is about one.
-    pub component: Option<&'a str>,
-}
-
-/// Sees every event the engine records, in order per run, on the thread that recorded it: how metrics
-/// are fed without the engine knowing about them. Must be cheap and must not block (it runs on the
-/// append path).
-pub type EventObserver = Arc<dyn Fn(&Observation<'_>) + Send + Sync>;
 
 /// Stage outputs a run takes over from an earlier run instead of executing those stages (a rerun from
 /// the failed stage).
@@ -249,11 +215,11 @@ impl RunHandle {
     }
 }
 
-pub(crate) struct Inner {
+struct Inner {
     store: EventStore,
     registry: Arc<Registry>,
     env: EnvResolver,
-    pub(crate) on_event: Option<EventObserver>,
+    on_event: Option<EventObserver>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     runs: Mutex<HashMap<RunId, Addr<RunActor>>>,
@@ -412,115 +378,63 @@ impl Engine {
                 return Err(EngineError::UnknownReusedStage { stage });
             }
         }
-        let events = self
-            .inner
-            .store
-            .append(run_id, kinds)
-            .map_err(|source| EngineError::Store {
-                run: run_id,
-                source,
-            })?
-            .durable()
-            .await
-            .map_err(|source| EngineError::Store {
-                run: run_id,
-                source,
-            })?;
-        let state = self.observe(Some(&plan), run_id, &events)?;
+        let plan = Arc::new(plan);
+        let (followers, events) = self.followers(observe);
+        let journal = Journal::accept(
+            self.inner.store.clone(),
+            run_id,
+            kinds,
+            Some(plan.clone()),
+            followers,
+        )
+        .await?;
         // The environment is resolved once the run is on record, so that a missing secret leaves a
         // failed run behind (visible in history and status) rather than nothing.
-        let mut resolved = match (self.inner.env)(&state).await {
+        let mut resolved = match (self.inner.env)(journal.state()).await {
             Ok(resolved) => resolved,
-            Err(e) => return self.fail_at_start(state, events, e, observe).await,
+            Err(e) => return self.fail_at_start(journal, e, events).await,
         };
         resolved.vars.extend(request.env);
         resolved.secrets.extend(request.secrets);
-        self.spawn(plan, state, resolved, observe, events)
+        self.spawn(plan, journal, resolved, events)
     }
 
-    /// Folds the first events of a run, showing each to the observer (with the stage's component type
-    /// when the run has a `plan`).
-    fn observe(
-        &self,
-        plan: Option<&Plan>,
-        run: RunId,
-        events: &[Event],
-    ) -> Result<RunState, EngineError> {
-        let mut state: Option<RunState> = None;
-        for event in events {
-            if let (Some(on_event), Some(before)) = (&self.inner.on_event, &state) {
-                let component = plan.and_then(|plan| {
-                    event
-                        .kind
-                        .stage()
-                        .and_then(|id| plan.index_of(id))
-                        .map(|i| plan.stage(i).component.as_str())
-                });
-                on_event(&Observation {
-                    event,
-                    before,
-                    component,
-                });
-            }
-            RunState::apply_to(&mut state, run, event).map_err(|e| EngineError::Store {
-                run,
-                source: StoreError::Fold(e),
-            })?;
-            if let (Some(on_event), Some(after), 0) = (&self.inner.on_event, &state, event.seq) {
-                on_event(&Observation {
-                    event,
-                    before: after,
-                    component: None,
-                });
-            }
-        }
-        state.ok_or(EngineError::Lost { run })
+    /// Who follows a run's events: the engine's observer, and a stream for the run handle when the run
+    /// is `observe`d.
+    fn followers(&self, observe: bool) -> (Followers, Option<mpsc::UnboundedReceiver<Event>>) {
+        let (stream, events) = if observe {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let followers = Followers {
+            observer: self.inner.on_event.clone(),
+            stream,
+        };
+        (followers, events)
     }
 
     /// Ends a run whose environment cannot be resolved: `RunFailed` before any stage started. The handle
     /// reports the failed run as any other.
     async fn fail_at_start(
         &self,
-        mut state: RunState,
-        mut events: Vec<Event>,
+        mut journal: Journal,
         message: String,
-        observe: bool,
+        events: Option<mpsc::UnboundedReceiver<Event>>,
     ) -> Result<RunHandle, EngineError> {
-        let run = state.run_id;
+        let run = journal.run_id();
         let error = RunError {
             message: format!("environment: {message}"),
             stage: None,
             details: Value::Null,
         };
-        let failed = self
-            .inner
-            .store
-            .append_durable(run, vec![EventKind::RunFailed { error }])
+        journal
+            .append_durable(vec![EventKind::RunFailed { error }])
             .await
             .map_err(|source| EngineError::Store { run, source })?;
-        for event in &failed {
-            if let Some(on_event) = &self.inner.on_event {
-                on_event(&Observation {
-                    event,
-                    before: &state,
-                    component: None,
-                });
-            }
-            state.apply(event).map_err(|e| EngineError::Store {
-                run,
-                source: StoreError::Fold(e),
-            })?;
-        }
-        events.extend(failed);
         let (outcome_tx, outcome) = oneshot::channel();
-        let _ = outcome_tx.send(Ok(state));
-        let events = observe.then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            for event in events {
-                let _ = tx.send(event);
-            }
-            rx
-        });
+        let _ = outcome_tx.send(Ok(journal.into_state()));
         Ok(RunHandle {
             run_id: run,
             outcome,
@@ -559,11 +473,9 @@ impl Engine {
                 },
             },
         ];
-        let events = store
-            .append_durable(run, kinds)
-            .await
-            .map_err(|source| EngineError::Store { run, source })?;
-        self.observe(None, run, &events)
+        let (followers, _) = self.followers(false);
+        let journal = Journal::accept(store.clone(), run, kinds, None, followers).await?;
+        Ok(journal.into_state())
     }
 
     /// Resumes every run the log holds that has not ended, as after a restart. A run whose record cannot
@@ -581,16 +493,16 @@ impl Engine {
             {
                 continue;
             }
-            if let Some(state) = self.take_up(run).await? {
-                taken.push(state);
+            if let Some(journal) = self.take_up(run).await? {
+                taken.push(journal);
             }
         }
         // One wait for every `RunResumed` just recorded: durable before any of the runs is acted on.
         if !taken.is_empty() {
             self.inner.store.sync().await?;
         }
-        for state in taken {
-            if let Some(handle) = self.continue_resumed(state, false).await? {
+        for journal in taken {
+            if let Some(handle) = self.continue_resumed(journal, false).await? {
                 handles.push(handle);
             }
         }
@@ -603,28 +515,27 @@ impl Engine {
         run: RunId,
         observe: bool,
     ) -> Result<Option<RunHandle>, EngineError> {
-        let Some(state) = self.take_up(run).await? else {
+        let Some(journal) = self.take_up(run).await? else {
             return Ok(None);
         };
-        self.inner
-            .store
+        journal
             .sync()
             .await
             .map_err(|source| EngineError::Store { run, source })?;
-        self.continue_resumed(state, observe).await
+        self.continue_resumed(journal, observe).await
     }
 
     /// Folds an unfinished run and records that this session takes it up ([`Self::record_resume`]),
     /// without waiting for that to be durable; `None` when there is nothing to resume (ended, unknown,
     /// unreadable or quarantined: the last two are ended `Failed`).
-    async fn take_up(&self, run: RunId) -> Result<Option<RunState>, EngineError> {
+    async fn take_up(&self, run: RunId) -> Result<Option<Journal>, EngineError> {
         let store = &self.inner.store;
         let state = match store.fold(run) {
             Ok(Some(state)) => state,
             Ok(None) => return Ok(None),
             Err(e) => {
                 tracing::error!(%run, error = %e, "cannot resume run");
-                self.fail_unusable(run, format!("the run's events cannot be read: {e}"))
+                self.fail_unreadable(run, format!("the run's events cannot be read: {e}"))
                     .await?;
                 return Ok(None);
             }
@@ -632,88 +543,83 @@ impl Engine {
         if state.phase.is_terminal() {
             return Ok(None);
         }
-        self.record_resume(state).await
+        let (followers, _) = self.followers(false);
+        self.record_resume(Journal::resume(store.clone(), state, None, followers))
+            .await
     }
 
     /// Starts a run taken up by [`Self::take_up`], once its `RunResumed` is durable.
     async fn continue_resumed(
         &self,
-        state: RunState,
+        mut journal: Journal,
         observe: bool,
     ) -> Result<Option<RunHandle>, EngineError> {
-        let run = state.run_id;
-        let plan = match serde_json::from_value::<PlanSpec>(state.plan.clone()) {
+        let plan = match serde_json::from_value::<PlanSpec>(journal.state().plan.clone()) {
             Ok(spec) => match self.check(spec) {
-                Ok(plan) => plan,
+                Ok(plan) => Arc::new(plan),
                 Err(e) => {
-                    self.fail_unusable(run, format!("the run's plan cannot run: {e}"))
+                    self.fail_unusable(journal, format!("the run's plan cannot run: {e}"))
                         .await?;
                     return Ok(None);
                 }
             },
             Err(e) => {
-                self.fail_unusable(run, format!("the run's plan cannot be read: {e}"))
+                self.fail_unusable(journal, format!("the run's plan cannot be read: {e}"))
                     .await?;
                 return Ok(None);
             }
         };
-        let env = match (self.inner.env)(&state).await {
+        journal.set_plan(plan.clone());
+        let env = match (self.inner.env)(journal.state()).await {
             Ok(env) => env,
             Err(e) => {
-                self.fail_unusable(run, format!("environment: {e}")).await?;
+                self.fail_unusable(journal, format!("environment: {e}"))
+                    .await?;
                 return Ok(None);
             }
         };
-        self.spawn(plan, state, env, observe, Vec::new()).map(Some)
+        let (followers, events) = self.followers(observe);
+        journal.follow(followers);
+        self.spawn(plan, journal, env, events).map(Some)
     }
 
     /// Records that this engine session takes the run up again, and whether after a crash (the caller
-    /// waits for it to be durable before acting on the run). A run that the previous session had resumed after a crash, and that was
-    /// still in flight when that session crashed too, is not resumed a third time: it is ended `Failed`
-    /// as quarantined (`None`), so that whatever in it brings the process down cannot do so again.
-    async fn record_resume(&self, mut state: RunState) -> Result<Option<RunState>, EngineError> {
-        let run = state.run_id;
+    /// waits for it to be durable before acting on the run). A run that the previous session had resumed
+    /// after a crash, and that was still in flight when that session crashed too, is not resumed a third
+    /// time: it is ended `Failed` as quarantined (`None`), so that whatever in it brings the process down
+    /// cannot do so again.
+    async fn record_resume(&self, mut journal: Journal) -> Result<Option<Journal>, EngineError> {
+        let run = journal.run_id();
         let Some(session) = self.inner.session else {
-            return Ok(Some(state));
+            return Ok(Some(journal));
         };
-        if let Some(previous) = state.last_resume
+        if let Some(previous) = journal.state().last_resume
             && quarantine(session, previous)
         {
             let error = quarantine_error(previous);
-            tracing::error!(%run, pipeline = %state.pipeline, reason = %error.message, "run quarantined");
-            self.fail_with(run, error).await?;
+            tracing::error!(%run, pipeline = %journal.state().pipeline, reason = %error.message, "run quarantined");
+            self.fail_with(journal, error).await?;
             return Ok(None);
         }
         let resumed = EventKind::RunResumed {
             session: session.id,
             after_crash: session.after_crash,
         };
-        let events = match self.inner.store.append(run, vec![resumed]) {
-            Ok(appended) => appended.events,
+        match journal.append(vec![resumed]) {
+            Ok(_) => {}
             // Ended meanwhile (cancelled by another path): nothing to resume.
-            Err(StoreError::RunEnded { .. }) => return Ok(None),
+            Err(e) if e.is_run_ended() => return Ok(None),
             Err(source) => return Err(EngineError::Store { run, source }),
-        };
-        for event in &events {
-            if let Some(on_event) = &self.inner.on_event {
-                on_event(&Observation {
-                    event,
-                    before: &state,
-                    component: None,
-                });
-            }
-            state.apply(event).map_err(|e| EngineError::Store {
-                run,
-                source: StoreError::Fold(e),
-            })?;
         }
         self.inner.resumed_any.store(true, Ordering::Release);
-        Ok(Some(state))
+        Ok(Some(journal))
     }
 
-    async fn fail_unusable(&self, run: RunId, message: String) -> Result<(), EngineError> {
+    /// Ends a run that cannot be resumed as it is recorded (its plan cannot be read or run, its
+    /// environment cannot be resolved): `RunFailed` with the reason.
+    async fn fail_unusable(&self, journal: Journal, message: String) -> Result<(), EngineError> {
         self.fail_with(
-            run,
+            journal,
             RunError {
                 message,
                 stage: None,
@@ -723,50 +629,58 @@ impl Engine {
         .await
     }
 
-    async fn fail_with(&self, run: RunId, error: RunError) -> Result<(), EngineError> {
+    async fn fail_with(&self, mut journal: Journal, error: RunError) -> Result<(), EngineError> {
+        let run = journal.run_id();
+        match journal
+            .append_durable(vec![EventKind::RunFailed { error }])
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_run_ended() => Ok(()),
+            Err(source) => Err(EngineError::Store { run, source }),
+        }
+    }
+
+    /// Ends a run whose events cannot be read (so not folded, and not shown to the observer, which needs
+    /// the run's state): `RunFailed` with the reason, appended to the log directly.
+    async fn fail_unreadable(&self, run: RunId, message: String) -> Result<(), EngineError> {
+        let error = RunError {
+            message,
+            stage: None,
+            details: Value::Null,
+        };
         match self
             .inner
             .store
             .append_durable(run, vec![EventKind::RunFailed { error }])
             .await
         {
-            Ok(_) | Err(StoreError::RunEnded { .. }) => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) if e.is_run_ended() => Ok(()),
             Err(source) => Err(EngineError::Store { run, source }),
         }
     }
 
     fn spawn(
         &self,
-        plan: Plan,
-        state: RunState,
+        plan: Arc<Plan>,
+        mut journal: Journal,
         env: ResolvedEnv,
-        observe: bool,
-        already: Vec<Event>,
+        events: Option<mpsc::UnboundedReceiver<Event>>,
     ) -> Result<RunHandle, EngineError> {
-        let run_id = state.run_id;
+        let run_id = journal.run_id();
         let components = self.components(&plan)?;
         let (outcome_tx, outcome_rx) = oneshot::channel();
-        let (observer, events) = if observe {
-            let (tx, rx) = mpsc::unbounded_channel();
-            for event in already {
-                let _ = tx.send(event);
-            }
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        journal.mask(Redactor::new(env.secrets));
+        let engine = Arc::downgrade(&self.inner);
         let setup = RunSetup {
-            plan: Arc::new(plan),
-            state,
-            redactor: Redactor::new(env.secrets),
+            plan,
+            journal,
             env: env.vars,
-            store: self.inner.store.clone(),
             components,
             registry: self.inner.registry.clone(),
-            observer,
-            on_event: self.inner.on_event.clone(),
             outcome: outcome_tx,
-            engine: Arc::downgrade(&self.inner),
+            on_stop: Box::new(move || deregister(&engine, run_id)),
         };
         let arbiter = {
             let i =
@@ -815,20 +729,11 @@ impl Engine {
         let cancelled = EventKind::RunCancelled {
             reason: reason.into(),
         };
-        match store.append_durable(run, vec![cancelled]).await {
-            Ok(events) => {
-                if let Some(on_event) = &self.inner.on_event {
-                    for event in &events {
-                        on_event(&Observation {
-                            event,
-                            before: &state,
-                            component: None,
-                        });
-                    }
-                }
-                Ok(true)
-            }
-            Err(StoreError::RunEnded { .. }) => Ok(false),
+        let (followers, _) = self.followers(false);
+        let mut journal = Journal::resume(store.clone(), state, None, followers);
+        match journal.append_durable(vec![cancelled]).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_run_ended() => Ok(false),
             Err(source) => Err(EngineError::Store { run, source }),
         }
     }
@@ -858,16 +763,14 @@ impl Engine {
     }
 }
 
-/// Called by a run actor when it stops.
-pub(crate) fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
+/// Forgets a run whose actor stopped.
+fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
     if let Some(inner) = engine.upgrade()
         && let Ok(mut runs) = inner.runs.lock()
     {
         runs.remove(&run);
     }
 }
-
-pub(crate) type EngineRef = std::sync::Weak<Inner>;
 
 /// Whether a run whose last resume was `previous` must be quarantined by `session`: the previous session
 /// resumed it after a crash and crashed too, so it was in flight at two consecutive crashes.

@@ -2,8 +2,10 @@
 //! attempt, with parallelism, retries, timeouts and cancellation. Every transition is appended to the
 //! event log before it is acted on. Knows nothing of Kubernetes.
 
+mod attempt;
 pub mod component;
 pub mod engine;
+mod journal;
 pub mod limits;
 pub mod nested;
 pub mod plan;
@@ -18,8 +20,9 @@ pub use component::{
     canonical_name,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, EnvResolver, EventObserver, Observation, Rejection,
-    ResolvedEnv, Reuse, ReusedStage, RunHandle, RunRequest,
+    Engine, EngineConfig, EnvResolver, Rejection, ResolvedEnv, Reuse, ReusedStage, RunHandle,
+    RunRequest,
 };
+pub use journal::{EngineError, EventObserver, Observation};
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;

@@ -18,15 +18,14 @@
 //! whole pass.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde_json::{Map, Value};
 
 use flowmason_store::ErrorClass;
 
+use crate::attempt;
 use crate::component::{ComponentError, ComponentOutput, RunView, StageContext};
 use crate::plan::Plan;
 use crate::template::{self, Scope};
@@ -274,39 +273,103 @@ async fn run_indexes(
     Ok(outcome)
 }
 
-/// One nested attempt under its time limit, stopped by cancellation, with panics turned into errors.
+/// One nested attempt under the same guard as a DAG stage's (`crate::attempt`), stopped when the owning
+/// attempt is cancelled.
 async fn run_one(
     ctx: &StageContext,
     work: futures::future::BoxFuture<'static, Result<ComponentOutput, ComponentError>>,
     timeout: Option<Duration>,
 ) -> Result<ComponentOutput, ComponentError> {
-    let work = AssertUnwindSafe(work).catch_unwind().map(|r| {
-        r.unwrap_or_else(|_| {
-            Err(ComponentError::internal(format!(
-                "component of stage {:?} panicked",
-                ctx.stage_id
-            )))
-        })
-    });
-    let limited = async {
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-                // What the component computes outside its future (a worker, an evaluation) stops too.
-                ctx.cancel.cancel();
-                Err(ComponentError::new(
-                    ErrorClass::Timeout,
-                    format!("stage {:?} timed out after {limit:?}", ctx.stage_id),
-                ))
-            }),
-            None => work.await,
+    attempt::guard(
+        attempt::execute(ctx.stage_id.clone(), work),
+        timeout,
+        &ctx.cancel,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::component::{Component, Registry};
+    use crate::plan::PlanSpec;
+
+    struct Panics;
+    impl Component for Panics {
+        fn execute(
+            &self,
+            _input: Value,
+            _ctx: StageContext,
+        ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+            Box::pin(async { panic!("the nested component broke") })
         }
-    };
-    tokio::select! {
-        biased;
-        () = ctx.cancel.cancelled() => Err(ComponentError::new(
-            ErrorClass::Cancelled,
-            format!("stage {:?}: cancelled", ctx.stage_id),
-        )),
-        result = limited => crate::stage_actor::check_output_size(&ctx.stage_id, result),
+    }
+
+    struct Sleeps;
+    impl Component for Sleeps {
+        fn execute(
+            &self,
+            _input: Value,
+            _ctx: StageContext,
+        ) -> BoxFuture<'static, Result<ComponentOutput, ComponentError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn view() -> RunView {
+        let spec: PlanSpec = serde_json::from_value(json!({"stages": [
+            {"id": "owner", "component": "sleeps"},
+            {"id": "boom", "component": "panics", "dependsOn": ["owner"], "retry": {"limit": 0}},
+            {"id": "slow", "component": "sleeps", "dependsOn": ["owner"], "timeoutMs": 20,
+             "retry": {"limit": 0}}
+        ]}))
+        .expect("plan");
+        let mut registry = Registry::new();
+        registry
+            .register("panics", Panics)
+            .register("sleeps", Sleeps);
+        RunView {
+            plan: Arc::new(Plan::build(spec).expect("plan")),
+            registry: Arc::new(registry),
+            inputs: Arc::new(json!({})),
+            env: Arc::new(BTreeMap::new()),
+            outputs: Arc::new(BTreeMap::new()),
+            call_stack: vec!["test".into()],
+        }
+    }
+
+    fn context() -> StageContext {
+        StageContext::new(
+            uuid::Uuid::from_u128(1),
+            "test".into(),
+            "default".into(),
+            "owner".into(),
+            1,
+            CancellationToken::new(),
+            Arc::new(|_| {}),
+        )
+    }
+
+    /// Nested stages go through the same attempt guard as DAG stages: the panic's text is kept, the
+    /// time limit reads as it does for a DAG stage.
+    #[tokio::test]
+    async fn a_nested_stage_reports_its_panic_text_and_its_timeout_as_a_dag_stage_does() {
+        let (ctx, view) = (context(), view());
+        let error = run_stages(&ctx, &view, &["boom".to_string()], "0", BTreeMap::new())
+            .await
+            .expect_err("panicked");
+        assert_eq!(
+            (error.stage.as_str(), error.error.message.as_str()),
+            ("boom", "component panicked: the nested component broke")
+        );
+        let error = run_stages(&ctx, &view, &["slow".to_string()], "0", BTreeMap::new())
+            .await
+            .expect_err("timed out");
+        assert_eq!(error.error.class, ErrorClass::Timeout);
+        assert_eq!(error.error.message, "attempt timed out after 20ms");
     }
 }

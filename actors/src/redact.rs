@@ -113,9 +113,9 @@ impl Redactor {
             EventKind::RunAccepted { inputs, .. } => self.redact_value(inputs),
             EventKind::RunStarted
             | EventKind::RunResumed { .. }
-            | EventKind::StageStarted { .. }
             | EventKind::StageRetryScheduled { .. }
             | EventKind::StageSkipped { .. } => {}
+            EventKind::StageStarted { input, .. } => self.redact_value(input),
             EventKind::StageSucceeded { output, .. } => self.redact_value(output),
             EventKind::StageFailed { error, .. } => self.redact_stage_error(error),
             EventKind::StageLog { message, data, .. } => {

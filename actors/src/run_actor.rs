@@ -10,36 +10,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use flowmason_store::{
-    ErrorClass, Event, EventKind, EventStore, RunError, RunPhase, RunState, SkipReason, StageError,
-    StagePhase, StoreError,
+    ErrorClass, EventKind, RunError, RunPhase, RunState, SkipReason, StageError, StagePhase,
+    StoreError,
 };
 
+use crate::attempt::humanize;
 use crate::component::{Component, ComponentOutput, LogLine, Registry, RunView, StageContext};
-use crate::engine::{EngineError, EngineRef, EventObserver, Observation, deregister};
+use crate::journal::{EngineError, Journal};
 use crate::plan::Plan;
-use crate::redact::Redactor;
-use crate::stage_actor::{CancelStage, StageActor, StageDone, humanize};
+use crate::stage_actor::{CancelStage, StageActor, StageDone};
 use crate::template::{self, Scope};
 
 /// Everything a run actor starts with.
 pub(crate) struct RunSetup {
     pub plan: Arc<Plan>,
-    pub state: RunState,
+    /// The run's events so far and where new ones go (masked with the run's secrets).
+    pub journal: Journal,
     pub env: BTreeMap<String, String>,
-    /// Masks the run's secret values in every event before it is appended.
-    pub redactor: Redactor,
-    pub store: EventStore,
     pub components: Vec<Arc<dyn Component>>,
     /// For stages that run other stages (see `Component::runs_stages`).
     pub registry: Arc<Registry>,
-    pub observer: Option<mpsc::UnboundedSender<Event>>,
-    pub on_event: Option<EventObserver>,
     pub outcome: oneshot::Sender<Result<RunState, EngineError>>,
-    pub engine: EngineRef,
+    /// Called once when the actor stops (the engine forgets the run).
+    pub on_stop: Box<dyn FnOnce() + Send>,
 }
 
 /// Cancel the run: it ends `Cancelled`, running attempts are stopped.
@@ -86,17 +83,13 @@ enum Ending {
 
 pub(crate) struct RunActor {
     plan: Arc<Plan>,
-    state: RunState,
+    journal: Journal,
     env: BTreeMap<String, String>,
-    redactor: Redactor,
     context: Value,
-    store: EventStore,
     components: Vec<Arc<dyn Component>>,
     registry: Arc<Registry>,
-    observer: Option<mpsc::UnboundedSender<Event>>,
-    on_event: Option<EventObserver>,
     outcome: Option<oneshot::Sender<Result<RunState, EngineError>>>,
-    engine: EngineRef,
+    on_stop: Option<Box<dyn FnOnce() + Send>>,
     /// Stage phases by plan index, kept in step with `state`.
     phases: Vec<StagePhase>,
     skip_reasons: Vec<Option<SkipReason>>,
@@ -128,12 +121,13 @@ impl RunActor {
             position[index] = pos;
         }
         // Canonical spellings only: templates map FlowMason's `run_id`/`stage_id` onto them.
+        let state = setup.journal.state();
         let context = serde_json::json!({
-            "runId": setup.state.run_id.to_string(),
-            "pipeline": setup.state.pipeline,
-            "namespace": setup.state.namespace,
-            "generation": setup.state.generation,
-            "trigger": setup.state.trigger.as_str(),
+            "runId": state.run_id.to_string(),
+            "pipeline": state.pipeline,
+            "namespace": state.namespace,
+            "generation": state.generation,
+            "trigger": state.trigger.as_str(),
         });
         let templated = setup
             .plan
@@ -146,17 +140,13 @@ impl RunActor {
         env.extend(setup.env);
         RunActor {
             plan: setup.plan,
-            state: setup.state,
+            journal: setup.journal,
             env,
-            redactor: setup.redactor,
             context,
-            store: setup.store,
             components: setup.components,
             registry: setup.registry,
-            observer: setup.observer,
-            on_event: setup.on_event,
             outcome: Some(setup.outcome),
-            engine: setup.engine,
+            on_stop: Some(setup.on_stop),
             phases: vec![StagePhase::Pending; n],
             skip_reasons: vec![None; n],
             excluded: HashSet::new(),
@@ -174,45 +164,16 @@ impl RunActor {
         }
     }
 
-    /// Appends `kinds` to the log and folds them into the state. Decisions are recorded as they are taken,
-    /// so that later decisions in the same turn (rendering a stage's input from an output just recorded)
-    /// see them; the first store error is kept for `commit` to act on. Secret values are masked first, so
-    /// that neither the log nor the folded state (status, outputs seen downstream) holds one.
-    fn record(&mut self, mut kinds: Vec<EventKind>) {
+    /// Records `kinds` in the journal (masked, appended, folded). Decisions are recorded as they are
+    /// taken, so that later decisions in the same turn (rendering a stage's input from an output just
+    /// recorded) see them; the first store error is kept for `commit` to act on.
+    fn record(&mut self, kinds: Vec<EventKind>) {
         if kinds.is_empty() || self.store_error.is_some() {
             return;
         }
-        if !self.redactor.is_empty() {
-            kinds.iter_mut().for_each(|k| self.redactor.redact_event(k));
-        }
-        let appended = match self.store.append(self.state.run_id, kinds) {
-            Ok(appended) => appended,
-            Err(e) => {
-                self.store_error = Some(e);
-                return;
-            }
-        };
-        self.must_sync |= appended.must_wait();
-        for event in &appended.events {
-            if let Some(on_event) = &self.on_event {
-                let component = event
-                    .kind
-                    .stage()
-                    .and_then(|id| self.plan.index_of(id))
-                    .map(|i| self.plan.stage(i).component.as_str());
-                on_event(&Observation {
-                    event,
-                    before: &self.state,
-                    component,
-                });
-            }
-            if let Err(e) = self.state.apply(event) {
-                self.store_error = Some(StoreError::Fold(e));
-                return;
-            }
-            if let Some(observer) = &self.observer {
-                let _ = observer.send(event.clone());
-            }
+        match self.journal.append(kinds) {
+            Ok(must_wait) => self.must_sync |= must_wait,
+            Err(e) => self.store_error = Some(e),
         }
     }
 
@@ -224,8 +185,7 @@ impl RunActor {
             return self.abandon(error, ctx);
         }
         if std::mem::take(&mut self.must_sync) {
-            let store = self.store.clone();
-            ctx.wait(async move { store.sync().await }.into_actor(self).map(
+            ctx.wait(self.journal.sync().into_actor(self).map(
                 move |result, act, ctx| match result {
                     Ok(()) => act.apply_effects(effects, ctx),
                     Err(e) => act.abandon(e, ctx),
@@ -258,11 +218,11 @@ impl RunActor {
 
     /// The store failed: the run cannot go on here. It stays unfinished in the log and resumes on restart.
     fn abandon(&mut self, error: StoreError, ctx: &mut Context<Self>) {
-        tracing::error!(run = %self.state.run_id, %error, "event log append failed; run abandoned until restart");
+        tracing::error!(run = %self.journal.state().run_id, %error, "event log append failed; run abandoned until restart");
         self.stop_all_stages();
         if let Some(outcome) = self.outcome.take() {
             let _ = outcome.send(Err(EngineError::Store {
-                run: self.state.run_id,
+                run: self.journal.state().run_id,
                 source: error,
             }));
         }
@@ -275,12 +235,12 @@ impl RunActor {
     fn resume_frontier(&mut self, ctx: &mut Context<Self>) {
         let mut kinds = Vec::new();
         let mut retries = Vec::new();
-        if self.state.phase == RunPhase::Pending {
+        if self.journal.state().phase == RunPhase::Pending {
             kinds.push(EventKind::RunStarted);
         }
         for index in 0..self.plan.len() {
             let id = &self.plan.stage(index).id;
-            let Some(stage) = self.state.stages.get(id) else {
+            let Some(stage) = self.journal.state().stages.get(id) else {
                 continue;
             };
             self.phases[index] = stage.phase;
@@ -421,9 +381,11 @@ impl RunActor {
             }
             match self.render_input(index, attempt) {
                 Ok(input) => {
+                    // The journal masks the recorded copy; the component gets the input as rendered.
                     kinds.push(EventKind::StageStarted {
                         stage: self.plan.stage(index).id.clone(),
                         attempt,
+                        input: input.clone(),
                     });
                     self.phases[index] = StagePhase::Running;
                     self.running_count += 1;
@@ -439,6 +401,7 @@ impl RunActor {
                     kinds.push(EventKind::StageStarted {
                         stage: id.clone(),
                         attempt,
+                        input: Value::Null,
                     });
                     kinds.push(EventKind::StageFailed {
                         stage: id,
@@ -467,10 +430,10 @@ impl RunActor {
             map.insert("stageId".into(), Value::String(stage.id.clone()));
             map.insert("attempt".into(), Value::from(attempt));
         }
-        let stages = &self.state.stages;
+        let stages = &self.journal.state().stages;
         let upstream = |id: &str| stages.get(id).and_then(|s| s.output.as_ref());
         let scope = Scope {
-            input: &self.state.inputs,
+            input: &self.journal.state().inputs,
             upstream: &upstream,
             env: &self.env,
             context: &context,
@@ -570,7 +533,8 @@ impl RunActor {
     /// (sinks that did not succeed are left out).
     fn run_output(&self) -> Value {
         let output_of = |index: usize| {
-            self.state
+            self.journal
+                .state()
                 .stages
                 .get(&self.plan.stage(index).id)
                 .and_then(|s| s.output.clone())
@@ -609,15 +573,15 @@ impl RunActor {
         });
         let cancel = CancellationToken::new();
         let mut context = StageContext::new(
-            self.state.run_id,
-            self.state.pipeline.clone(),
-            self.state.namespace.clone(),
+            self.journal.state().run_id,
+            self.journal.state().pipeline.clone(),
+            self.journal.state().namespace.clone(),
             stage.id.clone(),
             attempt,
             cancel.clone(),
             log,
         )
-        .with_redactor(self.redactor.clone());
+        .with_redactor(self.journal.redactor().clone());
         if component.runs_stages() {
             context = context.with_run(Arc::new(self.run_view()));
         }
@@ -638,7 +602,8 @@ impl RunActor {
     /// outputs of the stages that have succeeded so far.
     fn run_view(&self) -> RunView {
         let outputs = self
-            .state
+            .journal
+            .state()
             .stages
             .iter()
             .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o)))
@@ -646,10 +611,10 @@ impl RunActor {
         RunView {
             plan: self.plan.clone(),
             registry: self.registry.clone(),
-            inputs: Arc::new(self.state.inputs.clone()),
+            inputs: Arc::new(self.journal.state().inputs.clone()),
             env: Arc::new(self.env.clone()),
             outputs: Arc::new(outputs),
-            call_stack: vec![self.state.pipeline.clone()],
+            call_stack: vec![self.journal.state().pipeline.clone()],
         }
     }
 
@@ -705,7 +670,7 @@ impl RunActor {
     /// The terminal event is in the log (and durable): report the outcome and stop.
     fn finish(&mut self, ctx: &mut Context<Self>) {
         if let Some(outcome) = self.outcome.take() {
-            let _ = outcome.send(Ok(self.state.clone()));
+            let _ = outcome.send(Ok(self.journal.state().clone()));
         }
         ctx.stop();
     }
@@ -714,7 +679,7 @@ impl RunActor {
         let Some(limit_ms) = self.plan.spec().timeout_ms else {
             return;
         };
-        let started = self.state.started_at.unwrap_or_else(now_micros);
+        let started = self.journal.state().started_at.unwrap_or_else(now_micros);
         let elapsed = Duration::from_micros(now_micros().saturating_sub(started).max(0) as u64);
         let limit = Duration::from_millis(limit_ms);
         let remaining = limit.saturating_sub(elapsed);
@@ -737,10 +702,12 @@ impl Actor for RunActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.stop_all_stages();
-        deregister(&self.engine, self.state.run_id);
+        if let Some(on_stop) = self.on_stop.take() {
+            on_stop();
+        }
         if let Some(outcome) = self.outcome.take() {
             let _ = outcome.send(Err(EngineError::Lost {
-                run: self.state.run_id,
+                run: self.journal.state().run_id,
             }));
         }
     }

@@ -1,23 +1,20 @@
-//! `StageActor`: one attempt of one stage. It runs the component under the attempt's time limit and reports
-//! the result to its run; stopping it cancels the component.
+//! `StageActor`: one attempt of one DAG stage. It runs the component under the attempt's guard
+//! (`crate::attempt`: time limit, panics, output limits) and reports the result to its run; stopping it
+//! cancels the component.
 //!
 //! The component runs as a task of its own on the tokio worker threads, never on the actor thread: a
 //! component that computes for a while (an expression over a large list) must not stall the actors of
 //! other runs. When the attempt times out or is stopped, the task is aborted.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use flowmason_store::ErrorClass;
-
+use crate::attempt;
 use crate::component::{Component, ComponentError, ComponentOutput, StageContext};
-use crate::limits;
 
 /// The attempt ended: how, and which attempt it was.
 #[derive(Message)]
@@ -55,18 +52,9 @@ impl Actor for StageActor {
         let component = self.component.clone();
         let stage = context.stage_id.clone();
         // `execute` itself may compute before it returns its future, so it is called on the task too.
-        let task = AbortOnDrop(tokio::spawn(async move {
-            let outcome = AssertUnwindSafe(async move { component.execute(input, context).await })
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    Err(ComponentError::internal(format!(
-                        "component panicked: {}",
-                        panic_message(&panic)
-                    )))
-                });
-            check_output_size(&stage, outcome)
-        }));
+        let task = AbortOnDrop(tokio::spawn(attempt::execute(stage, async move {
+            component.execute(input, context).await
+        })));
         let work = async move {
             let mut task = task;
             (&mut task.0).await.unwrap_or_else(|join| {
@@ -76,18 +64,8 @@ impl Actor for StageActor {
             })
         };
         let timeout = self.timeout;
-        let attempt = async move {
-            match timeout {
-                Some(limit) => match tokio::time::timeout(limit, work).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(ComponentError::new(
-                        ErrorClass::Timeout,
-                        format!("attempt timed out after {}", humanize(limit)),
-                    )),
-                },
-                None => work.await,
-            }
-        };
+        let cancel = self.cancel.clone();
+        let attempt = async move { attempt::guard(work, timeout, &cancel).await };
         ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
             act.report.do_send(StageDone {
                 index: act.index,
@@ -113,30 +91,6 @@ impl Handler<CancelStage> for StageActor {
     }
 }
 
-/// A successful output larger than [`limits::max_output_bytes`] as JSON fails the attempt, naming the
-/// stage: it would be kept in the event log and copied into every stage that reads it. So does one
-/// nested deeper than [`limits::MAX_VALUE_DEPTH`], which the event log could not read back.
-pub(crate) fn check_output_size(
-    stage: &str,
-    outcome: Result<ComponentOutput, ComponentError>,
-) -> Result<ComponentOutput, ComponentError> {
-    let limit = limits::max_output_bytes();
-    match outcome {
-        Ok(out) if limits::json_exceeds(&out.output, limit) => {
-            Err(ComponentError::config(format!(
-                "stage {stage:?}: output exceeds the limit of {limit} bytes (--max-output-bytes)"
-            )))
-        }
-        Ok(out) if limits::deeper_than(&out.output, limits::MAX_VALUE_DEPTH) => {
-            Err(ComponentError::config(format!(
-                "stage {stage:?}: output nests deeper than the limit of {}",
-                limits::MAX_VALUE_DEPTH
-            )))
-        }
-        other => other,
-    }
-}
-
 /// Aborts the component's task when the attempt is dropped (timed out, stopped, its run ended), so that
 /// nothing of it keeps running.
 struct AbortOnDrop(tokio::task::JoinHandle<Result<ComponentOutput, ComponentError>>);
@@ -144,25 +98,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<Result<ComponentOutput, ComponentErro
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
-
-/// `1.5s`, `250ms`: how users wrote the limit.
-pub(crate) fn humanize(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
     }
 }

@@ -146,7 +146,7 @@ pub fn describe(kind: &EventKind) -> Option<String> {
         EventKind::RunResumed { session, .. } => {
             format!("run resumed after a restart (engine session {session})")
         }
-        EventKind::StageStarted { stage, attempt } => {
+        EventKind::StageStarted { stage, attempt, .. } => {
             format!("stage {stage} started (attempt {attempt})")
         }
         EventKind::StageSucceeded { stage, attempt, .. } => {
@@ -211,6 +211,7 @@ mod tests {
                 EventKind::StageStarted {
                     stage: "a".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
             ),
             at(

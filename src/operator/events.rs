@@ -158,6 +158,7 @@ mod tests {
             kind: EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
         };
         assert!(kube_event(&involved(), &start).is_none());

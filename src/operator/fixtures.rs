@@ -102,6 +102,7 @@ pub fn run_state(stages: &[&str], steps: &[Step]) -> RunState {
                 kinds.push(EventKind::StageStarted {
                     stage: stage.clone(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 });
                 kinds.push(EventKind::StageSucceeded {
                     stage: stage.clone(),
@@ -116,6 +117,7 @@ pub fn run_state(stages: &[&str], steps: &[Step]) -> RunState {
                 kinds.push(EventKind::StageStarted {
                     stage: stage.clone(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 });
                 kinds.push(EventKind::StageFailed {
                     stage: stage.clone(),

@@ -143,6 +143,7 @@ mod tests {
         let started = EventKind::StageStarted {
             stage: "load".into(),
             attempt: 1,
+            input: serde_json::Value::Null,
         };
         assert_eq!(observe(started, &state), None);
     }

@@ -211,6 +211,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             EventKind::StageSkipped {
                 stage: "b".into(),
@@ -304,6 +305,7 @@ mod tests {
                 EventKind::StageStarted {
                     stage: "a\u{e9}\"b".into(),
                     attempt: 1,
+                    input: serde_json::Value::Null,
                 },
                 EventKind::StageRetryScheduled {
                     stage: "a".into(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::event::RunId;
 use crate::fold::FoldError;
+use crate::lifecycle::LifecycleError;
 use crate::sled_files::SyncError;
 
 /// An error of the event store.
@@ -35,15 +36,9 @@ pub enum StoreError {
     /// The run has not ended, so it cannot be deleted.
     #[error("run {run} has not ended; refusing to delete a run in flight")]
     RunInFlight { run: RunId },
-    /// `RunAccepted` was appended to a run that already exists.
-    #[error("run {run} was already accepted")]
-    AlreadyAccepted { run: RunId },
-    /// An event other than `RunAccepted` was appended to a run that does not exist (yet).
-    #[error("run {run} has not been accepted (RunAccepted must be its first event)")]
-    NotAccepted { run: RunId },
-    /// An event was appended after the run's terminal event.
-    #[error("run {run} has ended; refusing to append {event}")]
-    RunEnded { run: RunId, event: &'static str },
+    /// An append or an import breaks the run's lifecycle (see [`crate::lifecycle`]).
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
     /// A query's continue token was not issued by this store.
     #[error("bad continue token: {0}")]
     BadContinueToken(String),
@@ -60,4 +55,15 @@ pub enum StoreError {
     /// The flusher thread is gone (the store is shutting down), so durability cannot be awaited.
     #[error("event store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether an append was refused because the run had already ended (another path ended it first).
+    pub fn is_run_ended(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Lifecycle(LifecycleError::RunEnded { .. })
+                | StoreError::Fold(FoldError::Lifecycle(LifecycleError::RunEnded { .. }))
+        )
+    }
 }

@@ -245,6 +245,11 @@ pub enum EventKind {
     StageStarted {
         stage: String,
         attempt: u32,
+        /// The input the attempt was given: the stage's config with its templates rendered and its input
+        /// mapping applied, secrets masked. Bounded as a rendered input is (`--max-output-bytes`). Absent
+        /// (null) in logs written before it was recorded, and for a stage whose input is null.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        input: Value,
     },
     StageSucceeded {
         stage: String,
@@ -365,6 +370,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             EventKind::StageRetryScheduled {
                 stage: "a".into(),

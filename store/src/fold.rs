@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{Event, EventKind, RunError, RunId, RunPhase, SkipReason, StageError, Trigger};
+use crate::lifecycle::{self, LifecycleError, RunChange};
 
 /// The phase of one stage within a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -75,6 +76,10 @@ pub struct StageState {
     pub finished_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// The input of the last attempt, as its `StageStarted` recorded it (rendered, secrets masked);
+    /// `None` before the stage started, when the input was null, and in logs that did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
     /// Downstream stages this stage's branch decision left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<String>,
@@ -109,22 +114,11 @@ pub struct ResumeState {
 /// The events of a run did not make a valid stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
-    #[error("run {run}: event {seq} ({event}) comes before RunAccepted")]
-    NotAccepted {
-        run: RunId,
-        seq: u64,
-        event: &'static str,
-    },
     #[error("run {run}: event {seq} is out of order (expected sequence {expected})")]
     OutOfOrder { run: RunId, seq: u64, expected: u64 },
-    #[error("run {run}: event {seq} ({event}) follows the terminal event of the run")]
-    AfterTerminal {
-        run: RunId,
-        seq: u64,
-        event: &'static str,
-    },
-    #[error("run {run}: event {seq} is a second RunAccepted")]
-    DuplicateAccepted { run: RunId, seq: u64 },
+    /// The stream breaks the run's lifecycle (see [`crate::lifecycle`]).
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
 }
 
 /// The state of a run after some prefix of its events.
@@ -216,22 +210,18 @@ impl RunState {
     ) -> Result<(), FoldError> {
         match state {
             Some(s) => s.apply(event),
-            None => match &event.kind {
-                EventKind::RunAccepted { .. } if event.seq == 0 => {
-                    *state = Some(RunState::accepted(run_id, event));
-                    Ok(())
+            None => {
+                lifecycle::check(run_id, None, event.seq, &event.kind)?;
+                if event.seq != 0 {
+                    return Err(FoldError::OutOfOrder {
+                        run: run_id,
+                        seq: event.seq,
+                        expected: 0,
+                    });
                 }
-                EventKind::RunAccepted { .. } => Err(FoldError::OutOfOrder {
-                    run: run_id,
-                    seq: event.seq,
-                    expected: 0,
-                }),
-                other => Err(FoldError::NotAccepted {
-                    run: run_id,
-                    seq: event.seq,
-                    event: other.name(),
-                }),
-            },
+                *state = Some(RunState::accepted(run_id, event));
+                Ok(())
+            }
         }
     }
 
@@ -283,25 +273,35 @@ impl RunState {
                 expected,
             });
         }
-        if self.phase.is_terminal() {
-            return Err(FoldError::AfterTerminal {
-                run: self.run_id,
-                seq: event.seq,
-                event: event.kind.name(),
-            });
-        }
+        lifecycle::check(self.run_id, Some(self.phase), event.seq, &event.kind)?;
         let at = event.at;
+        if let Some(change) = RunChange::of(&event.kind) {
+            if let EventKind::RunSucceeded { output } = &event.kind {
+                self.output = Some(output.clone());
+            }
+            let error = change.apply(
+                at,
+                &mut self.phase,
+                &mut self.started_at,
+                &mut self.finished_at,
+            );
+            if error.is_some() {
+                self.error = error;
+            }
+            if self.phase.is_terminal() {
+                self.cancel_unfinished_stages(at);
+            }
+            self.last_seq = event.seq;
+            return Ok(());
+        }
         match &event.kind {
-            EventKind::RunAccepted { .. } => {
-                return Err(FoldError::DuplicateAccepted {
-                    run: self.run_id,
-                    seq: event.seq,
-                });
-            }
-            EventKind::RunStarted => {
-                self.phase = RunPhase::Running;
-                self.started_at = Some(at);
-            }
+            // Made the run (`apply_to`) or changed its own fields (above).
+            EventKind::RunAccepted { .. }
+            | EventKind::RunStarted
+            | EventKind::RunSucceeded { .. }
+            | EventKind::RunFailed { .. }
+            | EventKind::RunCancelled { .. }
+            | EventKind::RunTimedOut { .. } => {}
             EventKind::RunResumed {
                 session,
                 after_crash,
@@ -312,10 +312,15 @@ impl RunState {
                     after_crash: *after_crash,
                 });
             }
-            EventKind::StageStarted { stage, attempt } => {
+            EventKind::StageStarted {
+                stage,
+                attempt,
+                input,
+            } => {
                 let s = self.stages.entry(stage.clone()).or_default();
                 s.phase = StagePhase::Running;
                 s.attempts = *attempt;
+                s.input = (!input.is_null()).then(|| input.clone());
                 s.started_at.get_or_insert(at);
                 s.retry_at = None;
                 s.attempt_history.push(AttemptState {
@@ -370,49 +375,13 @@ impl RunState {
             EventKind::StageLog { stage, .. } => {
                 self.stages.entry(stage.clone()).or_default().logs += 1;
             }
-            EventKind::RunSucceeded { output } => {
-                self.output = Some(output.clone());
-                self.finish(RunPhase::Succeeded, at);
-            }
-            EventKind::RunFailed { error } => {
-                self.error = Some(error.clone());
-                self.finish(RunPhase::Failed, at);
-            }
-            EventKind::RunCancelled { reason } => {
-                let message = if reason.is_empty() {
-                    "run cancelled".to_string()
-                } else {
-                    reason.clone()
-                };
-                self.error = Some(RunError {
-                    message,
-                    stage: None,
-                    details: Value::Null,
-                });
-                self.finish(RunPhase::Cancelled, at);
-            }
-            EventKind::RunTimedOut { message } => {
-                let message = if message.is_empty() {
-                    "run timed out".to_string()
-                } else {
-                    message.clone()
-                };
-                self.error = Some(RunError {
-                    message,
-                    stage: None,
-                    details: Value::Null,
-                });
-                self.finish(RunPhase::TimedOut, at);
-            }
         }
         self.last_seq = event.seq;
         Ok(())
     }
 
-    /// Ends the run; stages still running or waiting for a retry are cancelled with it.
-    fn finish(&mut self, phase: RunPhase, at: i64) {
-        self.phase = phase;
-        self.finished_at = Some(at);
+    /// The run ended: stages still running or waiting for a retry are cancelled with it.
+    fn cancel_unfinished_stages(&mut self, at: i64) {
         for s in self.stages.values_mut() {
             if matches!(s.phase, StagePhase::Running | StagePhase::Retrying) {
                 s.phase = StagePhase::Cancelled;
@@ -505,6 +474,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             failed("a", 1),
             EventKind::StageRetryScheduled {
@@ -515,6 +485,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 2,
+                input: serde_json::Value::Null,
             },
             EventKind::StageSucceeded {
                 stage: "a".into(),
@@ -550,10 +521,12 @@ mod tests {
             EventKind::StageStarted {
                 stage: "a".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             EventKind::StageStarted {
                 stage: "b".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             EventKind::StageSucceeded {
                 stage: "b".into(),
@@ -565,6 +538,7 @@ mod tests {
             EventKind::StageStarted {
                 stage: "c".into(),
                 attempt: 1,
+                input: serde_json::Value::Null,
             },
             failed("c", 1),
             EventKind::StageRetryScheduled {
@@ -616,16 +590,16 @@ mod tests {
         let events = stream(vec![EventKind::RunStarted]);
         assert_eq!(
             RunState::fold(run(), &events).unwrap_err(),
-            FoldError::NotAccepted {
+            FoldError::Lifecycle(LifecycleError::NotAccepted {
                 run: run(),
                 seq: 0,
                 event: "RunStarted"
-            }
+            })
         );
         let events = stream(vec![accepted(), accepted()]);
         assert_eq!(
             RunState::fold(run(), &events).unwrap_err(),
-            FoldError::DuplicateAccepted { run: run(), seq: 1 }
+            FoldError::Lifecycle(LifecycleError::AlreadyAccepted { run: run(), seq: 1 })
         );
         let events = stream(vec![
             accepted(),
@@ -635,11 +609,11 @@ mod tests {
         let err = RunState::fold(run(), &events).unwrap_err();
         assert_eq!(
             err,
-            FoldError::AfterTerminal {
+            FoldError::Lifecycle(LifecycleError::RunEnded {
                 run: run(),
                 seq: 2,
                 event: "RunStarted"
-            }
+            })
         );
         assert!(err.to_string().contains("event 2"), "{err}");
         let mut late = stream(vec![accepted()]);

@@ -1,7 +1,8 @@
 //! The FlowMason event log: append-only per-run event streams in sled, the fold that turns them into run
 //! state, and the indexes behind history queries. Knows nothing of actors or Kubernetes.
 //!
-//! - [`event`]: what can happen to a run; [`fold`]: run state as a pure fold over those events.
+//! - [`event`]: what can happen to a run; [`fold`]: run state as a pure fold over those events;
+//!   [`lifecycle`]: the rule every run's stream follows, and the run-level fields it folds.
 //! - [`EventStore`]: appends (with the stream rules and per-policy durability), reads, history queries,
 //!   deletion. Layout of the records: see the `keys` module.
 //! - [`sled_files`]: syncing a sled directory's files so that a flush survives a power loss.
@@ -14,6 +15,7 @@ pub mod event;
 mod flusher;
 pub mod fold;
 mod keys;
+pub mod lifecycle;
 mod query;
 mod session;
 pub mod sled_files;
@@ -24,6 +26,7 @@ pub use config::{Durability, StoreConfig};
 pub use error::StoreError;
 pub use event::*;
 pub use fold::*;
+pub use lifecycle::LifecycleError;
 pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
 pub use session::EngineSession;
 pub use store::{Appended, EventStore, WriteCycle, WriteObserver};

@@ -19,6 +19,7 @@ use crate::event::{Event, EventKind, RunId, RunPhase};
 use crate::flusher::{Disk, Flusher};
 use crate::fold::RunState;
 use crate::keys::{self, Index};
+use crate::lifecycle::{self, LifecycleError};
 use crate::sled_files::SledFiles;
 use crate::summary::RunSummary;
 
@@ -304,10 +305,9 @@ impl EventStore {
     /// updates; assigns consecutive seqs (0 for the first event of a run) and stamps `at` (Unix micros, now,
     /// never going backwards). Does not wait for durability; the receipt does.
     ///
-    /// Enforces the shape of a stream: `RunAccepted` only as event 0 ([`StoreError::AlreadyAccepted`]),
-    /// nothing before it ([`StoreError::NotAccepted`]), nothing after a terminal event
-    /// ([`StoreError::RunEnded`], which makes a second terminal event impossible). A rejected append writes
-    /// nothing.
+    /// Enforces the run's lifecycle ([`lifecycle::check`]): `RunAccepted` only as event 0, nothing before
+    /// it, nothing after a terminal event (which makes a second terminal event impossible). A rejected
+    /// append writes nothing.
     pub fn append(&self, run: RunId, kinds: Vec<EventKind>) -> Result<Appended, StoreError> {
         if kinds.is_empty() {
             return Ok(Appended {
@@ -334,41 +334,25 @@ impl EventStore {
         let mut terminal = false;
         for (i, kind) in kinds.iter().enumerate() {
             let seq = first_seq + i as u64;
-            match phase {
-                Some(p) if p.is_terminal() => {
-                    return Err(StoreError::RunEnded {
-                        run,
-                        event: kind.name(),
-                    });
-                }
-                None => {
-                    let Some(summary) =
-                        RunSummary::accepted(run, kind, at, seq).filter(|_| seq == 0)
-                    else {
-                        return Err(StoreError::NotAccepted { run });
-                    };
-                    phase = Some(RunPhase::Pending);
-                    changed = Some(summary);
-                }
-                Some(_) if matches!(kind, EventKind::RunAccepted { .. }) => {
-                    return Err(StoreError::AlreadyAccepted { run });
-                }
-                Some(_) => {
-                    if let Some(p) = kind.run_phase() {
-                        let summary = match &mut changed {
-                            Some(s) => s,
-                            // A phase without a change so far comes from the cursor.
-                            None => changed.insert(
-                                cursor
-                                    .map(|c| c.summary.clone())
-                                    .ok_or(StoreError::NotAccepted { run })?,
-                            ),
-                        };
-                        summary.apply_phase_change(kind, at, seq);
-                        phase = Some(p);
-                        terminal |= p.is_terminal();
-                    }
-                }
+            lifecycle::check(run, phase, seq, kind)?;
+            if let Some(summary) = RunSummary::accepted(run, kind, at, seq) {
+                phase = Some(summary.phase);
+                changed = Some(summary);
+            } else if let Some(p) = kind.run_phase() {
+                let summary = match &mut changed {
+                    Some(s) => s,
+                    // A phase without a change so far comes from the cursor.
+                    None => changed.insert(cursor.map(|c| c.summary.clone()).ok_or(
+                        LifecycleError::NotAccepted {
+                            run,
+                            seq,
+                            event: kind.name(),
+                        },
+                    )?),
+                };
+                summary.apply_phase_change(kind, at, seq);
+                phase = Some(p);
+                terminal |= p.is_terminal();
             }
         }
 
@@ -613,7 +597,7 @@ impl EventStore {
     /// entries, as appends would have left them. For importing history from elsewhere and for filling a
     /// store quickly (`fm bench history`); the engine appends. Each stream must fold (start with
     /// `RunAccepted` at seq 0, consecutive seqs, nothing after a terminal event); a run that already
-    /// exists is refused with [`StoreError::AlreadyAccepted`]. Nothing is written when any run is refused.
+    /// exists is refused with [`LifecycleError::AlreadyAccepted`]. Nothing is written when any run is refused.
     pub fn import_runs(&self, runs: &[(RunId, Vec<Event>)]) -> Result<(), StoreError> {
         self.inner.write_buffered()?;
         let mut batch = Batch::default();
@@ -624,10 +608,19 @@ impl EventStore {
                 continue;
             };
             if self.inner.tree.contains_key(keys::summary_key(run))? {
-                return Err(StoreError::AlreadyAccepted { run });
+                return Err(LifecycleError::AlreadyAccepted {
+                    run,
+                    seq: first.seq,
+                }
+                .into());
             }
-            let mut summary = RunSummary::accepted(run, &first.kind, first.at, first.seq)
-                .ok_or(StoreError::NotAccepted { run })?;
+            let mut summary = RunSummary::accepted(run, &first.kind, first.at, first.seq).ok_or(
+                LifecycleError::NotAccepted {
+                    run,
+                    seq: first.seq,
+                    event: first.kind.name(),
+                },
+            )?;
             let mut records = Vec::with_capacity(events.len());
             for event in events {
                 summary.apply_phase_change(&event.kind, event.at, event.seq);
@@ -783,6 +776,7 @@ pub(crate) mod tests {
         EventKind::StageStarted {
             stage: stage.into(),
             attempt: 1,
+            input: serde_json::Value::Null,
         }
     }
 
@@ -915,10 +909,10 @@ pub(crate) mod tests {
         assert!(
             matches!(
                 err,
-                StoreError::RunEnded {
+                StoreError::Lifecycle(LifecycleError::RunEnded {
                     event: "StageStarted",
                     ..
-                }
+                })
             ),
             "{err:?}"
         );
@@ -936,20 +930,32 @@ pub(crate) mod tests {
         let run = new_run();
         let err = store.append(run, vec![started("a")]).unwrap_err();
         assert!(
-            matches!(err, StoreError::NotAccepted { run: r } if r == run),
+            matches!(err, StoreError::Lifecycle(LifecycleError::NotAccepted { run: r, .. }) if r == run),
             "{err:?}"
         );
         assert_eq!(store.events(run).unwrap(), vec![]);
 
         put(&store, run, vec![accepted("p", "ns")]);
         let err = store.append(run, vec![accepted("p", "ns")]).unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyAccepted { .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Lifecycle(LifecycleError::AlreadyAccepted { .. })
+            ),
+            "{err:?}"
+        );
         assert!(err.to_string().contains(&run.to_string()), "{err}");
         // A rejected batch writes nothing, not even its valid prefix.
         let err = store
             .append(run, vec![EventKind::RunStarted, accepted("p", "ns")])
             .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyAccepted { .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Lifecycle(LifecycleError::AlreadyAccepted { .. })
+            ),
+            "{err:?}"
+        );
         assert_eq!(store.events(run).unwrap().len(), 1);
         assert_eq!(
             store.summary(run).unwrap().unwrap().phase,
@@ -974,7 +980,7 @@ pub(crate) mod tests {
             let name = kind.name();
             let err = store.append(run, vec![kind]).unwrap_err();
             assert!(
-                matches!(err, StoreError::RunEnded { event, .. } if event == name),
+                matches!(err, StoreError::Lifecycle(LifecycleError::RunEnded { event, .. }) if event == name),
                 "{err:?}"
             );
         }
@@ -986,7 +992,7 @@ pub(crate) mod tests {
                 vec![accepted("p", "ns"), run_succeeded(), started("a")],
             )
             .unwrap_err();
-        assert!(matches!(err, StoreError::RunEnded { .. }), "{err:?}");
+        assert!(err.is_run_ended(), "{err:?}");
         assert_eq!(store.summary(other).unwrap(), None);
         let state = store.fold(run).unwrap().unwrap();
         assert_eq!(state.phase, RunPhase::Failed);

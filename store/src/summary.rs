@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, RunId, RunPhase, Trigger};
+use crate::lifecycle::RunChange;
 
 /// What history listings show of a run, kept next to its events.
 ///
@@ -71,36 +72,17 @@ impl RunSummary {
 
     /// Applies a phase-changing event (other than `RunAccepted`); returns whether anything changed.
     pub(crate) fn apply_phase_change(&mut self, kind: &EventKind, at: i64, seq: u64) -> bool {
-        let Some(phase) = kind.run_phase() else {
+        let Some(change) = RunChange::of(kind) else {
             return false;
         };
-        match kind {
-            EventKind::RunAccepted { .. } => return false,
-            EventKind::RunStarted => {
-                self.started_at.get_or_insert(at);
-            }
-            EventKind::RunSucceeded { .. } => {}
-            EventKind::RunFailed { error } => self.error = Some(error.message.clone()),
-            EventKind::RunCancelled { reason } => {
-                self.error = Some(if reason.is_empty() {
-                    "run cancelled".into()
-                } else {
-                    reason.clone()
-                })
-            }
-            EventKind::RunTimedOut { message } => {
-                self.error = Some(if message.is_empty() {
-                    "run timed out".into()
-                } else {
-                    message.clone()
-                })
-            }
-            _ => {}
+        if let Some(error) = change.apply(
+            at,
+            &mut self.phase,
+            &mut self.started_at,
+            &mut self.finished_at,
+        ) {
+            self.error = Some(error.message);
         }
-        if phase.is_terminal() {
-            self.finished_at = Some(at);
-        }
-        self.phase = phase;
         self.last_seq = seq;
         true
     }

@@ -346,7 +346,29 @@ async fn web_ui_starts_a_run_and_shows_its_stages_running_then_succeeded_without
         .await
         .expect("json");
     assert_eq!(detail["inputs"]["customer"], json!("Grace"));
+    // Each stage's input as its attempt got it: templates rendered.
+    let greet = detail["stages"]
+        .as_array()
+        .and_then(|stages| stages.iter().find(|s| s["id"] == "greet"))
+        .expect("stage greet");
+    assert_eq!(
+        greet["input"],
+        json!({"message": "order of Grace", "passthrough": "Grace"})
+    );
     browser.click(".node[data-stage=\"greet\"]").await;
+    let input = browser
+        .until(
+            "the stage's rendered input",
+            "const i = document.querySelector('#stage .stage-input'); return i && i.textContent",
+            json!([]),
+        )
+        .await;
+    assert!(
+        input
+            .as_str()
+            .is_some_and(|t| t.contains("order of Grace") && !t.contains("{{")),
+        "{input}"
+    );
     let details = browser
         .until(
             "the stage details",

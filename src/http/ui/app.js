@@ -349,7 +349,9 @@ function stageDetail(run, events, id) {
       <dt>Started</dt><dd>${time(stage.startedAt)}</dd><dt>Duration</dt><dd>${duration(stage.durationSeconds)}</dd>
       ${stage.reusedFrom ? `<dt>Output from</dt><dd>${runLink(stage.reusedFrom)}</dd>` : ''}
       ${planned.dependsOn ? `<dt>Depends on</dt><dd>${esc(planned.dependsOn.join(', '))}</dd>` : ''}</dl>
-    <h2>Input (config)</h2>${json(planned.config || {})}
+    ${stage.input !== undefined
+    ? `<h2>Input</h2><div class="stage-input">${json(stage.input)}</div>`
+    : `<h2>Input (config as planned, not rendered)</h2>${json(planned.config || {})}`}
     ${stage.output !== undefined ? `<h2>Output</h2>${json(stage.output)}` : ''}
     ${failures.length ? `<h2>Errors</h2>${failures.map((f) => `<p class="error">attempt ${f.attempt}: ${esc(f.error && (f.error.message || JSON.stringify(f.error)))}</p>`).join('')}` : ''}
     ${stage.error && !failures.length ? `<h2>Error</h2>${json(stage.error)}` : ''}

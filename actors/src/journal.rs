@@ -1,0 +1,226 @@
+//! A run's journal: the one way the engine records what happens to a run.
+//!
+//! Every event of a run, whoever decides it (the engine accepting, resuming, rejecting or cancelling a
+//! run; the run actor running it), goes the same way: its secret values are masked, it is appended to the
+//! event log, folded into the run's state, and then shown to whoever follows the run ([`Journal::after_fold`]:
+//! the engine's [`EventObserver`] and the run handle's event stream). Nothing is folded that is not in
+//! the log, and nothing is shown that is not folded.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use flowmason_store::{Event, EventKind, EventStore, RunId, RunState, StoreError};
+
+use crate::plan::{Plan, PlanError};
+use crate::redact::Redactor;
+
+/// Why the engine could not accept, resume or finish a run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid plan: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidPlan(Vec<PlanError>),
+    #[error("stages[{index}].componentType: unknown component {component:?}")]
+    UnknownComponent { index: usize, component: String },
+    #[error("run {run}: {source}")]
+    Store { run: RunId, source: StoreError },
+    #[error("event log: {0}")]
+    Log(#[from] StoreError),
+    #[error("run {run}: the plan cannot be encoded: {reason}")]
+    Encode { run: RunId, reason: String },
+    #[error("run {run}: the engine stopped before the run ended")]
+    Lost { run: RunId },
+    #[error("reuse.stages: stage {stage:?} is not in the plan")]
+    UnknownReusedStage { stage: String },
+}
+
+/// One event as the engine recorded it, shown to an [`EventObserver`].
+pub struct Observation<'a> {
+    pub event: &'a Event,
+    /// The run's state just before the event was folded in (for `RunAccepted`, just after): a stage's
+    /// attempt start and the run's start are there for durations, and the stages still running for a
+    /// terminal event.
+    pub before: &'a RunState,
+    /// The component type of the stage the event is about, when it is about one.
+    pub component: Option<&'a str>,
+}
+
+/// Sees every event the engine records, in order per run, on the thread that recorded it: how metrics
+/// are fed without the engine knowing about them. Must be cheap and must not block (it runs on the
+/// append path).
+pub type EventObserver = Arc<dyn Fn(&Observation<'_>) + Send + Sync>;
+
+/// Who follows a run's events as they are recorded.
+#[derive(Clone, Default)]
+pub(crate) struct Followers {
+    /// The engine's observer (metrics, lifecycle notifications).
+    pub observer: Option<EventObserver>,
+    /// The run handle's event stream, when the run was started observed.
+    pub stream: Option<mpsc::UnboundedSender<Event>>,
+}
+
+/// One run's events and their fold: masks, appends, folds, shows (see the module doc).
+pub(crate) struct Journal {
+    store: EventStore,
+    state: RunState,
+    /// Names the component of a stage event for the observer; `None` for a run whose plan is not known
+    /// (rejected, or ended without being read).
+    plan: Option<Arc<Plan>>,
+    redactor: Redactor,
+    followers: Followers,
+}
+
+impl Journal {
+    /// Records a new run's first events (`RunAccepted`, and what is decided with it) in one append, and
+    /// waits until they are as durable as the policy requires. They are not masked: the run's secrets are
+    /// resolved only once it is on record (see [`Journal::mask`]).
+    pub(crate) async fn accept(
+        store: EventStore,
+        run: RunId,
+        kinds: Vec<EventKind>,
+        plan: Option<Arc<Plan>>,
+        followers: Followers,
+    ) -> Result<Journal, EngineError> {
+        let store_error = |source| EngineError::Store { run, source };
+        let events = store
+            .append(run, kinds)
+            .map_err(store_error)?
+            .durable()
+            .await
+            .map_err(store_error)?;
+        let (first, rest) = events.split_first().ok_or(EngineError::Lost { run })?;
+        let state = RunState::fold(run, std::slice::from_ref(first))
+            .map_err(|e| store_error(e.into()))?
+            .ok_or(EngineError::Lost { run })?;
+        let mut journal = Journal {
+            store,
+            state,
+            plan,
+            redactor: Redactor::default(),
+            followers,
+        };
+        // There is no state before `RunAccepted`: it is shown with the state it made.
+        journal.observe(first);
+        journal.after_fold(first);
+        for event in rest {
+            journal.fold(event).map_err(store_error)?;
+        }
+        Ok(journal)
+    }
+
+    /// Takes up a run already in the log, from its fold.
+    pub(crate) fn resume(
+        store: EventStore,
+        state: RunState,
+        plan: Option<Arc<Plan>>,
+        followers: Followers,
+    ) -> Journal {
+        Journal {
+            store,
+            state,
+            plan,
+            redactor: Redactor::default(),
+            followers,
+        }
+    }
+
+    /// From now on, masks these secret values in every event before it is appended, so that neither the
+    /// log nor the folded state (status, outputs seen downstream) holds one.
+    pub(crate) fn mask(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
+    }
+
+    /// Who follows the run's events from now on.
+    pub(crate) fn follow(&mut self, followers: Followers) {
+        self.followers = followers;
+    }
+
+    /// Names the component of stage events for the observer from now on.
+    pub(crate) fn set_plan(&mut self, plan: Arc<Plan>) {
+        self.plan = Some(plan);
+    }
+
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    pub(crate) fn run_id(&self) -> RunId {
+        self.state.run_id
+    }
+
+    /// The fold of every event recorded so far.
+    pub(crate) fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    pub(crate) fn into_state(self) -> RunState {
+        self.state
+    }
+
+    /// Masks, appends and folds `kinds`, showing each event to the followers; does not wait for
+    /// durability. Returns whether something appended must be waited for ([`Journal::sync`]) before it
+    /// is acted on.
+    pub(crate) fn append(&mut self, mut kinds: Vec<EventKind>) -> Result<bool, StoreError> {
+        if kinds.is_empty() {
+            return Ok(false);
+        }
+        if !self.redactor.is_empty() {
+            kinds.iter_mut().for_each(|k| self.redactor.redact_event(k));
+        }
+        let appended = self.store.append(self.state.run_id, kinds)?;
+        let must_wait = appended.must_wait();
+        for event in &appended.events {
+            self.fold(event)?;
+        }
+        Ok(must_wait)
+    }
+
+    /// [`append`](Self::append), then waits until the events are as durable as the policy requires.
+    pub(crate) async fn append_durable(&mut self, kinds: Vec<EventKind>) -> Result<(), StoreError> {
+        if self.append(kinds)? {
+            self.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything appended to the log so far is durable; owns what it needs, so that an actor
+    /// can wait for it without borrowing the journal.
+    pub(crate) fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + 'static {
+        let store = self.store.clone();
+        async move { store.sync().await }
+    }
+
+    /// Folds one appended event in: shown to the observer with the state before it, then to the
+    /// followers of the folded state.
+    fn fold(&mut self, event: &Event) -> Result<(), StoreError> {
+        self.observe(event);
+        self.state.apply(event)?;
+        self.after_fold(event);
+        Ok(())
+    }
+
+    /// Shows an event to the engine's observer, with the journal's state as `before`.
+    fn observe(&self, event: &Event) {
+        if let Some(observer) = &self.followers.observer {
+            observer(&Observation {
+                event,
+                before: &self.state,
+                component: self.component(event),
+            });
+        }
+    }
+
+    /// The one place where whoever follows the folded state hears of an event, once it is in the log and
+    /// in [`Journal::state`].
+    fn after_fold(&self, event: &Event) {
+        if let Some(stream) = &self.followers.stream {
+            let _ = stream.send(event.clone());
+        }
+    }
+
+    fn component(&self, event: &Event) -> Option<&str> {
+        let plan = self.plan.as_deref()?;
+        let index = plan.index_of(event.kind.stage()?)?;
+        Some(plan.stage(index).component.as_str())
+    }
+}
