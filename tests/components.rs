@@ -922,3 +922,9 @@ async fn cancelling_a_run_kills_its_runaway_jq_worker() {
     assert_eq!(state.phase, RunPhase::Cancelled);
     gone(pid).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Control flow and data components of issue 17, compared with the original package where it runs offline.
+
+#[path = "components/flow.rs"]
+mod flow;

@@ -34,6 +34,16 @@ pub mod switch_router;
 pub mod trycatch;
 pub mod variable_set;
 
+// Control flow and data components of issue 17 (flow).
+pub mod loop_batches;
+pub mod loop_signals;
+pub mod output_router;
+pub mod parallel;
+pub mod retry;
+pub mod return_early;
+pub mod task_stages;
+pub mod timeout;
+
 pub use chat::Chat;
 pub use conditional::Conditional;
 pub use critic::Critic;
@@ -52,6 +62,14 @@ pub use summarizer::Summarizer;
 pub use switch_router::SwitchRouter;
 pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
+
+pub use loop_batches::Loop;
+pub use loop_signals::{BreakLoop, ContinueLoop};
+pub use output_router::{ErrorRouter, OutputRouter};
+pub use parallel::Parallel;
+pub use retry::Retry;
+pub use return_early::Return;
+pub use timeout::Timeout;
 
 /// Every built-in component, under its FlowMason name (`componentType`). `subpipeline` finds no
 /// pipelines here; use [`registry_with_resolver`] to give it some.
@@ -81,6 +99,17 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(trycatch::NAME, TryCatch)
         .register(subpipeline::NAME, SubPipeline::new(resolver))
         .register(http_request::NAME, HttpRequest::new());
+    // Control flow and data components of issue 17 (flow).
+    registry
+        .register(loop_batches::NAME, Loop)
+        .register(loop_signals::BREAK, BreakLoop)
+        .register(loop_signals::CONTINUE, ContinueLoop)
+        .register(return_early::NAME, Return)
+        .register(retry::NAME, Retry)
+        .register(timeout::NAME, Timeout)
+        .register(parallel::NAME, Parallel)
+        .register(output_router::OUTPUT, OutputRouter::new())
+        .register(output_router::ERROR, ErrorRouter::new());
     registry
 }
 
@@ -274,22 +303,31 @@ mod tests {
         assert_eq!(
             names,
             [
+                "break_loop",
                 "chat",
                 "conditional",
+                "continue_loop",
                 "critic",
                 "delay",
+                "error_router",
                 "filter",
                 "foreach",
                 "generator",
                 "http_request",
                 "json_transform",
                 "logger",
+                "loop",
                 "noop",
+                "output_router",
+                "parallel",
+                "retry",
+                "return",
                 "router",
                 "schema_validate",
                 "subpipeline",
                 "summarizer",
                 "switch_router",
+                "timeout",
                 "trycatch",
                 "variable_set"
             ]
