@@ -87,6 +87,11 @@ if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import flow
     python3 -m venv target/pyenv
     target/pyenv/bin/pip install --quiet flowmason kubernetes
 fi
+# pandas, which the original's aggregate and join transformers need, for the expectations of
+# tests/components/flow.rs.
+if ! target/pyenv/bin/python -c 'import pandas' 2>/dev/null; then
+    target/pyenv/bin/pip install --quiet pandas
+fi
 
 # One target dir for every crate and test binary; tests run on the machine's cores.
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

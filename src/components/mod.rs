@@ -35,6 +35,8 @@ pub mod trycatch;
 pub mod variable_set;
 
 // Control flow and data components of issue 17 (flow).
+pub mod aggregate;
+pub mod join;
 pub mod loop_batches;
 pub mod loop_signals;
 pub mod output_router;
@@ -63,6 +65,8 @@ pub use switch_router::SwitchRouter;
 pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
 
+pub use aggregate::Aggregate;
+pub use join::Join;
 pub use loop_batches::Loop;
 pub use loop_signals::{BreakLoop, ContinueLoop};
 pub use output_router::{ErrorRouter, OutputRouter};
@@ -109,7 +113,9 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(timeout::NAME, Timeout)
         .register(parallel::NAME, Parallel)
         .register(output_router::OUTPUT, OutputRouter::new())
-        .register(output_router::ERROR, ErrorRouter::new());
+        .register(output_router::ERROR, ErrorRouter::new())
+        .register(aggregate::NAME, Aggregate)
+        .register(join::NAME, Join);
     registry
 }
 
@@ -303,6 +309,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "aggregate",
                 "break_loop",
                 "chat",
                 "conditional",
@@ -314,6 +321,7 @@ mod tests {
                 "foreach",
                 "generator",
                 "http_request",
+                "join",
                 "json_transform",
                 "logger",
                 "loop",
