@@ -56,12 +56,13 @@ pub const FUNCTIONS: [&str; 16] = [
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Aggregate;
 
+/// One statistic to compute: `func` over `field`, as column `alias`.
 #[derive(Debug, Clone)]
-struct Spec {
-    func: String,
-    field: String,
-    alias: String,
-    percentile: f64,
+pub(crate) struct Spec {
+    pub(crate) func: String,
+    pub(crate) field: String,
+    pub(crate) alias: String,
+    pub(crate) percentile: f64,
 }
 
 fn specs(map: &Map<String, Value>) -> Result<Option<Vec<Spec>>, ComponentError> {
@@ -343,7 +344,7 @@ fn statistic(rows: &[&Map<String, Value>], spec: &Spec, grouped: bool) -> Result
 type Group<'a> = (Vec<Value>, Vec<&'a Map<String, Value>>);
 
 /// The aggregated rows, or the data problem FlowMason reports as `error`.
-fn aggregate(
+pub(crate) fn aggregate(
     rows: &[&Map<String, Value>],
     specs: &[Spec],
     keys: &[String],

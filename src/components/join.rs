@@ -35,11 +35,12 @@ const TYPES: [&str; 6] = ["inner", "left", "right", "outer", "full_outer", "cros
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Join;
 
-struct Settings {
-    join_type: String,
-    left_on: Vec<String>,
-    right_on: Vec<String>,
-    suffixes: (String, String),
+/// A join to make.
+pub(crate) struct Settings {
+    pub(crate) join_type: String,
+    pub(crate) left_on: Vec<String>,
+    pub(crate) right_on: Vec<String>,
+    pub(crate) suffixes: (String, String),
 }
 
 fn keys(map: &Map<String, Value>, field: &str) -> Result<Vec<String>, ComponentError> {
@@ -146,7 +147,8 @@ enum Source {
     Both(String),
 }
 
-fn join(
+/// The joined rows and their columns, or the data problem FlowMason reports as `error`.
+pub(crate) fn join(
     left: &[&Map<String, Value>],
     right: &[&Map<String, Value>],
     s: &Settings,

@@ -40,6 +40,7 @@ pub mod join;
 pub mod loop_batches;
 pub mod loop_signals;
 pub mod output_router;
+pub mod pandas_ops;
 pub mod parallel;
 pub mod retry;
 pub mod return_early;
@@ -70,6 +71,7 @@ pub use join::Join;
 pub use loop_batches::Loop;
 pub use loop_signals::{BreakLoop, ContinueLoop};
 pub use output_router::{ErrorRouter, OutputRouter};
+pub use pandas_ops::Pandas;
 pub use parallel::Parallel;
 pub use retry::Retry;
 pub use return_early::Return;
@@ -115,7 +117,8 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(output_router::OUTPUT, OutputRouter::new())
         .register(output_router::ERROR, ErrorRouter::new())
         .register(aggregate::NAME, Aggregate)
-        .register(join::NAME, Join);
+        .register(join::NAME, Join)
+        .register(pandas_ops::NAME, Pandas);
     registry
 }
 
@@ -327,6 +330,7 @@ mod tests {
                 "loop",
                 "noop",
                 "output_router",
+                "pandas",
                 "parallel",
                 "retry",
                 "return",

@@ -739,3 +739,33 @@ async fn join_merges_as_the_originals_pandas_does() {
         same_as_original("join", module, "JoinTransformer", input).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pandas_operations_give_what_the_original_gives() {
+    let data = json!([
+        {"id": 1, "name": "alice", "age": 30, "status": "active"},
+        {"id": 2, "name": "bob", "age": 25, "status": "idle"},
+        {"id": 3, "name": "carol", "status": "active"},
+        {"id": 4, "name": "dan", "age": 41, "status": "active"},
+    ]);
+    let right = json!([{"id": 1, "team": "x"}, {"id": 4, "team": "y"}, {"id": 9, "team": "z"}]);
+    let module = "flowmason_lab.transformers.pandas_ops";
+    for extra in [
+        json!({"operation": "filter", "expression": "age > 26 and status == 'active'"}),
+        json!({"operation": "sort", "sort_by_columns": ["age"], "ascending": false}),
+        json!({"operation": "sort", "sort_by_columns": ["status", "id"], "ascending": [true, false]}),
+        json!({"operation": "drop", "drop_columns": ["status"]}),
+        json!({"operation": "drop", "drop_columns": ["nope"]}),
+        json!({"operation": "rename", "rename_columns": {"name": "who"}}),
+        json!({"operation": "fillna", "fill_value": 0}),
+        json!({"operation": "groupby", "group_by_columns": ["status"],
+               "aggregations": {"age": "mean", "id": "count", "name": "first"}}),
+        json!({"operation": "merge", "right_data": right, "merge_on": "id", "merge_how": "left"}),
+        json!({"operation": "apply", "column": "name", "function": "str.upper"}),
+        json!({"operation": "apply", "column": "age", "function": "lambda x: x * 2"}),
+    ] {
+        let mut input = extra.clone();
+        input["data"] = data.clone();
+        same_as_original("pandas", module, "PandasTransformer", input).await;
+    }
+}
