@@ -87,10 +87,10 @@ if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import flow
     python3 -m venv target/pyenv
     target/pyenv/bin/pip install --quiet flowmason kubernetes
 fi
-# pandas, which the original's aggregate and join transformers need, for the expectations of
-# tests/components/flow.rs.
-if ! target/pyenv/bin/python -c 'import pandas' 2>/dev/null; then
-    target/pyenv/bin/pip install --quiet pandas
+# pandas and duckdb, which the original's aggregate, join, pandas and sql transformers need, for the
+# expectations of tests/components/flow.rs.
+if ! target/pyenv/bin/python -c 'import pandas, duckdb' 2>/dev/null; then
+    target/pyenv/bin/pip install --quiet pandas duckdb
 fi
 
 # One target dir for every crate and test binary; tests run on the machine's cores.

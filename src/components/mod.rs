@@ -44,6 +44,7 @@ pub mod pandas_ops;
 pub mod parallel;
 pub mod retry;
 pub mod return_early;
+pub mod sql;
 pub mod task_stages;
 pub mod timeout;
 
@@ -75,6 +76,7 @@ pub use pandas_ops::Pandas;
 pub use parallel::Parallel;
 pub use retry::Retry;
 pub use return_early::Return;
+pub use sql::SqlQuery;
 pub use timeout::Timeout;
 
 /// Every built-in component, under its FlowMason name (`componentType`). `subpipeline` finds no
@@ -118,7 +120,8 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(output_router::ERROR, ErrorRouter::new())
         .register(aggregate::NAME, Aggregate)
         .register(join::NAME, Join)
-        .register(pandas_ops::NAME, Pandas);
+        .register(pandas_ops::NAME, Pandas)
+        .register(sql::NAME, SqlQuery);
     registry
 }
 
@@ -336,6 +339,7 @@ mod tests {
                 "return",
                 "router",
                 "schema_validate",
+                "sql",
                 "subpipeline",
                 "summarizer",
                 "switch_router",

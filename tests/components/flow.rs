@@ -769,3 +769,24 @@ async fn pandas_operations_give_what_the_original_gives() {
         same_as_original("pandas", module, "PandasTransformer", input).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_answers_what_the_originals_duckdb_answers() {
+    let data = json!([
+        {"id": 1, "name": "alice", "age": 30, "dept": "eng"},
+        {"id": 2, "name": "bob", "age": 25, "dept": "ops"},
+        {"id": 3, "name": "carol", "age": 35, "dept": "eng"},
+    ]);
+    let orders = json!([{"user_id": 1, "amount": 100}, {"user_id": 3, "amount": 50},
+                        {"user_id": 1, "amount": 20}]);
+    let module = "flowmason_lab.transformers.sql";
+    for sql in [
+        "SELECT name, age FROM data WHERE age > 26 ORDER BY age DESC",
+        "SELECT dept, COUNT(*) AS n, MAX(age) AS oldest FROM data GROUP BY dept ORDER BY dept",
+        "SELECT d.name, SUM(o.amount) AS total FROM data d JOIN orders o ON d.id = o.user_id \
+         GROUP BY d.name ORDER BY total DESC",
+    ] {
+        let input = json!({"data": data, "sql": sql, "additional_tables": {"orders": orders}});
+        same_as_original("sql", module, "SQLTransformer", input).await;
+    }
+}
