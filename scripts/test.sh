@@ -87,6 +87,11 @@ if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import flow
     python3 -m venv target/pyenv
     target/pyenv/bin/pip install --quiet flowmason kubernetes
 fi
+# pandas and duckdb, which the original's aggregate, join, pandas and sql transformers need, for the
+# expectations of tests/components/flow.rs.
+if ! target/pyenv/bin/python -c 'import pandas, duckdb' 2>/dev/null; then
+    target/pyenv/bin/pip install --quiet pandas duckdb
+fi
 
 # The connectors' tests in tests/components.rs start their own servers on loopback ports: PostgreSQL
 # (Debian's postgresql: initdb + postgres in a temp dir), Redis (Debian's redis-server) and an

@@ -925,3 +925,9 @@ async fn cancelling_a_run_kills_its_runaway_jq_worker() {
 
 #[path = "components/connectors.rs"]
 mod connectors;
+
+// ---------------------------------------------------------------------------------------------------------
+// Control flow and data components of issue 17, compared with the original package where it runs offline.
+
+#[path = "components/flow.rs"]
+mod flow;

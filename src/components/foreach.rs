@@ -14,9 +14,14 @@
 //! engine ends them `Skipped` (`BranchNotTaken`) rather than running them again as ordinary stages;
 //! stages after the loop should depend on the foreach stage and read `results`.
 //!
+//! A triggered `break_loop` among an iteration's stages ends the loop after that iteration; a triggered
+//! `continue_loop` leaves the iteration out of `results` (see `loop_signals`).
+//!
 //! Output: `{total_items, processed_items, skipped_items, items_to_process, results, errors,
-//! is_complete}`; `results` in item order (empty unless `collect_results`), `errors` lists the failed
-//! iterations `{index, stage, error}` when `break_on_error` is false. Errors: with `break_on_error` the
+//! is_complete, broken, break_result, break_message, continued_items}`; `results` in item order (empty
+//! unless `collect_results`; a failed iteration's is `null`), `errors` lists the failed iterations
+//! `{index, stage, error}` when `break_on_error` is false, `continued_items` the indexes of continued
+//! iterations. Errors: with `break_on_error` the
 //! first failing iteration fails the stage, with that stage's class; `config` for bad fields; `cancelled`
 //! when the attempt is cancelled (the loop stops at once).
 
@@ -26,11 +31,12 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use flowmason_actors::nested::{self, NestedError};
+use flowmason_actors::nested;
 use flowmason_actors::{Component, ComponentError, ComponentOutput, StageContext};
 use flowmason_store::ErrorClass;
 
 use super::expr::{Expr, ExprError};
+use super::loop_signals::{self, Signal};
 use super::{input_object, opt_bool, opt_str, opt_str_list, static_config, type_name};
 
 /// The component type name.
@@ -164,24 +170,11 @@ impl Component for ForEach {
                     )
                 }
             };
-            let mut results = vec![Value::Null; count];
+            // `None`: a continued iteration, or one after a break, left out of `results`.
+            let mut results: Vec<Option<Value>> = vec![None; count];
             let mut errors = Vec::new();
-            let mut record =
-                |index: usize, outcome: Result<nested::NestedOutcome, NestedError>| match outcome {
-                    Ok(o) => {
-                        results[index] = o.last.unwrap_or(Value::Null);
-                        Ok(())
-                    }
-                    Err(e) if s.break_on_error || e.error.class == ErrorClass::Cancelled => {
-                        Err(e.into_component_error(&format!("{NAME}: iteration {index}")))
-                    }
-                    Err(e) => {
-                        errors.push(serde_json::json!({
-                            "index": index, "stage": e.stage, "error": e.error.message,
-                        }));
-                        Ok(())
-                    }
-                };
+            let mut continued = Vec::new();
+            let mut broken: Option<(Value, Value)> = None;
             let width = if s.parallel { s.max_parallel } else { 1 };
             let mut stream = futures::stream::iter(items.iter().cloned().enumerate())
                 .map(|(i, item)| iteration(i, item))
@@ -193,9 +186,31 @@ impl Component for ForEach {
                         format!("{NAME}: cancelled"),
                     ));
                 }
-                record(index, outcome)?;
+                match outcome {
+                    Ok(o) => match loop_signals::signal(&view.plan, &o.outputs) {
+                        // A break starts no further iteration (in parallel, those under way are
+                        // dropped).
+                        Some(Signal::Break { result, message }) => {
+                            broken = Some((result, message));
+                            break;
+                        }
+                        Some(Signal::Continue) => continued.push(index),
+                        None => results[index] = Some(o.last.unwrap_or(Value::Null)),
+                    },
+                    Err(e) if s.break_on_error || e.error.class == ErrorClass::Cancelled => {
+                        return Err(e.into_component_error(&format!("{NAME}: iteration {index}")));
+                    }
+                    Err(e) => {
+                        results[index] = Some(Value::Null);
+                        errors.push(serde_json::json!({
+                            "index": index, "stage": e.stage, "error": e.error.message,
+                        }));
+                    }
+                }
             }
             drop(stream);
+            let results: Vec<Value> = results.into_iter().flatten().collect();
+            let (break_result, break_message) = broken.clone().unwrap_or_default();
             let output = serde_json::json!({
                 "total_items": total,
                 "processed_items": count,
@@ -204,6 +219,10 @@ impl Component for ForEach {
                 "results": if s.collect_results { results } else { Vec::new() },
                 "errors": errors,
                 "is_complete": true,
+                "broken": broken.is_some(),
+                "break_result": break_result,
+                "break_message": break_message,
+                "continued_items": continued,
             });
             Ok(ComponentOutput {
                 output,

@@ -48,7 +48,7 @@ impl HttpRequest {
         Self::default()
     }
 
-    fn client(&self, verify: bool, follow: bool) -> Result<Client, ComponentError> {
+    pub(crate) fn client(&self, verify: bool, follow: bool) -> Result<Client, ComponentError> {
         static PROVIDER: Once = Once::new();
         PROVIDER.call_once(|| {
             // Fails only when a provider is already installed (by `main`, kube), which is what we want.

@@ -52,6 +52,20 @@ pub mod postgres;
 pub mod redis;
 pub mod s3;
 
+// Control flow and data components of issue 17 (flow).
+pub mod aggregate;
+pub mod join;
+pub mod loop_batches;
+pub mod loop_signals;
+pub mod output_router;
+pub mod pandas_ops;
+pub mod parallel;
+pub mod retry;
+pub mod return_early;
+pub mod sql;
+pub mod task_stages;
+pub mod timeout;
+
 pub use analyzer::Analyzer;
 pub use chat::Chat;
 pub use combiner::Combiner;
@@ -84,6 +98,17 @@ pub use local_file::LocalFile;
 pub use mongodb::MongoDb;
 pub use postgres::Postgres;
 pub use s3::S3;
+pub use aggregate::Aggregate;
+pub use join::Join;
+pub use loop_batches::Loop;
+pub use loop_signals::{BreakLoop, ContinueLoop};
+pub use output_router::{ErrorRouter, OutputRouter};
+pub use pandas_ops::Pandas;
+pub use parallel::Parallel;
+pub use retry::Retry;
+pub use return_early::Return;
+pub use sql::SqlQuery;
+pub use timeout::Timeout;
 
 /// Every built-in component, under its FlowMason name (`componentType`). `subpipeline` finds no
 /// pipelines here; use [`registry_with_resolver`] to give it some.
@@ -113,6 +138,21 @@ pub fn registry_with_resolver(resolver: Arc<dyn PipelineResolver>) -> Registry {
         .register(trycatch::NAME, TryCatch)
         .register(subpipeline::NAME, SubPipeline::new(resolver))
         .register(http_request::NAME, HttpRequest::new());
+    // Control flow and data components of issue 17 (flow).
+    registry
+        .register(loop_batches::NAME, Loop)
+        .register(loop_signals::BREAK, BreakLoop)
+        .register(loop_signals::CONTINUE, ContinueLoop)
+        .register(return_early::NAME, Return)
+        .register(retry::NAME, Retry)
+        .register(timeout::NAME, Timeout)
+        .register(parallel::NAME, Parallel)
+        .register(output_router::OUTPUT, OutputRouter::new())
+        .register(output_router::ERROR, ErrorRouter::new())
+        .register(aggregate::NAME, Aggregate)
+        .register(join::NAME, Join)
+        .register(pandas_ops::NAME, Pandas)
+        .register(sql::NAME, SqlQuery);
     // Connectors.
     registry
         .register(local_file::NAME, LocalFile::from_process())
@@ -404,37 +444,50 @@ mod tests {
         assert_eq!(
             names,
             [
+                "aggregate",
                 "analyzer",
+                "break_loop",
                 "chat",
                 "combiner",
                 "conditional",
+                "continue_loop",
                 "critic",
                 "delay",
                 "embedder",
+                "error_router",
                 "filter",
                 "foreach",
                 "generator",
                 "http_request",
                 "improver",
+                "join",
                 "json_transform",
                 "local_file",
                 "logger",
+                "loop",
                 "mongodb",
                 "noop",
+                "output_router",
+                "pandas",
+                "parallel",
                 "postgres",
                 "redis",
+                "retry",
+                "return",
                 "rewriter",
                 "router",
                 "s3",
                 "schema_validate",
                 "selector",
+                "sql",
                 "subpipeline",
                 "summarizer",
                 "switch_router",
                 "synthesizer",
+                "timeout",
                 "translator",
                 "trycatch",
-                "variable_set"
+                "variable_set",
             ]
         );
     }

@@ -83,14 +83,14 @@ fn settings(map: &Map<String, Value>, need_try: bool) -> Result<Settings, Compon
 }
 
 /// Our class name for an error, and whether `wanted` (our names or FlowMason's Python ones) covers it.
-fn class_name(class: ErrorClass) -> String {
+pub(crate) fn class_name(class: ErrorClass) -> String {
     serde_json::to_value(class)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| format!("{class:?}").to_lowercase())
 }
 
-fn caught_by(wanted: &[String], class: ErrorClass) -> bool {
+pub(crate) fn caught_by(wanted: &[String], class: ErrorClass) -> bool {
     if wanted.is_empty() {
         return true;
     }
