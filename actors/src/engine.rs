@@ -608,7 +608,7 @@ impl Engine {
         };
         self.inner
             .store
-            .sync()
+            .sync_run(run)
             .await
             .map_err(|source| EngineError::Store { run, source })?;
         self.continue_resumed(state, observe).await

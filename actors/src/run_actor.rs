@@ -224,13 +224,15 @@ impl RunActor {
             return self.abandon(error, ctx);
         }
         if std::mem::take(&mut self.must_sync) {
-            let store = self.store.clone();
-            ctx.wait(async move { store.sync().await }.into_actor(self).map(
-                move |result, act, ctx| match result {
-                    Ok(()) => act.apply_effects(effects, ctx),
-                    Err(e) => act.abandon(e, ctx),
-                },
-            ));
+            let (store, run) = (self.store.clone(), self.state.run_id);
+            ctx.wait(
+                async move { store.sync_run(run).await }
+                    .into_actor(self)
+                    .map(move |result, act, ctx| match result {
+                        Ok(()) => act.apply_effects(effects, ctx),
+                        Err(e) => act.abandon(e, ctx),
+                    }),
+            );
         } else {
             self.apply_effects(effects, ctx);
         }
@@ -256,7 +258,9 @@ impl RunActor {
         }
     }
 
-    /// The store failed: the run cannot go on here. It stays unfinished in the log and resumes on restart.
+    /// The store failed, or another engine took the run over (`StoreError::LostOwnership`): the run cannot
+    /// go on here, and nothing not yet in the log is acted on. It stays unfinished in the log and resumes
+    /// on restart (or goes on with the engine that owns it now).
     fn abandon(&mut self, error: StoreError, ctx: &mut Context<Self>) {
         tracing::error!(run = %self.state.run_id, %error, "event log append failed; run abandoned until restart");
         self.stop_all_stages();

@@ -4,6 +4,8 @@
 //! - [`event`]: what can happen to a run; [`fold`]: run state as a pure fold over those events.
 //! - [`EventStore`]: appends (with the stream rules and per-policy durability), reads, history queries,
 //!   deletion. Layout of the records: see the `keys` module.
+//! - Two backends behind [`EventStore`]: a local sled log, or a replicated NATS JetStream stream with a
+//!   local sled index (see [`EventStore::open_jetstream`]).
 //! - [`sled_files`]: syncing a sled directory's files so that a flush survives a power loss.
 
 mod buffer;
@@ -13,6 +15,7 @@ mod error;
 pub mod event;
 mod flusher;
 pub mod fold;
+mod jetstream;
 mod keys;
 mod query;
 mod session;
@@ -24,6 +27,7 @@ pub use config::{Durability, StoreConfig};
 pub use error::StoreError;
 pub use event::*;
 pub use fold::*;
+pub use jetstream::{DEFAULT_STREAM, JetStreamConfig, NatsAuth};
 pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
 pub use session::EngineSession;
 pub use store::{Appended, EventStore, WriteCycle, WriteObserver};
