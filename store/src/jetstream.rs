@@ -102,16 +102,14 @@ impl JetStreamConfig {
 #[derive(Debug, Clone)]
 pub(crate) enum AckFailure {
     /// The stream's last message of the run was not the one this writer expected.
-    Fenced {
-        expected: u64,
-    },
+    Fenced,
     Failed(String),
 }
 
 impl AckFailure {
     pub(crate) fn into_error(self, run: RunId) -> StoreError {
         match self {
-            AckFailure::Fenced { .. } => StoreError::LostOwnership { run },
+            AckFailure::Fenced => StoreError::LostOwnership { run },
             AckFailure::Failed(reason) => {
                 StoreError::jetstream(format!("append to run {run}"), reason)
             }
@@ -232,7 +230,7 @@ impl Log {
                 PublishErrorKind::WrongLastSequence => {
                     return match self.stored_last(&subject, id).await {
                         Some(seq) => Ok(seq),
-                        None => Err(AckFailure::Fenced { expected }),
+                        None => Err(AckFailure::Fenced),
                     };
                 }
                 PublishErrorKind::MaxPayloadExceeded => {
@@ -677,8 +675,8 @@ impl JetStream {
         let previous = chains.get(&run).map(|c| (c.last.clone(), c.next_seq));
         let appended = match local.append_at(run, kinds, previous.as_ref().map(|p| p.1), None) {
             // The index holds events this writer did not append: another writer owns the run now.
-            Err(StoreError::OutOfOrder { expected, .. }) => {
-                lock(&self.shared.lost).insert(run, AckFailure::Fenced { expected });
+            Err(StoreError::OutOfOrder { .. }) => {
+                lock(&self.shared.lost).insert(run, AckFailure::Fenced);
                 return Err(StoreError::LostOwnership { run });
             }
             other => other?,
@@ -1031,10 +1029,7 @@ mod tests {
             .publish(subject, "other-writer:0", 0, 0, payload)
             .await
             .expect_err("fenced");
-        assert!(
-            matches!(other, AckFailure::Fenced { expected: 0 }),
-            "{other:?}"
-        );
+        assert!(matches!(other, AckFailure::Fenced), "{other:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
