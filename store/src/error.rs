@@ -75,14 +75,10 @@ pub enum StoreError {
     JetStream { what: String, reason: String },
     /// The stream exists with settings the event log cannot use; it is never changed silently.
     #[error(
-        "JetStream stream {stream}: {field} is {found}, the event log needs {expected} (change the stream or choose another with --event-stream)"
+        "JetStream stream {}: {} is {}, the event log needs {} (change the stream or choose another with --event-stream)",
+        .0.stream, .0.field, .0.found, .0.expected
     )]
-    StreamMismatch {
-        stream: String,
-        field: &'static str,
-        expected: String,
-        found: String,
-    },
+    StreamMismatch(Box<StreamMismatch>),
 }
 
 impl StoreError {
@@ -92,4 +88,14 @@ impl StoreError {
             reason: reason.to_string(),
         }
     }
+}
+
+/// How a present JetStream stream differs from what the event log needs.
+#[derive(Debug)]
+pub struct StreamMismatch {
+    pub stream: String,
+    /// The setting that differs: subjects, retention, storage, replicas or limits.
+    pub field: &'static str,
+    pub expected: String,
+    pub found: String,
 }

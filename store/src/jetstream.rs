@@ -48,7 +48,7 @@ use tokio::sync::watch;
 
 use crate::codec;
 use crate::config::{Durability, StoreConfig};
-use crate::error::StoreError;
+use crate::error::{StoreError, StreamMismatch};
 use crate::event::{Event, EventKind, RunId};
 use crate::keys;
 use crate::store::{Appended, EventStore, Wait};
@@ -376,13 +376,14 @@ fn encode(run: RunId, events: &[Event]) -> Result<Bytes, StoreError> {
 
 /// Checks that a present stream is one the event log can use; names the first difference.
 fn check_stream(name: &str, found: &StreamConfig, wanted: &StreamConfig) -> Result<(), StoreError> {
-    let mismatch =
-        |field: &'static str, expected: String, found: String| StoreError::StreamMismatch {
+    let mismatch = |field: &'static str, expected: String, found: String| {
+        StoreError::StreamMismatch(Box::new(StreamMismatch {
             stream: name.into(),
             field,
             expected,
             found,
-        };
+        }))
+    };
     if found.subjects != wanted.subjects {
         return Err(mismatch(
             "subjects",
@@ -471,7 +472,7 @@ async fn open_stream(
     let stream = loop {
         match ensure_stream(&context, config).await {
             Ok(stream) => break stream,
-            Err(e @ StoreError::StreamMismatch { .. }) => return Err(e),
+            Err(e @ StoreError::StreamMismatch(_)) => return Err(e),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "event log stream not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1051,13 +1052,7 @@ mod tests {
         config.stream = "OTHER".into();
         let err = EventStore::open_jetstream(&config, StoreConfig::default()).expect_err("refused");
         assert!(
-            matches!(
-                &err,
-                StoreError::StreamMismatch {
-                    field: "limits",
-                    ..
-                }
-            ),
+            matches!(&err, StoreError::StreamMismatch(m) if m.field == "limits"),
             "{err:?}"
         );
         assert!(
@@ -1075,13 +1070,7 @@ mod tests {
         config.stream = "MEMORY".into();
         let err = EventStore::open_jetstream(&config, StoreConfig::default()).expect_err("refused");
         assert!(
-            matches!(
-                &err,
-                StoreError::StreamMismatch {
-                    field: "storage",
-                    ..
-                }
-            ),
+            matches!(&err, StoreError::StreamMismatch(m) if m.field == "storage"),
             "{err:?}"
         );
     }

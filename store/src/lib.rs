@@ -24,7 +24,7 @@ mod store;
 mod summary;
 
 pub use config::{Durability, StoreConfig};
-pub use error::StoreError;
+pub use error::{StoreError, StreamMismatch};
 pub use event::*;
 pub use fold::*;
 pub use jetstream::{DEFAULT_STREAM, JetStreamConfig, NatsAuth};
