@@ -602,15 +602,22 @@ impl JetStream {
             let config = config.clone();
             async move { open_stream(&config).await }
         })??;
+        // The sequence of the last message still in the stream (newer ones may have been deleted).
         let last = block_on(&handle, {
-            let mut stream = stream.clone();
+            let stream = stream.clone();
+            let all = format!("flowmason.{}.>", config.stream);
             let name = config.stream.clone();
             async move {
-                stream
-                    .info()
-                    .await
-                    .map(|i| i.state.last_sequence)
-                    .map_err(|e| StoreError::jetstream(format!("reading stream {name}"), e))
+                match stream.get_last_raw_message_by_subject(&all).await {
+                    Ok(message) => Ok(message.sequence),
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                    {
+                        Ok(0)
+                    }
+                    Err(e) => Err(StoreError::jetstream(format!("reading stream {name}"), e)),
+                }
             }
         })??;
         let shared = Arc::new(Log {
@@ -629,12 +636,8 @@ impl JetStream {
         });
         let mut consumed = shared.consumed.subscribe();
         handle.spawn(follow(shared.clone(), local.clone()));
-        // Caught up at the stream's last message, or at the last one left when newer ones were deleted.
         block_on(&handle, async move {
-            consumed
-                .wait_for(|&(seq, pending)| last == 0 || seq >= last || (seq > 0 && pending == 0))
-                .await
-                .map(drop)
+            consumed.wait_for(|&(seq, _)| seq >= last).await.map(drop)
         })?
         .map_err(|_| StoreError::Closed)?;
         Ok(JetStream {

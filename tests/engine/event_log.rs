@@ -410,3 +410,91 @@ async fn an_engine_that_lost_its_run_to_another_stops_it_and_acts_on_nothing_mor
         1
     );
 }
+
+#[actix_rt::test]
+async fn runs_on_a_three_node_r3_stream_survive_the_kill_of_a_node() {
+    let mut cluster = NatsCluster::start(3);
+    let mut config = JetStreamConfig::new(cluster.urls());
+    config.replicas = 3;
+    let open = |config: &JetStreamConfig| {
+        EventStore::open_jetstream(
+            config,
+            StoreConfig {
+                durability: Durability::Batch,
+                ..StoreConfig::default()
+            },
+        )
+        .expect("open the R3 stream")
+    };
+    let store = open(&config);
+    let (sleep, flaky) = (Sleep::default(), Flaky::default());
+    let engine = Engine::new(
+        store.clone(),
+        registry(&sleep, &flaky),
+        EngineConfig::default(),
+    );
+    let spec = plan(vec![
+        with_config(stage("a", "sleep", &[]), json!({ "ms": 20 })),
+        stage("b", "echo", &["a"]),
+        stage("c", "echo", &["b"]),
+    ]);
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        let handle = engine
+            .start(RunRequest::new("test", spec.clone(), json!({ "i": i })))
+            .await
+            .expect("start");
+        handles.push(handle);
+        if i == 100 {
+            // SIGKILL a node with half the runs accepted and many in flight.
+            cluster.kill(0);
+        }
+    }
+    let mut ended = Vec::new();
+    for handle in handles {
+        let state = handle.finished().await.expect("every run ends");
+        assert_eq!(state.phase, RunPhase::Succeeded, "run {}", state.run_id);
+        ended.push(state);
+    }
+    cluster.restart(0);
+    // Every acknowledged event is in the stream, once: a fresh reader through the surviving nodes folds
+    // each run to the state its engine reported.
+    let mut survivors = config.clone();
+    survivors.servers = cluster.urls()[1..].to_vec();
+    let reader = open(&survivors);
+    for state in &ended {
+        let events = reader.events(state.run_id).expect("events");
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (0..=state.last_seq).collect::<Vec<_>>(),
+            "run {}",
+            state.run_id
+        );
+        assert_eq!(events.iter().filter(|e| e.kind.is_terminal()).count(), 1);
+    }
+    assert!(reader.unfinished_runs().expect("unfinished").is_empty());
+    // The killed node rejoined: a reader connected to it alone sees every run.
+    let mut rejoined = config.clone();
+    rejoined.servers = cluster.urls()[..1].to_vec();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = EventStore::open_jetstream(&rejoined, StoreConfig::default())
+            .ok()
+            .and_then(|r| {
+                r.query(&RunQuery {
+                    limit: 1000,
+                    ..RunQuery::default()
+                })
+                .ok()
+            })
+            .is_some_and(|page| page.runs.len() == ended.len());
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed node did not rejoin"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
