@@ -375,6 +375,7 @@ fn resolve_run_id(
         let RunPage {
             runs,
             continue_token,
+            ..
         } = page(token)?;
         found.extend(
             runs.iter()

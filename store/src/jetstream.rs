@@ -162,6 +162,9 @@ pub(crate) struct Log {
     /// The stream sequence of the last message the index consumed, and how many messages were still
     /// pending after it when it was delivered.
     consumed: watch::Sender<(u64, u64)>,
+    /// The highest stream sequence this process knows of: from acknowledgements, and from each
+    /// delivered message's sequence plus the messages still pending after it.
+    known_last: AtomicU64,
 }
 
 /// The JetStream event log (see the module doc). Held by an [`EventStore`] whose sled log is the index.
@@ -576,6 +579,9 @@ async fn follow(shared: Arc<Log>, local: EventStore) {
                     stream_seq,
                 )
                 .await;
+            shared
+                .known_last
+                .fetch_max(stream_seq.saturating_add(info.pending), Ordering::Relaxed);
             shared.consumed.send_replace((stream_seq, info.pending));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -633,6 +639,7 @@ impl JetStream {
             lost: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             consumed: watch::channel((0, 0)).0,
+            known_last: AtomicU64::new(last),
         });
         let mut consumed = shared.consumed.subscribe();
         handle.spawn(follow(shared.clone(), local.clone()));
@@ -717,6 +724,7 @@ impl JetStream {
             match &result {
                 Ok(seq) => {
                     shared.note_seen(run, *seq);
+                    shared.known_last.fetch_max(*seq, Ordering::Relaxed);
                     if terminal {
                         let mut chains = shared.chains(run);
                         if chains.get(&run).is_some_and(|c| c.id == id) {
@@ -918,6 +926,16 @@ impl JetStream {
         })?
     }
 
+    /// How many messages of the stream the index has not read, as far as this process knows (no round
+    /// trip: from acknowledgements and from what the consumer was told is pending).
+    pub(crate) fn index_lag(&self) -> u64 {
+        let consumed = self.shared.consumed.borrow().0;
+        self.shared
+            .known_last
+            .load(Ordering::Relaxed)
+            .saturating_sub(consumed)
+    }
+
     /// How far the index is behind the stream: the stream's last sequence and the last one indexed.
     pub(crate) fn index_position(&self) -> Result<(u64, u64), StoreError> {
         let shared = self.shared.clone();
@@ -973,6 +991,15 @@ impl EventStore {
             inner: local.inner,
             stream: Some(Arc::new(stream)),
         })
+    }
+
+    /// Under JetStream, how many of the stream's messages the local index has not read yet, when any
+    /// (answered without a round trip; see [`RunPage::index_lag`](crate::RunPage::index_lag)).
+    pub fn index_lag(&self) -> Option<u64> {
+        self.stream
+            .as_ref()
+            .map(|s| s.index_lag())
+            .filter(|lag| *lag > 0)
     }
 
     /// Under JetStream, the stream's last sequence and the last one the local index holds (their
