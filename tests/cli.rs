@@ -636,21 +636,55 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn runs_killed_mid_flight_are_finished_exactly_once_by_resume() {
-    killed_mid_flight_then_resumed("always");
+    killed_mid_flight_then_resumed("always", None);
 }
 
 /// Under `batch` a crash may lose the last stage events (resume re-runs those stages), but never a run
 /// whose start was reported nor an outcome that was reported.
 #[test]
 fn under_batch_durability_no_reported_start_or_end_is_lost_to_a_kill() {
-    killed_mid_flight_then_resumed("batch");
+    killed_mid_flight_then_resumed("batch", None);
+}
+
+/// The same with the event log on JetStream: `fm resume --event-log jetstream` finishes every run the
+/// killed engine left in the stream, each once.
+#[test]
+fn runs_killed_mid_flight_on_jetstream_are_finished_exactly_once_by_resume() {
+    let nats = nats::NatsCluster::single();
+    killed_mid_flight_then_resumed("batch", Some(&nats));
+}
+
+/// The event log options of a command: sled in the data dir, or the JetStream stream on `nats`.
+fn event_log_args(nats: Option<&nats::NatsCluster>) -> Vec<String> {
+    match nats {
+        None => Vec::new(),
+        Some(nats) => vec![
+            "--event-log".into(),
+            "jetstream".into(),
+            "--event-nats".into(),
+            nats.url_list(),
+        ],
+    }
+}
+
+/// Opens the event log the commands used.
+fn open_event_log(data: &Path, nats: Option<&nats::NatsCluster>) -> EventStore {
+    match nats {
+        None => EventStore::open(data.join("events"), StoreConfig::default()),
+        Some(nats) => EventStore::open_jetstream(
+            &flowmason_store::JetStreamConfig::new(nats.urls()),
+            StoreConfig::default(),
+        ),
+    }
+    .expect("open the event log")
 }
 
 /// Kills `fm bench engine` (SIGKILL) with runs in flight, checks that every run it reported started or
 /// ended is in the log as reported, then resumes the rest: each ends once, no stage succeeds twice.
-fn killed_mid_flight_then_resumed(durability: &str) {
+fn killed_mid_flight_then_resumed(durability: &str, nats: Option<&nats::NatsCluster>) {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().to_str().expect("path");
+    let log = event_log_args(nats);
     let mut child = fm()
         .args([
             "bench",
@@ -669,6 +703,7 @@ fn killed_mid_flight_then_resumed(durability: &str) {
             "--data-dir",
             data_dir,
         ])
+        .args(&log)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -702,8 +737,7 @@ fn killed_mid_flight_then_resumed(durability: &str) {
         ..RunQuery::default()
     };
     let (unfinished_before, total) = {
-        let store = EventStore::open(data.path().join("events"), StoreConfig::default())
-            .expect("open after kill");
+        let store = open_event_log(data.path(), nats);
         for run in &started {
             let run = run.parse().expect("uuid");
             assert!(
@@ -734,7 +768,11 @@ fn killed_mid_flight_then_resumed(durability: &str) {
         reported.len()
     );
 
-    let out = run_fm(&["resume", "--data-dir", data_dir]);
+    let resume: Vec<&str> = ["resume", "--data-dir", data_dir]
+        .into_iter()
+        .chain(log.iter().map(String::as_str))
+        .collect();
+    let out = run_fm(&resume);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).lines().count(),
@@ -742,8 +780,7 @@ fn killed_mid_flight_then_resumed(durability: &str) {
         "every unfinished run resumed once"
     );
 
-    let store = EventStore::open(data.path().join("events"), StoreConfig::default())
-        .expect("open after resume");
+    let store = open_event_log(data.path(), nats);
     assert!(store.unfinished_runs().expect("unfinished").is_empty());
     let runs = store.query(&query_all).expect("query").runs;
     assert_eq!(runs.len(), total, "no run lost or added");
@@ -775,7 +812,7 @@ fn killed_mid_flight_then_resumed(durability: &str) {
     }
     drop(store);
 
-    let again = run_fm(&["resume", "--data-dir", data_dir]);
+    let again = run_fm(&resume);
     assert_eq!(again.status.code(), Some(0));
     assert!(again.stdout.is_empty(), "nothing left to resume");
 }
@@ -1027,6 +1064,9 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
 
 #[path = "cli/durability.rs"]
 mod durability;
+
+#[path = "support/nats.rs"]
+mod nats;
 
 #[path = "cli/corpus.rs"]
 mod corpus;

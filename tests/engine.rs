@@ -1604,3 +1604,6 @@ async fn a_run_in_flight_at_graceful_restarts_is_resumed_every_time() {
         "every restart was graceful"
     );
 }
+
+#[path = "engine/event_log.rs"]
+mod event_log;

@@ -183,11 +183,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Waits until everything appended to the log so far is durable; owns what it needs, so that an actor
-    /// can wait for it without borrowing the journal.
+    /// Waits until everything appended to this run's log so far is durable (never for another run's
+    /// acknowledgements); owns what it needs, so that an actor can wait for it without borrowing the
+    /// journal.
     pub(crate) fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + 'static {
-        let store = self.store.clone();
-        async move { store.sync().await }
+        let (store, run) = (self.store.clone(), self.state.run_id);
+        async move { store.sync_run(run).await }
     }
 
     /// Folds one appended event in: shown to the observer with the state before it, then to the

@@ -216,7 +216,9 @@ impl RunActor {
         }
     }
 
-    /// The store failed: the run cannot go on here. It stays unfinished in the log and resumes on restart.
+    /// The store failed, or another engine took the run over (`StoreError::LostOwnership`): the run cannot
+    /// go on here, and nothing not yet in the log is acted on. It stays unfinished in the log and resumes
+    /// on restart (or goes on with the engine that owns it now).
     fn abandon(&mut self, error: StoreError, ctx: &mut Context<Self>) {
         tracing::error!(run = %self.journal.state().run_id, %error, "event log append failed; run abandoned until restart");
         self.stop_all_stages();

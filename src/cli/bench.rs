@@ -87,6 +87,8 @@ pub struct EngineBench {
     /// Event log durability: always, batch or never.
     #[arg(long, default_value = "batch")]
     pub durability: Durability,
+    #[command(flatten)]
+    pub event_log: super::EventLogArgs,
     /// Per-run stage parallelism cap.
     #[arg(long, default_value_t = 100)]
     pub parallelism: usize,
@@ -335,7 +337,9 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
         bail!("--runs and --concurrency must be at least 1");
     }
     let (data_dir, _temp) = data_dir(args.data_dir.as_deref())?;
-    let store = open_events(&data_dir, args.durability)?;
+    let store = args
+        .event_log
+        .open(&data_dir.join("events"), args.durability)?;
     let plan = args.shape.plan(args.parallelism, args.stage_ms);
     let stages_per_run = plan.stages.len();
     let baseline_rss = rss_kib("VmRSS");
@@ -411,6 +415,7 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
         "stagesPerRun": stages_per_run,
         "concurrency": args.concurrency,
         "durability": args.durability.to_string(),
+        "eventLog": store.backend(),
         "failedRuns": failed,
         "seconds": secs,
         "runsPerSecond": args.runs as f64 / secs,
@@ -527,6 +532,7 @@ fn nats(args: NatsBench) -> anyhow::Result<i32> {
         let events = crate::cli::StoreArgs {
             data_dir: Some(dir.path().to_path_buf()),
             durability: flowmason_store::Durability::Batch,
+            event_log: crate::cli::EventLogArgs::default(),
         }
         .open()?;
         let operator = crate::operator::Operator::new(

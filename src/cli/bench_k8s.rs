@@ -62,6 +62,7 @@ pub fn k8s(args: K8sBench) -> anyhow::Result<i32> {
         let events = crate::cli::StoreArgs {
             data_dir: Some(data_dir.clone()),
             durability: flowmason_store::Durability::Batch,
+            event_log: crate::cli::EventLogArgs::default(),
         }
         .open()?;
         let client = kube::Client::try_from(server.client_config().await?)?;

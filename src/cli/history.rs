@@ -240,6 +240,11 @@ fn print_page(page: &RunPage, output: OutputFormat) -> anyhow::Result<i32> {
             if let Some(token) = &page.continue_token {
                 eprintln!("more runs: --continue {token}");
             }
+            if let Some(lag) = page.index_lag {
+                eprintln!(
+                    "the local index is {lag} messages behind the event stream: the newest runs may be missing"
+                );
+            }
         }
         format => print_structured(&with_rfc3339_times(page)?, format)?,
     }
@@ -375,6 +380,7 @@ fn resolve_run_id(
         let RunPage {
             runs,
             continue_token,
+            ..
         } = page(token)?;
         found.extend(
             runs.iter()

@@ -9,6 +9,7 @@ use flowmason_store::{Durability, EventStore, StoreConfig};
 mod bench;
 mod bench_k8s;
 mod bench_resume;
+mod event_log;
 mod history;
 mod inputs;
 mod k8s;
@@ -26,6 +27,7 @@ pub const EXIT_RUN_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 /// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: i32 = 130;
+pub use event_log::{EventLogArgs, EventLogKind};
 pub use stopping::EXIT_STORAGE;
 
 #[derive(Parser, Debug)]
@@ -245,6 +247,8 @@ pub struct StoreArgs {
     /// or never.
     #[arg(long, default_value = "batch")]
     pub durability: Durability,
+    #[command(flatten)]
+    pub event_log: EventLogArgs,
 }
 
 impl StoreArgs {
@@ -257,8 +261,14 @@ impl StoreArgs {
         Ok(PathBuf::from(home).join(".local/share/flowmason"))
     }
 
-    /// Opens (creating if needed) the event log under the data dir.
+    /// Opens (creating if needed) the event log under the data dir, or on JetStream with
+    /// `--event-log jetstream`.
     pub fn open(&self) -> anyhow::Result<EventStore> {
+        if self.event_log.event_log == EventLogKind::Jetstream {
+            return self
+                .event_log
+                .open(std::path::Path::new(""), self.durability);
+        }
         let dir = self.data_dir()?;
         let path = dir.join("events");
         std::fs::create_dir_all(&path)

@@ -98,7 +98,14 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         ..LeaseConfig::new(args.lease_namespace.clone(), identity)
     });
     let guard = args.http_auth.guard("--http-bind", args.http_bind)?;
-    let events = args.store.open()?;
+    let events = super::StoreArgs {
+        event_log: args
+            .store
+            .event_log
+            .with_nats_fallback(args.triggers.nats.as_deref()),
+        ..args.store.clone()
+    }
+    .open()?;
     let data_dir = args.store.data_dir()?;
     let stop = CancellationToken::new();
     let surface = crate::http::surface::Surface::new(

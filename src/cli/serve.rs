@@ -56,6 +56,8 @@ pub struct ServeArgs {
     /// durable) or never.
     #[arg(long, default_value = "batch")]
     pub durability: flowmason_store::Durability,
+    #[command(flatten)]
+    pub event_log: super::EventLogArgs,
     /// Least time between two status writes of one run, in milliseconds (phase changes and the final
     /// status are written at once).
     #[arg(long, default_value_t = 250)]
@@ -114,6 +116,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let store_args = super::StoreArgs {
         data_dir: args.data_dir.clone(),
         durability: args.durability,
+        event_log: args
+            .event_log
+            .with_nats_fallback(args.triggers.nats.as_deref()),
     };
     let data_dir = store_args.data_dir()?;
     let webhooks = args.triggers.webhook_mount();

@@ -94,19 +94,19 @@ pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
 
 pub use self::redis::Redis;
-pub use local_file::LocalFile;
-pub use mongodb::MongoDb;
-pub use postgres::Postgres;
-pub use s3::S3;
 pub use aggregate::Aggregate;
 pub use join::Join;
+pub use local_file::LocalFile;
 pub use loop_batches::Loop;
 pub use loop_signals::{BreakLoop, ContinueLoop};
+pub use mongodb::MongoDb;
 pub use output_router::{ErrorRouter, OutputRouter};
 pub use pandas_ops::Pandas;
 pub use parallel::Parallel;
+pub use postgres::Postgres;
 pub use retry::Retry;
 pub use return_early::Return;
+pub use s3::S3;
 pub use sql::SqlQuery;
 pub use timeout::Timeout;
 

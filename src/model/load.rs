@@ -194,7 +194,9 @@ fn spec_only_fields(doc: &serde_json::Map<String, Value>) -> Vec<String> {
         return Vec::new();
     };
     doc.keys()
-        .filter(|k| spec.contains_key(k.as_str()) && !FlowMasonPipeline::FIELDS.contains(&k.as_str()))
+        .filter(|k| {
+            spec.contains_key(k.as_str()) && !FlowMasonPipeline::FIELDS.contains(&k.as_str())
+        })
         .cloned()
         .collect()
 }
@@ -529,7 +531,12 @@ spec:
         );
         // FlowMason's own fields (and a pipeline.json without spec fields) still load.
         let text = r#"{"name": "p", "description": "d", "stages": [{"id": "a", "component_type": "noop"}]}"#;
-        assert_eq!(load_pipeline_str(text, "p.json").expect("pipeline.json").name, "p");
+        assert_eq!(
+            load_pipeline_str(text, "p.json")
+                .expect("pipeline.json")
+                .name,
+            "p"
+        );
     }
 
     #[test]

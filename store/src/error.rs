@@ -55,6 +55,44 @@ pub enum StoreError {
     /// The flusher thread is gone (the store is shutting down), so durability cannot be awaited.
     #[error("event store is closed")]
     Closed,
+    /// Events were stored out of order: event `got` came where the run's next event is `expected`.
+    #[error("run {run}: event {got} is out of order (the run's next event is {expected})")]
+    OutOfOrder { run: RunId, expected: u64, got: u64 },
+    /// JetStream refused an append because another writer appended to the run after this process last
+    /// saw it (`Nats-Expected-Last-Subject-Sequence`): this process no longer owns the run and must stop
+    /// it at once, acting on nothing it had not appended.
+    #[error(
+        "run {run}: another writer appended to the run since this engine last did; this engine no longer owns the run"
+    )]
+    LostOwnership { run: RunId },
+    /// The NATS JetStream server failed or could not be reached; `what` says what was being done.
+    #[error("JetStream: {what}: {reason}")]
+    JetStream { what: String, reason: String },
+    /// The stream exists with settings the event log cannot use; it is never changed silently.
+    #[error(
+        "JetStream stream {}: {} is {}, the event log needs {} (change the stream or choose another with --event-stream)",
+        .0.stream, .0.field, .0.found, .0.expected
+    )]
+    StreamMismatch(Box<StreamMismatch>),
+}
+
+impl StoreError {
+    pub(crate) fn jetstream(what: impl Into<String>, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::JetStream {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// How a present JetStream stream differs from what the event log needs.
+#[derive(Debug)]
+pub struct StreamMismatch {
+    pub stream: String,
+    /// The setting that differs: subjects, retention, storage, replicas or limits.
+    pub field: &'static str,
+    pub expected: String,
+    pub found: String,
 }
 
 impl StoreError {

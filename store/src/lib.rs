@@ -5,6 +5,8 @@
 //!   [`lifecycle`]: the rule every run's stream follows, and the run-level fields it folds.
 //! - [`EventStore`]: appends (with the stream rules and per-policy durability), reads, history queries,
 //!   deletion. Layout of the records: see the `keys` module.
+//! - Two backends behind [`EventStore`]: a local sled log, or a replicated NATS JetStream stream with a
+//!   local sled index (see [`EventStore::open_jetstream`]).
 //! - [`sled_files`]: syncing a sled directory's files so that a flush survives a power loss.
 
 mod buffer;
@@ -14,6 +16,7 @@ mod error;
 pub mod event;
 mod flusher;
 pub mod fold;
+mod jetstream;
 mod keys;
 pub mod lifecycle;
 mod query;
@@ -23,9 +26,10 @@ mod store;
 mod summary;
 
 pub use config::{Durability, StoreConfig};
-pub use error::StoreError;
+pub use error::{StoreError, StreamMismatch};
 pub use event::*;
 pub use fold::*;
+pub use jetstream::{DEFAULT_STREAM, JetStreamConfig, NatsAuth};
 pub use lifecycle::LifecycleError;
 pub use query::{DEFAULT_QUERY_LIMIT, RunPage, RunQuery};
 pub use session::EngineSession;

@@ -41,6 +41,10 @@ pub struct RunPage {
     pub runs: Vec<RunSummary>,
     /// Present when there are more runs: pass it as [`RunQuery::continue_token`] for the next page.
     pub continue_token: Option<String>,
+    /// Under JetStream, when the local index that answered lags behind the stream: how many of the
+    /// stream's messages it has not read yet (runs and phases in them are not in this page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_lag: Option<u64>,
 }
 
 impl RunQuery {
@@ -129,6 +133,7 @@ impl EventStore {
         let empty = RunPage {
             runs: Vec::new(),
             continue_token: None,
+            index_lag: self.index_lag(),
         };
 
         // Bounds on positions (ascending = newest first).
@@ -209,6 +214,7 @@ impl EventStore {
         Ok(RunPage {
             runs: runs.into_iter().map(|(_, s)| s).collect(),
             continue_token,
+            index_lag: self.index_lag(),
         })
     }
 }

@@ -5,7 +5,8 @@
 //! unfinished runs in flight: the next engine resumes them "after a crash", which is how a run that keeps
 //! crashing the engine is recognised and quarantined instead of being resumed forever.
 //!
-//! The record is one key of sled's default tree, apart from the runs: `{"session": n, "open": bool}`.
+//! The record is `{"session": n, "open": bool}`: one key of sled's default tree, apart from the runs, or
+//! under JetStream the last message on the stream's session subject.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +56,11 @@ impl EventStore {
     }
 
     fn read_session(&self) -> Result<Record, StoreError> {
-        match self.inner.disk.db.get(KEY)? {
+        let value = match &self.stream {
+            Some(stream) => stream.read_session()?,
+            None => self.inner.disk.db.get(KEY)?.map(|v| v.to_vec()),
+        };
+        match value {
             None => Ok(Record::default()),
             Some(value) => serde_json::from_slice(&value).map_err(|e| StoreError::CorruptSession {
                 reason: format!("{e} in {:?}", String::from_utf8_lossy(&value)),
@@ -67,6 +72,9 @@ impl EventStore {
         let value = serde_json::to_vec(record).map_err(|e| StoreError::CorruptSession {
             reason: format!("cannot encode: {e}"),
         })?;
+        if let Some(stream) = &self.stream {
+            return stream.write_session(value);
+        }
         self.inner.disk.db.insert(KEY, value)?;
         self.inner.disk.flush()?;
         Ok(())

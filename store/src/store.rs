@@ -18,6 +18,7 @@ use crate::error::StoreError;
 use crate::event::{Event, EventKind, RunId, RunPhase};
 use crate::flusher::{Disk, Flusher};
 use crate::fold::RunState;
+use crate::jetstream::{Ack, JetStream};
 use crate::keys::{self, Index};
 use crate::lifecycle::{self, LifecycleError};
 use crate::sled_files::SledFiles;
@@ -97,27 +98,48 @@ impl Notify {
     }
 }
 
-/// The sled-backed event log of all runs. Cheap to clone (one `Arc`); all methods take `&self` and may be
-/// called from any thread. Appends write in the caller; durability is awaited through [`Appended`].
+/// The event log of all runs, on one of two backends:
+///
+/// - **sled** ([`EventStore::open`], [`EventStore::temporary`]): the log is a local sled database.
+/// - **JetStream** ([`EventStore::open_jetstream`]): the log is a replicated NATS JetStream stream; the
+///   sled database is then a local index, a projection of the stream that this process builds by
+///   consuming it (and writes its own appends into at once), and which answers every read.
+///
+/// Nothing above this crate knows which backend it talks to. Cheap to clone (`Arc`s); all methods take
+/// `&self` and may be called from any thread. Appends write in the caller; durability is awaited through
+/// [`Appended`], [`EventStore::sync_run`] or [`EventStore::sync`].
 #[derive(Clone)]
 pub struct EventStore {
+    /// The sled log, or under JetStream the local index.
     pub(crate) inner: Arc<Inner>,
+    /// The JetStream log, when that is the backend.
+    pub(crate) stream: Option<Arc<JetStream>>,
 }
 
 impl fmt::Debug for EventStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStore")
-            .field("durability", &self.inner.durability)
+            .field("backend", &self.backend())
+            .field("durability", &self.durability())
             .finish_non_exhaustive()
     }
+}
+
+/// What a receipt waits for before the events may be acted on.
+pub(crate) enum Wait {
+    /// A flush of the sled log.
+    Flush(Arc<Inner>),
+    /// The stream's acknowledgement of the message holding the events (and so of every earlier message
+    /// of the run: a run's messages are published one after the other).
+    Ack(RunId, Ack),
 }
 
 /// The receipt of an append: the events as stored, and whether acting on them must wait for durability.
 #[must_use = "a receipt says whether the events must be made durable before acting on them"]
 pub struct Appended {
     pub events: Vec<Event>,
-    /// The store to wait on, when the policy says to wait.
-    wait: Option<Arc<Inner>>,
+    /// What to wait on, when the policy says to wait.
+    pub(crate) wait: Option<Wait>,
 }
 
 impl fmt::Debug for Appended {
@@ -130,16 +152,21 @@ impl fmt::Debug for Appended {
 }
 
 impl Appended {
-    /// Whether acting on these events must wait for durability: always under `always`, under `batch` iff
-    /// they accept the run or a terminal event is among them, never under `never`.
+    /// Whether acting on these events must wait for durability. sled: always under `always`, under
+    /// `batch` iff they accept the run or a terminal event is among them, never under `never`. JetStream:
+    /// under `always` and `batch` until the stream acknowledged them, never under `never`.
     pub fn must_wait(&self) -> bool {
         self.wait.is_some()
     }
 
     /// Resolves once the events are durable as the policy requires (immediately when `!must_wait()`).
     pub async fn durable(self) -> Result<Vec<Event>, StoreError> {
-        if let Some(inner) = &self.wait {
-            sync_inner(inner).await?;
+        match &self.wait {
+            None => {}
+            Some(Wait::Flush(inner)) => sync_inner(inner).await?,
+            Some(Wait::Ack(run, ack)) => {
+                ack.clone().await.map_err(|f| f.into_error(*run))?;
+            }
         }
         Ok(self.events)
     }
@@ -238,6 +265,7 @@ impl EventStore {
             write_out,
         )?;
         Ok(EventStore {
+            stream: None,
             inner: Arc::new(Inner {
                 flusher,
                 tree,
@@ -252,8 +280,29 @@ impl EventStore {
         })
     }
 
+    /// The durability policy appends follow.
     pub fn durability(&self) -> Durability {
-        self.inner.durability
+        match &self.stream {
+            Some(stream) => stream.durability(),
+            None => self.inner.durability,
+        }
+    }
+
+    /// Which backend holds the log: `"sled"` or `"jetstream"`.
+    pub fn backend(&self) -> &'static str {
+        if self.stream.is_some() {
+            "jetstream"
+        } else {
+            "sled"
+        }
+    }
+
+    /// The sled log alone (under JetStream: the local index), for the JetStream log to write into.
+    pub(crate) fn local(&self) -> EventStore {
+        EventStore {
+            inner: self.inner.clone(),
+            stream: None,
+        }
     }
 
     fn shard(&self, run: RunId) -> MutexGuard<'_, CursorMap> {
@@ -308,7 +357,28 @@ impl EventStore {
     /// Enforces the run's lifecycle ([`lifecycle::check`]): `RunAccepted` only as event 0, nothing before
     /// it, nothing after a terminal event (which makes a second terminal event impossible). A rejected
     /// append writes nothing.
+    ///
+    /// Under JetStream the events go into the local index at once (so that this process reads its own
+    /// writes) and are published to the run's subject; the receipt waits for the stream's acknowledgement.
+    /// A publish rejected because another writer appended to the run meanwhile fails the receipt (and
+    /// every later append to the run) with [`StoreError::LostOwnership`].
     pub fn append(&self, run: RunId, kinds: Vec<EventKind>) -> Result<Appended, StoreError> {
+        match &self.stream {
+            Some(stream) => stream.append(&self.local(), run, kinds),
+            None => self.append_at(run, kinds, None, None),
+        }
+    }
+
+    /// [`append`](Self::append) to the sled log. With `first`, the events must start at that seq (a
+    /// first seq other than the run's next is refused with [`StoreError::OutOfOrder`]); with `at`, they
+    /// keep that timestamp (both: as another process appended them to the stream).
+    pub(crate) fn append_at(
+        &self,
+        run: RunId,
+        kinds: Vec<EventKind>,
+        first: Option<u64>,
+        at: Option<i64>,
+    ) -> Result<Appended, StoreError> {
         if kinds.is_empty() {
             return Ok(Appended {
                 events: Vec::new(),
@@ -326,7 +396,22 @@ impl EventStore {
         };
         let first_seq = cursor.map_or(0, |c| c.next_seq);
         let old_phase = cursor.map(|c| c.summary.phase);
-        let at = self.stamp();
+        if let Some(seq) = first
+            && seq != first_seq
+        {
+            return Err(StoreError::OutOfOrder {
+                run,
+                expected: first_seq,
+                got: seq,
+            });
+        }
+        let at = match at {
+            None => self.stamp(),
+            Some(at) => {
+                self.inner.clock.fetch_max(at, Ordering::AcqRel);
+                at
+            }
+        };
 
         // Validate everything before writing anything, and see whether the summary changes.
         let mut phase = old_phase;
@@ -443,7 +528,7 @@ impl EventStore {
             .collect();
         Ok(Appended {
             events,
-            wait: wait.then(|| self.inner.clone()),
+            wait: wait.then(|| Wait::Flush(self.inner.clone())),
         })
     }
 
@@ -456,14 +541,31 @@ impl EventStore {
         self.append(run, kinds)?.durable().await
     }
 
-    /// Waits until everything appended before the call is on disk, whatever the policy. Concurrent callers
-    /// share one flush.
+    /// Waits until everything appended before the call is on disk (sled: concurrent callers share one
+    /// flush) or acknowledged by the stream (JetStream), whatever the policy.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        sync_inner(&self.inner).await
+        match &self.stream {
+            Some(stream) => stream.sync().await,
+            None => sync_inner(&self.inner).await,
+        }
     }
 
-    /// Flushes everything to disk, blocking the calling thread.
+    /// Waits until everything appended to `run` before the call is durable: under sled the same as
+    /// [`sync`](Self::sync); under JetStream only the run's own messages are waited for, never another
+    /// run's round trip.
+    pub async fn sync_run(&self, run: RunId) -> Result<(), StoreError> {
+        match &self.stream {
+            Some(stream) => stream.sync_run(run).await,
+            None => sync_inner(&self.inner).await,
+        }
+    }
+
+    /// Flushes everything to disk (JetStream: waits for every publish to be acknowledged), blocking the
+    /// calling thread.
     pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(stream) = &self.stream {
+            return stream.flush();
+        }
         if let Some(failure) = self.inner.flusher.failure() {
             return Err(failure.into());
         }
@@ -540,6 +642,15 @@ impl EventStore {
     /// ended with [`StoreError::RunInFlight`]; returns `false` when the run does not exist. Stray events
     /// without a summary (never written by this store) are deleted too.
     pub fn delete_run(&self, run: RunId) -> Result<bool, StoreError> {
+        if let Some(stream) = &self.stream {
+            return stream.delete_run(&self.local(), run);
+        }
+        self.delete_local(run, false)
+    }
+
+    /// Deletes the run from the sled log; `force` deletes a run in flight too (the JetStream log replacing
+    /// its index entry of a run from the stream).
+    pub(crate) fn delete_local(&self, run: RunId, force: bool) -> Result<bool, StoreError> {
         self.inner.write_buffered()?;
         // Holding the run's shard keeps appends to it out while it is deleted.
         let mut shard = self.shard(run);
@@ -547,6 +658,7 @@ impl EventStore {
         let summary = self.inner.summary(run)?;
         if let Some(s) = &summary
             && !s.phase.is_terminal()
+            && !force
         {
             return Err(StoreError::RunInFlight { run });
         }
@@ -588,8 +700,12 @@ impl EventStore {
         self.inner.written.observer.set(observer).is_ok()
     }
 
-    /// Bytes the log takes on disk, as sled counts them.
+    /// Bytes the log takes on disk, as sled counts them (JetStream: the stream's bytes, as the server
+    /// counts them).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        if let Some(stream) = &self.stream {
+            return stream.size_on_disk();
+        }
         Ok(self.inner.disk.db.size_on_disk()?)
     }
 
@@ -599,6 +715,14 @@ impl EventStore {
     /// `RunAccepted` at seq 0, consecutive seqs, nothing after a terminal event); a run that already
     /// exists is refused with [`LifecycleError::AlreadyAccepted`]. Nothing is written when any run is refused.
     pub fn import_runs(&self, runs: &[(RunId, Vec<Event>)]) -> Result<(), StoreError> {
+        if let Some(stream) = &self.stream {
+            return stream.import_runs(&self.local(), runs);
+        }
+        self.import_local(runs)
+    }
+
+    /// [`import_runs`](Self::import_runs) into the sled log.
+    pub(crate) fn import_local(&self, runs: &[(RunId, Vec<Event>)]) -> Result<(), StoreError> {
         self.inner.write_buffered()?;
         let mut batch = Batch::default();
         for (run, events) in runs {
