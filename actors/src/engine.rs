@@ -21,6 +21,7 @@ use crate::component::{Component, Registry};
 use crate::plan::{Plan, PlanError, PlanSpec};
 use crate::redact::Redactor;
 use crate::run_actor::{CancelRun, RunActor, RunSetup};
+use crate::run_states::RunStates;
 
 /// Resolves a run's environment (`{{env.NAME}}`) when it starts and when it resumes, typically from the
 /// plan's `envFrom` references (the state holds the recorded plan). Values are never recorded in events,
@@ -262,6 +263,8 @@ pub(crate) struct Inner {
     session: Option<EngineSession>,
     /// Whether this engine has resumed a run (see [`Engine::shutdown`]).
     resumed_any: AtomicBool,
+    /// The folded state of each run observed live (see [`Engine::watch`]).
+    states: RunStates,
 }
 
 /// The engine handle; cheap to clone.
@@ -310,6 +313,7 @@ impl Engine {
                 runs: Mutex::new(HashMap::new()),
                 session,
                 resumed_any: AtomicBool::new(false),
+                states: RunStates::default(),
             }),
         }
     }
@@ -335,6 +339,10 @@ impl Engine {
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    pub(crate) fn run_states(&self) -> &RunStates {
+        &self.inner.states
     }
 
     /// Checks a plan against the DAG rules and the registry, without running anything.
@@ -755,6 +763,7 @@ impl Engine {
         } else {
             (None, None)
         };
+        let published = observe.then(|| self.inner.states.register(&state));
         let setup = RunSetup {
             plan: Arc::new(plan),
             state,
@@ -764,6 +773,7 @@ impl Engine {
             components,
             registry: self.inner.registry.clone(),
             observer,
+            published,
             on_event: self.inner.on_event.clone(),
             outcome: outcome_tx,
             engine: Arc::downgrade(&self.inner),
@@ -860,10 +870,11 @@ impl Engine {
 
 /// Called by a run actor when it stops.
 pub(crate) fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
-    if let Some(inner) = engine.upgrade()
-        && let Ok(mut runs) = inner.runs.lock()
-    {
-        runs.remove(&run);
+    if let Some(inner) = engine.upgrade() {
+        if let Ok(mut runs) = inner.runs.lock() {
+            runs.remove(&run);
+        }
+        inner.states.remove(run);
     }
 }
 

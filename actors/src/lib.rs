@@ -9,6 +9,7 @@ pub mod nested;
 pub mod plan;
 pub mod redact;
 mod run_actor;
+pub mod run_states;
 pub mod schema;
 mod stage_actor;
 pub mod template;
@@ -22,3 +23,4 @@ pub use engine::{
 };
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;
+pub use run_states::StateReceiver;

@@ -22,6 +22,7 @@ use crate::component::{Component, ComponentOutput, LogLine, Registry, RunView, S
 use crate::engine::{EngineError, EngineRef, EventObserver, Observation, deregister};
 use crate::plan::Plan;
 use crate::redact::Redactor;
+use crate::run_states::StatePublisher;
 use crate::stage_actor::{CancelStage, StageActor, StageDone, humanize};
 use crate::template::{self, Scope};
 
@@ -37,6 +38,8 @@ pub(crate) struct RunSetup {
     /// For stages that run other stages (see `Component::runs_stages`).
     pub registry: Arc<Registry>,
     pub observer: Option<mpsc::UnboundedSender<Event>>,
+    /// Where the folded state is published after each fold, when the run is observed.
+    pub published: Option<StatePublisher>,
     pub on_event: Option<EventObserver>,
     pub outcome: oneshot::Sender<Result<RunState, EngineError>>,
     pub engine: EngineRef,
@@ -94,6 +97,7 @@ pub(crate) struct RunActor {
     components: Vec<Arc<dyn Component>>,
     registry: Arc<Registry>,
     observer: Option<mpsc::UnboundedSender<Event>>,
+    published: Option<StatePublisher>,
     on_event: Option<EventObserver>,
     outcome: Option<oneshot::Sender<Result<RunState, EngineError>>>,
     engine: EngineRef,
@@ -154,6 +158,7 @@ impl RunActor {
             components: setup.components,
             registry: setup.registry,
             observer: setup.observer,
+            published: setup.published,
             on_event: setup.on_event,
             outcome: Some(setup.outcome),
             engine: setup.engine,
@@ -213,6 +218,9 @@ impl RunActor {
             if let Some(observer) = &self.observer {
                 let _ = observer.send(event.clone());
             }
+        }
+        if let Some(published) = &self.published {
+            published.publish(&self.state);
         }
     }
 

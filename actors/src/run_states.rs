@@ -1,0 +1,154 @@
+//! Each live run's folded state, published as it changes: what a status writer (the operator's
+//! PipelineRun status) reads instead of folding the run's events a second time.
+//!
+//! The run actor folds every event it records into its `RunState` and then publishes the result here
+//! (one `tokio::sync::watch` per run), so a reader always sees the state the engine acts on, with its
+//! secret values already masked. A watch keeps only the latest state: a reader that is slower than the
+//! run skips intermediate states, never the last one. Only runs started or resumed observed (see
+//! [`Engine::start_observed`]) publish, so the runs nobody follows pay no copy of their state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use flowmason_store::{RunId, RunState, RunSummary};
+
+use crate::engine::{Engine, EngineError};
+
+/// A run's folded state as published by the engine; the channel closes when the run's actor stops
+/// (its last value is then the run's final state).
+pub type StateReceiver = watch::Receiver<RunState>;
+
+/// The publishing side of one run's state, held by its run actor.
+pub(crate) struct StatePublisher {
+    sender: Arc<watch::Sender<RunState>>,
+}
+
+impl StatePublisher {
+    /// Shows `state` to the run's readers, present and future.
+    pub(crate) fn publish(&self, state: &RunState) {
+        self.sender.send_replace(state.clone());
+    }
+}
+
+/// The published state of every run live in one engine, by run id.
+#[derive(Default)]
+pub(crate) struct RunStates {
+    runs: Mutex<HashMap<RunId, Arc<watch::Sender<RunState>>>>,
+}
+
+impl RunStates {
+    /// Registers a run starting (or resuming) with `state`, returning what its actor publishes through.
+    pub(crate) fn register(&self, state: &RunState) -> StatePublisher {
+        let sender = Arc::new(watch::Sender::new(state.clone()));
+        self.lock().insert(state.run_id, sender.clone());
+        StatePublisher { sender }
+    }
+
+    /// Forgets a run whose actor stopped; its readers keep its last state.
+    pub(crate) fn remove(&self, run: RunId) {
+        self.lock().remove(&run);
+    }
+
+    fn subscribe(&self, run: RunId) -> Option<StateReceiver> {
+        self.lock().get(&run).map(|sender| sender.subscribe())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Arc<watch::Sender<RunState>>>> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Engine {
+    /// A run's state as the event log holds it (the fold of its events); `None` when the log has no such
+    /// run. For a run live in this engine, [`Engine::watch`] follows the state without reading the log.
+    pub fn fold(&self, run: RunId) -> Result<Option<RunState>, EngineError> {
+        self.store()
+            .fold(run)
+            .map_err(|source| EngineError::Store { run, source })
+    }
+
+    /// Follows a run's folded state: live while the run runs observed in this engine, then closed with
+    /// its final state. Any other run is answered with its fold from the log on a closed channel; `None`
+    /// when the log has no such run.
+    pub fn watch(&self, run: RunId) -> Result<Option<StateReceiver>, EngineError> {
+        if let Some(receiver) = self.run_states().subscribe(run) {
+            return Ok(Some(receiver));
+        }
+        Ok(self.fold(run)?.map(|state| watch::channel(state).1))
+    }
+
+    /// The runs of the event log that have not ended (running here or not), as summaries.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunSummary>, EngineError> {
+        let store = self.store();
+        store
+            .unfinished_runs()?
+            .into_iter()
+            .filter_map(|run| store.summary(run).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EngineError::from)
+    }
+
+    /// Waits until everything appended to the log so far is durable, whatever the durability policy
+    /// (concurrent callers share one fsync).
+    pub async fn sync(&self) -> Result<(), EngineError> {
+        Ok(self.store().sync().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowmason_store::{Event, EventKind, Trigger};
+
+    fn accepted(run: RunId) -> RunState {
+        let event = Event {
+            seq: 0,
+            at: 1,
+            kind: EventKind::RunAccepted {
+                pipeline: "p".into(),
+                namespace: "default".into(),
+                generation: 1,
+                trigger: Trigger::Manual,
+                run_name: None,
+                labels: Default::default(),
+                plan: serde_json::json!({"stages": []}),
+                inputs: serde_json::Value::Null,
+            },
+        };
+        RunState::fold(run, [&event]).expect("fold").expect("a run")
+    }
+
+    #[test]
+    fn a_reader_sees_the_latest_published_state_and_the_last_one_after_the_run_is_gone() {
+        let run = uuid::Uuid::now_v7();
+        let states = RunStates::default();
+        let mut state = accepted(run);
+        let publisher = states.register(&state);
+        let mut reader = states.subscribe(run).expect("registered");
+        state.generation = 2;
+        publisher.publish(&state);
+        state.generation = 3;
+        publisher.publish(&state);
+        assert!(reader.has_changed().expect("open"));
+        assert_eq!(reader.borrow_and_update().generation, 3);
+        states.remove(run);
+        drop(publisher);
+        assert!(states.subscribe(run).is_none());
+        assert!(reader.has_changed().is_err(), "closed once the run is gone");
+        assert_eq!(reader.borrow().generation, 3);
+    }
+
+    #[test]
+    fn a_reader_that_comes_late_starts_from_the_current_state() {
+        let run = uuid::Uuid::now_v7();
+        let states = RunStates::default();
+        let mut state = accepted(run);
+        let publisher = states.register(&state);
+        state.generation = 7;
+        publisher.publish(&state);
+        let mut reader = states.subscribe(run).expect("registered");
+        assert_eq!(reader.borrow_and_update().generation, 7);
+    }
+}
