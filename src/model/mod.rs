@@ -12,6 +12,7 @@ pub mod policy;
 pub mod unknown_fields;
 pub mod upstream;
 pub mod validate;
+pub mod vocabulary;
 
 pub use crd::{
     ConcurrencyPolicy, Condition, ConfigMapSource, EnvVarSource, EnvVarSpec, KeySelector, Pipeline,
