@@ -601,6 +601,16 @@ pub enum RunPhase {
     TimedOut,
 }
 
+impl RunPhase {
+    /// Whether the run has ended (nothing will change its status any more).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut
+        )
+    }
+}
+
 /// Phase of one stage of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum StagePhase {

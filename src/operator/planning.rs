@@ -12,6 +12,7 @@ use flowmason_actors::PlanSpec;
 use flowmason_store::{RunId, RunSummary};
 
 use crate::model::validate::ValidationReport;
+use crate::model::vocabulary::CANCEL_ANNOTATION;
 use crate::model::{
     EnvVarSpec, Pipeline, PipelineRun, PipelineSpec, ValidationError, apply_run_overrides,
     load_pipeline_str, to_plan, validate,
@@ -458,9 +459,6 @@ pub fn cancel_requested(run: &PipelineRun) -> bool {
             .and_then(|a| a.get(CANCEL_ANNOTATION))
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
-
-/// The annotation the Python client sets to cancel a run.
-pub const CANCEL_ANNOTATION: &str = "flowmason.io/cancel";
 
 #[cfg(test)]
 mod tests {

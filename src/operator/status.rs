@@ -11,6 +11,7 @@ use serde_json::Value;
 use flowmason_store::{RunPhase as StorePhase, RunState, StagePhase as StoreStagePhase};
 
 use crate::model::duration::format_millis;
+use crate::model::vocabulary::CONDITION_SUCCEEDED;
 use crate::model::{
     Condition, PipelineRunStatus, RunErrorStatus, RunMetrics, RunPhase, StagePhase, StageStatus,
 };
@@ -36,11 +37,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// The condition type of a run's outcome, as Tekton and Argo name it: `Unknown` while it runs.
-pub const CONDITION_SUCCEEDED: &str = "Succeeded";
-/// The condition type of a Pipeline's validity.
-pub const CONDITION_READY: &str = "Ready";
 
 /// Converts Unix microseconds into a Kubernetes `Time`.
 pub fn time_from_micros(micros: i64) -> Option<Time> {
@@ -94,14 +90,6 @@ fn bounded_output(value: &Value, max: usize) -> (Value, bool) {
         Value::Object(_) => (value.clone(), false),
         other => (serde_json::json!({ "value": other }), false),
     }
-}
-
-/// Whether a model phase ends the run.
-pub fn is_terminal(phase: Option<RunPhase>) -> bool {
-    matches!(
-        phase,
-        Some(RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut)
-    )
 }
 
 fn duration_between(from: i64, to: i64) -> String {

@@ -17,7 +17,7 @@ use super::ownership::ownership;
 use super::start::{pipeline_uid_of, resume, start};
 use super::{RunContext, object_name, run_id_of, write_status};
 use crate::model::vocabulary::RUN_FINALIZER;
-use crate::model::{Pipeline, PipelineRun};
+use crate::model::{Pipeline, PipelineRun, RunPhase};
 use crate::operator::error::{Error, Result};
 use crate::operator::planning;
 use crate::operator::status;
@@ -184,7 +184,10 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let current = run.status.as_ref();
-    if status::is_terminal(current.and_then(|s| s.phase)) {
+    if current
+        .and_then(|s| s.phase)
+        .is_some_and(RunPhase::is_terminal)
+    {
         return Ok(Action::await_change());
     }
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
