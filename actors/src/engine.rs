@@ -235,6 +235,9 @@ pub struct RunHandle {
     outcome: oneshot::Receiver<Result<RunState, EngineError>>,
     /// Every event of the run as it is appended (when the run was started with `observe`).
     pub events: Option<mpsc::UnboundedReceiver<Event>>,
+    /// The state the run started or resumed with (when observed): what to show before its first decision,
+    /// which [`Engine::watch`] may already have replaced by the time a reader subscribes.
+    pub initial: Option<RunState>,
 }
 
 impl RunHandle {
@@ -533,6 +536,7 @@ impl Engine {
             run_id: run,
             outcome,
             events,
+            initial: None,
         })
     }
 
@@ -764,6 +768,7 @@ impl Engine {
             (None, None)
         };
         let published = observe.then(|| self.inner.states.register(&state));
+        let initial = observe.then(|| state.clone());
         let setup = RunSetup {
             plan: Arc::new(plan),
             state,
@@ -795,6 +800,7 @@ impl Engine {
             run_id,
             outcome: outcome_rx,
             events,
+            initial,
         })
     }
 

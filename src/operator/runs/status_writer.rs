@@ -75,6 +75,7 @@ pub(super) fn spawn_writer(
     };
     let mut recorder = Recorder::new(ctx.client.clone(), run.object_ref(&()));
     let mut events = handle.take_events();
+    let initial = handle.initial.take();
     tokio::spawn(async move {
         let ctx = &writer.ctx;
         let mut states = match ctx.engine.watch(run_id) {
@@ -84,11 +85,6 @@ pub(super) fn spawn_writer(
                 None
             }
         };
-        // The state the run started (or resumed) with is written at once.
-        if let Some(states) = &mut states {
-            states.mark_changed();
-        }
-        let mut open = states.is_some();
         let mut dirty = false;
         let mut last_write: Option<Instant> = None;
         let mut written_phase = None;
@@ -100,6 +96,18 @@ pub(super) fn spawn_writer(
         if let Err(e) = ctx.engine.sync().await {
             tracing::warn!(%run_id, error = %e, "event log sync");
         }
+        // The state the run started (or resumed) with is written at once, then whatever it has become
+        // since: the watch shows only the latest state.
+        if let Some(state) = initial.filter(|s| !s.phase.is_terminal()) {
+            writer.write_state(&state).await;
+            recorder.flush().await;
+            written_phase = Some(state.phase);
+            last_write = Some(Instant::now());
+        }
+        if let Some(states) = &mut states {
+            states.mark_changed();
+        }
+        let mut open = states.is_some();
         let outcome = loop {
             let due = last_write.map(|t| t + ctx.write_interval);
             tokio::select! {
@@ -187,7 +195,17 @@ impl StatusWriter {
     /// Writes the state last published; a failed write waits for the next one.
     async fn write(&self, states: &StateReceiver) {
         let status = status::project_run(&states.borrow(), self.ctx.limits);
-        if let Err(e) = write_status(&self.ctx, &self.namespace, &self.name, &status).await {
+        self.write_status(&status).await;
+    }
+
+    /// Writes `state`; a failed write waits for the next one.
+    async fn write_state(&self, state: &RunState) {
+        self.write_status(&status::project_run(state, self.ctx.limits))
+            .await;
+    }
+
+    async fn write_status(&self, status: &PipelineRunStatus) {
+        if let Err(e) = write_status(&self.ctx, &self.namespace, &self.name, status).await {
             tracing::debug!(error = %e, "status write");
         }
     }
