@@ -240,7 +240,7 @@ async fn cron_honours_each_concurrency_policy() {
                 let old = runs.iter().find(|r| r.name_any() == first).expect("first");
                 assert_eq!(
                     old.spec.status,
-                    Some(flowmason::model::RunRequest::Cancelled)
+                    Some(flowmason::model::RequestedState::Cancelled)
                 );
                 assert_eq!(
                     old.annotations().get(CANCEL_ANNOTATION).map(String::as_str),

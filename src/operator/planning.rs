@@ -451,7 +451,7 @@ pub fn orphaned_runs(unfinished: &[RunSummary], existing: &HashSet<RunId>) -> Ve
 /// Whether a run was asked to stop: `spec.status: Cancelled`, or the annotation
 /// `flowmason.io/cancel: "true"` that the original Python client sets.
 pub fn cancel_requested(run: &PipelineRun) -> bool {
-    run.spec.status == Some(crate::model::RunRequest::Cancelled)
+    run.spec.status == Some(crate::model::RequestedState::Cancelled)
         || run
             .metadata
             .annotations
@@ -720,7 +720,7 @@ mod tests {
     fn cancel_by_spec_or_annotation() {
         let mut run = fixtures::pipeline_run("r", "p");
         assert!(!cancel_requested(&run));
-        run.spec.status = Some(crate::model::RunRequest::Cancelled);
+        run.spec.status = Some(crate::model::RequestedState::Cancelled);
         assert!(cancel_requested(&run));
         let mut run = fixtures::pipeline_run("r", "p");
         run.metadata.annotations =

@@ -494,7 +494,7 @@ impl CronTrigger {
 }
 
 fn cancel_requested(run: &PipelineRun) -> bool {
-    run.spec.status == Some(crate::model::RunRequest::Cancelled)
+    run.spec.status == Some(crate::model::RequestedState::Cancelled)
         || run
             .annotations()
             .get(CANCEL_ANNOTATION)
