@@ -246,9 +246,11 @@ pub fn plan_pipeline(
     to_plan(spec).map_err(|e| Problem::invalid("", &e))
 }
 
-/// The resolved environment of a run: values by name, and the values that came from Secrets (to redact).
+/// A run's environment as resolved before its start, to check that every reference exists: values by name,
+/// and the values that came from Secrets (for the engine to mask). The engine resolves it again itself
+/// (`flowmason_actors::ResolvedEnv`) at start and on resume.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ResolvedEnv {
+pub struct CheckedEnv {
     pub values: BTreeMap<String, String>,
     pub secrets: Vec<String>,
 }
@@ -258,7 +260,7 @@ fn resolve_vars(
     field: &str,
     env: &[EnvVarSpec],
     objects: &ClusterObjects,
-    out: &mut ResolvedEnv,
+    out: &mut CheckedEnv,
 ) -> Result<(), Problem> {
     for (i, var) in env.iter().enumerate() {
         if let Some(value) = &var.value {
@@ -307,8 +309,8 @@ pub fn resolve_env(
     spec: &PipelineSpec,
     run_env: &[EnvVarSpec],
     objects: &ClusterObjects,
-) -> Result<ResolvedEnv, Problem> {
-    let mut out = ResolvedEnv::default();
+) -> Result<CheckedEnv, Problem> {
+    let mut out = CheckedEnv::default();
     if let Some(providers) = &spec.providers {
         for (name, var, p) in [
             ("anthropic", "ANTHROPIC_API_KEY", &providers.anthropic),
