@@ -3,7 +3,7 @@
 //! stage failures, retries, and the run's start and end. Stage starts and successes are left out (the
 //! status has them), and a run records at most [`MAX_EVENTS_PER_RUN`], so a 1,000-stage run does not
 //! make thousands of writes; the complete stream stays in the event log (`fm history show`). A run's
-//! [`Recorder`] queues them as they come and writes them alongside its status writes.
+//! [`RunEventRecorder`] queues them as they come and writes them alongside its status writes.
 
 use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -123,20 +123,20 @@ fn record(
 }
 
 /// Queues a run's notable events and writes them as Kubernetes Events alongside status writes.
-pub struct Recorder {
+pub struct RunEventRecorder {
     api: Api<KubeEvent>,
     involved: ObjectReference,
     pending: Vec<KubeEvent>,
     recorded: usize,
 }
 
-impl Recorder {
-    pub fn new(client: Client, involved: ObjectReference) -> Recorder {
+impl RunEventRecorder {
+    pub fn new(client: Client, involved: ObjectReference) -> RunEventRecorder {
         let namespace = involved
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        Recorder {
+        RunEventRecorder {
             api: Api::namespaced(client, &namespace),
             involved,
             pending: Vec::new(),

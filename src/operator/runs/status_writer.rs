@@ -16,7 +16,7 @@ use flowmason_store::{RunId, RunState};
 use super::{Active, RunContext};
 use crate::model::{PipelineRun, PipelineRunStatus};
 use crate::operator::error::{Error, Result};
-use crate::operator::events::Recorder;
+use crate::operator::events::RunEventRecorder;
 use crate::operator::status;
 
 /// Patches a PipelineRun's status through the status subresource, counting the outcome in
@@ -55,7 +55,7 @@ pub(crate) fn write_outcome<T>(result: &std::result::Result<T, kube::Error>) -> 
 
 /// Starts the task that writes a run's status from the state the engine publishes for it: the first
 /// state at once, then at most one write per `write_interval` (phase changes at once), and always the
-/// final state (retried until it is written). The run's notable events go to its [`Recorder`] on the way.
+/// final state (retried until it is written). The run's notable events go to its [`RunEventRecorder`] on the way.
 pub(super) fn spawn_writer(
     ctx: &Arc<RunContext>,
     run: &PipelineRun,
@@ -73,7 +73,7 @@ pub(super) fn spawn_writer(
         namespace: run.namespace().unwrap_or_else(|| "default".into()),
         name: run.name_any(),
     };
-    let mut recorder = Recorder::new(ctx.client.clone(), run.object_ref(&()));
+    let mut recorder = RunEventRecorder::new(ctx.client.clone(), run.object_ref(&()));
     let mut events = handle.take_events();
     let initial = handle.initial.take();
     tokio::spawn(async move {
