@@ -236,8 +236,11 @@ pub struct RunHandle {
     /// Every event of the run as it is appended (when the run was started with `observe`).
     pub events: Option<mpsc::UnboundedReceiver<Event>>,
     /// The state the run started or resumed with (when observed): what to show before its first decision,
-    /// which [`Engine::watch`] may already have replaced by the time a reader subscribes.
+    /// which the watch may already have replaced by the time its reader looks.
     pub initial: Option<RunState>,
+    /// The run's folded state as it changes (when observed), followed since the run started; see
+    /// [`Engine::watch`]. Dropping it unread spares the run copying its state.
+    states: Option<crate::StateReceiver>,
 }
 
 impl RunHandle {
@@ -250,6 +253,11 @@ impl RunHandle {
     /// Splits off the event stream, leaving a handle that only waits for the end.
     pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<Event>> {
         self.events.take()
+    }
+
+    /// Splits off the run's folded state as the engine publishes it (when observed).
+    pub fn take_states(&mut self) -> Option<crate::StateReceiver> {
+        self.states.take()
     }
 }
 
@@ -537,6 +545,7 @@ impl Engine {
             outcome,
             events,
             initial: None,
+            states: None,
         })
     }
 
@@ -767,7 +776,12 @@ impl Engine {
         } else {
             (None, None)
         };
-        let published = observe.then(|| self.inner.states.register(&state));
+        let (published, states) = if observe {
+            let (publisher, reader) = self.inner.states.register(&state);
+            (Some(publisher), Some(reader))
+        } else {
+            (None, None)
+        };
         let initial = observe.then(|| state.clone());
         let setup = RunSetup {
             plan: Arc::new(plan),
@@ -801,6 +815,7 @@ impl Engine {
             outcome: outcome_rx,
             events,
             initial,
+            states,
         })
     }
 

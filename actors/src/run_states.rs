@@ -5,10 +5,12 @@
 //! (one `tokio::sync::watch` per run), so a reader always sees the state the engine acts on, with its
 //! secret values already masked. A watch keeps only the latest state: a reader that is slower than the
 //! run skips intermediate states, never the last one. Only runs started or resumed observed (see
-//! [`Engine::start_observed`]) publish, so the runs nobody follows pay no copy of their state.
+//! [`Engine::start_observed`]) publish, and only while someone reads (the run's handle holds the first
+//! reader, see `RunHandle::take_states`): a copy of the state per recorded batch is linear in the run's
+//! size, which a 20,000-stage `fm run`, observed for its progress but not reading states, must not pay.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
@@ -20,30 +22,54 @@ use crate::engine::{Engine, EngineError};
 /// (its last value is then the run's final state).
 pub type StateReceiver = watch::Receiver<RunState>;
 
+/// One run's published state.
+struct Published {
+    sender: watch::Sender<RunState>,
+    /// Whether a state went unpublished because nobody read: from then on the channel's value may be
+    /// stale, and a new reader is answered from the log instead.
+    skipped: Mutex<bool>,
+}
+
+impl Published {
+    fn skipped(&self) -> MutexGuard<'_, bool> {
+        self.skipped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The publishing side of one run's state, held by its run actor.
 pub(crate) struct StatePublisher {
-    sender: Arc<watch::Sender<RunState>>,
+    published: Arc<Published>,
 }
 
 impl StatePublisher {
-    /// Shows `state` to the run's readers, present and future.
+    /// Shows `state` to the run's readers; with none, copies nothing and marks the channel stale.
     pub(crate) fn publish(&self, state: &RunState) {
-        self.sender.send_replace(state.clone());
+        let mut skipped = self.published.skipped();
+        if self.published.sender.receiver_count() > 0 {
+            self.published.sender.send_replace(state.clone());
+        } else {
+            *skipped = true;
+        }
     }
 }
 
 /// The published state of every run live in one engine, by run id.
 #[derive(Default)]
 pub(crate) struct RunStates {
-    runs: Mutex<HashMap<RunId, Arc<watch::Sender<RunState>>>>,
+    runs: Mutex<HashMap<RunId, Arc<Published>>>,
 }
 
 impl RunStates {
-    /// Registers a run starting (or resuming) with `state`, returning what its actor publishes through.
-    pub(crate) fn register(&self, state: &RunState) -> StatePublisher {
-        let sender = Arc::new(watch::Sender::new(state.clone()));
-        self.lock().insert(state.run_id, sender.clone());
-        StatePublisher { sender }
+    /// Registers a run starting (or resuming) with `state`: what its actor publishes through, and the
+    /// first reader (for the run's handle).
+    pub(crate) fn register(&self, state: &RunState) -> (StatePublisher, StateReceiver) {
+        let (sender, receiver) = watch::channel(state.clone());
+        let published = Arc::new(Published {
+            sender,
+            skipped: Mutex::new(false),
+        });
+        self.lock().insert(state.run_id, published.clone());
+        (StatePublisher { published }, receiver)
     }
 
     /// Forgets a run whose actor stopped; its readers keep its last state.
@@ -51,11 +77,14 @@ impl RunStates {
         self.lock().remove(&run);
     }
 
+    /// A new reader of a live run, unless a state went unpublished (then `None`).
     fn subscribe(&self, run: RunId) -> Option<StateReceiver> {
-        self.lock().get(&run).map(|sender| sender.subscribe())
+        let published = self.lock().get(&run).cloned()?;
+        let skipped = published.skipped();
+        (!*skipped).then(|| published.sender.subscribe())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Arc<watch::Sender<RunState>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RunId, Arc<Published>>> {
         self.runs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -69,9 +98,10 @@ impl Engine {
             .map_err(|source| EngineError::Store { run, source })
     }
 
-    /// Follows a run's folded state: live while the run runs observed in this engine, then closed with
-    /// its final state. Any other run is answered with its fold from the log on a closed channel; `None`
-    /// when the log has no such run.
+    /// Follows a run's folded state: live while the run runs observed in this engine and has been
+    /// followed since it started (its handle's reader, [`crate::RunHandle::take_states`], kept), then
+    /// closed with its final state. Any other run is answered with its fold from the log on a closed
+    /// channel; `None` when the log has no such run.
     pub fn watch(&self, run: RunId) -> Result<Option<StateReceiver>, EngineError> {
         if let Some(receiver) = self.run_states().subscribe(run) {
             return Ok(Some(receiver));
@@ -125,7 +155,7 @@ mod tests {
         let run = uuid::Uuid::now_v7();
         let states = RunStates::default();
         let mut state = accepted(run);
-        let publisher = states.register(&state);
+        let (publisher, _first) = states.register(&state);
         let mut reader = states.subscribe(run).expect("registered");
         state.generation = 2;
         publisher.publish(&state);
@@ -145,10 +175,25 @@ mod tests {
         let run = uuid::Uuid::now_v7();
         let states = RunStates::default();
         let mut state = accepted(run);
-        let publisher = states.register(&state);
+        let (publisher, _first) = states.register(&state);
         state.generation = 7;
         publisher.publish(&state);
         let mut reader = states.subscribe(run).expect("registered");
         assert_eq!(reader.borrow_and_update().generation, 7);
+    }
+
+    #[test]
+    fn nobody_reading_copies_nothing_and_a_later_reader_is_sent_to_the_log() {
+        let run = uuid::Uuid::now_v7();
+        let states = RunStates::default();
+        let mut state = accepted(run);
+        let (publisher, first) = states.register(&state);
+        drop(first);
+        state.generation = 7;
+        publisher.publish(&state);
+        assert!(
+            states.subscribe(run).is_none(),
+            "the channel holds a stale state"
+        );
     }
 }

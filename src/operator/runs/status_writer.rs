@@ -76,15 +76,9 @@ pub(super) fn spawn_writer(
     let mut recorder = RunEventRecorder::new(ctx.client.clone(), run.object_ref(&()));
     let mut events = handle.take_events();
     let initial = handle.initial.take();
+    let mut states = handle.take_states();
     tokio::spawn(async move {
         let ctx = &writer.ctx;
-        let mut states = match ctx.engine.watch(run_id) {
-            Ok(states) => states,
-            Err(e) => {
-                tracing::warn!(%run_id, error = %e, "cannot follow the run's state");
-                None
-            }
-        };
         let mut dirty = false;
         let mut last_write: Option<Instant> = None;
         let mut written_phase = None;
