@@ -244,10 +244,14 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
-    /// Waits for the run to end; the state is the fold of all its events.
-    pub async fn finished(self) -> Result<RunState, EngineError> {
+    /// Waits for the run to end; the state is the fold of all its events. The rest of the handle (a
+    /// state reader not taken) is dropped at once, not when the run ends.
+    pub fn finished(
+        self,
+    ) -> impl std::future::Future<Output = Result<RunState, EngineError>> + Send + 'static {
         let run = self.run_id;
-        self.outcome.await.unwrap_or(Err(EngineError::Lost { run }))
+        let outcome = self.outcome;
+        async move { outcome.await.unwrap_or(Err(EngineError::Lost { run })) }
     }
 
     /// Splits off the event stream, leaving a handle that only waits for the end.
