@@ -3,7 +3,7 @@
 //! Every benchmark appends single stage events (a `StageStarted`/`StageSucceeded` pair per stage) to many
 //! runs, the way the engine does, into a tempdir-backed store, and each iteration ends with everything
 //! written to sled and flushed, so that the figure covers the whole way to disk, not just the write-behind
-//! buffer. DESIGN's target: >= 500k events/s under `batch`; under `always`, one fsync per group of
+//! buffer. The target (BENCHMARKS.md): >= 500k events/s under `batch`; under `always`, one fsync per group of
 //! concurrent appenders (group commit).
 
 use std::hint::black_box;

@@ -11,14 +11,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
-use crate::history::rerun::RERUN_OF_LABEL;
-use crate::model::{Pipeline, PipelineRun, PipelineRunSpec, PipelineRunStatus, RerunOf};
-use crate::operator::planning::CANCEL_ANNOTATION;
-
-/// Label on every Kubernetes Event the operator records for a run: the PipelineRun's name.
-pub const RUN_LABEL: &str = "flowmason.io/run";
-/// Label of a PipelineRun naming its Pipeline (set by `create_run`), for listing a Pipeline's runs.
-pub const PIPELINE_LABEL: &str = "flowmason.io/pipeline";
+use crate::model::vocabulary::{CANCEL_ANNOTATION, PIPELINE_LABEL, RERUN_OF_LABEL, RUN_LABEL};
+use crate::model::{Pipeline, PipelineRun, PipelineRunSpec, PipelineRunStatus, RerunOf, RunPhase};
 
 /// Why a client call failed; each names the object involved.
 #[derive(Debug, thiserror::Error)]
@@ -472,7 +466,12 @@ pub async fn follow_run(
     futures::pin_mut!(stream);
     while let Some(run) = stream.try_next().await? {
         on_change(&run);
-        if crate::operator::status::is_terminal(run.status.as_ref().and_then(|s| s.phase)) {
+        if run
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(RunPhase::is_terminal)
+        {
             return Ok(Some(run));
         }
     }

@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod component_config;
 pub mod components;
 pub mod env;
 pub mod history;

@@ -109,27 +109,6 @@ fn hello_pipeline(name: &str) -> Value {
     })
 }
 
-/// A Pipeline of `n` `noop` stages in a chain, each reading the previous one's output by template.
-fn chain_pipeline(name: &str, n: usize) -> Value {
-    let stages: Vec<Value> = (0..n)
-        .map(|i| match i {
-            0 => json!({"id": "s0", "componentType": "noop"}),
-            _ => json!({
-                "id": format!("s{i}"),
-                "componentType": "noop",
-                "dependsOn": [format!("s{}", i - 1)],
-                "config": {"value": format!("{{{{upstream.s{}.value}}}}", i - 1)},
-            }),
-        })
-        .collect();
-    json!({
-        "apiVersion": "flowmason.io/v1",
-        "kind": "Pipeline",
-        "metadata": {"name": name},
-        "spec": {"stages": stages},
-    })
-}
-
 /// Waits (bounded) for the next `n` events of a watch stream.
 async fn next_events<S, K>(stream: &mut S, n: usize) -> Vec<WatchEvent<K>>
 where
@@ -970,6 +949,9 @@ type BadCase = (
 
 #[path = "apiserver/corpus.rs"]
 mod corpus;
+#[path = "support/pipelines.rs"]
+mod pipelines;
+use pipelines::chain_pipeline;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
@@ -1823,12 +1805,14 @@ async fn kubectl_works_against_the_embedded_server() {
 async fn a_20000_stage_pipeline_is_validated_and_accepted_and_the_server_keeps_serving() {
     let h = Harness::start_with(|c| c.api.max_body_bytes = 8 * 1024 * 1024).await;
     let pipelines = "/apis/flowmason.io/v1/namespaces/default/pipelines";
-    let body = chain_pipeline("chain", 20_000).to_string().into_bytes();
+    let body = chain_pipeline("chain", 20_000, Value::Null)
+        .to_string()
+        .into_bytes();
     assert!(body.len() > 1_500_000, "{} bytes", body.len());
     let (code, created) = h.raw("POST", pipelines, "application/json", body).await;
     assert_eq!(code, 201, "{created}");
     // An invalid one of the same size is refused with its problem named (validation ran on all of it).
-    let mut broken = chain_pipeline("broken", 20_000);
+    let mut broken = chain_pipeline("broken", 20_000, Value::Null);
     broken["spec"]["stages"][19_999]["config"]["value"] = json!("{{upstream.s19999.value}}");
     let (code, refused) = h
         .raw(

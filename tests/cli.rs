@@ -1064,6 +1064,9 @@ fn a_failing_stage_error_is_masked_and_a_missing_secret_fails_before_any_stage()
 
 #[path = "cli/durability.rs"]
 mod durability;
+#[path = "support/pipelines.rs"]
+mod pipelines;
+use pipelines::chain_pipeline;
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -1368,27 +1371,6 @@ fn history_show_names_a_quarantined_run_and_its_resumes() {
 // ---------------------------------------------------------------------------------------------------------
 // Big pipelines: validation, planning and the run are linear in the stages
 
-/// A Pipeline of `n` `noop` stages in a chain, each reading the previous one's output by template.
-fn chain_pipeline(n: usize) -> Value {
-    let stages: Vec<Value> = (0..n)
-        .map(|i| match i {
-            0 => json!({"id": "s0", "componentType": "noop", "config": {"value": "{{input.x}}"}}),
-            _ => json!({
-                "id": format!("s{i}"),
-                "componentType": "noop",
-                "dependsOn": [format!("s{}", i - 1)],
-                "config": {"value": format!("{{{{upstream.s{}.value}}}}", i - 1)},
-            }),
-        })
-        .collect();
-    json!({
-        "apiVersion": "flowmason.io/v1",
-        "kind": "Pipeline",
-        "metadata": {"name": "chain"},
-        "spec": {"stages": stages, "sampleInput": {"x": 7}},
-    })
-}
-
 /// Runs `fm` with `args` to its end: exit code (None: killed by a signal), stdout, and its peak resident
 /// set size in bytes, read by `wait4` for that child alone.
 fn run_fm_measured(args: &[&str], data: &Path) -> (Option<i32>, String, u64) {
@@ -1425,11 +1407,9 @@ fn a_20000_stage_chain_validates_and_runs_within_512_mib() {
     // more than 6.9 GB, and a recursive cycle check overflowed the stack.
     const BOUND: u64 = 512 * 1024 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(
-        dir.path(),
-        "chain.json",
-        &chain_pipeline(STAGES).to_string(),
-    );
+    let mut chain = chain_pipeline("chain", STAGES, json!({"value": "{{input.x}}"}));
+    chain["spec"]["sampleInput"] = json!({"x": 7});
+    let file = write(dir.path(), "chain.json", &chain.to_string());
     let file = file.to_str().expect("utf-8 path");
 
     let (code, stdout, rss) = run_fm_measured(&["validate", file], dir.path());

@@ -896,7 +896,10 @@ async fn rerun_and_rerun_from_failed_run_only_the_failed_stage_and_its_dependant
     assert_eq!(hits(&f), [1, 1, 2, 1, 1]);
     let (_, detail) = f.get(&format!("/api/v1/runs/{new}")).await;
     assert_eq!(detail["phase"], "Succeeded");
-    assert_eq!(detail["labels"][rerun::RERUN_OF_LABEL], old.to_string());
+    assert_eq!(
+        detail["labels"][flowmason::model::vocabulary::RERUN_OF_LABEL],
+        old.to_string()
+    );
     assert_eq!(detail["inputs"], json!({ "x": 1 }));
     for s in detail["stages"].as_array().expect("stages") {
         let reused = ["a", "b", "e"].contains(&s["id"].as_str().expect("id"));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowmason::apiserver::{ServeConfig, Server};
 use flowmason::components::builtin_registry;
@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 mod faults;
 #[path = "operator/ui.rs"]
 mod ui;
+#[path = "support/wait.rs"]
+mod wait;
 
-/// Safety net of every wait: a broken operator fails the test instead of hanging it. Not a performance
-/// assertion: every wait ends as soon as its condition holds.
-const PATIENCE: Duration = Duration::from_secs(90);
+use wait::{PATIENCE, eventually};
 
 /// A running `fm serve` (or another `fm` server command), killed on drop.
 struct Fm {
@@ -177,22 +177,6 @@ fn delay_stages(ms: u64) -> Value {
         {"id": "shape", "componentType": "json_transform", "dependsOn": ["wait"],
          "config": {"data": {"x": "{{input.x}}"}, "expression": "x"}}
     ])
-}
-
-/// Polls until `check` returns Some.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn wait_phase(api: &Api<PipelineRun>, name: &str, phases: &[RunPhase]) -> PipelineRun {

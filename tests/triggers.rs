@@ -11,13 +11,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flowmason::apiserver::{ServeConfig, Server};
 use flowmason::model::crd_yaml::{pipeline_crd, pipelinerun_crd};
+use flowmason::model::vocabulary::{
+    CANCEL_ANNOTATION, PIPELINE_LABEL, SCHEDULED_TIME_ANNOTATION, TRIGGER_LABEL,
+};
 use flowmason::model::{Pipeline, PipelineRun};
 use flowmason::triggers::cron::{CronTrigger, backfill, scheduled_run_name};
 use flowmason::triggers::nats::{NatsConnection, NatsOptions, NatsTrigger};
-use flowmason::triggers::{
-    ANNOTATION_CANCEL, ANNOTATION_SCHEDULED_TIME, LABEL_PIPELINE, LABEL_TRIGGER, ManualClock,
-    Outcome, TriggerConfig, TriggerError, TriggerKind, Triggers, from_time,
-};
+use flowmason::triggers::{ManualClock, Outcome, TriggerConfig, TriggerError, Triggers, from_time};
+use flowmason_store::Trigger;
 use futures::StreamExt as _;
 use hmac::{KeyInit as _, Mac as _};
 use k8s_openapi::api::core::v1::Secret;
@@ -28,22 +29,6 @@ use serde_json::{Value, json};
 
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Polls `check` until it yields a value (no timing is asserted: the bound only turns a hang into a
-/// failure with a message).
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..1200 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting for {what}");
 }
 
 struct Api_ {
@@ -108,7 +93,7 @@ async fn create_token_secret(client: &Client, name: &str) {
 
 async fn runs_of(client: &Client, pipeline: &str) -> Vec<PipelineRun> {
     let mut runs = Api::<PipelineRun>::namespaced(client.clone(), "default")
-        .list(&ListParams::default().labels(&format!("{LABEL_PIPELINE}={pipeline}")))
+        .list(&ListParams::default().labels(&format!("{PIPELINE_LABEL}={pipeline}")))
         .await
         .expect("list runs")
         .items;
@@ -170,13 +155,13 @@ async fn cron_fires_on_schedule_with_injected_time() {
     let run = &runs[0];
     assert_eq!(run.name_any(), scheduled_run_name("tick", first));
     assert_eq!(
-        run.labels().get(LABEL_TRIGGER).map(String::as_str),
+        run.labels().get(TRIGGER_LABEL).map(String::as_str),
         Some("cron")
     );
     assert_eq!(run.spec.pipeline_ref, "tick");
     assert_eq!(
         run.annotations()
-            .get(ANNOTATION_SCHEDULED_TIME)
+            .get(SCHEDULED_TIME_ANNOTATION)
             .map(String::as_str),
         Some(
             first
@@ -255,10 +240,10 @@ async fn cron_honours_each_concurrency_policy() {
                 let old = runs.iter().find(|r| r.name_any() == first).expect("first");
                 assert_eq!(
                     old.spec.status,
-                    Some(flowmason::model::RunRequest::Cancelled)
+                    Some(flowmason::model::RequestedState::Cancelled)
                 );
                 assert_eq!(
-                    old.annotations().get(ANNOTATION_CANCEL).map(String::as_str),
+                    old.annotations().get(CANCEL_ANNOTATION).map(String::as_str),
                     Some("true")
                 );
                 assert_eq!(runs.len(), 2);
@@ -485,6 +470,9 @@ fn signed(request: reqwest::RequestBuilder, secret: &[u8], body: &[u8]) -> reqwe
 
 #[path = "triggers/corpus.rs"]
 mod corpus;
+#[path = "support/wait.rs"]
+mod wait;
+use wait::eventually;
 
 #[tokio::test]
 async fn webhook_accepts_signed_json_and_rejects_the_rest() {
@@ -528,7 +516,7 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
         json!({"order": 42, "items": ["a"]})
     );
     assert_eq!(
-        run.labels().get(LABEL_TRIGGER).map(String::as_str),
+        run.labels().get(TRIGGER_LABEL).map(String::as_str),
         Some("webhook")
     );
 
@@ -612,9 +600,9 @@ async fn webhook_accepts_signed_json_and_rejects_the_rest() {
     assert_eq!(names[1].1, json!(true));
     assert_eq!(runs_of(&h.client, "hook").await.len(), 3);
     let m = t.metrics();
-    assert_eq!(m.get(TriggerKind::Webhook, Outcome::Fired), 3);
-    assert_eq!(m.get(TriggerKind::Webhook, Outcome::Deduplicated), 1);
-    assert_eq!(m.get(TriggerKind::Webhook, Outcome::Rejected), 6);
+    assert_eq!(m.get(Trigger::Webhook, Outcome::Fired), 3);
+    assert_eq!(m.get(Trigger::Webhook, Outcome::Deduplicated), 1);
+    assert_eq!(m.get(Trigger::Webhook, Outcome::Rejected), 6);
 
     // Disarmed with the pipeline: the path is gone.
     t.remove("default", "hook");
@@ -897,7 +885,7 @@ async fn nats_message_becomes_a_run_once_and_bad_payloads_are_dead_lettered() {
         json!({"id": 1, "sku": "x"})
     );
     assert_eq!(
-        runs[0].labels().get(LABEL_TRIGGER).map(String::as_str),
+        runs[0].labels().get(TRIGGER_LABEL).map(String::as_str),
         Some("pubsub")
     );
 
@@ -928,8 +916,8 @@ async fn nats_message_becomes_a_run_once_and_bad_payloads_are_dead_lettered() {
     wait_runs(&h.client, "orders", 2).await;
     eventually("all messages handled", || async {
         let m = t.metrics();
-        (m.get(TriggerKind::Pubsub, Outcome::Fired) == 2
-            && m.get(TriggerKind::Pubsub, Outcome::Rejected) == 1)
+        (m.get(Trigger::Pubsub, Outcome::Fired) == 2
+            && m.get(Trigger::Pubsub, Outcome::Rejected) == 1)
             .then_some(())
     })
     .await;
@@ -1015,11 +1003,7 @@ async fn nats_redelivery_after_a_crash_before_ack_makes_no_second_run() {
     let second = nats_triggers(&h.client, &nats.url()).await;
     second.apply(&p);
     eventually("the redelivery to be deduplicated", || async {
-        (second
-            .metrics()
-            .get(TriggerKind::Pubsub, Outcome::Deduplicated)
-            == 1)
-            .then_some(())
+        (second.metrics().get(Trigger::Pubsub, Outcome::Deduplicated) == 1).then_some(())
     })
     .await;
     let runs = runs_of(&h.client, "crashy").await;
@@ -1057,8 +1041,8 @@ async fn two_engines_share_one_durable_consumer_without_duplicates() {
     }
     let runs = wait_runs(&h.client, "shared", n).await;
     eventually("every message acknowledged", || async {
-        let fired = a.metrics().get(TriggerKind::Pubsub, Outcome::Fired)
-            + b.metrics().get(TriggerKind::Pubsub, Outcome::Fired);
+        let fired = a.metrics().get(Trigger::Pubsub, Outcome::Fired)
+            + b.metrics().get(Trigger::Pubsub, Outcome::Fired);
         (fired as usize == n).then_some(())
     })
     .await;

@@ -22,6 +22,7 @@ use crate::journal::{EngineError, EventObserver, Followers, Journal};
 use crate::plan::{Plan, PlanSpec};
 use crate::redact::Redactor;
 use crate::run_actor::{CancelRun, RunActor, RunSetup};
+use crate::run_states::RunStates;
 
 /// Resolves a run's environment (`{{env.NAME}}`) when it starts and when it resumes, typically from the
 /// plan's `envFrom` references (the state holds the recorded plan). Values are never recorded in events,
@@ -200,18 +201,33 @@ pub struct RunHandle {
     outcome: oneshot::Receiver<Result<RunState, EngineError>>,
     /// Every event of the run as it is appended (when the run was started with `observe`).
     pub events: Option<mpsc::UnboundedReceiver<Event>>,
+    /// The state the run started or resumed with (when observed): what to show before its first decision,
+    /// which the watch may already have replaced by the time its reader looks.
+    pub initial: Option<RunState>,
+    /// The run's folded state as it changes (when observed), followed since the run started; see
+    /// [`Engine::watch`]. Dropping it unread spares the run copying its state.
+    states: Option<crate::StateReceiver>,
 }
 
 impl RunHandle {
-    /// Waits for the run to end; the state is the fold of all its events.
-    pub async fn finished(self) -> Result<RunState, EngineError> {
+    /// Waits for the run to end; the state is the fold of all its events. The rest of the handle (a
+    /// state reader not taken) is dropped at once, not when the run ends.
+    pub fn finished(
+        self,
+    ) -> impl std::future::Future<Output = Result<RunState, EngineError>> + Send + 'static {
         let run = self.run_id;
-        self.outcome.await.unwrap_or(Err(EngineError::Lost { run }))
+        let outcome = self.outcome;
+        async move { outcome.await.unwrap_or(Err(EngineError::Lost { run })) }
     }
 
     /// Splits off the event stream, leaving a handle that only waits for the end.
     pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<Event>> {
         self.events.take()
+    }
+
+    /// Splits off the run's folded state as the engine publishes it (when observed).
+    pub fn take_states(&mut self) -> Option<crate::StateReceiver> {
+        self.states.take()
     }
 }
 
@@ -228,6 +244,8 @@ struct Inner {
     session: Option<EngineSession>,
     /// Whether this engine has resumed a run (see [`Engine::shutdown`]).
     resumed_any: AtomicBool,
+    /// The folded state of each run observed live (see [`Engine::watch`]).
+    states: RunStates,
 }
 
 /// The engine handle; cheap to clone.
@@ -276,6 +294,7 @@ impl Engine {
                 runs: Mutex::new(HashMap::new()),
                 session,
                 resumed_any: AtomicBool::new(false),
+                states: RunStates::default(),
             }),
         }
     }
@@ -301,6 +320,10 @@ impl Engine {
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    pub(crate) fn run_states(&self) -> &RunStates {
+        &self.inner.states
     }
 
     /// Checks a plan against the DAG rules and the registry, without running anything.
@@ -439,6 +462,8 @@ impl Engine {
             run_id: run,
             outcome,
             events,
+            initial: None,
+            states: None,
         })
     }
 
@@ -672,6 +697,15 @@ impl Engine {
         let components = self.components(&plan)?;
         let (outcome_tx, outcome_rx) = oneshot::channel();
         journal.mask(Redactor::new(env.secrets));
+        // An observed run publishes its folded state for whoever follows it (the operator's status
+        // writer), from the state it starts with.
+        let (initial, states) = if events.is_some() {
+            let (publisher, reader) = self.inner.states.register(journal.state());
+            journal.publish_states(publisher);
+            (Some(journal.state().clone()), Some(reader))
+        } else {
+            (None, None)
+        };
         let engine = Arc::downgrade(&self.inner);
         let setup = RunSetup {
             plan,
@@ -699,6 +733,8 @@ impl Engine {
             run_id,
             outcome: outcome_rx,
             events,
+            initial,
+            states,
         })
     }
 
@@ -763,12 +799,13 @@ impl Engine {
     }
 }
 
-/// Forgets a run whose actor stopped.
+/// Forgets a run whose actor stopped; the readers of its published state keep its last one.
 fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
-    if let Some(inner) = engine.upgrade()
-        && let Ok(mut runs) = inner.runs.lock()
-    {
-        runs.remove(&run);
+    if let Some(inner) = engine.upgrade() {
+        if let Ok(mut runs) = inner.runs.lock() {
+            runs.remove(&run);
+        }
+        inner.states.remove(run);
     }
 }
 

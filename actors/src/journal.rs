@@ -14,6 +14,7 @@ use flowmason_store::{Event, EventKind, EventStore, RunId, RunState, StoreError}
 
 use crate::plan::{Plan, PlanError};
 use crate::redact::Redactor;
+use crate::run_states::StatePublisher;
 
 /// Why the engine could not accept, resume or finish a run.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,8 @@ pub(crate) struct Journal {
     plan: Option<Arc<Plan>>,
     redactor: Redactor,
     followers: Followers,
+    /// Where the folded state is published after each append, when the run is followed by state.
+    states: Option<StatePublisher>,
 }
 
 impl Journal {
@@ -98,6 +101,7 @@ impl Journal {
             plan,
             redactor: Redactor::default(),
             followers,
+            states: None,
         };
         // There is no state before `RunAccepted`: it is shown with the state it made.
         journal.observe(first);
@@ -121,6 +125,7 @@ impl Journal {
             plan,
             redactor: Redactor::default(),
             followers,
+            states: None,
         }
     }
 
@@ -133,6 +138,11 @@ impl Journal {
     /// Who follows the run's events from now on.
     pub(crate) fn follow(&mut self, followers: Followers) {
         self.followers = followers;
+    }
+
+    /// Publishes the folded state through `publisher` after each append from now on.
+    pub(crate) fn publish_states(&mut self, publisher: StatePublisher) {
+        self.states = Some(publisher);
     }
 
     /// Names the component of stage events for the observer from now on.
@@ -171,6 +181,10 @@ impl Journal {
         let must_wait = appended.must_wait();
         for event in &appended.events {
             self.fold(event)?;
+        }
+        // Once per append, not per event: a copy of the state per event would be quadratic in the run.
+        if let Some(states) = &self.states {
+            states.publish(&self.state);
         }
         Ok(must_wait)
     }

@@ -11,6 +11,7 @@ pub mod nested;
 pub mod plan;
 pub mod redact;
 mod run_actor;
+pub mod run_states;
 pub mod schema;
 mod stage_actor;
 pub mod template;
@@ -26,3 +27,4 @@ pub use engine::{
 pub use journal::{EngineError, EventObserver, Observation};
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;
+pub use run_states::StateReceiver;

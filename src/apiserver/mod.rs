@@ -71,7 +71,7 @@ impl Default for ApiConfig {
 /// Everything a request handler needs.
 pub struct ApiState {
     pub store: Arc<store::ObjectStore>,
-    pub registry: registry::Registry,
+    pub registry: registry::ResourceRegistry,
     pub config: ApiConfig,
     /// Bumped to close every open watch (clients re-watch from their last resourceVersion).
     pub watch_epoch: tokio::sync::watch::Sender<u64>,

@@ -263,18 +263,18 @@ fn builtin_kind_causes(crd: &Value) -> Vec<Cause> {
 }
 
 /// The served resources: fixed built-ins plus the CRDs stored so far (keyed by CRD name).
-pub struct Registry {
+pub struct ResourceRegistry {
     builtins: Vec<Arc<ResourceType>>,
     crds: RwLock<BTreeMap<String, Vec<Arc<ResourceType>>>>,
 }
 
-impl Default for Registry {
+impl Default for ResourceRegistry {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Registry {
+impl ResourceRegistry {
     pub fn new() -> Self {
         let age = || Column::new("Age", "date", ".metadata.creationTimestamp");
         let mut builtins = vec![
@@ -343,7 +343,7 @@ impl Registry {
         for crd in builtin_crds() {
             builtins.extend(ResourceType::from_crd(&crd));
         }
-        Registry {
+        ResourceRegistry {
             builtins: builtins.into_iter().map(Arc::new).collect(),
             crds: RwLock::new(BTreeMap::new()),
         }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth::{self, Auth};
-use super::registry::Registry;
+use super::registry::ResourceRegistry;
 use super::store::{Mutation, ObjectKey, ObjectStore, StoreError, scan_prefix};
 use super::tls::{self, TlsError};
 use super::{ApiConfig, ApiState, handlers, objects, private};
@@ -123,7 +123,7 @@ impl Server {
             source,
         })?;
         let store = Arc::new(store);
-        let registry = Registry::new();
+        let registry = ResourceRegistry::new();
         let st = store.clone();
         let crds = tokio::task::spawn_blocking(move || bootstrap(&st))
             .await

@@ -554,8 +554,11 @@ async fn logs(
             .get_run(run)
             .await?
             .with_context(|| format!("PipelineRun {}/{run} not found", client.namespace()))?;
-        let ended =
-            crate::operator::status::is_terminal(current.status.as_ref().and_then(|s| s.phase));
+        let ended = current
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(crate::model::RunPhase::is_terminal);
         let mut batch: Vec<LogLine> = Vec::new();
         for event in client.run_events(run).await? {
             let name = event.metadata.name.clone().unwrap_or_default();

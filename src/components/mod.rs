@@ -10,9 +10,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
-use flowmason_actors::{ComponentError, Registry};
+use flowmason_actors::Registry;
 
 pub mod analyzer;
 pub mod chat;
@@ -90,6 +88,12 @@ pub use summarizer::Summarizer;
 pub use switch_router::SwitchRouter;
 pub use synthesizer::Synthesizer;
 pub use translator::Translator;
+
+/// The field readers every component checks its config and input with (see [`crate::component_config`]).
+pub(crate) use crate::component_config::{
+    config_object, input_object, is_templated, opt_bool, opt_int_in, opt_str, opt_str_list,
+    opt_text_list, static_config, type_name,
+};
 pub use trycatch::TryCatch;
 pub use variable_set::VariableSet;
 
@@ -227,182 +231,12 @@ pub fn output_fields(component: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// The stage input as an object; `null` (a stage with no config) counts as an empty one.
-pub(crate) fn input_object(
-    component: &str,
-    input: Value,
-) -> Result<Map<String, Value>, ComponentError> {
-    match input {
-        Value::Object(map) => Ok(map),
-        Value::Null => Ok(Map::new()),
-        other => Err(ComponentError::config(format!(
-            "{component}: input must be an object, got {}",
-            type_name(&other)
-        ))),
-    }
-}
-
-/// The static config as an object for `validate`; `null` counts as an empty one.
-pub(crate) fn config_object<'a>(
-    component: &str,
-    config: &'a Value,
-) -> Result<Option<&'a Map<String, Value>>, ComponentError> {
-    match config {
-        Value::Object(map) => Ok(Some(map)),
-        Value::Null => Ok(None),
-        other => Err(ComponentError::config(format!(
-            "{component}: config must be an object, got {}",
-            type_name(other)
-        ))),
-    }
-}
-
-/// The fields of a stage's `config` whose values hold no templates: what `validate` can check before
-/// any run (templated fields are checked when the run renders them). `None` for no config.
-pub(crate) fn static_config(
-    component: &str,
-    config: &Value,
-) -> Result<Option<Map<String, Value>>, ComponentError> {
-    Ok(config_object(component, config)?.map(|map| {
-        map.iter()
-            .filter(|(_, v)| !is_templated(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }))
-}
-
-/// Whether a static config value is (or holds) a template, so that its type is only known after rendering.
-pub(crate) fn is_templated(value: &Value) -> bool {
-    flowmason_actors::template::has_templates(value)
-}
-
 /// The first characters of a long expression or filter, for error messages.
 pub(crate) fn abbreviate(text: &str) -> String {
     const SHOWN: usize = 40;
     match text.char_indices().nth(SHOWN) {
         Some((end, _)) => format!("{}...", &text[..end]),
         None => text.to_string(),
-    }
-}
-
-/// A JSON type name for messages.
-pub(crate) fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// An optional boolean field: absent or `null` gives `default`.
-pub(crate) fn opt_bool(
-    component: &str,
-    map: &Map<String, Value>,
-    field: &str,
-    default: bool,
-) -> Result<bool, ComponentError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(ComponentError::config(format!(
-            "{component}: `{field}` must be a boolean, got {}",
-            type_name(other)
-        ))),
-    }
-}
-
-/// An optional list of strings (stage ids): absent or `null` gives an empty list.
-pub(crate) fn opt_str_list(
-    component: &str,
-    map: &Map<String, Value>,
-    field: &str,
-) -> Result<Vec<String>, ComponentError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(ComponentError::config(format!(
-                    "{component}: `{field}` must be a list of stage ids, got an element that is {}",
-                    type_name(other)
-                ))),
-            })
-            .collect(),
-        Some(other) => Err(ComponentError::config(format!(
-            "{component}: `{field}` must be a list of stage ids, got {}",
-            type_name(other)
-        ))),
-    }
-}
-
-/// An optional list of strings (criteria, aspects, ...): absent or `null` gives an empty list.
-pub(crate) fn opt_text_list(
-    component: &str,
-    map: &Map<String, Value>,
-    field: &str,
-) -> Result<Vec<String>, ComponentError> {
-    let not_strings = |what: String| {
-        ComponentError::config(format!(
-            "{component}: `{field}` must be an array of strings, got {what}"
-        ))
-    };
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.trim().to_string()),
-                other => Err(not_strings(format!(
-                    "an element that is {}",
-                    type_name(other)
-                ))),
-            })
-            .collect(),
-        Some(other) => Err(not_strings(type_name(other).to_string())),
-    }
-}
-
-/// An optional string field: absent or `null` gives `None`.
-pub(crate) fn opt_str<'a>(
-    component: &str,
-    map: &'a Map<String, Value>,
-    field: &str,
-) -> Result<Option<&'a str>, ComponentError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ComponentError::config(format!(
-            "{component}: `{field}` must be a string, got {}",
-            type_name(other)
-        ))),
-    }
-}
-
-/// An optional integer field within `range` (inclusive): `None` when absent or null; anything else is a
-/// configuration error naming the field, the range and the value.
-pub(crate) fn opt_int_in(
-    component: &str,
-    map: &Map<String, Value>,
-    field: &str,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<Option<u64>, ComponentError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| range.contains(n))
-            .map(Some)
-            .ok_or_else(|| {
-                ComponentError::config(format!(
-                    "{component}: `{field}` must be an integer from {} to {}, got {v}",
-                    range.start(),
-                    range.end()
-                ))
-            }),
     }
 }
 

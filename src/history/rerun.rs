@@ -3,7 +3,8 @@
 //! stage and its dependants run again.
 //!
 //! On the engine path (`fm history rerun`, `fm history serve`) the new run is started on an engine; on
-//! `fm serve` the rerun is a PipelineRun created through the API (the operator then starts it).
+//! `fm serve` the rerun is a PipelineRun created through the API (the operator then starts it; see
+//! `crate::http::api_rerun`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,8 +14,7 @@ use flowmason_store::{RunId, RunPhase, RunState, Trigger};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-/// Label a rerun carries: the run it reruns.
-pub const RERUN_OF_LABEL: &str = "flowmason.io/rerun-of";
+use crate::model::vocabulary::RERUN_OF_LABEL;
 
 /// Why a run cannot be rerun.
 #[derive(Debug, thiserror::Error)]
@@ -121,63 +121,6 @@ pub fn engine_rerunner(engine: Engine) -> Rerunner {
                 rerun_of: old.run_id,
                 reused_stages,
                 run_name: None,
-            })
-        })
-    })
-}
-
-/// Reruns through the Kubernetes API (`fm serve`, `fm operator`): creates a PipelineRun of the old run's
-/// pipeline with its inputs and `spec.rerunOf`, and answers at once; the operator starts it, taking the
-/// succeeded stages over from the event log when `fromFailed`. The client is set once the API server is
-/// up (the routes are built before it); until then reruns answer an error naming that.
-pub fn api_rerunner(client: Arc<std::sync::OnceLock<kube::Client>>) -> Rerunner {
-    Arc::new(move |old: RunState, options: RerunOptions| {
-        let client = client.clone();
-        Box::pin(async move {
-            let run = old.run_id;
-            // Refuse what the controller would refuse, before creating anything.
-            let reused_stages = reuse(&old, options)?
-                .map(|r| r.stages.keys().cloned().collect())
-                .unwrap_or_default();
-            let Some(client) = client.get().cloned() else {
-                return Err(RerunError::Start {
-                    run,
-                    message: "the Kubernetes API server is not up yet".into(),
-                });
-            };
-            let inputs = match &old.inputs {
-                serde_json::Value::Object(map) => Some(map.clone()),
-                serde_json::Value::Null => None,
-                other => {
-                    return Err(RerunError::Start {
-                        run,
-                        message: format!("recorded inputs are not an object: {other}"),
-                    });
-                }
-            };
-            let spec = crate::model::PipelineRunSpec {
-                pipeline_ref: old.pipeline.clone(),
-                inputs,
-                ..crate::model::PipelineRunSpec::default()
-            };
-            let api = crate::client::FlowMasonClient::new(client, old.namespace.clone());
-            let created = api
-                .create_rerun(spec, &run.to_string(), options.from_failed)
-                .await
-                .map_err(|e| RerunError::Start {
-                    run,
-                    message: e.to_string(),
-                })?;
-            let run_id =
-                crate::operator::runs::run_id_of(&created).map_err(|e| RerunError::Start {
-                    run,
-                    message: e.to_string(),
-                })?;
-            Ok(RerunStarted {
-                run_id,
-                rerun_of: run,
-                reused_stages,
-                run_name: Some(kube::ResourceExt::name_any(&created)),
             })
         })
     })

@@ -8,8 +8,10 @@
 //! - [`metrics`]: `/metrics`, the Prometheus text exposition;
 //! - [`health`]: `/healthz` and `/readyz`, with pluggable readiness checks;
 //! - [`surface`]: all of the above as `fm serve` and `fm operator` mount them;
+//! - [`api_rerun`]: the rerun of `fm serve` and `fm operator`, a PipelineRun created through the API;
 //! - [`auth`]: the bearer token in front of run data on the ports outside `fm serve`.
 
+pub mod api_rerun;
 pub mod auth;
 pub mod health;
 pub mod history;

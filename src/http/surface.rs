@@ -59,7 +59,7 @@ impl Surface {
         let client: Arc<OnceLock<kube::Client>> = Arc::new(OnceLock::new());
         let (rerun, pipelines) = match reruns {
             Reruns::Api => (
-                crate::history::rerun::api_rerunner(client.clone()),
+                super::api_rerun::api_rerunner(client.clone()),
                 super::pipelines::Pipelines::Cluster(client.clone()),
             ),
             Reruns::Engine => (

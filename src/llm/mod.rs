@@ -179,7 +179,7 @@ impl LlmOptions {
         temperature: f64,
         max_tokens: u32,
     ) -> Result<LlmOptions, ComponentError> {
-        use crate::components::{opt_int_in, opt_str};
+        use crate::component_config::{opt_int_in, opt_str};
         let temperature = match input.get("temperature") {
             None | Some(Value::Null) => temperature,
             Some(v) => match v.as_f64() {
@@ -277,16 +277,11 @@ pub fn validate_config(
     config: &Value,
     strings: &[&str],
 ) -> Result<(), ComponentError> {
-    let Some(map) = crate::components::config_object(component, config)? else {
+    let Some(fixed) = crate::component_config::static_config(component, config)? else {
         return Ok(());
     };
-    let fixed: Map<String, Value> = map
-        .iter()
-        .filter(|(_, v)| !crate::components::is_templated(v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     for field in strings {
-        crate::components::opt_str(component, &fixed, field)?;
+        crate::component_config::opt_str(component, &fixed, field)?;
     }
     let options = LlmOptions::from_input(component, &fixed, 0.0, 1)?;
     if let Some(name) = &options.provider
@@ -305,7 +300,7 @@ pub(crate) fn required_str<'a>(
     input: &'a Map<String, Value>,
     field: &str,
 ) -> Result<&'a str, ComponentError> {
-    match crate::components::opt_str(component, input, field)? {
+    match crate::component_config::opt_str(component, input, field)? {
         Some(s) if !s.trim().is_empty() => Ok(s),
         Some(_) => Err(ComponentError::config(format!(
             "{component}: `{field}` must not be empty"

@@ -549,7 +549,7 @@ pub struct PipelineRunSpec {
     /// Requested state: set to `Cancelled` to cancel the run (running stages are cancelled,
     /// the run ends `Cancelled`). Setting it on a finished run has no effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<RunRequest>,
+    pub status: Option<RequestedState>,
     #[serde(
         default,
         alias = "service_account_name",
@@ -585,7 +585,7 @@ pub struct RerunOf {
 
 /// A state a user can request for a run through `spec.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum RunRequest {
+pub enum RequestedState {
     /// Cancel the run.
     Cancelled,
 }
@@ -599,6 +599,16 @@ pub enum RunPhase {
     Failed,
     Cancelled,
     TimedOut,
+}
+
+impl RunPhase {
+    /// Whether the run has ended (nothing will change its status any more).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut
+        )
+    }
 }
 
 /// Phase of one stage of a run.
@@ -821,7 +831,7 @@ mod tests {
             "tolerations": [{"key": "k", "operator": "Exists"}]
         });
         let run: PipelineRunSpec = serde_json::from_value(camel.clone()).expect("camel");
-        assert_eq!(run.status, Some(RunRequest::Cancelled));
+        assert_eq!(run.status, Some(RequestedState::Cancelled));
         assert_eq!(serde_json::to_value(&run).expect("ser"), camel);
         let aliased: PipelineRunSpec =
             serde_json::from_value(to_aliases(&camel, 0)).expect("snake");

@@ -13,13 +13,14 @@ pub mod project;
 pub mod unknown_fields;
 pub mod upstream;
 pub mod validate;
+pub mod vocabulary;
 
 pub use crd::{
     ConcurrencyPolicy, Condition, ConfigMapSource, EnvVarSource, EnvVarSpec, KeySelector, Pipeline,
     PipelinePhase, PipelineRun, PipelineRunSpec, PipelineRunStatus, PipelineSpec, PipelineStatus,
-    ProviderSpec, ProvidersSpec, PubSubTrigger, RerunOf, RunErrorStatus, RunMetrics, RunPhase,
-    RunRequest, SecretKeyRef, StagePhase, StageSpec, StageStatus, TriggersSpec, WebhookAuth,
-    WebhookTrigger,
+    ProviderSpec, ProvidersSpec, PubSubTrigger, RequestedState, RerunOf, RunErrorStatus,
+    RunMetrics, RunPhase, SecretKeyRef, StagePhase, StageSpec, StageStatus, TriggersSpec,
+    WebhookAuth, WebhookTrigger,
 };
 pub use crd_yaml::{pipeline_crd_yaml, pipelinerun_crd_yaml};
 pub use duration::{DurationError, DurationSpec};

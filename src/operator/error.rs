@@ -2,7 +2,6 @@
 //! naming the object (kind/namespace/name) and the field or reference involved.
 
 use flowmason_actors::EngineError;
-use flowmason_store::StoreError;
 
 /// Why a reconcile did not finish; kube-runtime requeues the object with a backoff.
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +22,6 @@ pub enum Error {
         object: String,
         #[source]
         source: EngineError,
-    },
-    /// The event log could not be read.
-    #[error("{object}: event log: {source}")]
-    Store {
-        object: String,
-        #[source]
-        source: StoreError,
     },
     /// An object lacks a field the API server always sets (`metadata.name`, `uid`, ...).
     #[error("{object}: missing {field}")]

@@ -2,15 +2,17 @@
 //! describe`, `kubectl get events` and `fm k8s logs` show them from any API server: stage log lines,
 //! stage failures, retries, and the run's start and end. Stage starts and successes are left out (the
 //! status has them), and a run records at most [`MAX_EVENTS_PER_RUN`], so a 1,000-stage run does not
-//! make thousands of writes; the complete stream stays in the event log (`fm history show`).
+//! make thousands of writes; the complete stream stays in the event log (`fm history show`). A run's
+//! [`RunEventRecorder`] queues them as they come and writes them alongside its status writes.
 
 use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::ObjectMeta;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
 
 use flowmason_store::{Event, EventKind};
 
-use crate::client::RUN_LABEL;
+use crate::model::vocabulary::RUN_LABEL;
 
 /// Most Kubernetes Events recorded per run; the last one says that more are in the event log.
 pub const MAX_EVENTS_PER_RUN: usize = 500;
@@ -117,6 +119,57 @@ fn record(
             host: None,
         }),
         ..KubeEvent::default()
+    }
+}
+
+/// Queues a run's notable events and writes them as Kubernetes Events alongside status writes.
+pub struct RunEventRecorder {
+    api: Api<KubeEvent>,
+    involved: ObjectReference,
+    pending: Vec<KubeEvent>,
+    recorded: usize,
+}
+
+impl RunEventRecorder {
+    pub fn new(client: Client, involved: ObjectReference) -> RunEventRecorder {
+        let namespace = involved
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        RunEventRecorder {
+            api: Api::namespaced(client, &namespace),
+            involved,
+            pending: Vec::new(),
+            recorded: 0,
+        }
+    }
+
+    /// Queues `event` when it is worth a Kubernetes Event (at most [`MAX_EVENTS_PER_RUN`]).
+    pub fn add(&mut self, event: &Event) {
+        let queued = self.recorded + self.pending.len();
+        if queued > MAX_EVENTS_PER_RUN {
+            return;
+        }
+        if let Some(k) = kube_event(&self.involved, event) {
+            if queued == MAX_EVENTS_PER_RUN {
+                self.pending
+                    .push(truncated(&self.involved, event.seq, event.at));
+            } else {
+                self.pending.push(k);
+            }
+        }
+    }
+
+    /// Writes the queued Events.
+    pub async fn flush(&mut self) {
+        for event in self.pending.drain(..) {
+            match self.api.create(&PostParams::default(), &event).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => tracing::debug!(error = %e, "recording a Kubernetes Event"),
+            }
+            self.recorded += 1;
+        }
     }
 }
 

@@ -26,8 +26,9 @@ use super::backlog::Backlog;
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::planning::{self, ObjectRef, Problem, RefKind};
-use super::status::{self, CONDITION_READY};
+use super::status;
 use crate::metrics::Metrics;
+use crate::model::vocabulary::CONDITION_READY;
 use crate::model::{Condition, Pipeline, PipelinePhase, PipelineStatus};
 
 /// The Pipeline status as a pure function of what the actor knows.

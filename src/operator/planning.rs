@@ -12,6 +12,7 @@ use flowmason_actors::PlanSpec;
 use flowmason_store::{RunId, RunSummary};
 
 use crate::model::validate::ValidationReport;
+use crate::model::vocabulary::CANCEL_ANNOTATION;
 use crate::model::{
     EnvVarSpec, Pipeline, PipelineRun, PipelineSpec, ValidationError, apply_run_overrides,
     load_pipeline_str, to_plan, validate,
@@ -245,9 +246,11 @@ pub fn plan_pipeline(
     to_plan(spec).map_err(|e| Problem::invalid("", &e))
 }
 
-/// The resolved environment of a run: values by name, and the values that came from Secrets (to redact).
+/// A run's environment as resolved before its start, to check that every reference exists: values by name,
+/// and the values that came from Secrets (for the engine to mask). The engine resolves it again itself
+/// (`flowmason_actors::ResolvedEnv`) at start and on resume.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ResolvedEnv {
+pub struct CheckedEnv {
     pub values: BTreeMap<String, String>,
     pub secrets: Vec<String>,
 }
@@ -257,7 +260,7 @@ fn resolve_vars(
     field: &str,
     env: &[EnvVarSpec],
     objects: &ClusterObjects,
-    out: &mut ResolvedEnv,
+    out: &mut CheckedEnv,
 ) -> Result<(), Problem> {
     for (i, var) in env.iter().enumerate() {
         if let Some(value) = &var.value {
@@ -306,8 +309,8 @@ pub fn resolve_env(
     spec: &PipelineSpec,
     run_env: &[EnvVarSpec],
     objects: &ClusterObjects,
-) -> Result<ResolvedEnv, Problem> {
-    let mut out = ResolvedEnv::default();
+) -> Result<CheckedEnv, Problem> {
+    let mut out = CheckedEnv::default();
     if let Some(providers) = &spec.providers {
         for (name, var, p) in [
             ("anthropic", "ANTHROPIC_API_KEY", &providers.anthropic),
@@ -452,7 +455,7 @@ pub fn orphaned_runs(unfinished: &[RunSummary], existing: &HashSet<RunId>) -> Ve
 /// Whether a run was asked to stop: `spec.status: Cancelled`, or the annotation
 /// `flowmason.io/cancel: "true"` that the original Python client sets.
 pub fn cancel_requested(run: &PipelineRun) -> bool {
-    run.spec.status == Some(crate::model::RunRequest::Cancelled)
+    run.spec.status == Some(crate::model::RequestedState::Cancelled)
         || run
             .metadata
             .annotations
@@ -460,9 +463,6 @@ pub fn cancel_requested(run: &PipelineRun) -> bool {
             .and_then(|a| a.get(CANCEL_ANNOTATION))
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
-
-/// The annotation the Python client sets to cancel a run.
-pub const CANCEL_ANNOTATION: &str = "flowmason.io/cancel";
 
 #[cfg(test)]
 mod tests {
@@ -724,7 +724,7 @@ mod tests {
     fn cancel_by_spec_or_annotation() {
         let mut run = fixtures::pipeline_run("r", "p");
         assert!(!cancel_requested(&run));
-        run.spec.status = Some(crate::model::RunRequest::Cancelled);
+        run.spec.status = Some(crate::model::RequestedState::Cancelled);
         assert!(cancel_requested(&run));
         let mut run = fixtures::pipeline_run("r", "p");
         run.metadata.annotations =

@@ -11,6 +11,7 @@ use serde_json::Value;
 use flowmason_store::{RunPhase as StorePhase, RunState, StagePhase as StoreStagePhase};
 
 use crate::model::duration::format_millis;
+use crate::model::vocabulary::CONDITION_SUCCEEDED;
 use crate::model::{
     Condition, PipelineRunStatus, RunErrorStatus, RunMetrics, RunPhase, StagePhase, StageStatus,
 };
@@ -36,15 +37,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// What replaces a secret's value wherever it would appear in a status (the engine's mask, so that the
-/// status and the event log read alike).
-pub const REDACTED: &str = flowmason_actors::redact::MASK;
-
-/// The condition type of a run's outcome, as Tekton and Argo name it: `Unknown` while it runs.
-pub const CONDITION_SUCCEEDED: &str = "Succeeded";
-/// The condition type of a Pipeline's validity.
-pub const CONDITION_READY: &str = "Ready";
 
 /// Converts Unix microseconds into a Kubernetes `Time`.
 pub fn time_from_micros(micros: i64) -> Option<Time> {
@@ -98,14 +90,6 @@ fn bounded_output(value: &Value, max: usize) -> (Value, bool) {
         Value::Object(_) => (value.clone(), false),
         other => (serde_json::json!({ "value": other }), false),
     }
-}
-
-/// Whether a model phase ends the run.
-pub fn is_terminal(phase: Option<RunPhase>) -> bool {
-    matches!(
-        phase,
-        Some(RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut)
-    )
 }
 
 fn duration_between(from: i64, to: i64) -> String {
@@ -169,9 +153,9 @@ pub fn outcome_condition(
     }
 }
 
-/// `PipelineRun.status` projected from a run's fold. `secrets` are the values of the run's
-/// Secret-sourced environment: each occurrence in the status is replaced by [`REDACTED`].
-pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> PipelineRunStatus {
+/// `PipelineRun.status` projected from a run's fold. The engine has masked the run's secret values in
+/// every event before folding it, so the status shows none.
+pub fn project_run(state: &RunState, limits: Limits) -> PipelineRunStatus {
     let phase = run_phase(state.phase);
     let planned = plan_stages(&state.plan);
     let mut metrics = RunMetrics {
@@ -228,7 +212,7 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         }
     };
     let started = state.started_at.unwrap_or(state.accepted_at);
-    let status = PipelineRunStatus {
+    PipelineRunStatus {
         phase: Some(phase),
         conditions: vec![outcome_condition(
             phase,
@@ -256,8 +240,7 @@ pub fn project_run(state: &RunState, secrets: &[String], limits: Limits) -> Pipe
         metrics: Some(metrics),
         pipeline_generation: Some(state.generation),
         observed_generation: None,
-    };
-    redact(status, secrets)
+    }
 }
 
 /// Why a run was refused before it started (`PipelineNotFound`, `InvalidSpec`, ...): the engine records
@@ -340,46 +323,6 @@ pub fn cancelled_before_start(run_id: Option<String>) -> PipelineRunStatus {
     }
 }
 
-/// Replaces every secret value in a status by [`REDACTED`]. Walks every string of the status (outputs,
-/// previews, error messages, details) and replaces the value as is and in its JSON-escaped form (as it
-/// appears inside an `outputPreview`).
-pub fn redact(status: PipelineRunStatus, secrets: &[String]) -> PipelineRunStatus {
-    let mut needles: Vec<String> = Vec::new();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        needles.push(secret.clone());
-        if let Ok(quoted) = serde_json::to_string(secret) {
-            let escaped = quoted[1..quoted.len() - 1].to_string();
-            if &escaped != secret {
-                needles.push(escaped);
-            }
-        }
-    }
-    if needles.is_empty() {
-        return status;
-    }
-    // Longest first, so that a secret containing another is replaced whole.
-    needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    let Ok(mut value) = serde_json::to_value(&status) else {
-        return status;
-    };
-    fn walk(value: &mut Value, needles: &[String]) {
-        match value {
-            Value::String(text) => {
-                for needle in needles {
-                    if text.contains(needle.as_str()) {
-                        *text = text.replace(needle.as_str(), REDACTED);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, needles)),
-            Value::Object(map) => map.values_mut().for_each(|v| walk(v, needles)),
-            _ => {}
-        }
-    }
-    walk(&mut value, &needles);
-    serde_json::from_value(value).unwrap_or(status)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,7 +332,7 @@ mod tests {
     #[test]
     fn pending_stages_are_listed_in_plan_order() {
         let state = fixtures::run_state(&["a", "b", "c"], &[]);
-        let status = project_run(&state, &[], Limits::default());
+        let status = project_run(&state, Limits::default());
         assert_eq!(status.phase, Some(RunPhase::Pending));
         let ids: Vec<&str> = status.stages.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
@@ -407,7 +350,7 @@ mod tests {
                 fixtures::ok("b", json!("done")),
             ],
         );
-        let status = project_run(&state, &[], Limits::default());
+        let status = project_run(&state, Limits::default());
         assert_eq!(status.phase, Some(RunPhase::Succeeded));
         assert!(status.completion_time.is_some() && status.duration.is_some());
         assert_eq!(status.output, Some(json!({"value": "done"})));
@@ -440,7 +383,7 @@ mod tests {
                 ),
             ],
         );
-        let m = project_run(&state, &[], Limits::default())
+        let m = project_run(&state, Limits::default())
             .metrics
             .expect("metrics");
         assert_eq!(m.total_tokens, Some(26));
@@ -450,7 +393,7 @@ mod tests {
     #[test]
     fn failed_run_names_the_stage() {
         let state = fixtures::run_state(&["a", "b"], &[fixtures::fail("a", "boom")]);
-        let status = project_run(&state, &[], Limits::default());
+        let status = project_run(&state, Limits::default());
         assert_eq!(status.phase, Some(RunPhase::Failed));
         let error = status.error.expect("error");
         assert_eq!(error.stage.as_deref(), Some("a"));
@@ -464,7 +407,7 @@ mod tests {
         let big = "x".repeat(100_000);
         let state = fixtures::run_state(&["a"], &[fixtures::ok("a", json!(big))]);
         let limits = Limits::default();
-        let status = project_run(&state, &[], limits);
+        let status = project_run(&state, limits);
         assert_eq!(status.output_truncated, Some(true));
         let output = status.output.expect("output");
         assert_eq!(output["truncated"], json!(true));
@@ -480,22 +423,12 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_everywhere() {
-        let state = fixtures::run_state(&["a"], &[fixtures::ok("a", json!({"token": "s3cr\"et"}))]);
-        let status = project_run(&state, &["s3cr\"et".to_string()], Limits::default());
-        let text = serde_json::to_string(&status).expect("json");
-        assert!(!text.contains("s3cr"), "{text}");
-        assert!(text.contains(REDACTED));
-    }
-
-    #[test]
     fn stage_list_is_bounded_but_metrics_count_all() {
         let ids: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let state = fixtures::run_state(&refs, &[]);
         let status = project_run(
             &state,
-            &[],
             Limits {
                 max_stages: 10,
                 ..Limits::default()

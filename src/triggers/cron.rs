@@ -20,9 +20,12 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    ANNOTATION_CANCEL, ANNOTATION_LAST_SCHEDULE, ANNOTATION_SCHEDULED_TIME, LABEL_PIPELINE,
-    LABEL_TRIGGER, NewRun, Outcome, TriggerContext, TriggerError, TriggerKind, create_run,
+use flowmason_store::Trigger;
+
+use super::{NewRun, Outcome, TriggerContext, TriggerError, create_run};
+use crate::model::vocabulary::{
+    CANCEL_ANNOTATION, LAST_SCHEDULE_ANNOTATION, PIPELINE_LABEL, SCHEDULED_TIME_ANNOTATION,
+    TRIGGER_LABEL,
 };
 use crate::model::{ConcurrencyPolicy, Pipeline, PipelineRun, RunPhase};
 
@@ -300,9 +303,9 @@ impl CronTrigger {
         };
         let schedule = CronSchedule::parse(&expr, pipeline.spec.time_zone.as_deref())?;
         let selector = format!(
-            "{LABEL_PIPELINE}={},{LABEL_TRIGGER}={}",
+            "{PIPELINE_LABEL}={},{TRIGGER_LABEL}={}",
             self.name,
-            TriggerKind::Cron
+            Trigger::Cron
         );
         let existing = runs
             .list(&ListParams::default().labels(&selector))
@@ -310,14 +313,14 @@ impl CronTrigger {
             .map_err(|e| TriggerError::kube(format!("listing cron runs of {}", self.what()), e))?;
         let mut last_handled = pipeline
             .annotations()
-            .get(ANNOTATION_LAST_SCHEDULE)
+            .get(LAST_SCHEDULE_ANNOTATION)
             .and_then(|s| parse_time(s));
         let mut active = Vec::new();
         let mut finished = Vec::new();
         for run in &existing.items {
             if let Some(at) = run
                 .annotations()
-                .get(ANNOTATION_SCHEDULED_TIME)
+                .get(SCHEDULED_TIME_ANNOTATION)
                 .and_then(|s| parse_time(s))
             {
                 last_handled = last_handled.max(Some(at));
@@ -376,7 +379,7 @@ impl CronTrigger {
         };
         for name in &plan.cancel {
             let patch = json!({
-                "metadata": {"annotations": {ANNOTATION_CANCEL: "true"}},
+                "metadata": {"annotations": {CANCEL_ANNOTATION: "true"}},
                 "spec": {"status": "Cancelled"},
             });
             match runs
@@ -400,29 +403,25 @@ impl CronTrigger {
                 &pipeline,
                 NewRun {
                     name: name.clone(),
-                    kind: TriggerKind::Cron,
+                    kind: Trigger::Cron,
                     inputs: None,
                     annotations: BTreeMap::from([(
-                        ANNOTATION_SCHEDULED_TIME.to_string(),
+                        SCHEDULED_TIME_ANNOTATION.to_string(),
                         at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     )]),
                 },
             )
             .await?;
-            self.ctx
-                .metrics
-                .record(TriggerKind::Cron, created.outcome());
+            self.ctx.metrics.record(Trigger::Cron, created.outcome());
             report.run = Some(name);
             report.outcome = Some(created.outcome());
         } else if plan.skipped.is_some() {
-            self.ctx
-                .metrics
-                .record(TriggerKind::Cron, Outcome::Rejected);
+            self.ctx.metrics.record(Trigger::Cron, Outcome::Rejected);
             report.outcome = Some(Outcome::Rejected);
         }
         if let Some(handled) = plan.handled {
             let patch = json!({"metadata": {"annotations": {
-                ANNOTATION_LAST_SCHEDULE: handled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                LAST_SCHEDULE_ANNOTATION: handled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             }}});
             pipelines
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -495,10 +494,10 @@ impl CronTrigger {
 }
 
 fn cancel_requested(run: &PipelineRun) -> bool {
-    run.spec.status == Some(crate::model::RunRequest::Cancelled)
+    run.spec.status == Some(crate::model::RequestedState::Cancelled)
         || run
             .annotations()
-            .get(ANNOTATION_CANCEL)
+            .get(CANCEL_ANNOTATION)
             .is_some_and(|v| v == "true")
 }
 
@@ -553,10 +552,10 @@ pub async fn backfill(
             &pipeline,
             NewRun {
                 name: run.clone(),
-                kind: TriggerKind::Cron,
+                kind: Trigger::Cron,
                 inputs: None,
                 annotations: BTreeMap::from([(
-                    ANNOTATION_SCHEDULED_TIME.to_string(),
+                    SCHEDULED_TIME_ANNOTATION.to_string(),
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 )]),
             },

@@ -5,7 +5,7 @@
 //! visible and recorded the same way, and the operator runs it) under a name derived from what fired it
 //! (the scheduled instant, the NATS message id or stream sequence, the webhook's `Idempotency-Key`), so a
 //! retried, redelivered or doubly-scheduled trigger finds the run already there (`AlreadyExists`) and
-//! never makes a second one. Created runs carry the label [`LABEL_TRIGGER`] (`cron`, `webhook`,
+//! never makes a second one. Created runs carry the label [`TRIGGER_LABEL`] (`cron`, `webhook`,
 //! `pubsub`), which the operator copies into the engine's `RunRequest.trigger`.
 //!
 //! - [`cron`]: schedule planning (pure functions) and the per-Pipeline cron loop, backfill;
@@ -21,7 +21,6 @@ pub mod problems;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,24 +33,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use flowmason_store::Trigger;
+
+use crate::model::vocabulary::{CONDITION_TRIGGER_CONNECTED, PIPELINE_LABEL, TRIGGER_LABEL};
 use crate::model::{Condition, Pipeline, PipelineRun, PipelineRunSpec};
 
 pub use manager::{TriggerConfig, Triggers};
 
-/// Label naming what created a run: `cron`, `webhook` or `pubsub` (the operator maps it onto
-/// `RunRequest.trigger`; a run without it is `manual`).
-pub const LABEL_TRIGGER: &str = "flowmason.io/trigger";
-/// Label naming the Pipeline of a trigger-created run, so one list call finds a pipeline's runs.
-pub const LABEL_PIPELINE: &str = "flowmason.io/pipeline";
-/// Annotation on a cron run: the scheduled instant (RFC 3339, UTC) it stands for.
-pub const ANNOTATION_SCHEDULED_TIME: &str = "flowmason.io/scheduled-time";
-/// Annotation on a Pipeline: the latest scheduled instant the cron trigger handled (fired or skipped),
-/// so a restart neither repeats nor bursts.
-pub const ANNOTATION_LAST_SCHEDULE: &str = "flowmason.io/last-schedule-time";
-/// Annotation asking the operator to cancel a run (honoured next to `spec.status: Cancelled`).
-pub const ANNOTATION_CANCEL: &str = "flowmason.io/cancel";
-/// Pipeline condition reporting whether the NATS trigger is connected.
-pub const CONDITION_TRIGGER_CONNECTED: &str = "TriggerConnected";
 /// Longest object name the API accepts (DNS subdomain).
 const MAX_NAME: usize = 253;
 
@@ -69,32 +57,9 @@ pub fn from_time(t: &Time) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-/// What a trigger kind is called in labels and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TriggerKind {
-    Cron,
-    Webhook,
-    Pubsub,
-}
-
-impl TriggerKind {
-    pub const ALL: [TriggerKind; 3] =
-        [TriggerKind::Cron, TriggerKind::Webhook, TriggerKind::Pubsub];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerKind::Cron => "cron",
-            TriggerKind::Webhook => "webhook",
-            TriggerKind::Pubsub => "pubsub",
-        }
-    }
-}
-
-impl fmt::Display for TriggerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// What the triggers start runs as: the event log's [`Trigger`]s other than `manual`, in the order the
+/// metrics list them.
+pub const TRIGGER_KINDS: [Trigger; 3] = [Trigger::Cron, Trigger::Webhook, Trigger::Pubsub];
 
 /// Failures of trigger work. Each names the object or value involved.
 #[derive(Debug, thiserror::Error)]
@@ -240,23 +205,22 @@ pub struct TriggerMetrics {
 }
 
 impl TriggerMetrics {
-    fn index(kind: TriggerKind, outcome: Outcome) -> (usize, usize) {
-        let k = match kind {
-            TriggerKind::Cron => 0,
-            TriggerKind::Webhook => 1,
-            TriggerKind::Pubsub => 2,
-        };
+    /// The counter of `kind` and `outcome`; `None` for `manual`, which no trigger starts.
+    fn counter(&self, kind: Trigger, outcome: Outcome) -> Option<&AtomicU64> {
+        let k = TRIGGER_KINDS.iter().position(|t| *t == kind)?;
         let o = match outcome {
             Outcome::Fired => 0,
             Outcome::Deduplicated => 1,
             Outcome::Rejected => 2,
         };
-        (k, o)
+        Some(&self.counts[k][o])
     }
 
-    pub fn record(&self, kind: TriggerKind, outcome: Outcome) {
-        let (k, o) = Self::index(kind, outcome);
-        self.counts[k][o].fetch_add(1, Ordering::Relaxed);
+    pub fn record(&self, kind: Trigger, outcome: Outcome) {
+        let Some(counter) = self.counter(kind, outcome) else {
+            return;
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(metrics) = self.forward.get() {
             metrics.trigger_event(kind.as_str(), outcome.as_str());
         }
@@ -267,9 +231,9 @@ impl TriggerMetrics {
         let _ = self.forward.set(metrics);
     }
 
-    pub fn get(&self, kind: TriggerKind, outcome: Outcome) -> u64 {
-        let (k, o) = Self::index(kind, outcome);
-        self.counts[k][o].load(Ordering::Relaxed)
+    pub fn get(&self, kind: Trigger, outcome: Outcome) -> u64 {
+        self.counter(kind, outcome)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Prometheus text exposition of the counters.
@@ -278,7 +242,7 @@ impl TriggerMetrics {
             "# HELP flowmason_trigger_events_total Trigger events by kind and outcome.\n\
              # TYPE flowmason_trigger_events_total counter\n",
         );
-        for kind in TriggerKind::ALL {
+        for kind in TRIGGER_KINDS {
             for outcome in Outcome::ALL {
                 out.push_str(&format!(
                     "flowmason_trigger_events_total{{kind=\"{kind}\",outcome=\"{}\"}} {}\n",
@@ -326,7 +290,7 @@ impl Created {
 #[derive(Debug, Clone)]
 pub struct NewRun {
     pub name: String,
-    pub kind: TriggerKind,
+    pub kind: Trigger,
     pub inputs: Option<Map<String, Value>>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -341,8 +305,8 @@ pub async fn create_run(
     let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
     let pipeline_name = pipeline.name_any();
     let labels = BTreeMap::from([
-        (LABEL_TRIGGER.to_string(), run.kind.as_str().to_string()),
-        (LABEL_PIPELINE.to_string(), pipeline_name.clone()),
+        (TRIGGER_LABEL.to_string(), run.kind.as_str().to_string()),
+        (PIPELINE_LABEL.to_string(), pipeline_name.clone()),
     ]);
     let owner = pipeline.controller_owner_ref(&()).map(|mut o| {
         // The operator (not the garbage collector) decides about runs; the Pipeline only owns them.
@@ -530,8 +494,8 @@ mod tests {
     #[test]
     fn metrics_render_every_kind_and_outcome() {
         let m = TriggerMetrics::default();
-        m.record(TriggerKind::Webhook, Outcome::Rejected);
-        m.record(TriggerKind::Webhook, Outcome::Rejected);
+        m.record(Trigger::Webhook, Outcome::Rejected);
+        m.record(Trigger::Webhook, Outcome::Rejected);
         let text = m.render();
         assert!(
             text.contains(

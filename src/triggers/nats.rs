@@ -23,11 +23,13 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use flowmason_store::Trigger;
+
 use super::{
-    NewRun, Outcome, TriggerContext, TriggerError, TriggerKind, connected_condition, create_run,
-    key_digest,
+    NewRun, Outcome, TriggerContext, TriggerError, connected_condition, create_run, key_digest,
 };
 use crate::model::Pipeline;
+use crate::model::vocabulary::NATS_SUBJECT_ANNOTATION;
 
 /// The stream trigger subjects are captured in, unless configured otherwise.
 pub const DEFAULT_STREAM: &str = "FLOWMASON_TRIGGERS";
@@ -359,9 +361,7 @@ impl NatsTrigger {
                 self.conn.client.flush().await.map_err(|e| {
                     TriggerError::Nats(format!("flushing dead letter to {dl}: {e}"))
                 })?;
-                self.ctx
-                    .metrics
-                    .record(TriggerKind::Pubsub, Outcome::Rejected);
+                self.ctx.metrics.record(Trigger::Pubsub, Outcome::Rejected);
                 Ok((Outcome::Rejected, None))
             }
             Decision::Run { name, inputs } => {
@@ -378,18 +378,16 @@ impl NatsTrigger {
                     &pipeline,
                     NewRun {
                         name: name.clone(),
-                        kind: TriggerKind::Pubsub,
+                        kind: Trigger::Pubsub,
                         inputs: Some(inputs),
                         annotations: BTreeMap::from([(
-                            "flowmason.io/nats-subject".to_string(),
+                            NATS_SUBJECT_ANNOTATION.to_string(),
                             subject.to_string(),
                         )]),
                     },
                 )
                 .await?;
-                self.ctx
-                    .metrics
-                    .record(TriggerKind::Pubsub, created.outcome());
+                self.ctx.metrics.record(Trigger::Pubsub, created.outcome());
                 Ok((created.outcome(), Some(name)))
             }
         }

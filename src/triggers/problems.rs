@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
-use super::{CONDITION_TRIGGER_CONNECTED, TriggerContext, to_time};
+use super::{TriggerContext, to_time};
+use crate::model::vocabulary::CONDITION_TRIGGER_CONNECTED;
 use crate::model::{Condition, Pipeline};
 
 /// The reason of a Warning Event for a trigger that could not be armed.

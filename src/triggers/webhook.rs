@@ -30,7 +30,10 @@ use kube::Api;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
 
-use super::{NewRun, Outcome, TriggerContext, TriggerKind, create_run, key_digest};
+use flowmason_store::Trigger;
+
+use super::{NewRun, Outcome, TriggerContext, create_run, key_digest};
+use crate::model::vocabulary::IDEMPOTENCY_KEY_ANNOTATION;
 use crate::model::{Pipeline, SecretKeyRef};
 
 /// Header carrying the HMAC-SHA256 of `"{timestamp}.{body}"`: `sha256=<hex>`.
@@ -163,7 +166,7 @@ fn answer(status: StatusCode, body: Value) -> Response {
 
 fn reject(state: &WebhookState, status: StatusCode, reason: impl Into<String>) -> Response {
     if let Some(ctx) = state.ctx.get() {
-        ctx.metrics.record(TriggerKind::Webhook, Outcome::Rejected);
+        ctx.metrics.record(Trigger::Webhook, Outcome::Rejected);
     }
     answer(status, json!({"error": reason.into()}))
 }
@@ -417,7 +420,7 @@ async fn handle(
     let mut annotations = BTreeMap::new();
     if let Some(k) = key {
         annotations.insert(
-            "flowmason.io/idempotency-key".to_string(),
+            IDEMPOTENCY_KEY_ANNOTATION.to_string(),
             k.chars().take(256).collect(),
         );
     }
@@ -426,7 +429,7 @@ async fn handle(
         &pipeline,
         NewRun {
             name: name.clone(),
-            kind: TriggerKind::Webhook,
+            kind: Trigger::Webhook,
             inputs: Some(inputs),
             annotations,
         },
@@ -434,7 +437,7 @@ async fn handle(
     .await
     {
         Ok(created) => {
-            ctx.metrics.record(TriggerKind::Webhook, created.outcome());
+            ctx.metrics.record(Trigger::Webhook, created.outcome());
             answer(
                 StatusCode::ACCEPTED,
                 json!({
