@@ -18,7 +18,7 @@ use flowmason_store::{
 };
 
 use crate::component::{Component, Registry};
-use crate::journal::{EngineError, EventObserver, Followers, Journal};
+use crate::journal::{DurabilityObserver, EngineError, EventObserver, Followers, Journal};
 use crate::plan::{Plan, PlanSpec};
 use crate::redact::Redactor;
 use crate::run_actor::{CancelRun, RunActor, RunSetup};
@@ -101,6 +101,8 @@ pub struct EngineConfig {
     pub env: EnvResolver,
     /// Sees every recorded event (metrics); `None` costs nothing.
     pub observer: Option<EventObserver>,
+    /// Sees how long each run's waits for durability took (benchmarks); `None` costs nothing.
+    pub durability_observer: Option<DurabilityObserver>,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +111,7 @@ impl Default for EngineConfig {
             workers: 0,
             env: Arc::new(|_| Box::pin(async { Ok(ResolvedEnv::default()) })),
             observer: None,
+            durability_observer: None,
         }
     }
 }
@@ -236,6 +239,7 @@ struct Inner {
     registry: Arc<Registry>,
     env: EnvResolver,
     on_event: Option<EventObserver>,
+    on_wait: Option<DurabilityObserver>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     runs: Mutex<HashMap<RunId, Addr<RunActor>>>,
@@ -289,6 +293,7 @@ impl Engine {
                 registry: Arc::new(registry),
                 env: config.env,
                 on_event: config.observer,
+                on_wait: config.durability_observer,
                 arbiters,
                 next_arbiter: AtomicUsize::new(0),
                 runs: Mutex::new(HashMap::new()),
@@ -434,6 +439,7 @@ impl Engine {
         let followers = Followers {
             observer: self.inner.on_event.clone(),
             stream,
+            waits: self.inner.on_wait.clone(),
         };
         (followers, events)
     }

@@ -7,6 +7,7 @@
 //! the log, and nothing is shown that is not folded.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -51,6 +52,11 @@ pub struct Observation<'a> {
 /// append path).
 pub type EventObserver = Arc<dyn Fn(&Observation<'_>) + Send + Sync>;
 
+/// Sees how long each wait for durability took (append until the log acknowledged it: the group fsync
+/// under sled, the stream's ack under JetStream), i.e. how long a decision waited before it could be
+/// acted on; `fm bench engine` reports its percentiles. Must be cheap.
+pub type DurabilityObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// Who follows a run's events as they are recorded.
 #[derive(Clone, Default)]
 pub(crate) struct Followers {
@@ -58,6 +64,8 @@ pub(crate) struct Followers {
     pub observer: Option<EventObserver>,
     /// The run handle's event stream, when the run was started observed.
     pub stream: Option<mpsc::UnboundedSender<Event>>,
+    /// The engine's durability-wait observer.
+    pub waits: Option<DurabilityObserver>,
 }
 
 /// One run's events and their fold: masks, appends, folds, shows (see the module doc).
@@ -202,7 +210,16 @@ impl Journal {
     /// journal.
     pub(crate) fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + 'static {
         let (store, run) = (self.store.clone(), self.state.run_id);
-        async move { store.sync_run(run).await }
+        let waits = self.followers.waits.clone();
+        async move {
+            let Some(waits) = waits else {
+                return store.sync_run(run).await;
+            };
+            let started = Instant::now();
+            let synced = store.sync_run(run).await;
+            waits(started.elapsed());
+            synced
+        }
     }
 
     /// Folds one appended event in: shown to the observer with the state before it, then to the

@@ -24,7 +24,7 @@ pub use engine::{
     Engine, EngineConfig, EnvResolver, Rejection, ResolvedEnv, Reuse, ReusedStage, RunHandle,
     RunRequest,
 };
-pub use journal::{EngineError, EventObserver, Observation};
+pub use journal::{DurabilityObserver, EngineError, EventObserver, Observation};
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;
 pub use run_states::StateReceiver;

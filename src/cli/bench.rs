@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -343,9 +344,12 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
     let plan = args.shape.plan(args.parallelism, args.stage_ms);
     let stages_per_run = plan.stages.len();
     let baseline_rss = rss_kib("VmRSS");
+    // Every wait for durability (append until the log acknowledged it), in microseconds.
+    let waits: Arc<Mutex<Vec<u64>>> = Arc::default();
 
     let (elapsed, mut latencies, failed) = crate::runtime::block_on({
         let store = store.clone();
+        let waits = waits.clone();
         let workers = args.workers;
         let print_runs = args.print_runs;
         let (runs, concurrency) = (args.runs, args.concurrency);
@@ -355,6 +359,11 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
                 builtin_registry(),
                 EngineConfig {
                     workers,
+                    durability_observer: Some(Arc::new(move |waited: Duration| {
+                        if let Ok(mut waits) = waits.lock() {
+                            waits.push(waited.as_micros() as u64);
+                        }
+                    })),
                     ..EngineConfig::default()
                 },
             );
@@ -406,6 +415,12 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
 
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let mut waits = std::mem::take(&mut *waits.lock().unwrap_or_else(|p| p.into_inner()));
+    waits.sort_unstable();
+    let wait_ms = |p: f64| match waits.len() {
+        0 => 0.0,
+        n => waits[((n as f64 - 1.0) * p).round() as usize] as f64 / 1e3,
+    };
     let stages = (args.runs * stages_per_run) as f64;
     let secs = elapsed.as_secs_f64();
     let peak_rss = rss_kib("VmHWM");
@@ -424,6 +439,9 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
         "microsPerStage": secs * 1e6 / stages,
         "latencyP50Ms": pct(0.50).as_secs_f64() * 1e3,
         "latencyP99Ms": pct(0.99).as_secs_f64() * 1e3,
+        "durableWaits": waits.len(),
+        "appendToDurableP50Ms": wait_ms(0.50),
+        "appendToDurableP99Ms": wait_ms(0.99),
         "peakRssKiB": peak_rss,
         "rssPerInFlightRunKiB": match (peak_rss, baseline_rss) {
             (Some(peak), Some(base)) => json!((peak.saturating_sub(base)) as f64 / args.concurrency.min(args.runs) as f64),
@@ -436,7 +454,8 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
         eprintln!(
             "{} runs of {:?} ({} stages each), concurrency {}, durability {}:\n  \
              {:.0} runs/s, {:.0} stages/s, {:.0} stage transitions/s, {:.2} us per stage\n  \
-             run latency p50 {:.2} ms, p99 {:.2} ms; peak RSS {} KiB; failed runs {}",
+             run latency p50 {:.2} ms, p99 {:.2} ms; peak RSS {} KiB; failed runs {}\n  \
+             append until durable ({} waits) p50 {:.2} ms, p99 {:.2} ms",
             args.runs,
             args.shape,
             stages_per_run,
@@ -452,6 +471,9 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
                 .map(|k| k.to_string())
                 .unwrap_or_else(|| "?".into()),
             failed,
+            waits.len(),
+            wait_ms(0.50),
+            wait_ms(0.99),
         );
     }
     Ok(if failed == 0 {

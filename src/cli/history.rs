@@ -637,6 +637,7 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
                 env,
                 observer: Some(surface.metrics.engine_observer()),
                 workers: 1,
+                durability_observer: None,
             },
         );
         surface.engine_started(engine.clone());

@@ -114,6 +114,7 @@ impl Operator {
                     config.metrics.as_ref().map(|m| m.engine_observer()),
                     config.observer.clone(),
                 ),
+                durability_observer: None,
             },
         );
         Operator {
