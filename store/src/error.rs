@@ -65,6 +65,17 @@ pub enum StoreError {
         "run {run}: another writer appended to the run since this engine last did; this engine no longer owns the run"
     )]
     LostOwnership { run: RunId },
+    /// A message of the JetStream stream holds events of `run` that cannot be read (corrupt, or written
+    /// in a record format this version does not know): the run is named, never silently left out.
+    #[error(
+        "run {run}: message {stream_seq} of JetStream stream {stream} cannot be read: {reason}"
+    )]
+    UnreadableMessage {
+        run: RunId,
+        stream: String,
+        stream_seq: u64,
+        reason: String,
+    },
     /// The NATS JetStream server failed or could not be reached; `what` says what was being done.
     #[error("JetStream: {what}: {reason}")]
     JetStream { what: String, reason: String },

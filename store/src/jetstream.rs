@@ -159,6 +159,9 @@ pub(crate) struct Log {
     lost: Mutex<HashMap<RunId, AckFailure>>,
     /// The stream sequence of each run's last message the index holds.
     seen: Mutex<HashMap<RunId, u64>>,
+    /// Runs with a message the index could not read: (its stream sequence, why). Reading such a run
+    /// names the message instead of answering with a partial run.
+    unreadable: Mutex<HashMap<RunId, (u64, String)>>,
     /// The stream sequence of the last message the index consumed, and how many messages were still
     /// pending after it when it was delivered.
     consumed: watch::Sender<(u64, u64)>,
@@ -329,7 +332,8 @@ impl Log {
         let events = match decode(run, seq_header, payload) {
             Ok(events) => events,
             Err(e) => {
-                tracing::error!(%run, stream_seq, error = %e, "event log: a message of the stream cannot be read; the run is left out of the index");
+                tracing::error!(%run, stream_seq, error = %e, "event log: a message of the stream cannot be read; reading the run names it");
+                lock(&self.unreadable).insert(run, (stream_seq, e.to_string()));
                 return;
             }
         };
@@ -352,6 +356,21 @@ impl Log {
                     tracing::error!(%run, error = %e, "event log: cannot rebuild the run's index entry");
                 }
             }
+        }
+    }
+}
+
+impl JetStream {
+    /// Fails naming the message when one of `run`'s messages could not be read into the index.
+    pub(crate) fn check_readable(&self, run: RunId) -> Result<(), StoreError> {
+        match lock(&self.shared.unreadable).get(&run) {
+            Some((stream_seq, reason)) => Err(StoreError::UnreadableMessage {
+                run,
+                stream: self.shared.name.clone(),
+                stream_seq: *stream_seq,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -638,6 +657,7 @@ impl JetStream {
             next_chain: AtomicU64::new(0),
             lost: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            unreadable: Mutex::new(HashMap::new()),
             consumed: watch::channel((0, 0)).0,
             known_last: AtomicU64::new(last),
         });

@@ -587,6 +587,9 @@ impl EventStore {
 
     /// The events of a run from sequence `from_seq` on, in order.
     pub fn events_from(&self, run: RunId, from_seq: u64) -> Result<Vec<Event>, StoreError> {
+        if let Some(stream) = &self.stream {
+            stream.check_readable(run)?;
+        }
         self.inner.write_buffered()?;
         // A value holds the events up to its key's seq: the first one to read is the first key >= from_seq.
         let mut events = Vec::new();
@@ -613,6 +616,9 @@ impl EventStore {
 
     /// The summary of a run; `None` when the run does not exist.
     pub fn summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+        if let Some(stream) = &self.stream {
+            stream.check_readable(run)?;
+        }
         self.inner.summary(run)
     }
 

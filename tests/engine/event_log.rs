@@ -502,3 +502,69 @@ async fn runs_on_a_three_node_r3_stream_survive_the_kill_of_a_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A message of the stream that cannot be read (corrupt bytes, or a record format this version does not
+/// know) is named, with its run and stream sequence, when the run is read after the log is opened: never
+/// silently left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_names_corrupt_and_unknown_messages_when_their_run_is_read() {
+    let backend = Backend::jetstream();
+    let Backend::JetStream(cluster) = &backend else {
+        unreachable!()
+    };
+    let store = backend.open(Durability::Always);
+    let corrupt = new_run();
+    store
+        .append_durable(corrupt, vec![accepted_in("p", "ns")])
+        .await
+        .expect("accept");
+    let healthy = new_run();
+    store
+        .append_durable(healthy, vec![accepted_in("p", "ns")])
+        .await
+        .expect("accept");
+    drop(store);
+
+    // Written behind the log's back: a truncated segment after the accepted event, and a first message
+    // in a record format from the future.
+    let client = async_nats::connect(cluster.urls()[0].as_str())
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let unknown = new_run();
+    for (run, seq, payload) in [
+        (corrupt, "1", vec![2u8, 9, 9]),
+        (unknown, "0", b"\x7f{\"future\":true}".to_vec()),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Fm-Seq", seq);
+        js.publish_with_headers(
+            format!("flowmason.FLOWMASON_EVENTS.events.{run}"),
+            headers,
+            payload.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    }
+
+    let store = backend.open(Durability::Always);
+    for run in [corrupt, unknown] {
+        let err = store.fold(run).expect_err("an unreadable message");
+        assert!(
+            matches!(&err, StoreError::UnreadableMessage { run: r, stream, .. } if *r == run && stream == "FLOWMASON_EVENTS"),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("run {run}: message "))
+                && text.contains("of JetStream stream FLOWMASON_EVENTS cannot be read"),
+            "{text}"
+        );
+        assert!(store.summary(run).is_err(), "the summary names it too");
+    }
+    // Other runs read as before.
+    let state = store.fold(healthy).expect("fold").expect("run");
+    assert_eq!(state.phase, RunPhase::Pending);
+}
