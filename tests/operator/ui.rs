@@ -238,7 +238,8 @@ async fn web_ui_starts_a_run_and_shows_its_stages_running_then_succeeded_without
                      "config": {"message": "order of {{input.customer}}", "passthrough": "{{input.customer}}"}},
                     {"id": "price", "componentType": "json_transform",
                      "config": {"data": {"total": "{{input.total}}"}, "jmespath_expression": "total"}},
-                    {"id": "check_stock", "componentType": "delay", "dependsOn": ["greet"], "config": {"ms": 2500}},
+                    // Long enough that a page loaded late on a busy machine still sees it Running.
+                    {"id": "check_stock", "componentType": "delay", "dependsOn": ["greet"], "config": {"ms": 10000}},
                     {"id": "reserve", "componentType": "delay", "dependsOn": ["check_stock", "price"],
                      "config": {"ms": 1200}},
                     {"id": "invoice", "componentType": "json_transform", "dependsOn": ["reserve"],
