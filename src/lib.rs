@@ -8,6 +8,7 @@ pub mod client;
 pub mod component_config;
 pub mod components;
 pub mod env;
+pub mod health;
 pub mod history;
 pub mod http;
 pub mod llm;

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use flowmason::health::HealthState;
 use flowmason::history::retention::{self, RetentionPolicy};
 use flowmason::history::{rerun, stats};
-use flowmason::http::health::HealthState;
 use flowmason::http::history::HistoryState;
 use flowmason::http::metrics::MetricsState;
 use flowmason::metrics::Metrics;
@@ -198,7 +198,7 @@ async fn fixture() -> Fixture {
     .merge(flowmason::http::metrics::router(
         MetricsState::new(metrics.clone()).with_engine(engine.clone()),
     ))
-    .merge(flowmason::http::health::router(
+    .merge(flowmason::health::router(
         HealthState::new().store(store.clone()),
     ));
     let api = serve(router, &stop).await;
@@ -1122,7 +1122,7 @@ async fn health_endpoints_report_liveness_and_pluggable_readiness() {
         "leader",
         Arc::new(|| Box::pin(async { Err("leader state not known yet".to_string()) })),
     );
-    let url = serve(flowmason::http::health::router(health), &f.stop).await;
+    let url = serve(flowmason::health::router(health), &f.stop).await;
     let r = f
         .http
         .get(format!("{url}/readyz"))

@@ -44,7 +44,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/readyz",
             get(|State(state): State<Arc<ApiState>>| async move {
-                crate::http::health::respond(&state.readiness).await
+                crate::health::respond(&state.readiness).await
             }),
         )
         .route("/livez", get(|| async { "ok" }))

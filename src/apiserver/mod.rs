@@ -82,5 +82,5 @@ pub struct ApiState {
     /// The address clients reach us at (`host:port`), for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
     /// What `/readyz` checks: the API store can write, and whatever [`ServeConfig::readiness`] adds.
-    pub readiness: crate::http::health::HealthState,
+    pub readiness: crate::health::HealthState,
 }

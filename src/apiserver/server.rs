@@ -22,7 +22,7 @@ use super::registry::ResourceRegistry;
 use super::store::{Mutation, ObjectKey, ObjectStore, StoreError, scan_prefix};
 use super::tls::{self, TlsError};
 use super::{ApiConfig, ApiState, handlers, objects, private};
-use crate::http::health::HealthState;
+use crate::health::HealthState;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -178,7 +178,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             address: format!("{host}:{}", addr.port()),
-            readiness: config.readiness.clone().api_store(store.clone()),
+            readiness: api_store_ready(config.readiness.clone(), store.clone()),
         });
         let auth = Arc::new(Auth {
             token: token.clone(),
@@ -346,4 +346,20 @@ where
         }
         _ = cancel.cancelled() => {}
     }
+}
+
+/// `readiness` with the API server's own check: its object store can write (no flush of it has failed).
+fn api_store_ready(readiness: HealthState, store: Arc<ObjectStore>) -> HealthState {
+    readiness.check(
+        "apiStore",
+        Arc::new(move || {
+            let failure = store.write_failure();
+            Box::pin(async move {
+                match failure {
+                    Some(failure) => Err(format!("API store cannot write: {failure}")),
+                    None => Ok(()),
+                }
+            })
+        }),
+    )
 }

@@ -152,7 +152,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_watch: Duration::from_secs(args.max_watch_seconds.max(1)),
             ..ApiConfig::default()
         },
-        readiness: crate::http::health::HealthState::new().store(events.clone()),
+        readiness: crate::health::HealthState::new().store(events.clone()),
         ..ServeConfig::new(data_dir.clone())
     };
     let mut operator_config = OperatorConfig {

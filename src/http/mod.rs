@@ -13,7 +13,6 @@
 
 pub mod api_rerun;
 pub mod auth;
-pub mod health;
 pub mod history;
 pub mod metrics;
 pub mod pipelines;

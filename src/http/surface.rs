@@ -72,7 +72,7 @@ impl Surface {
             rerun: Some(rerun),
             stop,
         });
-        let health = super::health::router(super::health::HealthState::new().store(events.clone()));
+        let health = crate::health::router(crate::health::HealthState::new().store(events.clone()));
         let pipelines = super::pipelines::router(super::pipelines::PipelinesState {
             store: events.clone(),
             pipelines,

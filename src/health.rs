@@ -65,22 +65,6 @@ impl HealthState {
         )
     }
 
-    /// The API server's object store can write (no flush of it has failed).
-    pub fn api_store(self, store: Arc<crate::apiserver::store::ObjectStore>) -> HealthState {
-        self.check(
-            "apiStore",
-            Arc::new(move || {
-                let failure = store.write_failure();
-                Box::pin(async move {
-                    match failure {
-                        Some(failure) => Err(format!("API store cannot write: {failure}")),
-                        None => Ok(()),
-                    }
-                })
-            }),
-        )
-    }
-
     /// Runs every check; the names of the failed ones with their reasons.
     pub async fn failures(&self) -> Vec<(String, String)> {
         let mut failed = Vec::new();
