@@ -798,27 +798,17 @@ impl JetStream {
 
     /// Waits for every publish made so far, of every run.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
-        let pending: Vec<(RunId, Ack)> = self
-            .shared
-            .chains
-            .iter()
-            .flat_map(|shard| {
-                lock(shard)
-                    .iter()
-                    .map(|(run, c)| (*run, c.last.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (run, ack) in pending {
-            ack.await.map_err(|f| f.into_error(run))?;
-        }
-        Ok(())
+        wait_for_all(self.pending()).await
     }
 
     /// [`sync`](Self::sync), blocking the calling thread.
     pub(crate) fn flush(self: &JetStream) -> Result<(), StoreError> {
-        let pending: Vec<(RunId, Ack)> = self
-            .shared
+        self.block(wait_for_all(self.pending()))?
+    }
+
+    /// The last publish of every run with one, as the chains hold them now.
+    fn pending(&self) -> Vec<(RunId, Ack)> {
+        self.shared
             .chains
             .iter()
             .flat_map(|shard| {
@@ -827,13 +817,7 @@ impl JetStream {
                     .map(|(run, c)| (*run, c.last.clone()))
                     .collect::<Vec<_>>()
             })
-            .collect();
-        self.block(async move {
-            for (run, ack) in pending {
-                ack.await.map_err(|f| f.into_error(run))?;
-            }
-            Ok(())
-        })?
+            .collect()
     }
 
     /// Purges the run's subject, then its index entry. Refuses a run in flight as the index sees it.
@@ -983,6 +967,14 @@ impl JetStream {
 }
 
 /// Runs `fut` on `handle`'s runtime and blocks this thread until it is done.
+/// Waits for each of `pending`'s acknowledgements; the first failure names its run.
+async fn wait_for_all(pending: Vec<(RunId, Ack)>) -> Result<(), StoreError> {
+    for (run, ack) in pending {
+        ack.await.map_err(|f| f.into_error(run))?;
+    }
+    Ok(())
+}
+
 fn block_on<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     fut: impl Future<Output = T> + Send + 'static,
