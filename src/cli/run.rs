@@ -49,15 +49,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         _ => PathBuf::from("."),
     };
     let registry = registry_with_resolver(std::sync::Arc::new(DirectoryResolver::new(dir)));
-    // A misspelt field would silently lose its meaning: refused as `fm validate` and the API server do.
-    let problems: Vec<model::ValidationError> = loaded
-        .unknown_fields
-        .iter()
-        .map(|u| model::ValidationError::new(&u.path, u.message()))
-        .chain(model::validate(&loaded.spec, &|name| {
-            registry.contains(name)
-        }))
-        .collect();
+    // Refused as `fm validate` and the API server refuse it, unknown fields included.
+    let problems = super::validate::problems(&loaded, &|name| registry.contains(name));
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("{}: {problem}", args.file.display());

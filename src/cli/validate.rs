@@ -55,6 +55,20 @@ pub(super) enum Problems {
     Stderr,
 }
 
+/// Every problem of a loaded pipeline: its unknown fields (a misspelt field would silently lose its
+/// meaning) and the problems of its spec, with `known` telling which component types exist.
+pub(super) fn problems(
+    loaded: &LoadedPipeline,
+    known: &dyn Fn(&str) -> bool,
+) -> Vec<model::ValidationError> {
+    loaded
+        .unknown_fields
+        .iter()
+        .map(|u| model::ValidationError::new(&u.path, u.message()))
+        .chain(model::validate(&loaded.spec, known))
+        .collect()
+}
+
 /// Checks a pipeline loaded from `file` before it is deployed or run: its unknown fields (with the
 /// closest allowed name) and every problem of its spec, one line each prefixed with the file, and each
 /// warning on stderr; answers whether it is valid.
@@ -63,14 +77,7 @@ pub(super) fn report(file: &Path, loaded: &LoadedPipeline, to: Problems) -> bool
         eprintln!("{}: warning: {warning}", file.display());
     }
     let registry = builtin_registry();
-    let problems: Vec<model::ValidationError> = loaded
-        .unknown_fields
-        .iter()
-        .map(|u| model::ValidationError::new(&u.path, u.message()))
-        .chain(model::validate(&loaded.spec, &|name| {
-            registry.contains(name)
-        }))
-        .collect();
+    let problems = problems(loaded, &|name| registry.contains(name));
     for problem in &problems {
         match to {
             Problems::Stdout => println!("{}: {problem}", file.display()),
