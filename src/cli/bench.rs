@@ -252,7 +252,7 @@ fn history(args: HistoryBench) -> anyhow::Result<i32> {
     };
     let mut results = Vec::new();
     let mut record = |name: &str, times: Vec<f64>, rows: usize| {
-        let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+        let pct = |q: f64| percentile(&times, q);
         results.push(json!({ "query": name, "rows": rows, "p50Us": pct(0.5), "p99Us": pct(0.99) }));
     };
     let (t, p) = time_query(args.repeat, page(ns_pipeline_failed.clone()))?;
@@ -331,6 +331,14 @@ fn history(args: HistoryBench) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The `q`-quantile (0..=1) of sorted values, nearest rank; the default (zero) of none.
+pub(super) fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    match sorted.len() {
+        0 => T::default(),
+        n => sorted[(((n as f64 - 1.0) * q).round() as usize).min(n - 1)],
+    }
 }
 
 fn engine(args: EngineBench) -> anyhow::Result<i32> {
@@ -414,13 +422,10 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
     store.flush().context("cannot flush the event log")?;
 
     latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let pct = |q: f64| percentile(&latencies, q);
     let mut waits = std::mem::take(&mut *waits.lock().unwrap_or_else(|p| p.into_inner()));
     waits.sort_unstable();
-    let wait_ms = |p: f64| match waits.len() {
-        0 => 0.0,
-        n => waits[((n as f64 - 1.0) * p).round() as usize] as f64 / 1e3,
-    };
+    let wait_ms = |q: f64| percentile(&waits, q) as f64 / 1e3;
     let stages = (args.runs * stages_per_run) as f64;
     let secs = elapsed.as_secs_f64();
     let peak_rss = rss_kib("VmHWM");

@@ -40,12 +40,9 @@ pub struct K8sBench {
 /// When each run was first seen past Pending, and first seen Succeeded.
 type Sightings = HashMap<String, (Option<Instant>, Option<Instant>)>;
 
+/// The `p`-th percentile (0..=100) of sorted durations (see [`super::bench::percentile`]).
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    super::bench::percentile(sorted, p / 100.0)
 }
 
 fn ms(d: Duration) -> f64 {
