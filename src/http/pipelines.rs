@@ -90,23 +90,22 @@ fn client_error(e: ClientError) -> ApiError {
     let status = match &e {
         ClientError::NotFound { .. } => StatusCode::NOT_FOUND,
         ClientError::Ambiguous { .. } => StatusCode::CONFLICT,
-        ClientError::Api {
-            error: kube::Error::Api(s),
-            ..
-        } => StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY),
+        ClientError::Api { error, .. } => kube_status(error),
         _ => StatusCode::BAD_GATEWAY,
     };
     ApiError(status, e.to_string())
 }
 
-fn kube_error(action: String) -> impl FnOnce(kube::Error) -> ApiError {
-    move |e| {
-        let status = match &e {
-            kube::Error::Api(s) => StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY),
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        ApiError(status, format!("{action}: {e}"))
+/// A refusal of the API server keeps its status; failing to reach it is a bad gateway.
+fn kube_status(e: &kube::Error) -> StatusCode {
+    match e {
+        kube::Error::Api(s) => StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY),
+        _ => StatusCode::BAD_GATEWAY,
     }
+}
+
+fn kube_error(action: String) -> impl FnOnce(kube::Error) -> ApiError {
+    move |e| ApiError(kube_status(&e), format!("{action}: {e}"))
 }
 
 async fn list_pipelines(
