@@ -9,6 +9,7 @@
 //! - [`backlog`]: each controller's queue depth;
 //! - [`cluster`]: the cached view of the ConfigMaps and Secrets that runs read;
 //! - [`leader`]: Lease-based leader election;
+//! - [`shards`]: which shards of the runs this replica owns (several active replicas);
 //! - [`Operator`]: wires them onto one engine.
 
 mod backlog;
@@ -22,6 +23,7 @@ pub mod leader;
 pub mod pipelines;
 pub mod planning;
 pub mod runs;
+pub mod shards;
 pub mod status;
 
 mod wiring;
