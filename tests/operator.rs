@@ -26,92 +26,16 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "operator/faults.rs"]
 mod faults;
+#[path = "support/fm_serve.rs"]
+mod fm_serve;
 #[path = "operator/ui.rs"]
 mod ui;
 #[path = "support/wait.rs"]
 mod wait;
 
+use fm_serve::Fm;
+
 use wait::{PATIENCE, eventually};
-
-/// A running `fm serve` (or another `fm` server command), killed on drop.
-struct Fm {
-    child: Child,
-    kubeconfig: PathBuf,
-}
-
-impl Fm {
-    /// Starts `fm <args>` and waits for its `export KUBECONFIG=` line.
-    fn start(args: &[&str]) -> Fm {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fm"))
-            .args(args)
-            .env_remove("FM_DATA_DIR")
-            .env("FM_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("fm starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut kubeconfig = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("read stdout");
-            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
-                kubeconfig = Some(PathBuf::from(path));
-                break;
-            }
-        }
-        Fm {
-            child,
-            kubeconfig: kubeconfig.expect("fm serve prints its kubeconfig"),
-        }
-    }
-
-    fn serve(data: &Path, extra: &[&str]) -> Fm {
-        let dir = data.to_str().expect("path");
-        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--data-dir", dir];
-        args.extend_from_slice(extra);
-        Fm::start(&args)
-    }
-
-    async fn client(&self) -> Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-            .await
-            .expect("config");
-        Client::try_from(config).expect("client")
-    }
-
-    /// The server URL the kubeconfig names (the API server, and next to it the history API and
-    /// /metrics).
-    fn url(&self) -> String {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        kubeconfig.clusters[0]
-            .cluster
-            .as_ref()
-            .and_then(|c| c.server.clone())
-            .expect("server url")
-    }
-
-    /// Stops the process with SIGTERM (a graceful stop) and waits for it.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Fm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn kubectl(fm: &Fm, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut child = Command::new("kubectl")
