@@ -227,14 +227,20 @@ fn holding(lease: &Lease) -> Holding {
     }
 }
 
-/// The shard Leases `flowmason-shard-<i>` by shard, and the live replica Leases.
-pub async fn shard_leases(client: &Client) -> BTreeMap<u32, Holding> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let list = leases
-        .list(&ListParams::default().labels("flowmason.io/lease=shard"))
+/// Every Lease of the lease namespace (found by name rather than by label, so that a Lease missing its
+/// label is still seen).
+async fn leases(client: &Client) -> Vec<Lease> {
+    Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE)
+        .list(&ListParams::default())
         .await
-        .expect("list shard Leases");
-    list.items
+        .expect("list Leases")
+        .items
+}
+
+/// The shard Leases `flowmason-shard-<i>` by shard.
+pub async fn shard_leases(client: &Client) -> BTreeMap<u32, Holding> {
+    leases(client)
+        .await
         .iter()
         .filter_map(|l| {
             let name = l.metadata.name.as_deref()?;
@@ -246,15 +252,16 @@ pub async fn shard_leases(client: &Client) -> BTreeMap<u32, Holding> {
 
 /// Identities of the replicas whose membership Lease `flowmason-replica-<id>` is valid now.
 pub async fn live_members(client: &Client) -> Vec<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let list = leases
-        .list(&ListParams::default().labels("flowmason.io/lease=replica"))
-        .await
-        .expect("list replica Leases");
     let now = now_micros();
-    let mut live: Vec<String> = list
-        .items
+    let mut live: Vec<String> = leases(client)
+        .await
         .iter()
+        .filter(|l| {
+            l.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("flowmason-replica-"))
+        })
         .filter_map(|l| holding(l).valid_holder(now).map(String::from))
         .collect();
     live.sort();
