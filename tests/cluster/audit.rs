@@ -29,9 +29,7 @@ pub struct LogAudit {
 
 /// Every message on the stream's run subjects, in stream order, by run.
 async fn read_messages(urls: &[String], stream: &str) -> BTreeMap<RunId, Vec<Message>> {
-    let client = async_nats::connect(urls)
-        .await
-        .expect("connect to NATS");
+    let client = async_nats::connect(urls).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let mut handle = js.get_stream(stream).await.expect("the event log's stream");
     let state = handle.info().await.expect("stream info").state.clone();
