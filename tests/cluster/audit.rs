@@ -195,8 +195,8 @@ impl LogAudit {
             .unwrap_or_else(|| panic!("run {run}: no message on the stream"))
     }
 
-    /// Messages `writer` got stored after `since` (Unix micros) on a run it had not taken up again
-    /// (with a `RunResumed` of its own stored after `since`) before them.
+    /// Messages `writer` got stored after `since` (Unix micros) on a run it had not taken up again (with
+    /// a `RunResumed` of its own stored after `since`) or started itself before them.
     pub fn appends_after_losing(&self, writer: &str, since: i64) -> Vec<String> {
         let mut out = Vec::new();
         for (run, messages) in &self.messages {
@@ -209,7 +209,8 @@ impl LogAudit {
                     self.event(*run, m.first_seq).map(|e| &e.kind),
                     Some(EventKind::RunResumed { .. })
                 );
-                retaken |= resumes;
+                // A run it takes up again, or one it starts (its RunAccepted): its own from then on.
+                retaken |= resumes || m.first_seq == 0;
                 if !retaken {
                     out.push(format!(
                         "run {run}: seq {}..={} stored {} us after it lost its shards",
@@ -234,5 +235,117 @@ impl LogAudit {
                     .map(move |e| (*run, e.at))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(seq: u64, at: i64, kind: EventKind) -> Event {
+        Event { seq, at, kind }
+    }
+
+    fn started(stage: &str, attempt: u32) -> EventKind {
+        EventKind::StageStarted {
+            stage: stage.into(),
+            attempt,
+            input: json!(null),
+        }
+    }
+
+    fn succeeded(stage: &str, attempt: u32) -> EventKind {
+        EventKind::StageSucceeded {
+            stage: stage.into(),
+            attempt,
+            output: json!(null),
+            skip: Vec::new(),
+            reused_from: None,
+        }
+    }
+
+    fn resumed() -> EventKind {
+        EventKind::RunResumed {
+            session: 7,
+            after_crash: true,
+        }
+    }
+
+    fn message(writer: &str, first_seq: u64, last_seq: u64, stored_at: i64) -> Message {
+        Message {
+            writer: writer.into(),
+            first_seq,
+            last_seq,
+            stored_at,
+        }
+    }
+
+    /// A run of one stage `s`, taken over by writer `w2` after `w1` began its attempt 1; `w2`'s first
+    /// message holds `w2_first`.
+    fn taken_over(w2_first: EventKind) -> LogAudit {
+        let run = RunId::nil();
+        let kinds = [
+            EventKind::RunStarted,
+            started("s", 1),
+            w2_first,
+            started("s", 2),
+            succeeded("s", 2),
+            EventKind::RunSucceeded { output: json!(1) },
+        ];
+        let events = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| event(i as u64, i as i64, k))
+            .collect();
+        LogAudit {
+            messages: BTreeMap::from([(
+                run,
+                vec![
+                    message("w1", 0, 0, 3),
+                    message("w1", 1, 1, 10),
+                    message("w2", 2, 5, 20),
+                ],
+            )]),
+            events: BTreeMap::from([(run, events)]),
+        }
+    }
+
+    #[test]
+    fn an_attempt_run_again_after_a_take_up_is_exactly_once() {
+        assert_eq!(
+            taken_over(resumed()).exactly_once_problems(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_second_writer_without_taking_the_run_up_is_reported() {
+        let problems = taken_over(EventKind::StageLog {
+            stage: "s".into(),
+            attempt: 1,
+            level: "info".into(),
+            message: "late".into(),
+            data: json!(null),
+        })
+        .exactly_once_problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("without taking the run up")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("while an attempt ran")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn appends_after_losing_are_those_before_the_writer_took_the_run_up_again() {
+        let audit = taken_over(resumed());
+        assert_eq!(audit.appends_after_losing("w2", 15), Vec::<String>::new());
+        assert_eq!(audit.appends_after_losing("w1", 15), Vec::<String>::new());
+        assert_eq!(audit.appends_after_losing("w1", 5).len(), 1);
     }
 }
