@@ -1223,6 +1223,103 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_setting_claimed_by_one_process_binds_every_other_process_on_the_stream() {
+        let cluster = test_nats::NatsCluster::single();
+        let first = open(&cluster);
+        first.claim_setting("shards", "16").expect("first claim");
+        first
+            .claim_setting("shards", "16")
+            .expect("the same claim again");
+        let second = open(&cluster);
+        second.claim_setting("shards", "16").expect("same value");
+        let err = second
+            .claim_setting("shards", "8")
+            .expect_err("other value");
+        assert!(
+            matches!(&err, StoreError::SettingMismatch { name, recorded, wanted, .. }
+                if name == "shards" && recorded == "16" && wanted == "8"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "JetStream stream FLOWMASON_EVENTS records shards=16; this process has shards=8"
+        );
+        // Another setting is independent of the first.
+        second.claim_setting("other", "8").expect("another setting");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_of_engines_sharing_a_stream_are_distinct_and_a_running_one_is_no_crash() {
+        let cluster = test_nats::NatsCluster::single();
+        let first = open(&cluster);
+        let a = first.begin_engine_session().expect("begin");
+        assert_eq!((a.after_crash, a.crashed), (false, None));
+        // Begun while the first engine runs: the first's open session is not a crash.
+        let second = open(&cluster);
+        let b = second.begin_engine_session().expect("begin");
+        assert_ne!(a.id, b.id);
+        assert_eq!((b.after_crash, b.crashed), (false, None));
+        // The second process dies without ending its session: the next engine sees that crash.
+        drop(second);
+        let third = open(&cluster);
+        let c = third.begin_engine_session().expect("begin");
+        assert!(c.id != a.id && c.id != b.id);
+        assert_eq!((c.after_crash, c.crashed), (true, Some(b.id)));
+        // Ended cleanly, a session is no crash for the next one.
+        third.end_engine_session(c.id).expect("end");
+        let d = open(&cluster).begin_engine_session().expect("begin");
+        assert_eq!((d.after_crash, d.crashed), (false, None));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catching_up_reads_another_writers_appends_and_lifts_a_fence() {
+        let cluster = test_nats::NatsCluster::single();
+        let (stale, owner) = (open(&cluster), open(&cluster));
+        let run = RunId::now_v7();
+        stale
+            .append_durable(run, vec![accepted("p", "ns")])
+            .await
+            .expect("accept");
+        owner.catch_up(run).await.expect("catch up");
+        let started = |stage: &str| EventKind::StageStarted {
+            stage: stage.into(),
+            attempt: 1,
+            input: serde_json::Value::Null,
+        };
+        owner
+            .append_durable(run, vec![started("b")])
+            .await
+            .expect("the owner appends after catching up");
+        let err = match stale.append(run, vec![started("a")]) {
+            Err(e) => e,
+            Ok(receipt) => receipt.durable().await.expect_err("fenced"),
+        };
+        assert!(matches!(err, StoreError::LostOwnership { .. }), "{err:?}");
+        // Caught up, the fenced writer holds the owner's events and may append after them again.
+        stale.catch_up(run).await.expect("catch up");
+        let kinds: Vec<_> = stale
+            .events(run)
+            .expect("events")
+            .iter()
+            .map(|e| e.kind.stage().map(str::to_owned))
+            .collect();
+        assert_eq!(kinds, [None, Some("b".to_owned())]);
+        let events = stale
+            .append_durable(run, vec![started("c")])
+            .await
+            .expect("no longer fenced");
+        assert_eq!(events[0].seq, 2);
+        let fresh = open(&cluster);
+        let seqs: Vec<_> = fresh
+            .events(run)
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_present_stream_with_other_settings_is_refused_naming_the_difference() {
         let cluster = test_nats::NatsCluster::single();
         let client = async_nats::connect(cluster.urls()[0].as_str())
