@@ -370,8 +370,8 @@ impl Engine {
         self.inner
             .runs
             .lock()
-            .map(|r| r.contains_key(&run))
-            .unwrap_or(false)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(&run)
     }
 
     pub fn store(&self) -> &EventStore {
