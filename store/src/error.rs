@@ -86,13 +86,14 @@ pub enum StoreError {
     )]
     StreamMismatch(Box<StreamMismatch>),
     /// The log records another value of a setting that every process sharing it must agree on (see
-    /// [`EventStore::claim_setting`](crate::EventStore::claim_setting)); `stream` names the log.
+    /// [`EventStore::claim_setting`](crate::EventStore::claim_setting)); `stream` names the log. (Boxed
+    /// strings keep `StoreError`, which every engine result carries, from growing.)
     #[error("{stream} records {name}={recorded}; this process has {name}={wanted}")]
     SettingMismatch {
-        stream: String,
-        name: String,
-        recorded: String,
-        wanted: String,
+        stream: Box<str>,
+        name: Box<str>,
+        recorded: Box<str>,
+        wanted: Box<str>,
     },
     /// A setting's name cannot be recorded: it must be a non-empty run of letters, digits, `-` and `_`.
     #[error("setting name {name:?} is invalid: use letters, digits, '-' and '_' only")]

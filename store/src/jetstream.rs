@@ -311,6 +311,24 @@ impl Log {
         Ok((events, last))
     }
 
+    /// The stream sequence of the run's last message (0 when the stream holds none).
+    async fn last_message_of(&self, run: RunId) -> Result<u64, StoreError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.run_subject(run))
+            .await
+        {
+            Ok(message) => Ok(message.sequence),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(StoreError::jetstream(format!("reading run {run}"), e)),
+        }
+    }
+
     /// Replaces the index's entry of `run` with what the stream holds.
     async fn rebuild_run(&self, local: &EventStore, run: RunId) -> Result<(), StoreError> {
         let (events, last) = self.read_run(run).await?;
@@ -1029,6 +1047,8 @@ impl JetStream {
     /// Brings the index's entry of `run` up to date with the stream and forgets this process's writer
     /// state of the run (its publish chain, once every publish in it is settled, and a refusal after a
     /// fenced or failed publish), so that its next append names the stream's last message of the run.
+    /// One round trip when the index already holds the run's last message and this process had no writer
+    /// state of it; else the run is read again from the stream.
     pub(crate) async fn catch_up(&self, local: &EventStore, run: RunId) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         let local = local.clone();
@@ -1039,8 +1059,14 @@ impl JetStream {
                     // Stored or refused, the stream says which when the run is read below.
                     let _ = ack.await;
                 }
-                shared.chains(run).remove(&run);
-                lock(&shared.lost).remove(&run);
+                let chained = shared.chains(run).remove(&run).is_some();
+                let fenced = lock(&shared.lost).remove(&run).is_some();
+                if !chained && !fenced {
+                    let last = shared.last_message_of(run).await?;
+                    if lock(&shared.seen).get(&run).copied().unwrap_or(0) == last {
+                        return Ok(());
+                    }
+                }
                 shared.rebuild_run(&local, run).await
             })
             .await
@@ -1237,7 +1263,7 @@ mod tests {
             .expect_err("other value");
         assert!(
             matches!(&err, StoreError::SettingMismatch { name, recorded, wanted, .. }
-                if name == "shards" && recorded == "16" && wanted == "8"),
+                if &**name == "shards" && &**recorded == "16" && &**wanted == "8"),
             "{err:?}"
         );
         assert_eq!(

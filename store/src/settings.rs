@@ -44,9 +44,9 @@ impl EventStore {
         };
         match recorded {
             Some(recorded) if recorded != value => Err(StoreError::SettingMismatch {
-                stream,
+                stream: stream.into(),
                 name: name.into(),
-                recorded,
+                recorded: recorded.into(),
                 wanted: value.into(),
             }),
             _ => Ok(()),
@@ -89,7 +89,7 @@ mod tests {
         let err = store.claim_setting("shards", "8").unwrap_err();
         assert!(
             matches!(&err, StoreError::SettingMismatch { name, recorded, wanted, .. }
-                if name == "shards" && recorded == "16" && wanted == "8"),
+                if &**name == "shards" && &**recorded == "16" && &**wanted == "8"),
             "{err:?}"
         );
         assert_eq!(

@@ -583,7 +583,7 @@ async fn both_logs_record_a_claimed_setting_once_and_refuse_another_value_naming
             .expect_err("another value");
         assert!(
             matches!(&err, StoreError::SettingMismatch { name, recorded, wanted, .. }
-                if name == "shards" && recorded == "16" && wanted == "8"),
+                if &**name == "shards" && &**recorded == "16" && &**wanted == "8"),
             "{err:?}"
         );
         let text = err.to_string();
@@ -692,6 +692,15 @@ async fn two_engines_on_one_stream_hand_a_running_run_over_and_back() {
         "{err:?}"
     );
     assert_eq!(a.running(), 0);
+    // A's attempt of slow was stopped, not left running to its end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sleep.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's attempt still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // B gives it back before its attempt of slow ends; A takes it over again in the same process.
     wait_for_state(&a, run, "B never started slow again", |s| {
