@@ -85,6 +85,19 @@ pub enum StoreError {
         .0.stream, .0.field, .0.found, .0.expected
     )]
     StreamMismatch(Box<StreamMismatch>),
+    /// The log records another value of a setting that every process sharing it must agree on (see
+    /// [`EventStore::claim_setting`](crate::EventStore::claim_setting)); `stream` names the log. (Boxed
+    /// strings keep `StoreError`, which every engine result carries, from growing.)
+    #[error("{stream} records {name}={recorded}; this process has {name}={wanted}")]
+    SettingMismatch {
+        stream: Box<str>,
+        name: Box<str>,
+        recorded: Box<str>,
+        wanted: Box<str>,
+    },
+    /// A setting's name cannot be recorded: it must be a non-empty run of letters, digits, `-` and `_`.
+    #[error("setting name {name:?} is invalid: use letters, digits, '-' and '_' only")]
+    InvalidSettingName { name: String },
 }
 
 impl StoreError {
