@@ -4,8 +4,10 @@
 //!
 //! - [`ownership`]: which shards this replica holds now, and how it took each one: what the run
 //!   controller, the Pipeline controller and the triggers consult before acting.
+//! - [`planning`]: the pure fair-share planner: which shards to renew, take and release on a tick.
 
 pub mod ownership;
+pub mod planning;
 
 pub use ownership::{Owned, Ownership, OwnershipSender, Takeover};
 
