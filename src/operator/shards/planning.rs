@@ -9,7 +9,7 @@
 //! up to it. A shard is taken only when free (no holder: released) or expired (its holder did not renew
 //! within the lease duration), so that a holder following the protocol has stopped acting on it first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -129,65 +129,77 @@ pub fn fair_share(count: u32, members: usize, index: usize) -> u32 {
     count / members + u32::from(index < count % members)
 }
 
+/// Who plans: this replica's identity, its engine session, and the shards it holds now (renewed in
+/// time, as far as it knows).
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    pub identity: &'a str,
+    pub session: Option<u64>,
+    pub held: &'a BTreeSet<u32>,
+}
+
+/// How a shard whose Lease says `lease` is taken by `me`: after a crash when it was held by a replica that
+/// stopped renewing it, or by an earlier process of this identity (another engine session).
+fn takeover(lease: &LeaseState, me: &Me<'_>) -> Takeover {
+    let previous_holder = lease.holder().map(str::to_string);
+    let after_crash = match lease.holder() {
+        None => false,
+        // Ours, but the Lease ran out or is not tracked: this process dropped its runs itself when the
+        // deadline passed (no crash), unless the Lease was written by an earlier process of this identity.
+        Some(holder) if holder == me.identity => lease.session.is_some() && lease.session != me.session,
+        Some(_) => true,
+    };
+    Takeover {
+        after_crash,
+        crashed_session: if after_crash { lease.session } else { None },
+        previous_holder,
+        previous_renew: lease.renewed,
+    }
+}
+
 /// This tick's plan for replica `me` out of `count` shards.
-pub fn plan(seen: &Seen, me: &str, now: Timestamp, count: u32) -> Plan {
-    let members = live_members(seen, me, now);
-    let index = members.iter().position(|m| *m == me).unwrap_or(0);
-    let target = fair_share(count, members.len(), index);
+pub fn plan(seen: &Seen, me: &Me<'_>, now: Timestamp, count: u32) -> Plan {
+    let members = live_members(seen, me.identity, now);
+    let index = members.iter().position(|m| *m == me.identity).unwrap_or(0);
+    let target = fair_share(count, members.len(), index) as usize;
     let free = LeaseState::default();
     let mut held = Vec::new();
+    // Ours on the Lease and valid, but not held by this process (a restart under the same identity, or a
+    // take whose answer was lost): first in line to be taken, else released.
+    let mut adoptable = Vec::new();
     let mut takeable = Vec::new();
     for shard in 0..count {
         let lease = seen.shards.get(&shard).unwrap_or(&free);
+        let valid = !lease.expired(now);
         match lease.holder() {
-            Some(holder) if holder == me && !lease.expired(now) => held.push(shard),
-            // Ours, but run out (this replica stalled): its runs were dropped when the deadline passed,
-            // in this live process, so taking it back is no crash.
-            Some(holder) if holder == me => takeable.push((
-                shard,
-                Takeover {
-                    after_crash: false,
-                    crashed_session: None,
-                    previous_holder: Some(holder.to_string()),
-                    previous_renew: lease.renewed,
-                },
-            )),
-            Some(holder) if lease.expired(now) => takeable.push((
-                shard,
-                Takeover {
-                    after_crash: true,
-                    crashed_session: lease.session,
-                    previous_holder: Some(holder.to_string()),
-                    previous_renew: lease.renewed,
-                },
-            )),
-            Some(_) => {}
-            None => takeable.push((
-                shard,
-                Takeover {
-                    after_crash: false,
-                    crashed_session: None,
-                    previous_holder: None,
-                    previous_renew: lease.renewed,
-                },
-            )),
+            Some(holder) if holder == me.identity && valid && me.held.contains(&shard) => {
+                held.push(shard)
+            }
+            Some(holder) if holder == me.identity && valid => {
+                adoptable.push((shard, takeover(lease, me)))
+            }
+            Some(holder) if holder != me.identity && valid => {}
+            _ => takeable.push((shard, takeover(lease, me))),
         }
     }
-    let keep = held.len().min(target as usize);
-    let release = held.split_off(keep);
-    let wanted = (target as usize).saturating_sub(held.len());
-    takeable.truncate(wanted);
+    let mut release = held.split_off(held.len().min(target));
+    let wanted = target.saturating_sub(held.len());
+    let adopted = adoptable.len().min(wanted);
+    release.extend(adoptable.drain(adopted..).map(|(shard, _)| shard));
+    takeable.truncate(wanted - adopted);
+    let take = adoptable.into_iter().chain(takeable).collect();
+    release.sort_unstable();
     Plan {
         renew: held,
-        take: takeable,
+        take,
         release,
-        target,
+        target: u32::try_from(target).unwrap_or(u32::MAX),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::HashMap;
 
     use super::*;
 
@@ -357,7 +369,13 @@ mod tests {
             self.leases
                 .members
                 .insert(name.clone(), (member_version, member));
-            let plan = plan(seen, &name, now, count);
+            let held = self.replicas[i].owned(now);
+            let me = Me {
+                identity: &name,
+                session: Some(session),
+                held: &held,
+            };
+            let plan = plan(seen, &me, now, count);
             let deadline = at(self.now_ms + DURATION_MS);
             let mine = held_by(&name, self.now_ms, Some(session));
             let version = |s: u32| versions.get(&s).copied().unwrap_or(0);
@@ -420,6 +438,16 @@ mod tests {
                 .map(|r| (r.name.clone(), r.owned(now).len()))
                 .collect()
         }
+    }
+
+    fn plan_for(seen: &Seen, identity: &str, held: &[u32], now: Timestamp, count: u32) -> Plan {
+        let held: BTreeSet<u32> = held.iter().copied().collect();
+        let me = Me {
+            identity,
+            session: Some(1),
+            held: &held,
+        };
+        plan(seen, &me, now, count)
     }
 
     fn shares(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
@@ -509,7 +537,7 @@ mod tests {
             shards: BTreeMap::from([(0, held_by("b", 5_000, Some(7)))]),
             members: BTreeMap::new(),
         };
-        let plan = plan(&seen, "a", now, 1);
+        let plan = plan_for(&seen, "a", &[], now, 1);
         assert_eq!(
             plan.take,
             [(
@@ -533,7 +561,7 @@ mod tests {
             shards: BTreeMap::from([(0, released)]),
             members: BTreeMap::new(),
         };
-        let plan = plan(&seen, "a", now, 2);
+        let plan = plan_for(&seen, "a", &[], now, 2);
         assert_eq!(plan.take.len(), 2, "the released shard and the one never leased");
         assert!(plan.take.iter().all(|(_, t)| !t.after_crash));
         assert!(plan.take.iter().all(|(_, t)| t.crashed_session.is_none()));
@@ -546,7 +574,7 @@ mod tests {
             shards: BTreeMap::from([(0, held_by("b", 9_000, Some(7)))]),
             members: BTreeMap::from([("b".to_string(), held_by("b", 9_000, None))]),
         };
-        let plan = plan(&seen, "a", now, 1);
+        let plan = plan_for(&seen, "a", &[], now, 1);
         assert!(plan.take.is_empty());
         assert!(plan.renew.is_empty() && plan.release.is_empty());
     }
@@ -558,8 +586,43 @@ mod tests {
             shards: (0..4).map(|s| (s, held_by("a", 9_500, Some(1)))).collect(),
             members: BTreeMap::from([("b".to_string(), held_by("b", 9_500, None))]),
         };
-        let plan = plan(&seen, "a", now, 4);
+        let plan = plan_for(&seen, "a", &[0, 1, 2, 3], now, 4);
         assert_eq!((plan.renew, plan.release, plan.target), (vec![0, 1], vec![2, 3], 2));
+    }
+
+    #[test]
+    fn a_restarted_replica_takes_its_earlier_sessions_valid_leases_as_after_a_crash() {
+        let now = at(10_000);
+        let seen = Seen {
+            shards: BTreeMap::from([
+                (0, held_by("a", 9_000, Some(1))),
+                (1, held_by("a", 9_000, Some(9))),
+            ]),
+            members: BTreeMap::new(),
+        };
+        let plan = plan_for(&seen, "a", &[], now, 2);
+        assert!(plan.renew.is_empty());
+        let facts: Vec<(u32, bool, Option<u64>)> = plan
+            .take
+            .iter()
+            .map(|(s, t)| (*s, t.after_crash, t.crashed_session))
+            .collect();
+        assert_eq!(
+            facts,
+            [(0, false, None), (1, true, Some(9))],
+            "session 1 is this process (a lost answer); session 9 an earlier process that crashed"
+        );
+    }
+
+    #[test]
+    fn a_shard_this_process_does_not_hold_is_released_when_above_its_share() {
+        let now = at(10_000);
+        let seen = Seen {
+            shards: BTreeMap::from([(0, held_by("a", 9_000, Some(9)))]),
+            members: BTreeMap::from([("0".to_string(), held_by("0", 9_500, None))]),
+        };
+        let plan = plan_for(&seen, "a", &[], now, 1);
+        assert_eq!((plan.target, plan.take.len(), plan.release), (0, 0, vec![0]));
     }
 
     #[test]
@@ -573,6 +636,6 @@ mod tests {
             ]),
         };
         assert_eq!(live_members(&seen, "a", now), ["a", "b"]);
-        assert_eq!(plan(&seen, "a", now, 4).target, 2);
+        assert_eq!(plan_for(&seen, "a", &[], now, 4).target, 2);
     }
 }
