@@ -21,7 +21,7 @@ use crate::component::{Component, Registry};
 use crate::journal::{DurabilityObserver, EngineError, EventObserver, Followers, Journal};
 use crate::plan::{Plan, PlanSpec};
 use crate::redact::Redactor;
-use crate::run_actor::{CancelRun, RunActor, RunSetup};
+use crate::run_actor::{CancelRun, Relinquish, RunActor, RunSetup};
 use crate::run_states::RunStates;
 
 /// Resolves a run's environment (`{{env.NAME}}`) when it starts and when it resumes, typically from the
@@ -198,6 +198,16 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// How an engine takes up a run another engine had (see [`Engine::take_over`]), as the caller observed
+/// the handover: what decides whether a run that keeps crashing engines is quarantined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TakeUp {
+    /// The previous engine stopped running the run without handing it over (it died or stalled).
+    pub after_crash: bool,
+    /// That engine's session ([`Engine::session_id`]), when known.
+    pub crashed_session: Option<u64>,
+}
+
 /// A run in progress: its id, its end, and (when asked for) its events as they are appended.
 pub struct RunHandle {
     pub run_id: RunId,
@@ -210,17 +220,28 @@ pub struct RunHandle {
     /// The run's folded state as it changes (when observed), followed since the run started; see
     /// [`Engine::watch`]. Dropping it unread spares the run copying its state.
     states: Option<crate::StateReceiver>,
+    /// Set when the engine relinquished the run (see [`Engine::relinquish`]).
+    relinquished: Option<Arc<AtomicBool>>,
 }
 
 impl RunHandle {
     /// Waits for the run to end; the state is the fold of all its events. The rest of the handle (a
-    /// state reader not taken) is dropped at once, not when the run ends.
+    /// state reader not taken) is dropped at once, not when the run ends. A run the engine relinquished
+    /// before it ended here ends with [`EngineError::Relinquished`].
     pub fn finished(
         self,
     ) -> impl std::future::Future<Output = Result<RunState, EngineError>> + Send + 'static {
         let run = self.run_id;
         let outcome = self.outcome;
-        async move { outcome.await.unwrap_or(Err(EngineError::Lost { run })) }
+        let relinquished = self.relinquished;
+        async move {
+            match outcome.await.unwrap_or(Err(EngineError::Lost { run })) {
+                Err(_) if relinquished.is_some_and(|r| r.load(Ordering::Acquire)) => {
+                    Err(EngineError::Relinquished { run })
+                }
+                outcome => outcome,
+            }
+        }
     }
 
     /// Splits off the event stream, leaving a handle that only waits for the end.
@@ -242,7 +263,7 @@ struct Inner {
     on_wait: Option<DurabilityObserver>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
-    runs: Mutex<HashMap<RunId, Addr<RunActor>>>,
+    runs: Mutex<HashMap<RunId, Active>>,
     /// This engine's session of the log; `None` when it could not be recorded (then nothing is
     /// quarantined).
     session: Option<EngineSession>,
@@ -250,6 +271,14 @@ struct Inner {
     resumed_any: AtomicBool,
     /// The folded state of each run observed live (see [`Engine::watch`]).
     states: RunStates,
+}
+
+/// A run whose actor runs in this engine.
+struct Active {
+    addr: Addr<RunActor>,
+    /// Set when the engine relinquishes the run; also tells this actor's registration from a later one
+    /// of the same run (taken over again).
+    relinquished: Arc<AtomicBool>,
 }
 
 /// The engine handle; cheap to clone.
@@ -317,6 +346,32 @@ impl Engine {
         }
         self.inner.store.end_engine_session(session.id)?;
         Ok(())
+    }
+
+    /// This engine's session of the log (see [`EventStore::begin_engine_session`]): unique among the
+    /// engines sharing the log; `None` when it could not be recorded.
+    pub fn session_id(&self) -> Option<u64> {
+        self.inner.session.map(|s| s.id)
+    }
+
+    /// The take-up of a restart: this engine's own session says whether the previous one crashed.
+    fn restart(&self) -> TakeUp {
+        self.inner
+            .session
+            .map(|s| TakeUp {
+                after_crash: s.after_crash,
+                crashed_session: s.crashed,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the run's actor runs in this engine.
+    fn is_active(&self, run: RunId) -> bool {
+        self.inner
+            .runs
+            .lock()
+            .map(|r| r.contains_key(&run))
+            .unwrap_or(false)
     }
 
     pub fn store(&self) -> &EventStore {
@@ -470,6 +525,7 @@ impl Engine {
             events,
             initial: None,
             states: None,
+            relinquished: None,
         })
     }
 
@@ -514,17 +570,12 @@ impl Engine {
     pub async fn resume_all(&self) -> Result<Vec<RunHandle>, EngineError> {
         let mut handles = Vec::new();
         let mut taken = Vec::new();
+        let cause = self.restart();
         for run in self.inner.store.unfinished_runs()? {
-            if self
-                .inner
-                .runs
-                .lock()
-                .map(|r| r.contains_key(&run))
-                .unwrap_or(false)
-            {
+            if self.is_active(run) {
                 continue;
             }
-            if let Some(journal) = self.take_up(run).await? {
+            if let Some(journal) = self.take_up(run, cause).await? {
                 taken.push(journal);
             }
         }
@@ -546,7 +597,7 @@ impl Engine {
         run: RunId,
         observe: bool,
     ) -> Result<Option<RunHandle>, EngineError> {
-        let Some(journal) = self.take_up(run).await? else {
+        let Some(journal) = self.take_up(run, self.restart()).await? else {
             return Ok(None);
         };
         journal
@@ -556,10 +607,86 @@ impl Engine {
         self.continue_resumed(journal, observe).await
     }
 
+    /// Takes over a run another engine sharing the log had (an operator replica gaining the run's shard),
+    /// observed as [`resume`](Self::resume)`(run, true)`: first brings this process's view of the run up
+    /// to date with the log ([`EventStore::catch_up`], which also lifts a [`StoreError::LostOwnership`]
+    /// refusal from an earlier ownership), then records `RunResumed` with `cause.after_crash` and
+    /// continues the run. `cause` decides quarantine: a run taken up after a crash whose last resume was
+    /// also after a crash, by the session that crashed now (`cause.crashed_session`), is ended `Failed`
+    /// as quarantined. `None` when there is nothing to take over: the run has ended, is unknown,
+    /// unreadable or quarantined, or already runs in this engine.
+    ///
+    /// [`StoreError::LostOwnership`]: flowmason_store::StoreError::LostOwnership
+    pub async fn take_over(
+        &self,
+        run: RunId,
+        cause: TakeUp,
+    ) -> Result<Option<RunHandle>, EngineError> {
+        if self.is_active(run) {
+            return Ok(None);
+        }
+        self.inner
+            .store
+            .catch_up(run)
+            .await
+            .map_err(|source| EngineError::Store { run, source })?;
+        let Some(journal) = self.take_up(run, cause).await? else {
+            return Ok(None);
+        };
+        journal
+            .sync()
+            .await
+            .map_err(|source| EngineError::Store { run, source })?;
+        self.continue_resumed(journal, true).await
+    }
+
+    /// The run's state as the log holds it now, for a run this engine does not run (another engine
+    /// sharing the log may be appending to it): [`EventStore::catch_up`], then the fold, so that a
+    /// lagging local index never makes it look older than it is. A run running in this engine is
+    /// folded as it is (this engine is its writer).
+    pub async fn fold_latest(&self, run: RunId) -> Result<Option<RunState>, EngineError> {
+        if !self.is_active(run) {
+            self.inner
+                .store
+                .catch_up(run)
+                .await
+                .map_err(|source| EngineError::Store { run, source })?;
+        }
+        self.fold(run)
+    }
+
+    /// Hands a run over: stops its actor at once (running attempts are cancelled, timers dropped)
+    /// without appending anything and without ending it; its handle's outcome is
+    /// [`EngineError::Relinquished`]. Once this returns, this engine appends nothing more to the run
+    /// (an append its actor still tries is refused), and the store forgets its writer state of the run,
+    /// so that this process can take it over again later ([`take_over`](Self::take_over)). A publish
+    /// already made and still in flight is not recalled: it is stored when no other engine appended to
+    /// the run first, and refused by fencing ([`StoreError::LostOwnership`]) when one did. Returns
+    /// whether the run was running here.
+    ///
+    /// [`StoreError::LostOwnership`]: flowmason_store::StoreError::LostOwnership
+    pub fn relinquish(&self, run: RunId) -> bool {
+        let active = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&run);
+        let Some(active) = active else {
+            self.inner.store.relinquish(run);
+            return false;
+        };
+        active.relinquished.store(true, Ordering::Release);
+        self.inner.store.relinquish(run);
+        self.inner.states.remove(run);
+        active.addr.do_send(Relinquish);
+        true
+    }
+
     /// Folds an unfinished run and records that this session takes it up ([`Self::record_resume`]),
     /// without waiting for that to be durable; `None` when there is nothing to resume (ended, unknown,
     /// unreadable or quarantined: the last two are ended `Failed`).
-    async fn take_up(&self, run: RunId) -> Result<Option<Journal>, EngineError> {
+    async fn take_up(&self, run: RunId, cause: TakeUp) -> Result<Option<Journal>, EngineError> {
         let store = &self.inner.store;
         let state = match store.fold(run) {
             Ok(Some(state)) => state,
@@ -575,8 +702,11 @@ impl Engine {
             return Ok(None);
         }
         let (followers, _) = self.followers(false);
-        self.record_resume(Journal::resume(store.clone(), state, None, followers))
-            .await
+        self.record_resume(
+            Journal::resume(store.clone(), state, None, followers),
+            cause,
+        )
+        .await
     }
 
     /// Starts a run taken up by [`Self::take_up`], once its `RunResumed` is durable.
@@ -614,18 +744,22 @@ impl Engine {
         self.spawn(plan, journal, env, events).map(Some)
     }
 
-    /// Records that this engine session takes the run up again, and whether after a crash (the caller
-    /// waits for it to be durable before acting on the run). A run that the previous session had resumed
-    /// after a crash, and that was still in flight when that session crashed too, is not resumed a third
-    /// time: it is ended `Failed` as quarantined (`None`), so that whatever in it brings the process down
-    /// cannot do so again.
-    async fn record_resume(&self, mut journal: Journal) -> Result<Option<Journal>, EngineError> {
+    /// Records that this engine session takes the run up again, and whether after a crash (`cause`; the
+    /// caller waits for it to be durable before acting on the run). A run that the crashed session had
+    /// resumed after a crash, and that was still in flight when that session crashed too, is not resumed
+    /// a third time: it is ended `Failed` as quarantined (`None`), so that whatever in it brings the
+    /// process down cannot do so again.
+    async fn record_resume(
+        &self,
+        mut journal: Journal,
+        cause: TakeUp,
+    ) -> Result<Option<Journal>, EngineError> {
         let run = journal.run_id();
         let Some(session) = self.inner.session else {
             return Ok(Some(journal));
         };
         if let Some(previous) = journal.state().last_resume
-            && quarantine(session, previous)
+            && quarantine(cause, previous)
         {
             let error = quarantine_error(previous);
             tracing::error!(%run, pipeline = %journal.state().pipeline, reason = %error.message, "run quarantined");
@@ -634,7 +768,7 @@ impl Engine {
         }
         let resumed = EventKind::RunResumed {
             session: session.id,
-            after_crash: session.after_crash,
+            after_crash: cause.after_crash,
         };
         match journal.append(vec![resumed]) {
             Ok(_) => {}
@@ -702,6 +836,8 @@ impl Engine {
         let run_id = journal.run_id();
         let components = self.components(&plan)?;
         let (outcome_tx, outcome_rx) = oneshot::channel();
+        let relinquished = Arc::new(AtomicBool::new(false));
+        journal.stop_when(relinquished.clone());
         journal.mask(Redactor::new(env.secrets));
         // An observed run publishes its folded state for whoever follows it (the operator's status
         // writer), from the state it starts with.
@@ -713,6 +849,7 @@ impl Engine {
             (None, None)
         };
         let engine = Arc::downgrade(&self.inner);
+        let registration = relinquished.clone();
         let setup = RunSetup {
             plan,
             journal,
@@ -720,7 +857,7 @@ impl Engine {
             components,
             registry: self.inner.registry.clone(),
             outcome: outcome_tx,
-            on_stop: Box::new(move || deregister(&engine, run_id)),
+            on_stop: Box::new(move || deregister(&engine, run_id, &registration)),
         };
         let arbiter = {
             let i =
@@ -734,13 +871,20 @@ impl Engine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let addr = RunActor::start_in_arbiter(arbiter, move |_| RunActor::new(setup));
-        runs.insert(run_id, addr);
+        runs.insert(
+            run_id,
+            Active {
+                addr,
+                relinquished: relinquished.clone(),
+            },
+        );
         Ok(RunHandle {
             run_id,
             outcome: outcome_rx,
             events,
             initial,
             states,
+            relinquished: Some(relinquished),
         })
     }
 
@@ -753,13 +897,7 @@ impl Engine {
         run: RunId,
         reason: impl Into<String>,
     ) -> Result<bool, EngineError> {
-        let active = self
-            .inner
-            .runs
-            .lock()
-            .map(|r| r.contains_key(&run))
-            .unwrap_or(true);
-        if active {
+        if self.is_active(run) {
             return Ok(false);
         }
         let store = &self.inner.store;
@@ -787,7 +925,7 @@ impl Engine {
             .runs
             .lock()
             .ok()
-            .and_then(|runs| runs.get(&run).cloned());
+            .and_then(|runs| runs.get(&run).map(|active| active.addr.clone()));
         match addr {
             Some(addr) => {
                 addr.do_send(CancelRun {
@@ -805,20 +943,30 @@ impl Engine {
     }
 }
 
-/// Forgets a run whose actor stopped; the readers of its published state keep its last one.
-fn deregister(engine: &std::sync::Weak<Inner>, run: RunId) {
-    if let Some(inner) = engine.upgrade() {
-        if let Ok(mut runs) = inner.runs.lock() {
-            runs.remove(&run);
-        }
+/// Forgets a run whose actor stopped, unless the run was relinquished and registered again since (then
+/// `registration` is not the one registered); the readers of its published state keep its last one.
+fn deregister(engine: &std::sync::Weak<Inner>, run: RunId, registration: &Arc<AtomicBool>) {
+    let Some(inner) = engine.upgrade() else {
+        return;
+    };
+    let mut runs = inner
+        .runs
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if runs
+        .get(&run)
+        .is_some_and(|active| Arc::ptr_eq(&active.relinquished, registration))
+    {
+        runs.remove(&run);
         inner.states.remove(run);
     }
 }
 
-/// Whether a run whose last resume was `previous` must be quarantined by `session`: the previous session
-/// resumed it after a crash and crashed too, so it was in flight at two consecutive crashes.
-fn quarantine(session: EngineSession, previous: ResumeState) -> bool {
-    session.after_crash && previous.after_crash && previous.session.saturating_add(1) == session.id
+/// Whether a run whose last resume was `previous` must be quarantined when taken up as `cause` says: it
+/// is taken up after a crash, its last resume was after a crash too, and that resume's session is the
+/// one that crashed now, so it was in flight at two consecutive crashes.
+fn quarantine(cause: TakeUp, previous: ResumeState) -> bool {
+    cause.after_crash && previous.after_crash && cause.crashed_session == Some(previous.session)
 }
 
 /// The error a quarantined run ends with; `details.reason` is [`QUARANTINED`].
@@ -844,10 +992,6 @@ fn quarantine_error(previous: ResumeState) -> RunError {
 mod tests {
     use super::*;
 
-    fn session(id: u64, after_crash: bool) -> EngineSession {
-        EngineSession { id, after_crash }
-    }
-
     fn resumed(session: u64, after_crash: bool) -> ResumeState {
         ResumeState {
             at: 1_700_000_000_000_000,
@@ -856,15 +1000,65 @@ mod tests {
         }
     }
 
+    /// The take-up of a restart whose session reports the previous one as `crashed`.
+    fn restart_after(crashed: Option<u64>) -> TakeUp {
+        TakeUp {
+            after_crash: crashed.is_some(),
+            crashed_session: crashed,
+        }
+    }
+
     #[test]
-    fn only_a_run_resumed_after_the_previous_crash_and_crashed_again_is_quarantined() {
-        assert!(quarantine(session(5, true), resumed(4, true)));
+    fn a_restart_quarantines_only_a_run_the_crashed_session_had_resumed_after_a_crash() {
+        // Given a run last resumed after a crash by session 4, when session 4 crashes too and the next
+        // session takes the run up, then it is quarantined.
+        assert!(quarantine(restart_after(Some(4)), resumed(4, true)));
         // A clean stop in between, or a clean resume, resets the count.
-        assert!(!quarantine(session(5, false), resumed(4, true)));
-        assert!(!quarantine(session(5, true), resumed(4, false)));
-        // Resumed twice in one session (not a crash), or resumed long ago.
-        assert!(!quarantine(session(5, true), resumed(5, true)));
-        assert!(!quarantine(session(5, true), resumed(2, true)));
+        assert!(!quarantine(restart_after(None), resumed(4, true)));
+        assert!(!quarantine(restart_after(Some(4)), resumed(4, false)));
+        // Resumed long ago by another session that crashed.
+        assert!(!quarantine(restart_after(Some(4)), resumed(2, true)));
+    }
+
+    #[test]
+    fn a_takeover_after_the_owners_crash_quarantines_a_run_that_owner_had_taken_up_after_a_crash() {
+        // Given replica session 17 took the run over after a crash, when 17 dies and replica session 40
+        // takes the run over from 17's expired shard, then the run is quarantined.
+        let from_crashed_17 = TakeUp {
+            after_crash: true,
+            crashed_session: Some(17),
+        };
+        assert!(quarantine(from_crashed_17, resumed(17, true)));
+        // The holder that died is not known (no session annotation): never quarantined.
+        let unknown = TakeUp {
+            after_crash: true,
+            crashed_session: None,
+        };
+        assert!(!quarantine(unknown, resumed(17, true)));
+    }
+
+    #[test]
+    fn a_graceful_takeover_never_quarantines() {
+        // Given a run taken up after a crash by session 17, when 17 hands its shard back (a rolling
+        // restart), then the next owner takes it up normally.
+        let handed_over = TakeUp {
+            after_crash: false,
+            crashed_session: None,
+        };
+        assert!(!quarantine(handed_over, resumed(17, true)));
+        assert!(!quarantine(TakeUp::default(), resumed(17, true)));
+    }
+
+    #[test]
+    fn the_crash_of_a_session_other_than_the_last_resumer_does_not_quarantine() {
+        // Given a run last resumed after a crash by session 17, when session 23 (which never ran it)
+        // crashes and its shard is taken over, then the run is not quarantined: 17 is still running or
+        // stopped cleanly.
+        let from_crashed_23 = TakeUp {
+            after_crash: true,
+            crashed_session: Some(23),
+        };
+        assert!(!quarantine(from_crashed_23, resumed(17, true)));
     }
 
     #[test]

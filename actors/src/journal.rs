@@ -7,6 +7,7 @@
 //! the log, and nothing is shown that is not folded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -34,6 +35,10 @@ pub enum EngineError {
     Lost { run: RunId },
     #[error("reuse.stages: stage {stage:?} is not in the plan")]
     UnknownReusedStage { stage: String },
+    /// The run was handed over (`Engine::relinquish`): this engine stopped it without ending it; it goes
+    /// on wherever it is taken over.
+    #[error("run {run}: relinquished by this engine; the run goes on where it is taken over")]
+    Relinquished { run: RunId },
 }
 
 /// One event as the engine recorded it, shown to an [`EventObserver`].
@@ -79,6 +84,8 @@ pub(crate) struct Journal {
     followers: Followers,
     /// Where the folded state is published after each append, when the run is followed by state.
     states: Option<StatePublisher>,
+    /// Set when the engine relinquishes the run: from then on every append is refused.
+    relinquished: Option<Arc<AtomicBool>>,
 }
 
 impl Journal {
@@ -110,6 +117,7 @@ impl Journal {
             redactor: Redactor::default(),
             followers,
             states: None,
+            relinquished: None,
         };
         // There is no state before `RunAccepted`: it is shown with the state it made.
         journal.observe(first);
@@ -134,6 +142,7 @@ impl Journal {
             redactor: Redactor::default(),
             followers,
             states: None,
+            relinquished: None,
         }
     }
 
@@ -151,6 +160,12 @@ impl Journal {
     /// Publishes the folded state through `publisher` after each append from now on.
     pub(crate) fn publish_states(&mut self, publisher: StatePublisher) {
         self.states = Some(publisher);
+    }
+
+    /// Refuses every append (as [`StoreError::LostOwnership`]: this engine no longer owns the run) once
+    /// `relinquished` is set, so that nothing is appended after the engine handed the run over.
+    pub(crate) fn stop_when(&mut self, relinquished: Arc<AtomicBool>) {
+        self.relinquished = Some(relinquished);
     }
 
     /// Names the component of stage events for the observer from now on.
@@ -181,6 +196,15 @@ impl Journal {
     pub(crate) fn append(&mut self, mut kinds: Vec<EventKind>) -> Result<bool, StoreError> {
         if kinds.is_empty() {
             return Ok(false);
+        }
+        if self
+            .relinquished
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Acquire))
+        {
+            return Err(StoreError::LostOwnership {
+                run: self.state.run_id,
+            });
         }
         if !self.redactor.is_empty() {
             kinds.iter_mut().for_each(|k| self.redactor.redact_event(k));

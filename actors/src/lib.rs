@@ -22,7 +22,7 @@ pub use component::{
 };
 pub use engine::{
     Engine, EngineConfig, EnvResolver, Rejection, ResolvedEnv, Reuse, ReusedStage, RunHandle,
-    RunRequest,
+    RunRequest, TakeUp,
 };
 pub use journal::{DurabilityObserver, EngineError, EventObserver, Observation};
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};

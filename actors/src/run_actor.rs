@@ -46,6 +46,12 @@ pub(crate) struct CancelRun {
     pub reason: String,
 }
 
+/// Stop the run at once without appending anything (the engine hands it over to another): running
+/// attempts are stopped, timers dropped, and the outcome is [`EngineError::Relinquished`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Relinquish;
+
 /// A component logged a line.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -813,6 +819,21 @@ impl Handler<CancelRun> for RunActor {
 
     fn handle(&mut self, msg: CancelRun, ctx: &mut Self::Context) {
         self.interrupt(EventKind::RunCancelled { reason: msg.reason }, ctx);
+    }
+}
+
+impl Handler<Relinquish> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Relinquish, ctx: &mut Self::Context) {
+        self.stop_all_stages();
+        self.finished = true;
+        if let Some(outcome) = self.outcome.take() {
+            let _ = outcome.send(Err(EngineError::Relinquished {
+                run: self.journal.state().run_id,
+            }));
+        }
+        ctx.stop();
     }
 }
 

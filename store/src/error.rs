@@ -85,6 +85,18 @@ pub enum StoreError {
         .0.stream, .0.field, .0.found, .0.expected
     )]
     StreamMismatch(Box<StreamMismatch>),
+    /// The log records another value of a setting that every process sharing it must agree on (see
+    /// [`EventStore::claim_setting`](crate::EventStore::claim_setting)); `stream` names the log.
+    #[error("{stream} records {name}={recorded}; this process has {name}={wanted}")]
+    SettingMismatch {
+        stream: String,
+        name: String,
+        recorded: String,
+        wanted: String,
+    },
+    /// A setting's name cannot be recorded: it must be a non-empty run of letters, digits, `-` and `_`.
+    #[error("setting name {name:?} is invalid: use letters, digits, '-' and '_' only")]
+    InvalidSettingName { name: String },
 }
 
 impl StoreError {

@@ -24,7 +24,15 @@
 //! follows; the process's own appends go into it at once. When a publish fails, the run's entry in the
 //! index is rebuilt from the stream so that the index holds only what the stream holds.
 //!
-//! Engine sessions (see `session.rs`) are the last message on `flowmason.<stream>.session`.
+//! Engine sessions (see `session.rs`) are messages on `flowmason.<stream>.session`; each process answers
+//! on `flowmason-live.<stream>.<writer>` while it runs, so that an engine can tell a session still running
+//! elsewhere from one that crashed. Settings that the processes sharing the stream must agree on (see
+//! `settings.rs`) are the one message on `flowmason.<stream>.settings.<name>`.
+//!
+//! Several processes may append to the stream; which one owns a run is decided outside the store, and
+//! fencing (above) keeps a run's messages one sequence whatever happens. A process taking a run over
+//! first catches up with it ([`EventStore::catch_up`]); one handing it over forgets its writer state of
+//! the run ([`EventStore::relinquish`]).
 //!
 //! The NATS client runs on a runtime of its own (one thread), so that the store's blocking methods can
 //! wait for the server from any thread, inside an async runtime or not, without starving it.
@@ -55,6 +63,8 @@ use crate::store::{Appended, EventStore, Wait};
 
 /// The stream name when none is given.
 pub const DEFAULT_STREAM: &str = "FLOWMASON_EVENTS";
+/// How long an engine session's process may take to answer that it is alive before it counts as crashed.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Header holding the seq of the last event in a message.
 const SEQ_HEADER: &str = "Fm-Seq";
 /// Cursor shards of the publish chains (as the sled log's cursors).
@@ -193,6 +203,11 @@ impl Log {
 
     pub(crate) fn session_subject(&self) -> String {
         format!("{}session", self.prefix)
+    }
+
+    /// Where the process with writer id `writer` answers while it runs; outside the stream's subjects.
+    fn liveness_subject(&self, writer: &str) -> String {
+        format!("flowmason-live.{}.{writer}", self.name)
     }
 
     fn chains(&self, run: RunId) -> MutexGuard<'_, Chains> {
@@ -607,6 +622,17 @@ async fn follow(shared: Arc<Log>, local: EventStore) {
     }
 }
 
+/// Answers every liveness request of this process (see [`JetStream::is_alive`]) while it runs.
+async fn answer_liveness(client: async_nats::Client, mut requests: async_nats::Subscriber) {
+    while let Some(request) = requests.next().await {
+        if let Some(reply) = request.reply
+            && let Err(e) = client.publish(reply, Bytes::new()).await
+        {
+            tracing::debug!(error = %e, "event log: cannot answer a liveness request");
+        }
+    }
+}
+
 impl JetStream {
     /// Connects, creates or checks the stream, and fills `local` (an empty sled log) from it before
     /// returning: a process reads every run the stream holds from the moment it opened the log.
@@ -661,6 +687,18 @@ impl JetStream {
             consumed: watch::channel((0, 0)).0,
             known_last: AtomicU64::new(last),
         });
+        let client = shared.context.client();
+        let liveness = shared.liveness_subject(&shared.writer);
+        let subscriber = block_on(&handle, {
+            let client = client.clone();
+            async move {
+                let subscriber = client.subscribe(liveness).await?;
+                client.flush().await?;
+                Ok::<_, async_nats::Error>(subscriber)
+            }
+        })?
+        .map_err(|e| StoreError::jetstream("answering liveness requests", e))?;
+        handle.spawn(answer_liveness(client, subscriber));
         let mut consumed = shared.consumed.subscribe();
         handle.spawn(follow(shared.clone(), local.clone()));
         block_on(&handle, async move {
@@ -883,8 +921,8 @@ impl JetStream {
         Ok(())
     }
 
-    /// The last engine session record, if any.
-    pub(crate) fn read_session(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The last engine session record, if any, with its stream sequence.
+    pub(crate) fn read_session(&self) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
         let shared = self.shared.clone();
         self.block(async move {
             match shared
@@ -892,7 +930,7 @@ impl JetStream {
                 .get_last_raw_message_by_subject(&shared.session_subject())
                 .await
             {
-                Ok(message) => Ok(Some(message.payload.to_vec())),
+                Ok(message) => Ok(Some((message.payload.to_vec(), message.sequence))),
                 Err(e)
                     if e.kind()
                         == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
@@ -904,8 +942,8 @@ impl JetStream {
         })?
     }
 
-    /// Publishes a new engine session record and waits for the acknowledgement.
-    pub(crate) fn write_session(&self, value: Vec<u8>) -> Result<(), StoreError> {
+    /// Publishes a new engine session record and waits for the acknowledgement: its stream sequence.
+    pub(crate) fn write_session(&self, value: Vec<u8>) -> Result<u64, StoreError> {
         let shared = self.shared.clone();
         self.block(async move {
             let ack = shared
@@ -914,9 +952,116 @@ impl JetStream {
                 .await
                 .map_err(|e| StoreError::jetstream("recording the engine session", e))?;
             ack.await
-                .map(drop)
+                .map(|ack| ack.sequence)
                 .map_err(|e| StoreError::jetstream("recording the engine session", e))
         })?
+    }
+
+    /// This process's writer id (see the module doc).
+    pub(crate) fn writer(&self) -> &str {
+        &self.shared.writer
+    }
+
+    /// The stream's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the process with writer id `writer` still answers on its liveness subject. No answer
+    /// (nobody subscribed: the process is gone; or none within [`LIVENESS_TIMEOUT`]: it is stalled)
+    /// means it does not run any more.
+    pub(crate) fn is_alive(&self, writer: &str) -> Result<bool, StoreError> {
+        let shared = self.shared.clone();
+        let subject = shared.liveness_subject(writer);
+        self.block(async move {
+            let client = shared.context.client();
+            let request = client.request(subject, Bytes::new());
+            match tokio::time::timeout(LIVENESS_TIMEOUT, request).await {
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        async_nats::RequestErrorKind::NoResponders
+                            | async_nats::RequestErrorKind::TimedOut
+                    ) =>
+                {
+                    Ok(false)
+                }
+                Ok(Err(e)) => Err(StoreError::jetstream(
+                    "asking whether the previous engine session still runs",
+                    e,
+                )),
+                Err(_) => Ok(false),
+            }
+        })?
+    }
+
+    /// Publishes `value` as setting `name` unless the setting's subject already holds a message: `None`
+    /// when this call recorded it, else the value recorded before.
+    pub(crate) fn claim_setting(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let shared = self.shared.clone();
+        let subject = format!("{}settings.{name}", shared.prefix);
+        // A retry of this very claim is stored once; a claim of another value is another message.
+        let id = format!("{}:settings:{name}={value}", shared.writer);
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.block(async move {
+            let payload = Bytes::from(value.into_bytes());
+            match shared.publish(subject.clone(), &id, 0, 0, payload).await {
+                Ok(_) => Ok(None),
+                Err(AckFailure::Fenced) => shared
+                    .stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map(|m| Some(String::from_utf8_lossy(&m.payload).into_owned()))
+                    .map_err(|e| StoreError::jetstream(format!("reading setting {name}"), e)),
+                Err(AckFailure::Failed(reason)) => Err(StoreError::jetstream(
+                    format!("recording setting {name}"),
+                    reason,
+                )),
+            }
+        })?
+    }
+
+    /// Brings the index's entry of `run` up to date with the stream and forgets this process's writer
+    /// state of the run (its publish chain, once every publish in it is settled, and a refusal after a
+    /// fenced or failed publish), so that its next append names the stream's last message of the run.
+    pub(crate) async fn catch_up(&self, local: &EventStore, run: RunId) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        let local = local.clone();
+        self.handle
+            .spawn(async move {
+                let pending = shared.chains(run).get(&run).map(|c| c.last.clone());
+                if let Some(ack) = pending {
+                    // Stored or refused, the stream says which when the run is read below.
+                    let _ = ack.await;
+                }
+                shared.chains(run).remove(&run);
+                lock(&shared.lost).remove(&run);
+                shared.rebuild_run(&local, run).await
+            })
+            .await
+            .map_err(|e| StoreError::jetstream(format!("catching up with run {run}"), e))?
+    }
+
+    /// Forgets this process's writer state of `run` (see [`catch_up`](Self::catch_up)) once the
+    /// publishes already made settle, in the background.
+    pub(crate) fn relinquish(&self, run: RunId) {
+        let shared = self.shared.clone();
+        self.handle.spawn(async move {
+            let pending = shared.chains(run).get(&run).map(|c| (c.id, c.last.clone()));
+            if let Some((id, ack)) = pending {
+                let _ = ack.await;
+                let mut chains = shared.chains(run);
+                if chains.get(&run).is_some_and(|c| c.id == id) {
+                    chains.remove(&run);
+                }
+            }
+            lock(&shared.lost).remove(&run);
+        });
     }
 
     /// Bytes the stream holds, as the server counts them.
@@ -1075,6 +1220,103 @@ mod tests {
             .await
             .expect_err("fenced");
         assert!(matches!(other, AckFailure::Fenced), "{other:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_setting_claimed_by_one_process_binds_every_other_process_on_the_stream() {
+        let cluster = test_nats::NatsCluster::single();
+        let first = open(&cluster);
+        first.claim_setting("shards", "16").expect("first claim");
+        first
+            .claim_setting("shards", "16")
+            .expect("the same claim again");
+        let second = open(&cluster);
+        second.claim_setting("shards", "16").expect("same value");
+        let err = second
+            .claim_setting("shards", "8")
+            .expect_err("other value");
+        assert!(
+            matches!(&err, StoreError::SettingMismatch { name, recorded, wanted, .. }
+                if name == "shards" && recorded == "16" && wanted == "8"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "JetStream stream FLOWMASON_EVENTS records shards=16; this process has shards=8"
+        );
+        // Another setting is independent of the first.
+        second.claim_setting("other", "8").expect("another setting");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_of_engines_sharing_a_stream_are_distinct_and_a_running_one_is_no_crash() {
+        let cluster = test_nats::NatsCluster::single();
+        let first = open(&cluster);
+        let a = first.begin_engine_session().expect("begin");
+        assert_eq!((a.after_crash, a.crashed), (false, None));
+        // Begun while the first engine runs: the first's open session is not a crash.
+        let second = open(&cluster);
+        let b = second.begin_engine_session().expect("begin");
+        assert_ne!(a.id, b.id);
+        assert_eq!((b.after_crash, b.crashed), (false, None));
+        // The second process dies without ending its session: the next engine sees that crash.
+        drop(second);
+        let third = open(&cluster);
+        let c = third.begin_engine_session().expect("begin");
+        assert!(c.id != a.id && c.id != b.id);
+        assert_eq!((c.after_crash, c.crashed), (true, Some(b.id)));
+        // Ended cleanly, a session is no crash for the next one.
+        third.end_engine_session(c.id).expect("end");
+        let d = open(&cluster).begin_engine_session().expect("begin");
+        assert_eq!((d.after_crash, d.crashed), (false, None));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catching_up_reads_another_writers_appends_and_lifts_a_fence() {
+        let cluster = test_nats::NatsCluster::single();
+        let (stale, owner) = (open(&cluster), open(&cluster));
+        let run = RunId::now_v7();
+        stale
+            .append_durable(run, vec![accepted("p", "ns")])
+            .await
+            .expect("accept");
+        owner.catch_up(run).await.expect("catch up");
+        let started = |stage: &str| EventKind::StageStarted {
+            stage: stage.into(),
+            attempt: 1,
+            input: serde_json::Value::Null,
+        };
+        owner
+            .append_durable(run, vec![started("b")])
+            .await
+            .expect("the owner appends after catching up");
+        let err = match stale.append(run, vec![started("a")]) {
+            Err(e) => e,
+            Ok(receipt) => receipt.durable().await.expect_err("fenced"),
+        };
+        assert!(matches!(err, StoreError::LostOwnership { .. }), "{err:?}");
+        // Caught up, the fenced writer holds the owner's events and may append after them again.
+        stale.catch_up(run).await.expect("catch up");
+        let kinds: Vec<_> = stale
+            .events(run)
+            .expect("events")
+            .iter()
+            .map(|e| e.kind.stage().map(str::to_owned))
+            .collect();
+        assert_eq!(kinds, [None, Some("b".to_owned())]);
+        let events = stale
+            .append_durable(run, vec![started("c")])
+            .await
+            .expect("no longer fenced");
+        assert_eq!(events[0].seq, 2);
+        let fresh = open(&cluster);
+        let seqs: Vec<_> = fresh
+            .events(run)
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ mod keys;
 pub mod lifecycle;
 mod query;
 mod session;
+mod settings;
 pub mod sled_files;
 mod store;
 mod summary;

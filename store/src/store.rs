@@ -560,6 +560,30 @@ impl EventStore {
         }
     }
 
+    /// Brings this process's view of `run` up to date before it takes the run over from another
+    /// process sharing the log. JetStream: waits until this process's own publishes of the run have been
+    /// stored or refused, re-reads the run from the stream into the local index, and forgets this
+    /// process's writer state of it (its publish chain, and the refusal of every append after a fenced
+    /// one: [`StoreError::LostOwnership`] no longer sticks), so that its next append names the stream's
+    /// last message of the run. sled: nothing to do (one process has the log).
+    pub async fn catch_up(&self, run: RunId) -> Result<(), StoreError> {
+        match &self.stream {
+            Some(stream) => stream.catch_up(&self.local(), run).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets this process's writer state of `run` (JetStream: its publish chain and a refusal after a
+    /// fenced append), once the publishes already made are stored or refused; for a run this process
+    /// hands over to another. Does not wait for those publishes: one still in flight may yet be stored
+    /// (it continues the run's sequence as this process left it) or be refused by fencing when another
+    /// process appended first. A later [`catch_up`](Self::catch_up) waits for them. sled: nothing to do.
+    pub fn relinquish(&self, run: RunId) {
+        if let Some(stream) = &self.stream {
+            stream.relinquish(run);
+        }
+    }
+
     /// Flushes everything to disk (JetStream: waits for every publish to be acknowledged), blocking the
     /// calling thread.
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flowmason_actors::{Engine, EngineConfig, EngineError, RunRequest};
+use flowmason_actors::{Engine, EngineConfig, EngineError, RunRequest, TakeUp};
 use flowmason_store::{
     Durability, EventKind, EventStore, JetStreamConfig, LifecycleError, RunPhase, RunQuery,
     StoreConfig, StoreError,
@@ -567,4 +567,259 @@ async fn jetstream_names_corrupt_and_unknown_messages_when_their_run_is_read() {
     // Other runs read as before.
     let state = store.fold(healthy).expect("fold").expect("run");
     assert_eq!(state.phase, RunPhase::Pending);
+}
+
+/// The shards setting of a sharded operator: the first process records it, later ones must agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_logs_record_a_claimed_setting_once_and_refuse_another_value_naming_both() {
+    for backend in both() {
+        let store = backend.open(Durability::Batch);
+        store.claim_setting("shards", "16").expect("first claim");
+        drop(store);
+        let store = backend.open(Durability::Batch);
+        store.claim_setting("shards", "16").expect("the same value");
+        let err = store
+            .claim_setting("shards", "8")
+            .expect_err("another value");
+        assert!(
+            matches!(&err, StoreError::SettingMismatch { name, recorded, wanted, .. }
+                if name == "shards" && recorded == "16" && wanted == "8"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.ends_with("records shards=16; this process has shards=8"),
+            "{text}"
+        );
+    }
+}
+
+fn open_jetstream(cluster: &NatsCluster) -> EventStore {
+    EventStore::open_jetstream(
+        &JetStreamConfig::new(cluster.urls()),
+        StoreConfig {
+            durability: Durability::Batch,
+            ..StoreConfig::default()
+        },
+    )
+    .expect("open")
+}
+
+/// Waits until `engine`'s view of the run (caught up with the stream) satisfies `done`.
+async fn wait_for_state(
+    engine: &Engine,
+    run: uuid::Uuid,
+    what: &str,
+    done: impl Fn(&flowmason_store::RunState) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if engine
+            .fold_latest(run)
+            .await
+            .expect("fold")
+            .is_some_and(|s| done(&s))
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn running_attempt(state: &flowmason_store::RunState, stage: &str, attempt: u32) -> bool {
+    state
+        .stages
+        .get(stage)
+        .is_some_and(|s| s.phase == flowmason_store::StagePhase::Running && s.attempts == attempt)
+}
+
+/// A run handed from one engine to another while it runs, and back: it ends once, one consistent
+/// stream, whatever the engine that gave it up still had in flight.
+#[actix_rt::test]
+async fn two_engines_on_one_stream_hand_a_running_run_over_and_back() {
+    let cluster = NatsCluster::single();
+    let (sleep, flaky) = (Sleep::default(), Flaky::default());
+    let a = Engine::new(
+        open_jetstream(&cluster),
+        registry(&sleep, &flaky),
+        EngineConfig::default(),
+    );
+    let b = Engine::new(
+        open_jetstream(&cluster),
+        registry(&sleep, &flaky),
+        EngineConfig::default(),
+    );
+    let (a_session, b_session) = (
+        a.session_id().expect("session"),
+        b.session_id().expect("session"),
+    );
+    assert_ne!(a_session, b_session);
+    let spec = plan(vec![
+        with_config(stage("slow", "sleep", &[]), json!({ "ms": 1500 })),
+        stage("after", "echo", &["slow"]),
+    ]);
+    let on_a = a
+        .start(RunRequest::new("test", spec, json!({})))
+        .await
+        .expect("start");
+    let run = on_a.run_id;
+    wait_for_state(&b, run, "A never started slow", |s| {
+        running_attempt(s, "slow", 1)
+    })
+    .await;
+
+    // B takes the run over while A still runs it (a shard changing hands); A then gives it up.
+    let on_b = b
+        .take_over(run, TakeUp::default())
+        .await
+        .expect("take over")
+        .expect("unfinished");
+    assert!(a.relinquish(run));
+    assert!(!a.relinquish(run), "A no longer runs it");
+    let err = on_a.finished().await.expect_err("A gave the run up");
+    assert!(
+        matches!(
+            &err,
+            EngineError::Relinquished { run: r } if *r == run
+        ) || matches!(
+            &err,
+            EngineError::Store {
+                source: StoreError::LostOwnership { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(a.running(), 0);
+
+    // B gives it back before its attempt of slow ends; A takes it over again in the same process.
+    wait_for_state(&a, run, "B never started slow again", |s| {
+        running_attempt(s, "slow", 2)
+    })
+    .await;
+    assert!(b.relinquish(run));
+    let err = on_b.finished().await.expect_err("B gave the run up");
+    assert!(
+        matches!(&err, EngineError::Relinquished { run: r } if *r == run),
+        "{err:?}"
+    );
+    let back = a
+        .take_over(run, TakeUp::default())
+        .await
+        .expect("take over again")
+        .expect("unfinished");
+    let state = back.finished().await.expect("A finishes the run");
+    assert_eq!(state.phase, RunPhase::Succeeded);
+
+    let events = open_jetstream(&cluster).events(run).expect("events");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (0..events.len() as u64).collect::<Vec<_>>(),
+        "one consistent sequence"
+    );
+    assert_eq!(events.iter().filter(|e| e.kind.is_terminal()).count(), 1);
+    let started = |stage: &str| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.kind, EventKind::StageStarted { stage: s, .. } if s == stage))
+            .count()
+    };
+    assert_eq!((started("slow"), started("after")), (3, 1));
+    let resumes: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RunResumed {
+                session,
+                after_crash,
+            } => Some((session, after_crash)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumes, [(b_session, false), (a_session, false)]);
+}
+
+/// A rolling restart of two engines sharing a stream, each resuming the runs of the one that stopped:
+/// an engine begun while the other runs is not "after a crash", so no resume counts as one and no run
+/// is quarantined, however often the runs change engines.
+#[actix_rt::test]
+async fn a_rolling_restart_of_engines_sharing_a_stream_quarantines_nothing() {
+    let cluster = NatsCluster::single();
+    let (sleep, flaky) = (Sleep::default(), Flaky::default());
+    let engine = || {
+        Engine::new(
+            open_jetstream(&cluster),
+            registry(&sleep, &flaky),
+            EngineConfig::default(),
+        )
+    };
+    let spec = plan(vec![
+        with_config(stage("slow", "sleep", &[]), json!({ "ms": 60_000 })),
+        stage("after", "echo", &["slow"]),
+    ]);
+    let mut running = engine();
+    let mut standing = engine();
+    let handle = running
+        .start(RunRequest::new("test", spec, json!({})))
+        .await
+        .expect("start");
+    let run = handle.run_id;
+    drop(handle);
+    // Four rounds of a rolling restart: a new engine starts beside the two running ones (begun while
+    // they run), the engine running the run stops gracefully, and the other resumes the run.
+    for round in 1..=4u32 {
+        wait_for_state(&standing, run, "the run's slow stage never started", |s| {
+            running_attempt(s, "slow", round)
+        })
+        .await;
+        let replacement = engine();
+        assert!(running.relinquish(run));
+        running.shutdown().expect("graceful stop");
+        let resumed = standing
+            .resume(run, false)
+            .await
+            .expect("resume")
+            .expect("not quarantined");
+        drop(resumed);
+        running = std::mem::replace(&mut standing, replacement);
+    }
+    let state = running.fold_latest(run).await.expect("fold").expect("run");
+    assert!(!state.phase.is_terminal(), "{:?}", state.phase);
+    let events = open_jetstream(&cluster).events(run).expect("events");
+    let resumes: Vec<bool> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RunResumed { after_crash, .. } => Some(after_crash),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumes, [false; 4], "{events:?}");
+    assert!(running.cancel(run, "done"));
+}
+
+/// `fold_latest` reads what another process appended as soon as the stream acknowledged it, not when
+/// this process's index gets to it.
+#[actix_rt::test]
+async fn fold_latest_sees_an_append_of_another_process_at_once() {
+    let cluster = NatsCluster::single();
+    let (sleep, flaky) = (Sleep::default(), Flaky::default());
+    let writer = open_jetstream(&cluster);
+    let reader = Engine::new(
+        open_jetstream(&cluster),
+        registry(&sleep, &flaky),
+        EngineConfig::default(),
+    );
+    let run = new_run();
+    writer
+        .append_durable(run, vec![accepted_in("p", "ns"), EventKind::RunStarted])
+        .await
+        .expect("accept");
+    for i in 0..20u64 {
+        writer
+            .append_durable(run, vec![started(&format!("s{i}"))])
+            .await
+            .expect("append");
+        let state = reader.fold_latest(run).await.expect("fold").expect("run");
+        assert_eq!(state.last_seq, i + 2);
+    }
 }
