@@ -36,7 +36,9 @@ const STAGE_BUCKETS: &[f64] = &[
 ];
 /// A failover (a dead replica's last renewal to its shard's runs resumed elsewhere) takes a lease
 /// duration and some seconds.
-const FAILOVER_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0];
+const FAILOVER_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+];
 /// A write cycle of the log takes microseconds to tens of milliseconds.
 const WRITE_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,

@@ -15,14 +15,18 @@ use super::*;
 
 const COUNT: u32 = 8;
 
-fn config(identity: &str, session: u64) -> ShardLeaseConfig {
-    ShardLeaseConfig {
+/// A lease manager for `identity` with 2 s Leases, and the Ownership it feeds.
+fn start(client: &Client, identity: &str, session: u64) -> (Ownership, ShardLeases) {
+    let (ownership, sender) = Ownership::manual(identity, COUNT);
+    let config = ShardLeaseConfig {
         namespace: "default".into(),
         identity: identity.into(),
         duration_secs: 2,
         count: COUNT,
         session: Some(session),
-    }
+    };
+    let leases = ShardLeases::start(client.clone(), config, sender, None);
+    (ownership, leases)
 }
 
 fn shards(ownership: &Ownership) -> BTreeSet<u32> {
@@ -92,8 +96,8 @@ async fn two_lease_managers_split_the_shards_and_hand_them_over_on_a_graceful_st
     let client = api.client().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
 
-    let (a, a_leases) = ShardLeases::start(client.clone(), config("a", 1), None);
-    let (b, b_leases) = ShardLeases::start(client.clone(), config("b", 2), None);
+    let (a, a_leases) = start(&client, "a", 1);
+    let (b, b_leases) = start(&client, "b", 2);
     let b_slot = Arc::new(Mutex::new(b.clone()));
     let stop_watching = Arc::new(AtomicBool::new(false));
     let overlaps = watch_overlaps(a.clone(), b_slot.clone(), stop_watching.clone());
@@ -121,7 +125,7 @@ async fn two_lease_managers_split_the_shards_and_hand_them_over_on_a_graceful_st
         "released shards are taken as a graceful handoff: {a:?}"
     );
 
-    let (b, b_leases) = ShardLeases::start(client.clone(), config("b", 3), None);
+    let (b, b_leases) = start(&client, "b", 3);
     *b_slot.lock().expect("lock") = b.clone();
     split_four_and_four(&leases, &a, &b, 3).await;
 

@@ -28,7 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::planning::{self, LeaseState, Me, Seen};
-use super::{Owned, Ownership, OwnershipSender, Takeover};
+use super::{Owned, OwnershipSender, Takeover};
 use crate::metrics::Metrics;
 use crate::model::vocabulary::{ENGINE_SESSION_ANNOTATION, LEASE_LABEL};
 use crate::operator::error::{Error, Result};
@@ -79,17 +79,19 @@ pub struct ShardLeases {
 }
 
 impl ShardLeases {
-    /// Starts managing this replica's Leases; the returned [`Ownership`] follows the shards it holds
-    /// (none at first). Must be called inside a tokio runtime.
+    /// Starts managing this replica's Leases, publishing the shards it holds through `sender` (the
+    /// sending end of the [`super::Ownership`] the controllers read, made with `config.count`). Must be
+    /// called inside a tokio runtime.
     pub fn start(
         client: Client,
         config: ShardLeaseConfig,
+        sender: OwnershipSender,
         metrics: Option<Arc<Metrics>>,
-    ) -> (Ownership, ShardLeases) {
-        let (ownership, sender) = Ownership::manual(config.identity.clone(), config.count);
+    ) -> ShardLeases {
         if let Some(m) = &metrics {
             m.set_shards_total(config.count);
             m.set_shards_owned(0);
+            m.set_leader(false);
         }
         let manager = Manager {
             api: Api::namespaced(client, &config.namespace),
@@ -100,7 +102,7 @@ impl ShardLeases {
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(manager.run(stop.clone()));
-        (ownership, ShardLeases { stop, task })
+        ShardLeases { stop, task }
     }
 
     /// A graceful stop: withdraws every shard, releases its Lease so that another replica takes it at

@@ -146,7 +146,9 @@ fn takeover(lease: &LeaseState, me: &Me<'_>) -> Takeover {
         None => false,
         // Ours, but the Lease ran out or is not tracked: this process dropped its runs itself when the
         // deadline passed (no crash), unless the Lease was written by an earlier process of this identity.
-        Some(holder) if holder == me.identity => lease.session.is_some() && lease.session != me.session,
+        Some(holder) if holder == me.identity => {
+            lease.session.is_some() && lease.session != me.session
+        }
         Some(_) => true,
     };
     Takeover {
@@ -398,8 +400,7 @@ mod tests {
             }
             for (shard, takeover) in plan.take {
                 if self.leases.write(shard, version(shard), mine.clone()) {
-                    self.takeovers
-                        .push((name.clone(), shard, takeover.clone()));
+                    self.takeovers.push((name.clone(), shard, takeover.clone()));
                     self.replicas[i].held.insert(shard, (deadline, takeover));
                 }
             }
@@ -562,7 +563,11 @@ mod tests {
             members: BTreeMap::new(),
         };
         let plan = plan_for(&seen, "a", &[], now, 2);
-        assert_eq!(plan.take.len(), 2, "the released shard and the one never leased");
+        assert_eq!(
+            plan.take.len(),
+            2,
+            "the released shard and the one never leased"
+        );
         assert!(plan.take.iter().all(|(_, t)| !t.after_crash));
         assert!(plan.take.iter().all(|(_, t)| t.crashed_session.is_none()));
     }
@@ -587,7 +592,10 @@ mod tests {
             members: BTreeMap::from([("b".to_string(), held_by("b", 9_500, None))]),
         };
         let plan = plan_for(&seen, "a", &[0, 1, 2, 3], now, 4);
-        assert_eq!((plan.renew, plan.release, plan.target), (vec![0, 1], vec![2, 3], 2));
+        assert_eq!(
+            (plan.renew, plan.release, plan.target),
+            (vec![0, 1], vec![2, 3], 2)
+        );
     }
 
     #[test]
@@ -622,7 +630,10 @@ mod tests {
             members: BTreeMap::from([("0".to_string(), held_by("0", 9_500, None))]),
         };
         let plan = plan_for(&seen, "a", &[], now, 1);
-        assert_eq!((plan.target, plan.take.len(), plan.release), (0, 0, vec![0]));
+        assert_eq!(
+            (plan.target, plan.take.len(), plan.release),
+            (0, 0, vec![0])
+        );
     }
 
     #[test]
