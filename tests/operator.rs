@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "operator/faults.rs"]
 mod faults;
+#[path = "support/nats.rs"]
+mod nats;
 #[path = "operator/shards.rs"]
 mod shards;
 #[path = "operator/ui.rs"]
