@@ -34,6 +34,11 @@ const STAGE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0,
 ];
+/// A failover (a dead replica's last renewal to its shard's runs resumed elsewhere) takes a lease
+/// duration and some seconds.
+const FAILOVER_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+];
 /// A write cycle of the log takes microseconds to tens of milliseconds.
 const WRITE_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -58,6 +63,10 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     reconcile_errors: IntCounterVec,
     leader: IntGauge,
+    shards_total: IntGauge,
+    shards_owned: IntGauge,
+    shard_takeovers: IntCounterVec,
+    shard_failover: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +141,14 @@ impl Metrics {
             &["controller"],
         )?;
         r.register(Box::new(queue_depth.clone()))?;
+        let shard_failover = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowmason_shard_failover_seconds",
+                "From the last renewal of a replica that died to the last unfinished run of its shard resumed by this replica",
+            )
+            .buckets(FAILOVER_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(shard_failover.clone()))?;
         Ok(Metrics {
             runs_total: counter(
                 &r,
@@ -205,8 +222,25 @@ impl Metrics {
             leader: gauge(
                 &r,
                 "flowmason_leader",
-                "1 while this process holds the operator lease (or runs without one), 0 otherwise",
+                "1 while this process holds the operator lease (or runs without one); sharded: while it holds at least one shard",
             )?,
+            shards_total: gauge(
+                &r,
+                "flowmason_shards_total",
+                "Shards the runs are split over (the configured count; 1 when not sharded)",
+            )?,
+            shards_owned: gauge(
+                &r,
+                "flowmason_shards_owned",
+                "Shards this replica holds now",
+            )?,
+            shard_takeovers: counter(
+                &r,
+                "flowmason_shard_takeovers_total",
+                "Shards this replica took, by whether their previous holder had died (after_crash=true) or released them",
+                &["after_crash"],
+            )?,
+            shard_failover,
             registry: r,
         })
     }
@@ -368,6 +402,29 @@ impl Metrics {
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
+
+    /// The configured shard count.
+    pub fn set_shards_total(&self, count: u32) {
+        self.shards_total.set(i64::from(count));
+    }
+
+    /// How many shards this replica holds now.
+    pub fn set_shards_owned(&self, owned: usize) {
+        self.shards_owned.set(owned as i64);
+    }
+
+    /// This replica took a shard: after its holder died (`after_crash`) or after it was released.
+    pub fn shard_taken(&self, after_crash: bool) {
+        self.shard_takeovers
+            .with_label_values(&[if after_crash { "true" } else { "false" }])
+            .inc();
+    }
+
+    /// The last unfinished run of a shard taken after a crash has resumed, `seconds` after the dead
+    /// holder's last renewal.
+    pub fn shard_failover(&self, seconds: f64) {
+        self.shard_failover.observe(seconds.max(0.0));
+    }
 }
 
 /// The error class as a label value.
@@ -402,4 +459,8 @@ pub const FAMILY_NAMES: &[&str] = &[
     "flowmason_controller_queue_depth",
     "flowmason_reconcile_errors_total",
     "flowmason_leader",
+    "flowmason_shards_total",
+    "flowmason_shards_owned",
+    "flowmason_shard_takeovers_total",
+    "flowmason_shard_failover_seconds",
 ];

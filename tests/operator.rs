@@ -28,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 mod faults;
 #[path = "support/fm_serve.rs"]
 mod fm_serve;
+#[path = "support/nats.rs"]
+mod nats;
+#[path = "operator/shards.rs"]
+mod shards;
 #[path = "operator/ui.rs"]
 mod ui;
 #[path = "support/wait.rs"]

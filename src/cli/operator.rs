@@ -1,7 +1,9 @@
 //! `fm operator`: the controllers and the engine against a cluster (kubeconfig or in-cluster config), with
-//! Lease leader election so that several replicas never run the same runs, the triggers (cron, NATS,
-//! webhooks on `--webhook-bind`), and the history API, the web UI (`/ui/`, reading Pipelines through this
-//! process's own client), `/metrics` and health on `--http-bind`.
+//! several replicas either sharing the runs by shards (`--event-log jetstream`: every replica active on the
+//! shards it holds) or electing one leader (`--event-log sled`), so that no run is run by two; the triggers
+//! (cron, NATS, webhooks on `--webhook-bind`), and the history API, the web UI (`/ui/`, reading Pipelines
+//! through this process's own client), `/metrics` and health on `--http-bind`. See docs/operator.md,
+//! "Replicas".
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,10 +12,11 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::StoreArgs;
 use super::stopping::{self, FailureCheck, StopReason};
+use super::{EventLogKind, StoreArgs};
 use crate::components::builtin_registry;
 use crate::operator::leader::LeaseConfig;
+use crate::operator::shards::{Ownership, ShardLeaseConfig, ShardLeases};
 use crate::operator::{Operator, OperatorConfig};
 
 #[derive(Args, Debug)]
@@ -26,7 +29,8 @@ pub struct OperatorArgs {
     pub context: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `default`).
+    /// Namespace of the leader-election Lease, or of the shard and replica Leases (default:
+    /// $POD_NAMESPACE, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
@@ -38,9 +42,14 @@ pub struct OperatorArgs {
     /// Seconds a Lease stays valid without renewal (a crashed leader is replaced after this).
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u32,
-    /// Run without leader election (only when exactly one replica runs).
+    /// Run without leader election or shards (only when exactly one replica runs).
     #[arg(long)]
     pub no_leader_election: bool,
+    /// Shards the runs are split over when the replicas share them (`--event-log jetstream` with leader
+    /// election). Recorded in the event log: every replica must use the same count.
+    #[arg(long, env = "FM_SHARDS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards: u32,
     /// Least time between two status writes of one run, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub status_interval_ms: u64,
@@ -92,10 +101,13 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fm".into());
         format!("{host}-{}", std::process::id())
     });
-    let lease = (!args.no_leader_election).then(|| LeaseConfig {
+    // Sharded: every replica active on its shards, no leader (docs/operator.md, "Replicas").
+    let sharded =
+        !args.no_leader_election && args.store.event_log.event_log == EventLogKind::Jetstream;
+    let lease = (!args.no_leader_election && !sharded).then(|| LeaseConfig {
         duration_secs: args.lease_seconds.max(1),
         name: args.lease_name.clone(),
-        ..LeaseConfig::new(args.lease_namespace.clone(), identity)
+        ..LeaseConfig::new(args.lease_namespace.clone(), identity.clone())
     });
     let guard = args.http_auth.guard("--http-bind", args.http_bind)?;
     let events = super::StoreArgs {
@@ -106,6 +118,23 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         ..args.store.clone()
     }
     .open()?;
+    let shards = if sharded {
+        // Replicas with different counts would map runs to different shards: refused, naming both.
+        events
+            .claim_setting("shards", &args.shards.to_string())
+            .with_context(|| format!("--shards {}", args.shards))?;
+        let (ownership, sender) = Ownership::manual(identity.clone(), args.shards);
+        let config = ShardLeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            duration_secs: args.lease_seconds.max(1),
+            count: args.shards,
+            session: None,
+        };
+        Some((ownership, sender, config))
+    } else {
+        None
+    };
     let data_dir = args.store.data_dir()?;
     let stop = CancellationToken::new();
     let surface = crate::http::surface::Surface::new(
@@ -119,6 +148,7 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         capacity: args.capacity.capacity()?,
         lease,
         metrics: Some(surface.metrics.clone()),
+        ownership: shards.as_ref().map(|(ownership, _, _)| ownership.clone()),
         ..OperatorConfig::default()
     };
     crate::runtime::block_on(|| async move {
@@ -154,15 +184,24 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
                 .map(crate::triggers::lifecycle::publisher);
             if config.lease.is_some() {
                 // Every replica answers webhooks and shares the NATS consumers, not only the leader
-                // running the controllers: the triggers keep a watch of their own.
+                // running the controllers: the triggers keep a watch of their own. (Sharded, every
+                // replica runs the controllers, and the Pipeline controller arms the triggers.)
                 Some(tokio::spawn(triggers.watch(stop.clone())))
             } else {
                 config.triggers = Some(triggers);
                 None
             }
         };
-        let operator = Operator::new(client, events, builtin_registry(), config);
+        let operator = Operator::new(client.clone(), events, builtin_registry(), config);
         surface.engine_started(operator.engine().clone());
+        // Started once the engine's session is known: every Lease held carries it.
+        let shard_leases = shards.map(|(_, sender, config)| {
+            let config = ShardLeaseConfig {
+                session: operator.engine().session_id(),
+                ..config
+            };
+            ShardLeases::start(client, config, sender, Some(surface.metrics.clone()))
+        });
         let signal_stop = stop.clone();
         let watched_events = operator.engine().store().clone();
         let stopped = actix::spawn(async move {
@@ -182,7 +221,12 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
             code
         });
         eprintln!("FlowMason operator started");
-        operator.run(stop.clone()).await?;
+        let ran = operator.run(stop.clone()).await;
+        // After the engine's graceful shutdown: the shards are released for the others to take at once.
+        if let Some(leases) = shard_leases {
+            leases.stop().await;
+        }
+        ran?;
         stop.cancel();
         if let Some(t) = triggers {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -190,4 +234,19 @@ pub fn operator(args: OperatorArgs) -> anyhow::Result<i32> {
         eprintln!("FlowMason operator stopped");
         Ok(stopped.await.unwrap_or(0))
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::Cli;
+
+    #[test]
+    fn a_shard_count_of_zero_is_refused_naming_the_flag() {
+        let error = Cli::try_parse_from(["fm", "operator", "--shards", "0"])
+            .expect_err("zero shards is refused");
+        assert!(error.to_string().contains("--shards"), "{error}");
+        assert!(Cli::try_parse_from(["fm", "operator", "--shards", "8"]).is_ok());
+    }
 }

@@ -33,6 +33,14 @@ pub const NATS_SUBJECT_ANNOTATION: &str = "flowmason.io/nats-subject";
 /// Annotation on a webhook run: the caller's idempotency key.
 pub const IDEMPOTENCY_KEY_ANNOTATION: &str = "flowmason.io/idempotency-key";
 
+/// Label on every Lease of the sharded operator: `shard` (`flowmason-shard-<i>`) or `replica` (a
+/// replica's membership, `flowmason-replica-<identity>`), so that one list call finds them all.
+pub const LEASE_LABEL: &str = "flowmason.io/lease";
+
+/// Annotation on a Lease the sharded operator holds: the holder's engine session id, so that the replica
+/// taking an expired shard over knows which session crashed with its runs in flight.
+pub const ENGINE_SESSION_ANNOTATION: &str = "flowmason.io/engine-session";
+
 /// The finalizer that lets a deleted PipelineRun be cancelled and recorded before it goes.
 pub const RUN_FINALIZER: &str = "flowmason.io/run";
 

@@ -18,6 +18,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{Error, Result};
+use super::shards::planning::LeaseState;
 
 /// Which Lease to hold and as whom.
 #[derive(Debug, Clone)]
@@ -57,62 +58,135 @@ pub enum Attempt {
 /// Whether a Lease may be taken by `identity` at `now`: free, ours, or expired.
 pub fn may_take(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> bool {
     let Some(spec) = spec else { return true };
-    match spec.holder_identity.as_deref() {
-        None | Some("") => true,
-        Some(holder) if holder == identity => true,
-        Some(_) => {
-            let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-            match &spec.renew_time {
-                Some(renewed) => now.as_second() > renewed.0.as_second().saturating_add(duration),
-                None => true,
-            }
-        }
+    let state = LeaseState::of_spec(spec, None);
+    match state.holder() {
+        None => true,
+        Some(holder) => holder == identity || state.expired(now),
+    }
+}
+
+/// How a replica writes a Lease it holds.
+#[derive(Debug, Clone)]
+pub struct Hold<'a> {
+    pub identity: &'a str,
+    /// `spec.leaseDurationSeconds`.
+    pub duration_secs: u32,
+    /// Labels set on the Lease (e.g. `flowmason.io/lease`).
+    pub labels: &'a [(&'a str, String)],
+    /// Annotations set on the Lease (e.g. `flowmason.io/engine-session`).
+    pub annotations: &'a [(&'a str, String)],
+}
+
+/// A Lease not created yet, to write with [`write_held`].
+pub fn unwritten(namespace: &str, name: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    }
+}
+
+fn describe(lease: &Lease) -> String {
+    format!(
+        "Lease {}/{}",
+        lease.metadata.namespace.as_deref().unwrap_or(""),
+        lease.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Writes `lease` (as last read: its resourceVersion guards the write; without one it is created) held
+/// by `hold.identity` and renewed at `now`. `Ok(None)`: another replica wrote it first (409).
+pub async fn write_held(
+    api: &Api<Lease>,
+    mut lease: Lease,
+    hold: &Hold<'_>,
+    now: Timestamp,
+) -> Result<Option<Lease>> {
+    let mut spec = lease.spec.take().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(hold.identity) {
+        spec.acquire_time = Some(MicroTime(now));
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.holder_identity = Some(hold.identity.to_string());
+    spec.lease_duration_seconds = Some(i32::try_from(hold.duration_secs).unwrap_or(i32::MAX));
+    spec.renew_time = Some(MicroTime(now));
+    lease.spec = Some(spec);
+    for (key, value) in hold.labels {
+        lease
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert((*key).to_string(), value.clone());
+    }
+    for (key, value) in hold.annotations {
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert((*key).to_string(), value.clone());
+    }
+    let name = lease.metadata.name.clone().unwrap_or_default();
+    let result = if lease.metadata.resource_version.is_some() {
+        api.replace(&name, &PostParams::default(), &lease).await
+    } else {
+        api.create(&PostParams::default(), &lease).await
+    };
+    match result {
+        Ok(written) => Ok(Some(written)),
+        // Another replica wrote first (409 on create or on a stale resourceVersion).
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(Error::kube(format!("write {}", describe(&lease)), e)),
+    }
+}
+
+/// Gives `lease` (as last read) up if `identity` holds it: clears the holder, guarded by its
+/// resourceVersion, so that another replica takes it at once (a graceful handoff). `Ok(false)`: not held
+/// by `identity`, or written by another replica since it was read.
+pub async fn write_released(api: &Api<Lease>, mut lease: Lease, identity: &str) -> Result<bool> {
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(false);
+    };
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    let name = lease.metadata.name.clone().unwrap_or_default();
+    match api.replace(&name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(format!("release {}", describe(&lease)), e)),
     }
 }
 
 /// One try to take or renew the Lease.
 pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<Attempt> {
     let now = Timestamp::now();
-    let lease_name = format!("Lease {}/{}", config.namespace, config.name);
-    let current = api
+    let lease = api
         .get_opt(&config.name)
         .await
-        .map_err(|e| Error::kube(format!("read {lease_name}"), e))?;
-    let mut lease = match current {
-        Some(lease) => lease,
-        None => Lease {
-            metadata: ObjectMeta {
-                name: Some(config.name.clone()),
-                namespace: Some(config.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            spec: None,
-        },
-    };
+        .map_err(|e| {
+            Error::kube(
+                format!("read Lease {}/{}", config.namespace, config.name),
+                e,
+            )
+        })?
+        .unwrap_or_else(|| unwritten(&config.namespace, &config.name));
     if !may_take(lease.spec.as_ref(), &config.identity, now) {
         return Ok(Attempt::Taken);
     }
-    let mut spec = lease.spec.take().unwrap_or_default();
-    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
-        spec.acquire_time = Some(MicroTime(now));
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-    }
-    spec.holder_identity = Some(config.identity.clone());
-    spec.lease_duration_seconds = Some(i32::try_from(config.duration_secs).unwrap_or(i32::MAX));
-    spec.renew_time = Some(MicroTime(now));
-    lease.spec = Some(spec);
-    let result = if lease.metadata.resource_version.is_some() {
-        api.replace(&config.name, &PostParams::default(), &lease)
-            .await
-    } else {
-        api.create(&PostParams::default(), &lease).await
+    let hold = Hold {
+        identity: &config.identity,
+        duration_secs: config.duration_secs,
+        labels: &[],
+        annotations: &[],
     };
-    match result {
-        Ok(_) => Ok(Attempt::Held),
-        // Another replica wrote first (409 on create or on a stale resourceVersion).
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Taken),
-        Err(e) => Err(Error::kube(format!("write {lease_name}"), e)),
-    }
+    Ok(match write_held(api, lease, &hold, now).await? {
+        Some(_) => Attempt::Held,
+        None => Attempt::Taken,
+    })
 }
 
 /// Leadership held: `lost` is cancelled when a renewal fails or finds another holder.
@@ -177,14 +251,10 @@ pub async fn acquire(
             }
         }
         // Give the lease up: clear the holder (guarded by resourceVersion like every write).
-        if let Ok(Some(mut lease)) = api.get_opt(&config.name).await
-            && let Some(spec) = lease.spec.as_mut()
-            && spec.holder_identity.as_deref() == Some(config.identity.as_str())
+        if let Ok(Some(lease)) = api.get_opt(&config.name).await
+            && let Err(error) = write_released(&api, lease, &config.identity).await
         {
-            spec.holder_identity = None;
-            let _ = api
-                .replace(&config.name, &PostParams::default(), &lease)
-                .await;
+            tracing::warn!(%error, "releasing the operator lease");
         }
     });
     Ok(Some(Leadership {

@@ -1,6 +1,7 @@
 //! The operator: one engine, the ConfigMap/Secret cache, the Pipeline and PipelineRun controllers, and
-//! (optionally) leader election in front of them. Used by `fm serve` (against the embedded API server)
-//! and `fm operator` (against a cluster).
+//! who may act: everything (a single replica), the leader (election in front of them), or the shards this
+//! replica holds (an [`Ownership`] fed by `fm operator`'s shard lease manager). Used by `fm serve`
+//! (against the embedded API server) and `fm operator` (against a cluster).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::error::Result;
 use super::leader::{self, LeaseConfig};
 use super::pipelines::{self, PipelineContext, PipelineRegistry};
 use super::runs::{self, RunContext};
+use super::shards::Ownership;
 
 /// Settings of an operator.
 #[derive(Clone)]
@@ -39,6 +41,9 @@ pub struct OperatorConfig {
     pub observer: Option<EventObserver>,
     /// What the runs in flight may reserve with their Pipeline's `spec.resources` (default: unlimited).
     pub capacity: super::capacity::Capacity,
+    /// The shards of the runs and Pipelines this replica acts on, when several replicas share them;
+    /// `None`: every one (a single active replica).
+    pub ownership: Option<Ownership>,
 }
 
 impl std::fmt::Debug for OperatorConfig {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for OperatorConfig {
             .field("triggers", &self.triggers.is_some())
             .field("observer", &self.observer.is_some())
             .field("capacity", &self.capacity)
+            .field("ownership", &self.ownership)
             .finish()
     }
 }
@@ -65,6 +71,7 @@ impl Default for OperatorConfig {
             triggers: None,
             observer: None,
             capacity: super::capacity::Capacity::default(),
+            ownership: None,
         }
     }
 }
@@ -147,10 +154,20 @@ impl Operator {
             None => None,
         };
         let halt = stop.child_token();
-        // Leader from here on: the Lease is held, or there is no election (a single replica).
         let metrics = self.config.metrics.clone();
-        if let Some(m) = &metrics {
+        let sharded = self
+            .config
+            .ownership
+            .as_ref()
+            .is_some_and(Ownership::is_sharded);
+        // Leader from here on: the Lease is held, or there is no election (a single replica). Sharded,
+        // the shard lease manager reports it (1 while holding a shard).
+        if let Some(m) = &metrics
+            && !sharded
+        {
             m.set_leader(true);
+            m.set_shards_total(1);
+            m.set_shards_owned(1);
         }
         if let Some(l) = &leadership {
             let lost = l.lost.clone();

@@ -4,8 +4,15 @@
 //!
 //! - [`ownership`]: which shards this replica holds now, and how it took each one: what the run
 //!   controller, the Pipeline controller and the triggers consult before acting.
+//! - [`planning`]: the pure fair-share planner: which shards to renew, take and release on a tick;
+//! - [`leases`]: the lease manager that holds the shard and member Leases per the plan and publishes
+//!   the [`Ownership`].
 
+pub mod leases;
 pub mod ownership;
+pub mod planning;
+
+pub use leases::{ShardLeaseConfig, ShardLeases};
 
 pub use ownership::{Owned, Ownership, OwnershipSender, Takeover};
 
