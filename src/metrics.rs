@@ -38,6 +38,10 @@ const STAGE_BUCKETS: &[f64] = &[
 const WRITE_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+/// A failover takes at least a lease duration (15 s by default) and should end a few seconds later.
+const FAILOVER_BUCKETS: &[f64] = &[
+    1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 45.0, 60.0, 120.0, 300.0,
+];
 
 /// Every metric family FlowMason exports. Cheap to share (`Arc`); all methods take `&self`.
 pub struct Metrics {
@@ -58,6 +62,7 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     reconcile_errors: IntCounterVec,
     leader: IntGauge,
+    shard_failover: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +137,14 @@ impl Metrics {
             &["controller"],
         )?;
         r.register(Box::new(queue_depth.clone()))?;
+        let shard_failover = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowmason_shard_failover_seconds",
+                "Time from the last renewal of a crashed replica's shard to the last of that shard's runs resuming on this replica",
+            )
+            .buckets(FAILOVER_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(shard_failover.clone()))?;
         Ok(Metrics {
             runs_total: counter(
                 &r,
@@ -207,6 +220,7 @@ impl Metrics {
                 "flowmason_leader",
                 "1 while this process holds the operator lease (or runs without one), 0 otherwise",
             )?,
+            shard_failover,
             registry: r,
         })
     }
@@ -368,6 +382,12 @@ impl Metrics {
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
+
+    /// The runs of a shard taken over after its replica crashed have all resumed, `seconds` after that
+    /// replica's last renewal of the shard.
+    pub fn shard_failover(&self, seconds: f64) {
+        self.shard_failover.observe(seconds);
+    }
 }
 
 /// The error class as a label value.
@@ -402,4 +422,5 @@ pub const FAMILY_NAMES: &[&str] = &[
     "flowmason_controller_queue_depth",
     "flowmason_reconcile_errors_total",
     "flowmason_leader",
+    "flowmason_shard_failover_seconds",
 ];
