@@ -17,6 +17,7 @@ use super::error::Result;
 use super::leader::{self, LeaseConfig};
 use super::pipelines::{self, PipelineContext, PipelineRegistry};
 use super::runs::{self, RunContext};
+use super::shards::Ownership;
 
 /// Settings of an operator.
 #[derive(Clone)]
@@ -39,6 +40,9 @@ pub struct OperatorConfig {
     pub observer: Option<EventObserver>,
     /// What the runs in flight may reserve with their Pipeline's `spec.resources` (default: unlimited).
     pub capacity: super::capacity::Capacity,
+    /// The shards of the runs and Pipelines this replica acts on, when several replicas share them;
+    /// `None`: every one (a single active replica).
+    pub ownership: Option<Ownership>,
 }
 
 impl std::fmt::Debug for OperatorConfig {
@@ -51,6 +55,7 @@ impl std::fmt::Debug for OperatorConfig {
             .field("triggers", &self.triggers.is_some())
             .field("observer", &self.observer.is_some())
             .field("capacity", &self.capacity)
+            .field("ownership", &self.ownership)
             .finish()
     }
 }
@@ -65,6 +70,18 @@ impl Default for OperatorConfig {
             triggers: None,
             observer: None,
             capacity: super::capacity::Capacity::default(),
+            ownership: None,
+        }
+    }
+}
+
+/// This replica's name in `status.replica`: its Lease identity, else the host name and process id.
+fn identity(config: &OperatorConfig) -> String {
+    match &config.lease {
+        Some(lease) => lease.identity.clone(),
+        None => {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fm".into());
+            format!("{host}-{}", std::process::id())
         }
     }
 }
@@ -89,6 +106,7 @@ pub struct Operator {
     cluster: ClusterCache,
     /// Stops the ConfigMap/Secret reflectors when the operator stops.
     cache_stop: CancellationToken,
+    ownership: Ownership,
 }
 
 impl Operator {
@@ -117,8 +135,17 @@ impl Operator {
                 durability_observer: None,
             },
         );
+        let ownership = config
+            .ownership
+            .clone()
+            .unwrap_or_else(|| Ownership::everything(identity(&config)));
         Operator {
-            registry: PipelineRegistry::new(client.clone(), config.metrics.clone()),
+            registry: PipelineRegistry::new(
+                client.clone(),
+                config.metrics.clone(),
+                ownership.clone(),
+            ),
+            ownership,
             client,
             engine,
             config,
@@ -178,6 +205,7 @@ impl Operator {
             metrics: self.config.metrics.clone(),
             backlog: Backlog::new("pipeline", self.config.metrics.clone()),
             triggers: self.config.triggers.clone(),
+            ownership: self.ownership.clone(),
         });
         let run_ctx = Arc::new(RunContext::new(
             self.client.clone(),
@@ -187,6 +215,7 @@ impl Operator {
             self.config.write_interval,
             self.config.metrics.clone(),
             self.config.capacity,
+            self.ownership.clone(),
         ));
         let (h1, h2) = (halt.clone(), halt.clone());
         let pipelines = tokio::spawn(pipelines::run_controller(pipeline_ctx, async move {
