@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "operator/faults.rs"]
 mod faults;
+#[path = "operator/shards.rs"]
+mod shards;
 #[path = "operator/ui.rs"]
 mod ui;
 #[path = "support/wait.rs"]
