@@ -32,6 +32,8 @@ mod fm_serve;
 mod nats;
 #[path = "operator/shards.rs"]
 mod shards;
+#[path = "operator/shards_owning.rs"]
+mod shards_owning;
 #[path = "operator/ui.rs"]
 mod ui;
 #[path = "support/wait.rs"]

@@ -162,6 +162,9 @@ fn run_row(run: &PipelineRun) -> Vec<String> {
             .and_then(|s| s.duration.clone())
             .unwrap_or_else(|| "-".into()),
         age(run.metadata.creation_timestamp.as_ref()),
+        status
+            .and_then(|s| s.replica.clone())
+            .unwrap_or_else(|| "-".into()),
     ]
 }
 
@@ -280,6 +283,7 @@ async fn dispatch(
                 let mut rows = vec![
                     [
                         "RUN", "PIPELINE", "PHASE", "REASON", "STAGES", "DURATION", "AGE",
+                        "REPLICA",
                     ]
                     .map(String::from)
                     .to_vec(),

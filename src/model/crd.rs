@@ -659,6 +659,10 @@ pub struct PipelineRunStatus {
     pub pipeline_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The operator replica that runs the run (its identity: the pod name in a cluster), so that with
+    /// several replicas sharing the runs one can tell whose logs to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// State of one stage of a run.

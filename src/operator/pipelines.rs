@@ -5,6 +5,10 @@
 //! Pipeline's status, so that observations and run ends never race each other. ConfigMap and Secret
 //! changes re-reconcile the Pipelines that reference them. When the operator owns the triggers, the
 //! controller also arms each observed Pipeline's triggers and disarms them when it is deleted.
+//!
+//! With several replicas, every replica observes every Pipeline, but only the owner of a Pipeline's
+//! shard writes its status (the others keep their view seeded from the object the owner writes), and
+//! the Pipelines of a shard changing hands are reconciled again at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -26,10 +30,12 @@ use super::backlog::Backlog;
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::planning::{self, ObjectRef, Problem, RefKind};
+use super::shards::{Owned, Ownership, shard_of_pipeline};
 use super::status;
 use crate::metrics::Metrics;
 use crate::model::vocabulary::CONDITION_READY;
-use crate::model::{Condition, Pipeline, PipelinePhase, PipelineStatus};
+use crate::model::{Condition, Pipeline, PipelinePhase, PipelineRun, PipelineStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The Pipeline status as a pure function of what the actor knows.
 pub fn pipeline_status(
@@ -116,6 +122,10 @@ pub struct PipelineActor {
     last_run_of: Option<String>,
     /// Where status writes are counted; `None` counts nothing.
     metrics: Option<Arc<Metrics>>,
+    /// Whose shards this replica holds: only the owner of the Pipeline's shard writes its status.
+    ownership: Ownership,
+    /// Whether this replica owned the Pipeline's shard at the last observation.
+    owner: bool,
 }
 
 impl Actor for PipelineActor {
@@ -125,7 +135,7 @@ impl Actor for PipelineActor {
 impl PipelineActor {
     /// Recomputes the status and writes it when it changed; writes are serialised by `ctx.wait`.
     fn publish(&mut self, ctx: &mut Context<Self>, force: bool) {
-        if !self.observed {
+        if !self.observed || !self.ownership.owns_pipeline(&self.namespace, &self.name) {
             return;
         }
         let next = pipeline_status(
@@ -186,26 +196,27 @@ impl Handler<Observed> for PipelineActor {
             self.running.clear();
             self.last_run_of = None;
         }
+        // A replica that does not own the Pipeline's shard, or has just gained it, takes the status
+        // from the object (the owner writes it) rather than keeping its own view.
+        let owner = self.ownership.owns_pipeline(&self.namespace, &self.name);
+        if !owner || !self.owner {
+            self.observed = false;
+        }
+        self.owner = owner;
         self.uid = msg.uid.clone();
         if !self.observed
             && let Some(current) = msg.current.clone()
         {
+            // The later of the last run seen here and the one the object shows.
+            let last = if current.last_run_time > self.status.last_run_time {
+                &current
+            } else {
+                &self.status
+            };
             self.status = PipelineStatus {
-                last_run_id: self
-                    .status
-                    .last_run_id
-                    .clone()
-                    .or(current.last_run_id.clone()),
-                last_run_time: self
-                    .status
-                    .last_run_time
-                    .clone()
-                    .or(current.last_run_time.clone()),
-                last_run_status: self
-                    .status
-                    .last_run_status
-                    .clone()
-                    .or(current.last_run_status.clone()),
+                last_run_id: last.last_run_id.clone(),
+                last_run_time: last.last_run_time.clone(),
+                last_run_status: last.last_run_status.clone(),
                 ..current
             };
         }
@@ -246,6 +257,45 @@ pub struct RunChanged {
 impl Handler<RunChanged> for PipelineActor {
     type Result = ();
     fn handle(&mut self, msg: RunChanged, ctx: &mut Context<Self>) {
+        self.record_run(msg, ctx);
+    }
+}
+
+/// Another replica's run of this Pipeline, as its PipelineRun's status shows it now: with several
+/// replicas, how the owner of the Pipeline learns of the runs it does not run itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunSeen {
+    pub run: RunChanged,
+    /// When the run ended, for an ended run.
+    pub completed: Option<Time>,
+}
+
+impl Handler<RunSeen> for PipelineActor {
+    type Result = ();
+    fn handle(&mut self, msg: RunSeen, ctx: &mut Context<Self>) {
+        if is_news(&msg, &self.running, &self.status) {
+            self.record_run(msg.run, ctx);
+        }
+    }
+}
+
+/// Whether another replica's run, as seen now, changes the run history: every status write of the run
+/// shows up, but only its start and its end are news, and an end not seen starting only when it is
+/// later than the last run recorded (the runs listed at start are old news).
+fn is_news(seen: &RunSeen, running: &BTreeSet<RunId>, last: &PipelineStatus) -> bool {
+    let id = seen.run.run_id;
+    if !seen.run.ended {
+        return !running.contains(&id);
+    }
+    running.contains(&id)
+        || (last.last_run_id.as_deref() != Some(id.to_string().as_str())
+            && seen.completed > last.last_run_time)
+}
+
+impl PipelineActor {
+    /// Records a run's start or end in the run history and writes the status.
+    fn record_run(&mut self, msg: RunChanged, ctx: &mut Context<Self>) {
         if msg.pipeline_uid.is_some() && self.uid.is_some() && msg.pipeline_uid != self.uid {
             // A run of a deleted Pipeline of the same name.
             return;
@@ -274,14 +324,20 @@ pub struct PipelineRegistry {
     arbiter: ArbiterHandle,
     actors: Arc<Mutex<ActorMap>>,
     metrics: Option<Arc<Metrics>>,
+    ownership: Ownership,
 }
 
 impl PipelineRegistry {
     /// Must be created on a thread of the actix system (the actors live on its arbiter).
-    pub fn new(client: Client, metrics: Option<Arc<Metrics>>) -> PipelineRegistry {
+    pub fn new(
+        client: Client,
+        metrics: Option<Arc<Metrics>>,
+        ownership: Ownership,
+    ) -> PipelineRegistry {
         PipelineRegistry {
             client,
             metrics,
+            ownership,
             arbiter: Arbiter::current(),
             actors: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -297,6 +353,7 @@ impl PipelineRegistry {
             .or_insert_with(|| {
                 let client = self.client.clone();
                 let metrics = self.metrics.clone();
+                let ownership = self.ownership.clone();
                 let (namespace, name) = (namespace.to_string(), name.to_string());
                 PipelineActor::start_in_arbiter(&self.arbiter, move |_| PipelineActor {
                     client,
@@ -311,6 +368,8 @@ impl PipelineRegistry {
                     observed: false,
                     last_run_of: None,
                     metrics,
+                    ownership,
+                    owner: false,
                 })
             })
             .clone()
@@ -339,6 +398,31 @@ impl PipelineRegistry {
             });
     }
 
+    /// Tells the actor of a run's Pipeline, when this replica owns the Pipeline's shard, how another
+    /// replica's run of it stands (see [`RunSeen`]).
+    pub fn run_seen(&self, run: &PipelineRun, run_id: RunId, pipeline_uid: Option<String>) {
+        let namespace = run.namespace().unwrap_or_else(|| "default".into());
+        let pipeline = &run.spec.pipeline_ref;
+        let Some(status) = run.status.as_ref() else {
+            return;
+        };
+        let (Some(phase), Some(_)) = (status.phase, status.run_id.as_ref()) else {
+            return;
+        };
+        if !self.ownership.owns_pipeline(&namespace, pipeline) {
+            return;
+        }
+        self.actor(&namespace, pipeline).do_send(RunSeen {
+            run: RunChanged {
+                run_id,
+                pipeline_uid,
+                phase: format!("{phase:?}"),
+                ended: phase.is_terminal(),
+            },
+            completed: status.completion_time.clone(),
+        });
+    }
+
     /// Forgets a deleted Pipeline's actor.
     fn forget(&self, namespace: &str, name: &str) {
         if let Ok(mut actors) = self.actors.lock() {
@@ -359,6 +443,8 @@ pub struct PipelineContext {
     pub(crate) backlog: Backlog,
     /// Armed on every observed Pipeline, disarmed on delete (see `OperatorConfig::triggers`).
     pub triggers: Option<Arc<crate::triggers::Triggers>>,
+    /// The shards this replica holds: the Pipelines of a shard changing hands are reconciled again.
+    pub ownership: Ownership,
 }
 
 impl PipelineContext {
@@ -458,6 +544,78 @@ fn readers(
         .collect()
 }
 
+/// The Pipelines of `store` whose shard changed hands, each time the shards held change (nothing when
+/// this replica owns everything): the new owner writes their status from here on, the old one stops.
+fn handed_over(
+    ownership: &Ownership,
+    store: Store<Pipeline>,
+) -> futures::stream::BoxStream<'static, KubeRef<Pipeline>> {
+    let Some(mut changes) = ownership.subscribe() else {
+        return futures::stream::pending().boxed();
+    };
+    let count = ownership.count();
+    let held = changes.borrow_and_update().clone();
+    futures::stream::unfold((changes, held), move |(mut changes, held)| {
+        let store = store.clone();
+        async move {
+            changes.changed().await.ok()?;
+            let now = changes.borrow_and_update().clone();
+            let moved = moved_shards(&held, &now);
+            let refs: Vec<KubeRef<Pipeline>> = store
+                .state()
+                .iter()
+                .filter(|p| {
+                    let namespace = p.namespace().unwrap_or_else(|| "default".into());
+                    moved.contains(&shard_of_pipeline(&namespace, &p.name_any(), count))
+                })
+                .map(|p| KubeRef::from_obj(p.as_ref()))
+                .collect();
+            Some((futures::stream::iter(refs), (changes, now)))
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Arms each Pipeline's schedule on the owner of the Pipeline's shard only, following the shards as
+/// they change hands, until `stop` (webhooks and the shared NATS consumers stay armed on every replica).
+pub async fn share_schedules(
+    triggers: Arc<crate::triggers::Triggers>,
+    ownership: Ownership,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(mut changes) = ownership.subscribe() else {
+        return;
+    };
+    let owner = ownership.clone();
+    triggers.arm_schedules_where(Arc::new(move |namespace, name| {
+        owner.owns_pipeline(namespace, name)
+    }));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        changes.borrow_and_update();
+        triggers.arm_schedules();
+    }
+}
+
+/// The shards gained or lost (or taken again) between holding `before` and holding `after`.
+fn moved_shards(before: &Owned, after: &Owned) -> BTreeSet<u32> {
+    before
+        .shards
+        .keys()
+        .chain(after.shards.keys())
+        .filter(|s| before.shards.get(s) != after.shards.get(s))
+        .copied()
+        .collect()
+}
+
 /// Runs the Pipeline controller until `shutdown` resolves.
 pub async fn run_controller(
     ctx: Arc<PipelineContext>,
@@ -468,6 +626,14 @@ pub async fn run_controller(
     // reconciled, yet its triggers must be disarmed and its actor (with its run history) forgotten.
     let (reader, writer) = reflector::store();
     let triggers = ctx.triggers.clone();
+    let schedules = tokio_util::sync::CancellationToken::new();
+    if let Some(triggers) = &triggers {
+        tokio::spawn(share_schedules(
+            triggers.clone(),
+            ctx.ownership.clone(),
+            schedules.clone(),
+        ));
+    }
     let registry = ctx.registry.clone();
     let pipelines = watcher(
         Api::<Pipeline>::all(client.clone()),
@@ -493,6 +659,7 @@ pub async fn run_controller(
     });
     let controller = Controller::for_stream(pipelines, reader);
     let store = controller.store();
+    let handed_over = handed_over(&ctx.ownership, store.clone());
     let (for_configmaps, for_secrets) = (ctx.clone(), ctx.clone());
     let configmaps_store = store.clone();
     controller
@@ -519,6 +686,7 @@ pub async fn run_controller(
                 refs
             },
         )
+        .reconcile_on(handed_over)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -532,12 +700,92 @@ pub async fn run_controller(
             std::future::ready(())
         })
         .await;
+    schedules.cancel();
     ctx.backlog.clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shards_that_changed_hands_are_those_gained_lost_or_taken_again() {
+        use crate::operator::shards::Takeover;
+        let crashed = Takeover {
+            after_crash: true,
+            ..Takeover::default()
+        };
+        let before = Owned {
+            shards: [
+                (0, Takeover::default()),
+                (1, Takeover::default()),
+                (2, Takeover::default()),
+            ]
+            .into(),
+        };
+        let after = Owned {
+            shards: [
+                (1, Takeover::default()),
+                (2, crashed),
+                (3, Takeover::default()),
+            ]
+            .into(),
+        };
+        assert_eq!(moved_shards(&before, &after), BTreeSet::from([0, 2, 3]));
+        assert!(moved_shards(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn another_replicas_run_is_news_at_its_start_and_its_end_only() {
+        let id = RunId::from_u128(9);
+        let at = |s| {
+            Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default(),
+            ))
+        };
+        let seen = |ended, completed| RunSeen {
+            run: RunChanged {
+                run_id: id,
+                pipeline_uid: None,
+                phase: if ended { "Succeeded" } else { "Running" }.into(),
+                ended,
+            },
+            completed,
+        };
+        let last = PipelineStatus {
+            last_run_id: Some("other".into()),
+            last_run_time: at(100),
+            ..PipelineStatus::default()
+        };
+        let none = BTreeSet::new();
+        let running = BTreeSet::from([id]);
+        assert!(is_news(&seen(false, None), &none, &last), "a start");
+        assert!(
+            !is_news(&seen(false, None), &running, &last),
+            "a progress write"
+        );
+        assert!(
+            is_news(&seen(true, at(150)), &running, &last),
+            "the end of a run seen starting"
+        );
+        assert!(
+            is_news(&seen(true, at(150)), &none, &last),
+            "an end later than the last run"
+        );
+        assert!(
+            !is_news(&seen(true, at(50)), &none, &last),
+            "an old run listed at start"
+        );
+        let recorded = PipelineStatus {
+            last_run_id: Some(id.to_string()),
+            last_run_time: at(10),
+            ..PipelineStatus::default()
+        };
+        assert!(
+            !is_news(&seen(true, at(150)), &none, &recorded),
+            "an end recorded already"
+        );
+    }
 
     #[test]
     fn invalid_pipeline_is_failed_with_ready_false() {

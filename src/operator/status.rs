@@ -240,6 +240,8 @@ pub fn project_run(state: &RunState, limits: Limits) -> PipelineRunStatus {
         metrics: Some(metrics),
         pipeline_generation: Some(state.generation),
         observed_generation: None,
+        // Set by the status writer, which knows the replica.
+        replica: None,
     }
 }
 

@@ -76,6 +76,17 @@ impl Default for OperatorConfig {
     }
 }
 
+/// This replica's name in `status.replica`: its Lease identity, else the host name and process id.
+fn identity(config: &OperatorConfig) -> String {
+    match &config.lease {
+        Some(lease) => lease.identity.clone(),
+        None => {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fm".into());
+            format!("{host}-{}", std::process::id())
+        }
+    }
+}
+
 /// One observer that shows each event to `a`, then to `b`.
 fn both(a: Option<EventObserver>, b: Option<EventObserver>) -> Option<EventObserver> {
     match (a, b) {
@@ -96,6 +107,7 @@ pub struct Operator {
     cluster: ClusterCache,
     /// Stops the ConfigMap/Secret reflectors when the operator stops.
     cache_stop: CancellationToken,
+    ownership: Ownership,
 }
 
 impl Operator {
@@ -124,8 +136,17 @@ impl Operator {
                 durability_observer: None,
             },
         );
+        let ownership = config
+            .ownership
+            .clone()
+            .unwrap_or_else(|| Ownership::everything(identity(&config)));
         Operator {
-            registry: PipelineRegistry::new(client.clone(), config.metrics.clone()),
+            registry: PipelineRegistry::new(
+                client.clone(),
+                config.metrics.clone(),
+                ownership.clone(),
+            ),
+            ownership,
             client,
             engine,
             config,
@@ -195,6 +216,7 @@ impl Operator {
             metrics: self.config.metrics.clone(),
             backlog: Backlog::new("pipeline", self.config.metrics.clone()),
             triggers: self.config.triggers.clone(),
+            ownership: self.ownership.clone(),
         });
         let run_ctx = Arc::new(RunContext::new(
             self.client.clone(),
@@ -204,6 +226,7 @@ impl Operator {
             self.config.write_interval,
             self.config.metrics.clone(),
             self.config.capacity,
+            self.ownership.clone(),
         ));
         let (h1, h2) = (halt.clone(), halt.clone());
         let pipelines = tokio::spawn(pipelines::run_controller(pipeline_ctx, async move {

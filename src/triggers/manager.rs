@@ -2,6 +2,11 @@
 //! disarms them when the Pipeline changes or goes. The operator's `PipelineActor` calls
 //! [`Triggers::apply`] and [`Triggers::remove`]; without the operator, [`Triggers::watch`] drives the same
 //! calls from a watch on Pipelines.
+//!
+//! With several replicas sharing the runs, webhooks are answered by every replica and the NATS consumers
+//! are shared (one durable consumer per Pipeline, so each message makes one run), but each Pipeline's
+//! schedule is armed only where [`Triggers::arm_schedules_where`] says (the operator says: on the owner of
+//! the Pipeline's shard), so that a cron Pipeline fires once per instant however many replicas run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +22,9 @@ use super::problems::{ArmingProblems, report};
 use super::webhook::{self, WebhookMount, WebhookRoutes, WebhookTarget};
 use super::{ApiStatus, Clock, StatusSink, SystemClock, TriggerContext, TriggerMetrics};
 use crate::model::Pipeline;
+
+/// Whether this replica arms the schedule of Pipeline `(namespace, name)`.
+pub type ScheduleHere = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// What the triggers of an engine share.
 #[derive(Clone)]
@@ -52,6 +60,10 @@ struct Armed {
     fingerprint: String,
     stop: CancellationToken,
     webhook_path: Option<String>,
+    /// Whether the Pipeline has a valid schedule.
+    scheduled: bool,
+    /// Stops the cron loop, while this replica runs it (it owns the Pipeline's shard).
+    cron: Option<CancellationToken>,
 }
 
 /// The triggers of every Pipeline this engine serves.
@@ -61,6 +73,8 @@ pub struct Triggers {
     webhooks: WebhookMount,
     routes: Arc<WebhookRoutes>,
     armed: Mutex<HashMap<(String, String), Armed>>,
+    /// Whose schedules this replica arms (`None`: every one).
+    schedules: Mutex<Option<ScheduleHere>>,
 }
 
 /// The parts of a Pipeline its triggers depend on: a change re-arms them.
@@ -99,6 +113,7 @@ impl Triggers {
             routes: webhooks.routes().clone(),
             webhooks,
             armed: Mutex::new(HashMap::new()),
+            schedules: Mutex::new(None),
         }
     }
 
@@ -129,7 +144,8 @@ impl Triggers {
         let key = (namespace.clone(), name.clone());
         let print = fingerprint(pipeline);
         let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
-        if armed.get(&key).is_some_and(|a| a.fingerprint == print) {
+        if let Some(same) = armed.get_mut(&key).filter(|a| a.fingerprint == print) {
+            self.arm_schedule(&namespace, &name, same);
             return Vec::new();
         }
         if let Some(old) = armed.remove(&key) {
@@ -140,12 +156,10 @@ impl Triggers {
         let stop = CancellationToken::new();
         let spec = &pipeline.spec;
         let suspended = spec.suspend.unwrap_or(false);
+        let mut scheduled = false;
         if let Some(expr) = &spec.schedule {
             match CronSchedule::parse(expr, spec.time_zone.as_deref()) {
-                Ok(_) => {
-                    let cron = CronTrigger::new(self.ctx.clone(), &namespace, &name);
-                    tokio::spawn(cron.run(stop.clone()));
-                }
+                Ok(_) => scheduled = true,
                 Err(e) => problems.push(e.to_string()),
             }
         }
@@ -216,15 +230,64 @@ impl Triggers {
             };
             tokio::spawn(async move { report(&ctx, &pipeline, arming).await });
         }
-        armed.insert(
-            key,
-            Armed {
-                fingerprint: print,
-                stop,
-                webhook_path,
-            },
-        );
+        let mut entry = Armed {
+            fingerprint: print,
+            stop,
+            webhook_path,
+            scheduled,
+            cron: None,
+        };
+        self.arm_schedule(&namespace, &name, &mut entry);
+        armed.insert(key, entry);
         problems
+    }
+
+    /// Starts the Pipeline's cron loop when it has a schedule and this replica owns its shard, stops it
+    /// when it does not (any more).
+    fn arm_schedule(&self, namespace: &str, name: &str, armed: &mut Armed) {
+        let here = armed.scheduled
+            && self
+                .schedules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(|here| here(namespace, name));
+        match (armed.cron.take(), here) {
+            (None, true) => {
+                let stop = armed.stop.child_token();
+                let cron = CronTrigger::new(self.ctx.clone(), namespace, name);
+                tokio::spawn(cron.run(stop.clone()));
+                armed.cron = Some(stop);
+            }
+            (Some(stop), false) => stop.cancel(),
+            (running, _) => armed.cron = running,
+        }
+    }
+
+    /// Arms each Pipeline's schedule only where `here` holds, from now on: with several replicas, on
+    /// exactly one of them. [`Triggers::arm_schedules`] follows a change of `here`'s answers.
+    pub fn arm_schedules_where(&self, here: ScheduleHere) {
+        *self.schedules.lock().unwrap_or_else(|p| p.into_inner()) = Some(here);
+        self.arm_schedules();
+    }
+
+    /// Starts and stops the cron loops where the answers of the schedule rule changed (e.g. shards
+    /// changed hands). A run both the old and the new replica create around a handover is one run: its
+    /// name is the scheduled instant's.
+    pub fn arm_schedules(&self) {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        for ((namespace, name), entry) in armed.iter_mut() {
+            self.arm_schedule(namespace, name, entry);
+        }
+    }
+
+    /// Whether this replica runs the cron loop of Pipeline `namespace/name` now.
+    pub fn schedule_armed(&self, namespace: &str, name: &str) -> bool {
+        self.armed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(namespace.to_string(), name.to_string()))
+            .is_some_and(|a| a.cron.is_some())
     }
 
     fn disarm(&self, namespace: &str, name: &str, armed: Armed) {

@@ -1,7 +1,9 @@
 //! The PipelineRun controller itself: watches the runs, adds the finalizer, and hands each change to
 //! [`apply`] (start, resume or project a run) or, for a deleted run, to [`cleanup`]; once after the first
-//! listing it ends the runs whose PipelineRun is gone.
+//! listing it ends the runs whose PipelineRun is gone. Only the runs of the shards this replica holds are
+//! acted on; [`follow_shards`] drops the runs of a shard lost and takes over those of a shard gained.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +11,12 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller, Error as ControllerError};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef as KubeRef;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use super::handover::Handover;
 use super::ownership::ownership;
 use super::start::{pipeline_uid_of, resume, start};
 use super::{RunContext, object_name, run_id_of, write_status};
@@ -31,17 +35,19 @@ pub async fn run_controller(
     let (reader, writer) = reflector::store();
     // The first complete listing, signalled from the stream itself: the reflector's own readiness
     // (`Store::wait_until_ready`) wakes only the last of its waiters, and the controller waits on it too.
-    let (listed_tx, listed) = tokio::sync::oneshot::channel();
-    let mut listed_tx = Some(listed_tx);
-    let sweep = tokio::spawn(end_orphaned_runs(ctx.clone(), reader.clone(), listed));
+    let (listed_tx, listed) = tokio::sync::watch::channel(false);
+    let sweep = tokio::spawn(end_orphaned_runs(
+        ctx.clone(),
+        reader.clone(),
+        listed.clone(),
+    ));
+    let shards = tokio::spawn(follow_shards(ctx.clone(), reader.clone(), listed));
     let requests = ctx.clone();
     let runs = watcher(api, watcher::Config::default())
         .reflect(writer)
         .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone))
-                && let Some(tx) = listed_tx.take()
-            {
-                let _ = tx.send(());
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                listed_tx.send_replace(true);
             }
         })
         .applied_objects()
@@ -78,6 +84,7 @@ pub async fn run_controller(
         })
         .await;
     sweep.abort();
+    shards.abort();
     ctx.backlog.clear();
 }
 
@@ -88,27 +95,53 @@ pub async fn run_controller(
 async fn end_orphaned_runs(
     ctx: Arc<RunContext>,
     runs: reflector::Store<PipelineRun>,
-    listed: tokio::sync::oneshot::Receiver<()>,
+    mut listed: tokio::sync::watch::Receiver<bool>,
 ) {
+    let unfinished = unfinished_runs(&ctx).await;
+    if unfinished.is_empty() || listed.wait_for(|l| *l).await.is_err() {
+        return;
+    }
+    end_orphans(&ctx, &runs, unfinished, |run| ctx.ownership.owns_run(run)).await;
+}
+
+/// The unfinished runs of the event log (none when it cannot be read, which is logged).
+async fn unfinished_runs(ctx: &RunContext) -> Vec<flowmason_store::RunSummary> {
     let engine = ctx.engine.clone();
-    let unfinished = tokio::task::spawn_blocking(move || engine.unfinished_runs()).await;
-    let unfinished = match unfinished {
+    match tokio::task::spawn_blocking(move || engine.unfinished_runs()).await {
         Ok(Ok(unfinished)) => unfinished,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot list the unfinished runs of the event log");
-            return;
+            Vec::new()
         }
-        Err(_) => return,
-    };
-    if unfinished.is_empty() || listed.await.is_err() {
-        return;
+        Err(_) => Vec::new(),
     }
+}
+
+/// Ends the runs of `unfinished` for which `mine` holds and whose PipelineRun is not in `runs`.
+async fn end_orphans(
+    ctx: &RunContext,
+    runs: &reflector::Store<PipelineRun>,
+    mut unfinished: Vec<flowmason_store::RunSummary>,
+    mine: impl Fn(flowmason_store::RunId) -> bool,
+) {
+    unfinished.retain(|summary| mine(summary.run_id));
     let existing = runs
         .state()
         .iter()
         .filter_map(|run| run_id_of(run).ok())
         .collect();
     for run in planning::orphaned_runs(&unfinished, &existing) {
+        if ctx.ownership.is_sharded() {
+            // Another replica may have ended it meanwhile: the index is brought up to date first.
+            match ctx.engine.fold_latest(run).await {
+                Ok(Some(state)) if !state.phase.is_terminal() => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(%run, error = %e, "cannot read a run whose PipelineRun is gone");
+                    continue;
+                }
+            }
+        }
         let reason = "its PipelineRun was deleted while no operator was running";
         match ctx.engine.cancel_unfinished(run, reason).await {
             Ok(true) => tracing::warn!(%run, "ended a run whose PipelineRun is gone"),
@@ -118,6 +151,106 @@ async fn end_orphaned_runs(
             }
         }
     }
+}
+
+/// Follows the shards this replica holds (nothing to follow when it owns everything): drops at once the
+/// runs of a shard lost, and hands every PipelineRun of a shard gained to the reconciler (through
+/// `wake`) to be taken over, ending the runs of that shard whose PipelineRun is gone.
+async fn follow_shards(
+    ctx: Arc<RunContext>,
+    runs: reflector::Store<PipelineRun>,
+    listed: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(mut changes) = ctx.ownership.subscribe() else {
+        return;
+    };
+    let mut held = crate::operator::shards::Owned::default();
+    loop {
+        let now = changes.borrow_and_update().clone();
+        let handover = Handover::between(&held, &now);
+        held = now;
+        if !handover.is_empty() {
+            hand_over(&ctx, &runs, &handover, *listed.borrow());
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Acts on a change of the shards held: relinquishes the runs of the shards lost, then wakes the
+/// PipelineRuns of the shards gained and ends their orphaned runs (once the PipelineRuns are listed;
+/// before that the first sweep does).
+fn hand_over(
+    ctx: &Arc<RunContext>,
+    runs: &reflector::Store<PipelineRun>,
+    handover: &Handover,
+    listed: bool,
+) {
+    let count = ctx.ownership.count();
+    let active: Vec<_> = ctx
+        .active
+        .lock()
+        .map(|a| a.keys().copied().collect())
+        .unwrap_or_default();
+    for run in active {
+        if handover.relinquishes(run, count) {
+            ctx.relinquish(run);
+        }
+    }
+    if let Ok(mut failovers) = ctx.failovers.lock() {
+        for shard in &handover.lost {
+            failovers.lost(*shard);
+        }
+    }
+    if handover.gained.is_empty() {
+        return;
+    }
+    tracing::info!(
+        gained = ?handover.gained.keys().collect::<Vec<_>>(),
+        lost = ?handover.lost,
+        "shards changed hands; taking over the runs of the shards gained"
+    );
+    let gained: Vec<(flowmason_store::RunId, Arc<PipelineRun>)> = runs
+        .state()
+        .into_iter()
+        .filter_map(|run| Some((run_id_of(&run).ok()?, run)))
+        .filter(|(id, _)| handover.takes_over(*id, count))
+        .collect();
+    if let Ok(mut failovers) = ctx.failovers.lock() {
+        for (shard, takeover) in &handover.gained {
+            let resuming: HashSet<_> = gained
+                .iter()
+                .filter(|(id, run)| ctx.ownership.shard_of_run(*id) == *shard && in_flight(run))
+                .map(|(id, _)| *id)
+                .collect();
+            failovers.taken(*shard, takeover, resuming);
+        }
+    }
+    for (_, run) in &gained {
+        let _ = ctx.wake.send(KubeRef::from_obj(run.as_ref()));
+    }
+    if listed {
+        let ctx = ctx.clone();
+        let runs = runs.clone();
+        let shards: BTreeSet<u32> = handover.gained.keys().copied().collect();
+        tokio::spawn(async move {
+            let unfinished = unfinished_runs(&ctx).await;
+            let count = ctx.ownership.count();
+            end_orphans(&ctx, &runs, unfinished, |run| {
+                shards.contains(&crate::operator::shards::shard_of_run(run, count))
+                    && ctx.ownership.owns_run(run)
+            })
+            .await;
+        });
+    }
+}
+
+/// Whether a PipelineRun's status shows a run in flight (started, not ended): one a takeover resumes.
+fn in_flight(run: &PipelineRun) -> bool {
+    run.status
+        .as_ref()
+        .is_some_and(|s| s.run_id.is_some() && !s.phase.is_some_and(RunPhase::is_terminal))
 }
 
 fn error_policy(_run: Arc<PipelineRun>, error: &Error, ctx: Arc<RunContext>) -> Action {
@@ -131,6 +264,13 @@ fn error_policy(_run: Arc<PipelineRun>, error: &Error, ctx: Arc<RunContext>) -> 
 async fn reconcile(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
     ctx.backlog
         .started(run.namespace().as_deref(), &run.name_any());
+    // Another replica's run: no finalizer, no status, no Event from here; only the run history of its
+    // Pipeline, when this replica owns that.
+    let run_id = run_id_of(&run)?;
+    if !ctx.ownership.owns_run(run_id) {
+        ctx.pipelines.run_seen(&run, run_id, pipeline_uid_of(&run));
+        return Ok(Action::await_change());
+    }
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let object = object_name(&run);
@@ -193,7 +333,15 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
     let namespace = run.namespace().unwrap_or_else(|| "default".into());
     let name = run.name_any();
     let object = object_name(&run);
-    let folded = ctx.engine.fold(run_id).map_err(|source| Error::Engine {
+    // With several replicas the run may have been appended to by another one since this replica's
+    // index last saw it: the index is brought up to date first, so that a run that exists is never
+    // started again.
+    let folded = if ctx.ownership.is_sharded() {
+        ctx.engine.fold_latest(run_id).await
+    } else {
+        ctx.engine.fold(run_id)
+    }
+    .map_err(|source| Error::Engine {
         object: object.clone(),
         source,
     })?;
@@ -201,6 +349,7 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
         Some(state) if state.phase.is_terminal() => {
             let status = status::project_run(&state, ctx.limits);
             write_status(&ctx, &namespace, &name, &status).await?;
+            ctx.taken_up(run_id);
             if status::rejection_reason(&state) != Some("PipelineNotFound") {
                 ctx.pipelines.run_ended(&state, pipeline_uid_of(&run));
             }

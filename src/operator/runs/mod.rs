@@ -9,7 +9,12 @@
 //! - [`controller`]: the watch, the reconcile (finalizer, apply, cleanup) and the sweep of orphaned runs;
 //! - [`start`]: starting, resuming and rejecting a run;
 //! - [`ownership`]: the Pipeline's ownerReference and label on its runs;
-//! - [`status_writer`]: the coalescing status writer of a run in flight.
+//! - [`status_writer`]: the coalescing status writer of a run in flight;
+//! - [`handover`]: what a change of the shards held means for the runs (several replicas).
+//!
+//! With several replicas sharing the runs (see [`Ownership`]), a replica acts only on the runs of the
+//! shards it holds: it leaves the others alone entirely, takes over a shard's runs when it gains the
+//! shard and drops them at once when it loses it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use std::time::Duration;
 use kube::runtime::reflector::ObjectRef as KubeRef;
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use flowmason_actors::Engine;
 use flowmason_store::RunId;
@@ -28,11 +34,13 @@ use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::pipelines::PipelineRegistry;
 use super::planning;
+use super::shards::Ownership;
 use super::status::Limits;
 use crate::metrics::Metrics;
 use crate::model::PipelineRun;
 
 mod controller;
+mod handover;
 mod ownership;
 mod start;
 mod status_writer;
@@ -54,6 +62,8 @@ pub const MANAGER: &str = "flowmason-operator";
 struct Active {
     /// Flips to true when the final status has been written.
     done: watch::Receiver<bool>,
+    /// Stops the status writer at once, writing nothing more (the run was relinquished).
+    stop: CancellationToken,
 }
 
 /// What the PipelineRun controller works with.
@@ -77,6 +87,10 @@ pub struct RunContext {
     /// The receiving end of `wake`, taken by the controller.
     woken: Mutex<Option<mpsc::UnboundedReceiver<KubeRef<PipelineRun>>>>,
     active: Mutex<HashMap<RunId, Active>>,
+    /// The shards of the runs this replica acts on.
+    pub ownership: Ownership,
+    /// The shards taken after a crash whose runs are still being resumed.
+    failovers: Mutex<handover::Failovers>,
 }
 
 impl RunContext {
@@ -88,6 +102,7 @@ impl RunContext {
         write_interval: Duration,
         metrics: Option<Arc<Metrics>>,
         capacity: capacity::Capacity,
+        ownership: Ownership,
     ) -> RunContext {
         let (wake, woken) = mpsc::unbounded_channel();
         RunContext {
@@ -104,6 +119,8 @@ impl RunContext {
             woken: Mutex::new(Some(woken)),
             metrics,
             active: Mutex::new(HashMap::new()),
+            ownership,
+            failovers: Mutex::new(handover::Failovers::default()),
         }
     }
 
@@ -118,6 +135,43 @@ impl RunContext {
         );
         for waiter in waiting {
             let _ = self.wake.send(waiter);
+        }
+    }
+
+    /// Drops `run` at once, its shard lost: the engine stops its actor appending nothing, its status
+    /// writer stops without a final write (the new owner writes the status from here on), and its share
+    /// of the capacity goes back.
+    fn relinquish(&self, run: RunId) {
+        let active = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&run);
+        if let Some(active) = active {
+            active.stop.cancel();
+        }
+        if self.engine.relinquish(run) {
+            tracing::info!(%run, "relinquished a run whose shard this replica lost");
+        }
+        self.release(run);
+    }
+
+    /// Counts `run` as taken up after its shard was gained: the failover time is observed when it was
+    /// the last unfinished run of a shard taken after a crash.
+    fn taken_up(&self, run: RunId) {
+        let shard = self.ownership.shard_of_run(run);
+        let failover = self
+            .failovers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .resumed(shard, run, k8s_openapi::jiff::Timestamp::now());
+        if let (Some(elapsed), Some(metrics)) = (failover, &self.metrics) {
+            tracing::info!(
+                shard,
+                seconds = elapsed.as_secs_f64(),
+                "every run of a shard taken after a crash has resumed"
+            );
+            metrics.shard_failover(elapsed.as_secs_f64());
         }
     }
 

@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef as KubeRef;
 use serde_json::Value;
 
-use flowmason_actors::{Rejection, Reuse, RunRequest};
+use flowmason_actors::{Rejection, Reuse, RunRequest, TakeUp};
 use flowmason_store::{RunId, Trigger};
 
 use super::ownership::own;
@@ -304,6 +304,23 @@ pub(super) async fn start(
     Ok(Action::await_change())
 }
 
+/// How this replica took up `run`: from how it took the run's shard (after a crash of its previous
+/// holder, whose engine session then crashed, or handed over).
+fn take_up(ctx: &RunContext, run: RunId) -> TakeUp {
+    let takeover = ctx
+        .ownership
+        .owned()
+        .shards
+        .remove(&ctx.ownership.shard_of_run(run))
+        .unwrap_or_default();
+    TakeUp {
+        after_crash: takeover.after_crash,
+        crashed_session: takeover.crashed_session,
+    }
+}
+
+/// Resumes a run the log has unfinished: this replica's own after a restart, or one of a shard it took
+/// over from another replica.
 pub(super) async fn resume(
     run: Arc<PipelineRun>,
     run_id: RunId,
@@ -314,7 +331,13 @@ pub(super) async fn resume(
     if let Some(demand) = demand_of(&run, &ctx).await? {
         ctx.ledger.hold(run_id, demand);
     }
-    let handle = match ctx.engine.resume(run_id, true).await {
+    let taken = if ctx.ownership.is_sharded() {
+        ctx.engine.take_over(run_id, take_up(&ctx, run_id)).await
+    } else {
+        ctx.engine.resume(run_id, true).await
+    };
+    ctx.taken_up(run_id);
+    let handle = match taken {
         Ok(Some(handle)) => Some(handle),
         other => {
             // Not running after all: its share goes back.

@@ -1,5 +1,7 @@
 //! The status writer of a run in flight: follows the state the engine publishes for the run and patches
 //! the PipelineRun's status, coalesced, with the run's notable events recorded as Kubernetes Events.
+//! It stops at once, writing nothing more, when the run is relinquished (its shard went to another
+//! replica, which writes the status and records the Events from then on).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +11,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use flowmason_actors::{RunHandle, StateReceiver};
+use flowmason_actors::{EngineError, RunHandle, StateReceiver};
 use flowmason_store::{RunId, RunState};
 
 use super::{Active, RunContext};
@@ -19,9 +22,9 @@ use crate::operator::error::{Error, Result};
 use crate::operator::events::RunEventRecorder;
 use crate::operator::status;
 
-/// Patches a PipelineRun's status through the status subresource, counting the outcome in
-/// `flowmason_status_writes_total` (ok, conflict, error) so that a stream of failing writes shows on a
-/// dashboard rather than only in debug logs.
+/// Patches a PipelineRun's status through the status subresource, naming this replica in
+/// `status.replica`, and counts the outcome in `flowmason_status_writes_total` (ok, conflict, error) so
+/// that a stream of failing writes shows on a dashboard rather than only in debug logs.
 pub async fn write_status(
     ctx: &RunContext,
     namespace: &str,
@@ -29,12 +32,10 @@ pub async fn write_status(
     status: &PipelineRunStatus,
 ) -> Result<()> {
     let api: Api<PipelineRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut body = json!({ "status": status });
+    body["status"]["replica"] = json!(ctx.ownership.identity());
     let result = api
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(body))
         .await;
     if let Some(metrics) = &ctx.metrics {
         metrics.status_write(write_outcome(&result));
@@ -56,6 +57,7 @@ pub(crate) fn write_outcome<T>(result: &std::result::Result<T, kube::Error>) -> 
 /// Starts the task that writes a run's status from the state the engine publishes for it: the first
 /// state at once, then at most one write per `write_interval` (phase changes at once), and always the
 /// final state (retried until it is written). The run's notable events go to its [`RunEventRecorder`] on the way.
+/// A run whose shard was lost meanwhile is relinquished at once.
 pub(super) fn spawn_writer(
     ctx: &Arc<RunContext>,
     run: &PipelineRun,
@@ -64,14 +66,27 @@ pub(super) fn spawn_writer(
     mut handle: RunHandle,
 ) {
     let (done_tx, done_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     if let Ok(mut active) = ctx.active.lock() {
-        active.insert(run_id, Active { done: done_rx });
+        active.insert(
+            run_id,
+            Active {
+                done: done_rx,
+                stop: stop.clone(),
+            },
+        );
+    }
+    // Registered first, looked at second: a shard lost before the registration is seen here, one lost
+    // after it finds the run registered (see `controller::follow_shards`).
+    if !ctx.ownership.owns_run(run_id) {
+        ctx.relinquish(run_id);
     }
     let writer = StatusWriter {
         ctx: ctx.clone(),
         run_id,
         namespace: run.namespace().unwrap_or_else(|| "default".into()),
         name: run.name_any(),
+        stop: stop.clone(),
     };
     let mut recorder = RunEventRecorder::new(ctx.client.clone(), run.object_ref(&()));
     let mut events = handle.take_events();
@@ -94,7 +109,7 @@ pub(super) fn spawn_writer(
         // since: the watch shows only the latest state.
         if let Some(state) = initial.filter(|s| !s.phase.is_terminal()) {
             writer.write_state(&state).await;
-            recorder.flush().await;
+            writer.record(&mut recorder).await;
             written_phase = Some(state.phase);
             last_write = Some(Instant::now());
         }
@@ -106,6 +121,7 @@ pub(super) fn spawn_writer(
             let due = last_write.map(|t| t + ctx.write_interval);
             tokio::select! {
                 biased;
+                () = stop.cancelled() => break Err(EngineError::Relinquished { run: run_id }),
                 event = async { match events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     match event {
                         Some(event) => recorder.add(&event),
@@ -132,7 +148,7 @@ pub(super) fn spawn_writer(
                     if last_write.is_none() || Some(phase) != written_phase {
                         written_phase = Some(phase);
                         writer.write(rx).await;
-                        recorder.flush().await;
+                        writer.record(&mut recorder).await;
                         last_write = Some(Instant::now());
                         dirty = false;
                     }
@@ -141,20 +157,26 @@ pub(super) fn spawn_writer(
                     if let Some(rx) = &states {
                         writer.write(rx).await;
                     }
-                    recorder.flush().await;
+                    writer.record(&mut recorder).await;
                     last_write = Some(Instant::now());
                     dirty = false;
                 }
                 outcome = &mut finished => break outcome,
             }
         };
+        if stop.is_cancelled() || matches!(outcome, Err(EngineError::Relinquished { .. })) {
+            // Another replica owns the run now: nothing more is written or recorded from here, and
+            // `relinquish` has given its capacity back and forgotten it.
+            let _ = done_tx.send(true);
+            return;
+        }
         // Events still queued in the channel (the run ended before the loop read them).
         if let Some(rx) = events.as_mut() {
             while let Ok(event) = rx.try_recv() {
                 recorder.add(&event);
             }
         }
-        recorder.flush().await;
+        writer.record(&mut recorder).await;
         // The run is over: its share of the capacity goes back, and the runs waiting for it look again.
         ctx.release(run_id);
         // The finished run's state is the fold of all its events, durable; a run the engine lost ends
@@ -183,6 +205,8 @@ struct StatusWriter {
     run_id: RunId,
     namespace: String,
     name: String,
+    /// Cancelled when the run is relinquished: nothing is written or recorded after that.
+    stop: CancellationToken,
 }
 
 impl StatusWriter {
@@ -199,8 +223,18 @@ impl StatusWriter {
     }
 
     async fn write_status(&self, status: &PipelineRunStatus) {
+        if self.stop.is_cancelled() {
+            return;
+        }
         if let Err(e) = write_status(&self.ctx, &self.namespace, &self.name, status).await {
             tracing::debug!(error = %e, "status write");
+        }
+    }
+
+    /// Records the run's queued notable events as Kubernetes Events, unless the run was relinquished.
+    async fn record(&self, recorder: &mut RunEventRecorder) {
+        if !self.stop.is_cancelled() {
+            recorder.flush().await;
         }
     }
 
