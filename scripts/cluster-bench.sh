@@ -55,8 +55,8 @@ now() { date +%s.%N; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"; }
 
 # 1. NATS cluster of 3 nodes.
-declare -a client_ports cluster_ports
-for i in 0 1 2; do client_ports[$i]=$(free_port); cluster_ports[$i]=$(free_port); done
+declare -a client_ports cluster_ports monitor_ports
+for i in 0 1 2; do client_ports[$i]=$(free_port); cluster_ports[$i]=$(free_port); monitor_ports[$i]=$(free_port); done
 routes="" urls=""
 for i in 0 1 2; do
     routes="${routes:+$routes,}nats://127.0.0.1:${cluster_ports[$i]}"
@@ -64,10 +64,16 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do
     mkdir -p "$dir/nats$i"
-    "$server" -a 127.0.0.1 -p "${client_ports[$i]}" -n "bench$i" -js -sd "$dir/nats$i" \
+    "$server" -a 127.0.0.1 -p "${client_ports[$i]}" -m "${monitor_ports[$i]}" -n "bench$i" -js -sd "$dir/nats$i" \
         --cluster_name fm-cluster-bench --cluster "nats://127.0.0.1:${cluster_ports[$i]}" \
         --routes "$routes" >/dev/null 2>&1 &
     pids+=($!)
+done
+
+# JetStream is up once every node's /healthz says so (the cluster has elected its meta leader).
+for i in 0 1 2; do
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:${monitor_ports[$i]}/healthz" >/dev/null && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:${monitor_ports[$i]}/healthz" >/dev/null || { echo "nats node $i is not healthy" >&2; exit 1; }
 done
 
 # 2. The API server; its kubeconfig.
@@ -152,6 +158,7 @@ victim=$(kubectl get pipelineruns -l flowmason.io/pipeline=slow -o json |
 i="${victim#r}"
 kill -KILL "${rpid[$i]}"
 tk=$(now)
+wait "${rpid[$i]}" 2>/dev/null || true
 # Its unfinished runs: resumed when another replica names itself in their status.
 until [ "$(kubectl get pipelineruns -l flowmason.io/pipeline=slow -o json |
     jq --arg v "$victim" '[.items[] | select(.status.replica == $v and (.status.phase == "Running" or .status.phase == "Pending"))] | length')" -eq 0 ]; do
