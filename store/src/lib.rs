@@ -7,6 +7,8 @@
 //!   deletion. Layout of the records: see the `keys` module.
 //! - Two backends behind [`EventStore`]: a local sled log, or a replicated NATS JetStream stream with a
 //!   local sled index (see [`EventStore::open_jetstream`]).
+//! - Several engines may share one JetStream log: [`EventStore::claim_setting`] records what they must
+//!   agree on, [`EventStore::catch_up`] and [`EventStore::relinquish`] hand a run from one to another.
 //! - [`sled_files`]: syncing a sled directory's files so that a flush survives a power loss.
 
 mod buffer;
