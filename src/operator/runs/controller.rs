@@ -195,7 +195,7 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
     let object = object_name(&run);
     let folded = ctx.engine.fold(run_id).map_err(|source| Error::Engine {
         object: object.clone(),
-        source,
+        source: Box::new(source),
     })?;
     match folded {
         Some(state) if state.phase.is_terminal() => {
