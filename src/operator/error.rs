@@ -16,12 +16,13 @@ pub enum Error {
     /// A Finalizer step failed.
     #[error("finalizer of {object}: {message}")]
     Finalizer { object: String, message: String },
-    /// The engine refused or lost a run.
+    /// The engine refused or lost a run (boxed: the engine's errors are large, and every reconcile
+    /// returns this type).
     #[error("{object}: {source}")]
     Engine {
         object: String,
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
     /// An object lacks a field the API server always sets (`metadata.name`, `uid`, ...).
     #[error("{object}: missing {field}")]

@@ -229,6 +229,15 @@ async fn a_sharded_operator_alone_holds_every_shard_and_another_shard_count_is_r
         );
     }
 
+    let ready = reqwest::get(format!("{base}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status().as_u16(),
+        200,
+        "a sharded replica's readiness needs no leader Lease"
+    );
+
     let refused = jetstream_operator(&api.kubeconfig, &data.path().join("b"), &nats, "b", "8")
         .output()
         .expect("fm operator");

@@ -343,7 +343,7 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
     }
     .map_err(|source| Error::Engine {
         object: object.clone(),
-        source,
+        source: Box::new(source),
     })?;
     match folded {
         Some(state) if state.phase.is_terminal() => {

@@ -195,7 +195,7 @@ async fn reject(
         .await
         .map_err(|source| Error::Engine {
             object: object_name(run),
-            source,
+            source: Box::new(source),
         })?;
     let status = status::project_run(&state, ctx.limits);
     write_status(ctx, &namespace, &run.name_any(), &status).await?;
@@ -289,7 +289,7 @@ pub(super) async fn start(
             ctx.release(run_id);
             return Err(Error::Engine {
                 object: object_name(&run),
-                source,
+                source: Box::new(source),
             });
         }
     };
@@ -344,7 +344,7 @@ pub(super) async fn resume(
             ctx.release(run_id);
             other.map_err(|source| Error::Engine {
                 object: object_name(&run),
-                source,
+                source: Box::new(source),
             })?
         }
     };

@@ -135,6 +135,9 @@ struct Manager {
     held: BTreeMap<u32, Held>,
 }
 
+/// Keys and values of labels or annotations.
+type Pairs = Vec<(&'static str, String)>;
+
 /// The outcome of one guarded write.
 type Written = Result<Option<Lease>>;
 
@@ -167,7 +170,8 @@ impl Manager {
         self.give_back().await;
     }
 
-    fn hold(&self, kind: &str) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
+    /// The labels and annotations of a Lease of `kind` this replica holds.
+    fn hold(&self, kind: &str) -> (Pairs, Pairs) {
         let labels = vec![(LEASE_LABEL, kind.to_string())];
         let annotations = self
             .config
