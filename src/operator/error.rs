@@ -16,12 +16,13 @@ pub enum Error {
     /// A Finalizer step failed.
     #[error("finalizer of {object}: {message}")]
     Finalizer { object: String, message: String },
-    /// The engine refused or lost a run.
+    /// The engine refused or lost a run (boxed: the engine's errors are large, and every reconcile
+    /// result carries this type).
     #[error("{object}: {source}")]
     Engine {
         object: String,
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
     /// An object lacks a field the API server always sets (`metadata.name`, `uid`, ...).
     #[error("{object}: missing {field}")]
@@ -36,6 +37,13 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn engine(object: impl Into<String>, source: EngineError) -> Error {
+        Error::Engine {
+            object: object.into(),
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Error {
         Error::Kube {
             action: action.into(),
