@@ -17,7 +17,7 @@ pub enum Error {
     #[error("finalizer of {object}: {message}")]
     Finalizer { object: String, message: String },
     /// The engine refused or lost a run (boxed: the engine's errors are large, and every reconcile
-    /// returns this type).
+    /// result carries this type).
     #[error("{object}: {source}")]
     Engine {
         object: String,
@@ -37,6 +37,13 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn engine(object: impl Into<String>, source: EngineError) -> Error {
+        Error::Engine {
+            object: object.into(),
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Error {
         Error::Kube {
             action: action.into(),

@@ -223,9 +223,7 @@ impl Operator {
             self.engine.clone(),
             cluster,
             self.registry.clone(),
-            self.config.write_interval,
-            self.config.metrics.clone(),
-            self.config.capacity,
+            &self.config,
             self.ownership.clone(),
         ));
         let (h1, h2) = (halt.clone(), halt.clone());

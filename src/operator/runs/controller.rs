@@ -341,10 +341,7 @@ async fn apply(run: Arc<PipelineRun>, ctx: Arc<RunContext>) -> Result<Action> {
     } else {
         ctx.engine.fold(run_id)
     }
-    .map_err(|source| Error::Engine {
-        object: object.clone(),
-        source: Box::new(source),
-    })?;
+    .map_err(|source| Error::engine(object.clone(), source))?;
     match folded {
         Some(state) if state.phase.is_terminal() => {
             let status = status::project_run(&state, ctx.limits);

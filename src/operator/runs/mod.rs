@@ -29,13 +29,14 @@ use flowmason_actors::Engine;
 use flowmason_store::RunId;
 
 use super::backlog::Backlog;
-use super::capacity::{self, Ledger};
+use super::capacity::Ledger;
 use super::cluster::ClusterCache;
 use super::error::{Error, Result};
 use super::pipelines::PipelineRegistry;
 use super::planning;
 use super::shards::Ownership;
 use super::status::Limits;
+use super::wiring::OperatorConfig;
 use crate::metrics::Metrics;
 use crate::model::PipelineRun;
 
@@ -94,26 +95,27 @@ pub struct RunContext {
 }
 
 impl RunContext {
+    /// The context of the operator configured by `config` (its status interval, metrics and capacity),
+    /// acting on the runs of the shards of `ownership`.
     pub(crate) fn new(
         client: Client,
         engine: Engine,
         cluster: ClusterCache,
         pipelines: PipelineRegistry,
-        write_interval: Duration,
-        metrics: Option<Arc<Metrics>>,
-        capacity: capacity::Capacity,
+        config: &OperatorConfig,
         ownership: Ownership,
     ) -> RunContext {
         let (wake, woken) = mpsc::unbounded_channel();
+        let metrics = config.metrics.clone();
         RunContext {
             client,
             engine,
             cluster,
             pipelines,
-            write_interval,
+            write_interval: config.write_interval,
             limits: Limits::default(),
             backlog: Backlog::new("pipelinerun", metrics.clone()),
-            ledger: Ledger::new(capacity),
+            ledger: Ledger::new(config.capacity),
             waiting: Mutex::new(HashSet::new()),
             wake,
             woken: Mutex::new(Some(woken)),

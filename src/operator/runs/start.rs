@@ -193,10 +193,7 @@ async fn reject(
         .engine
         .reject(rejection)
         .await
-        .map_err(|source| Error::Engine {
-            object: object_name(run),
-            source: Box::new(source),
-        })?;
+        .map_err(|source| Error::engine(object_name(run), source))?;
     let status = status::project_run(&state, ctx.limits);
     write_status(ctx, &namespace, &run.name_any(), &status).await?;
     // A Pipeline that does not exist has no status to keep the run in.
@@ -287,10 +284,7 @@ pub(super) async fn start(
         Ok(handle) => handle,
         Err(source) => {
             ctx.release(run_id);
-            return Err(Error::Engine {
-                object: object_name(&run),
-                source: Box::new(source),
-            });
+            return Err(Error::engine(object_name(&run), source));
         }
     };
     ctx.pipelines.run_started(&prepared.pipeline, run_id);
@@ -342,10 +336,7 @@ pub(super) async fn resume(
         other => {
             // Not running after all: its share goes back.
             ctx.release(run_id);
-            other.map_err(|source| Error::Engine {
-                object: object_name(&run),
-                source: Box::new(source),
-            })?
+            other.map_err(|source| Error::engine(object_name(&run), source))?
         }
     };
     let Some(handle) = handle else {
