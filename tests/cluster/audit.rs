@@ -195,11 +195,13 @@ impl LogAudit {
             .unwrap_or_else(|| panic!("run {run}: no message on the stream"))
     }
 
-    /// Messages `writer` got stored after `since` (Unix micros) on a run it had not taken up again (with
-    /// a `RunResumed` of its own stored after `since`) or started itself before them.
-    pub fn appends_after_losing(&self, writer: &str, since: i64) -> Vec<String> {
+    /// Messages `writer` got stored after `lost(run)` (Unix micros: when it lost the run) on a run it
+    /// had not taken up again (with a `RunResumed` of its own stored after that) or started itself
+    /// before them.
+    pub fn appends_after_losing(&self, writer: &str, lost: impl Fn(RunId) -> i64) -> Vec<String> {
         let mut out = Vec::new();
         for (run, messages) in &self.messages {
+            let since = lost(*run);
             let mut retaken = false;
             for m in messages
                 .iter()
@@ -213,9 +215,10 @@ impl LogAudit {
                 retaken |= resumes || m.first_seq == 0;
                 if !retaken {
                     out.push(format!(
-                        "run {run}: seq {}..={} stored {} us after it lost its shards",
+                        "run {run}: seq {}..={} stored at {} us, {} us after it lost the run's shard",
                         m.first_seq,
                         m.last_seq,
+                        m.stored_at,
                         m.stored_at - since
                     ));
                 }
@@ -344,8 +347,14 @@ mod tests {
     #[test]
     fn appends_after_losing_are_those_before_the_writer_took_the_run_up_again() {
         let audit = taken_over(resumed());
-        assert_eq!(audit.appends_after_losing("w2", 15), Vec::<String>::new());
-        assert_eq!(audit.appends_after_losing("w1", 15), Vec::<String>::new());
-        assert_eq!(audit.appends_after_losing("w1", 5).len(), 1);
+        assert_eq!(
+            audit.appends_after_losing("w2", |_| 15),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            audit.appends_after_losing("w1", |_| 15),
+            Vec::<String>::new()
+        );
+        assert_eq!(audit.appends_after_losing("w1", |_| 5).len(), 1);
     }
 }
