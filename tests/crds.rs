@@ -408,14 +408,17 @@ fn the_replicated_bundle_runs_three_spread_sharded_replicas_on_jetstream_without
     }
     // Spread over nodes, one at a time down.
     let labels = &pod["metadata"]["labels"];
-    let spread = &pod["spec"]["affinity"]["podAntiAffinity"]
-        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    let spread = &pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
     assert_eq!(spread["topologyKey"], "kubernetes.io/hostname", "{pod}");
     assert!(selects(&spread["labelSelector"], labels), "{spread}");
     let budget = the_one(&docs, "PodDisruptionBudget");
     assert_eq!(budget["spec"]["maxUnavailable"], 1, "{budget}");
     assert!(selects(&budget["spec"]["selector"], labels), "{budget}");
-    assert_eq!(budget["metadata"]["namespace"], set["metadata"]["namespace"]);
+    assert_eq!(
+        budget["metadata"]["namespace"],
+        set["metadata"]["namespace"]
+    );
     // The shard and member Leases: read, listed, watched, written and deleted.
     let leases = the_one(&docs, "Role");
     assert_eq!(
@@ -512,9 +515,7 @@ fn the_helm_chart_renders_the_replicated_mode_only_with_jetstream() {
     );
     let set = read("templates/statefulset.yaml");
     assert!(set.contains(r#"{{- $jetstream := eq .Values.eventLog "jetstream" }}"#));
-    assert!(set.contains(
-        r#"{{- $replicas := int (include "flowmason-operator.replicas" .) }}"#
-    ));
+    assert!(set.contains(r#"{{- $replicas := int (include "flowmason-operator.replicas" .) }}"#));
     assert!(set.contains("replicas: {{ $replicas }}"));
     let jetstream = ["$jetstream".to_string()];
     for needle in [
@@ -529,7 +530,10 @@ fn the_helm_chart_renders_the_replicated_mode_only_with_jetstream() {
     ] {
         assert_eq!(conditions_around(&set, needle), jetstream, "{needle}");
     }
-    for needle in ["--event-nats-creds", "secretName: {{ .Values.nats.credsSecret }}"] {
+    for needle in [
+        "--event-nats-creds",
+        "secretName: {{ .Values.nats.credsSecret }}",
+    ] {
         assert_eq!(
             conditions_around(&set, needle),
             ["$jetstream", ".Values.nats.credsSecret"],
