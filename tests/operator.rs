@@ -1946,6 +1946,198 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     fm.stop();
 }
 
+/// `doc` as the Kubernetes type `T`, which must hold all of it: serializing it again gives `doc` back,
+/// so a misspelt or misplaced field (one the API server would reject or drop) fails here.
+fn strictly<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
+    let typed: T =
+        serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{}: {e}", doc["kind"]));
+    let again = serde_json::to_value(&typed).expect("serialize");
+    assert_eq!(
+        &again, doc,
+        "{} {} has fields its type does not know",
+        doc["kind"], doc["metadata"]["name"]
+    );
+    typed
+}
+
+/// The replicated install (`deploy/operator-replicated.yaml`: three sharded replicas on JetStream) is
+/// checked as the single-replica manifests are: every object well-formed for its type, RBAC least
+/// privilege (cluster-wide exactly what one replica needs; the Lease verbs only on Leases in its
+/// namespace), selectors and names that meet, and what `fm serve` serves of it (the namespace and the
+/// CRDs) applied with kubectl. `fm serve` serves no apps, RBAC or policy API, so those objects are
+/// checked through their types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = root.join("deploy/operator-replicated.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple::<Value, Vec<Value>>(
+        &std::fs::read_to_string(&bundle).expect("read the replicated bundle"),
+    )
+    .expect("the replicated bundle parses")
+    .into_iter()
+    .filter(|d| !d.is_null())
+    .collect();
+    let one = |kind: &str| -> &Value {
+        let mut found = docs.iter().filter(|d| d["kind"] == json!(kind));
+        let doc = found.next().unwrap_or_else(|| panic!("no {kind}"));
+        assert!(found.next().is_none(), "more than one {kind}");
+        doc
+    };
+    let namespace: Namespace = strictly(one("Namespace"));
+    let ns = namespace.metadata.name.expect("namespace name");
+    let sa: ServiceAccount = strictly(one("ServiceAccount"));
+    let sa_name = sa.metadata.name.expect("sa name");
+    // Cluster-wide: the same rules as the single-replica operator, nothing more.
+    let cluster_role: ClusterRole = strictly(one("ClusterRole"));
+    let single: Vec<ClusterRole> = of_kind(&manifests("deploy/operator"), "ClusterRole");
+    assert_eq!(cluster_role.rules, single[0].rules);
+    for rule in cluster_role.rules.iter().flatten() {
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*" || v == "delete"),
+            "{rule:?}"
+        );
+    }
+    // In its namespace: Leases only, and no verb beyond what the shard and member Leases need.
+    let role: Role = strictly(one("Role"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some(ns.as_str()));
+    let rules = role.rules.clone().unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        rules[0].api_groups,
+        Some(vec!["coordination.k8s.io".into()])
+    );
+    assert_eq!(rules[0].resources, Some(vec!["leases".into()]));
+    assert_eq!(
+        rules[0].verbs,
+        [
+            "get", "list", "watch", "create", "update", "patch", "delete"
+        ]
+    );
+    let binding: ClusterRoleBinding = strictly(one("ClusterRoleBinding"));
+    assert_eq!(
+        binding.role_ref.name,
+        cluster_role.metadata.name.expect("name")
+    );
+    let role_binding: RoleBinding = strictly(one("RoleBinding"));
+    assert_eq!(
+        role_binding.role_ref.name,
+        role.metadata.name.expect("name")
+    );
+    for subjects in [&binding.subjects, &role_binding.subjects] {
+        assert!(
+            subjects
+                .iter()
+                .flatten()
+                .any(|s| s.name == sa_name && s.namespace.as_deref() == Some(ns.as_str()))
+        );
+    }
+    let set: StatefulSet = strictly(one("StatefulSet"));
+    let spec = set.spec;
+    let pod = spec.template.spec.clone().expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some(sa_name.as_str()));
+    let pod_labels = spec
+        .template
+        .metadata
+        .clone()
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    let selects = |labels: &Option<BTreeMap<String, String>>| {
+        let labels = labels.clone().unwrap_or_default();
+        !labels.is_empty() && labels.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+    };
+    assert!(selects(&spec.selector.match_labels));
+    let budget: PodDisruptionBudget = strictly(one("PodDisruptionBudget"));
+    assert_eq!(budget.metadata.namespace.as_deref(), Some(ns.as_str()));
+    let budget_selector = budget.spec.and_then(|s| s.selector).expect("selector");
+    assert!(selects(&budget_selector.match_labels));
+    let spread = pod
+        .affinity
+        .and_then(|a| a.pod_anti_affinity)
+        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+        .unwrap_or_default();
+    assert!(spread.iter().any(|t| {
+        selects(
+            &t.pod_affinity_term
+                .label_selector
+                .clone()
+                .and_then(|s| s.match_labels),
+        )
+    }));
+    let services: Vec<Service> = docs
+        .iter()
+        .filter(|d| d["kind"] == json!("Service"))
+        .map(strictly::<Service>)
+        .collect();
+    assert!(
+        services
+            .iter()
+            .any(|s| s.metadata.name == spec.service_name),
+        "no Service named as the StatefulSet's serviceName"
+    );
+    let ports: HashSet<String> = pod.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    for service in &services {
+        let svc = service.spec.clone().expect("svc");
+        assert!(selects(&svc.selector));
+        for port in svc.ports.iter().flatten() {
+            match &port.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
+                    assert!(ports.contains(s), "{s} is not a container port")
+                }
+                other => panic!("target port by name expected, got {other:?}"),
+            }
+        }
+    }
+    // Every volume mounted is declared, and no claim is: the log is in NATS.
+    let volumes: HashSet<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
+    for mount in pod.containers[0].volume_mounts.iter().flatten() {
+        assert!(
+            volumes.contains(&mount.name),
+            "{} is not a volume",
+            mount.name
+        );
+    }
+    assert!(spec.volume_claim_templates.is_none());
+    // kubectl applies what fm serve serves of it: the namespace and the CRDs (server-side dry run,
+    // then real).
+    let served: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == json!("Namespace") || d["kind"] == json!("CustomResourceDefinition")
+        })
+        .collect();
+    assert_eq!(served.len(), 3, "the namespace and two CRDs");
+    let served = json!({"apiVersion": "v1", "kind": "List", "items": served}).to_string();
+    let data = tempfile::tempdir().expect("tempdir");
+    let fm = Fm::serve(data.path(), &[]);
+    let (ok, out) = kubectl(
+        &fm,
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&served),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&served));
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&fm, &["get", "namespace", &ns], None);
+    assert!(ok && out.contains(&ns), "{out}");
+    let (ok, out) = kubectl(&fm, &["get", "crd", "pipelineruns.flowmason.io"], None);
+    assert!(ok, "{out}");
+    fm.stop();
+}
+
 /// With the controllers running, the Pipeline controller owns the triggers: editing a Pipeline's
 /// webhook path through the API re-arms it (the old path answers 404, the new one 202 and creates a
 /// run), and deleting the Pipeline disarms it.
