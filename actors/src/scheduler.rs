@@ -175,8 +175,7 @@ impl Frontier {
             let error = state.stages.get(&plan.stage(index).id);
             Ending::new(plan, index, error.and_then(|s| s.error.as_ref()))
         });
-        let no_secrets = Redactor::default();
-        let turn = Turn::new(state, &no_secrets);
+        let turn = Turn::new(state);
         for &index in plan.order() {
             if turn.phase(plan, index) == StagePhase::Pending
                 && frontier.verdict(plan, &turn, index) == Some(Verdict::Ready)
@@ -231,7 +230,6 @@ struct Change {
 /// One decision in the making: the state as folded, and what this turn decided on top of it.
 struct Turn<'s> {
     state: &'s RunState,
-    redactor: &'s Redactor,
     events: Vec<EventKind>,
     effects: Vec<Effect>,
     changes: BTreeMap<usize, Change>,
@@ -242,10 +240,9 @@ struct Turn<'s> {
 }
 
 impl<'s> Turn<'s> {
-    fn new(state: &'s RunState, redactor: &'s Redactor) -> Turn<'s> {
+    fn new(state: &'s RunState) -> Turn<'s> {
         Turn {
             state,
-            redactor,
             events: Vec::new(),
             effects: Vec::new(),
             changes: BTreeMap::new(),
@@ -282,13 +279,13 @@ impl<'s> Turn<'s> {
     }
 
     /// The output of a stage that succeeded, with the run's secrets masked as the fold will hold it.
-    fn output(&self, plan: &Plan, index: usize) -> Option<Value> {
+    fn output(&self, plan: &Plan, redactor: &Redactor, index: usize) -> Option<Value> {
         if let Some((stage, at)) = self.succeeded
             && stage == index
             && let Some(EventKind::StageSucceeded { output, .. }) = self.events.get(at)
         {
             let mut output = output.clone();
-            self.redactor.redact_value(&mut output);
+            redactor.redact_value(&mut output);
             return Some(output);
         }
         self.stage(plan, index).and_then(|s| s.output.clone())
@@ -373,8 +370,7 @@ impl Scheduler {
     /// What to append and do about `stimulus`, given the run's folded `state`. The events must be
     /// appended and folded into the state the next call is given.
     pub(crate) fn decide(&mut self, state: &RunState, stimulus: Stimulus) -> Decision {
-        let redactor = self.redactor.clone();
-        let mut turn = Turn::new(state, &redactor);
+        let mut turn = Turn::new(state);
         if turn.finished() {
             return Decision::default();
         }
@@ -682,7 +678,7 @@ impl Scheduler {
         }
         // The output recorded in this turn is not folded yet: it is read from the turn, masked.
         let fresh = turn.succeeded.and_then(|(stage, _)| {
-            let output = turn.output(&self.plan, stage)?;
+            let output = turn.output(&self.plan, &self.redactor, stage)?;
             Some((self.plan.stage(stage).id.as_str(), output))
         });
         let stages = &turn.state.stages;
@@ -786,16 +782,18 @@ impl Scheduler {
             return self
                 .plan
                 .index_of(id)
-                .and_then(|index| turn.output(&self.plan, index))
+                .and_then(|index| turn.output(&self.plan, &self.redactor, index))
                 .unwrap_or(Value::Null);
         }
         let sinks = self.plan.sinks();
         if let [only] = sinks.as_slice() {
-            return turn.output(&self.plan, *only).unwrap_or(Value::Null);
+            return turn
+                .output(&self.plan, &self.redactor, *only)
+                .unwrap_or(Value::Null);
         }
         let mut map = Map::new();
         for index in sinks {
-            if let Some(output) = turn.output(&self.plan, index) {
+            if let Some(output) = turn.output(&self.plan, &self.redactor, index) {
                 map.insert(self.plan.stage(index).id.clone(), output);
             }
         }
