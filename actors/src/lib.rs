@@ -12,6 +12,7 @@ pub mod plan;
 pub mod redact;
 mod run_actor;
 pub mod run_states;
+mod scheduler;
 pub mod schema;
 mod stage_actor;
 pub mod template;
