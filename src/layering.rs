@@ -89,8 +89,8 @@ mod tests {
     }
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-        let entries = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
         for entry in entries {
             let path = entry
                 .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
@@ -228,7 +228,10 @@ mod tests {
         let edges = edges_of(&[
             source("model/validate.rs", "use crate::operator::capacity;"),
             source("operator/mod.rs", "use crate::model::Pipeline;"),
-            source("operator/runs/start.rs", "let p = crate::model::to_plan(&spec);"),
+            source(
+                "operator/runs/start.rs",
+                "let p = crate::model::to_plan(&spec);",
+            ),
             source("cli.rs", "use crate::operator::run;"),
         ]);
         assert_eq!(
