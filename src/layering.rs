@@ -237,8 +237,11 @@ mod tests {
         assert_eq!(
             circles(&edges),
             vec![
-                "model -> operator (in model/validate.rs) -> model (in operator/mod.rs, operator/runs/start.rs)"
-                    .to_string()
+                concat!(
+                    "model -> operator (in model/validate.rs) -> ",
+                    "model (in operator/mod.rs, operator/runs/start.rs)"
+                )
+                .to_string()
             ]
         );
     }

@@ -9,8 +9,8 @@
 //! environment); `async_execution: true` is refused (it would outlive this stage's attempt).
 //!
 //! The referenced pipeline is found by a [`PipelineResolver`] given to the component when the registry is
-//! built (for `fm run`, `model::directory::DirectoryResolver`: the pipeline files next to the running one). Its stages
-//! run in-process, inside this stage, in dependency order (`flowmason_actors::nested::run_plan`); its
+//! built (for `fm run`, `model::directory::DirectoryResolver`: the pipeline files next to the running
+//! one). Its stages run in-process, inside this stage, in dependency order (`flowmason_actors::nested::run_plan`); its
 //! output is its run output (`outputStageId`, the single sink, or an object of sinks). A pipeline that
 //! (directly or not) calls itself is refused with the cycle named; nesting is limited to
 //! [`MAX_DEPTH`] levels.

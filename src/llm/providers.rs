@@ -1,9 +1,9 @@
 //! `spec.providers` in the plan and at run time.
 //!
-//! Planning (`model::providers::plan_providers`) turns the pipeline's providers into (a) one `envFrom` reference per API
-//! key (`FM_PROVIDER_ANTHROPIC_API_KEY` from `providers.anthropic.secretRef`, ...), resolved when the run
-//! starts like any `secretKeyRef` (so the key is redacted and a missing one fails the run before any stage
-//! starts), and (b) the `_providers` input field given to every LLM stage: model and base URL as written
+//! Planning (`model::providers::plan_providers`) turns the pipeline's providers into (a) one `envFrom`
+//! reference per API key (`FM_PROVIDER_ANTHROPIC_API_KEY` from `providers.anthropic.secretRef`, ...),
+//! resolved when the run starts like any `secretKeyRef` (so the key is redacted and a missing one fails
+//! the run before any stage starts), and (b) the `_providers` input field given to every LLM stage: model and base URL as written
 //! (templates allowed) and the key as a `{{env.FM_PROVIDER_<NAME>_API_KEY}}` template. At run time
 //! ([`select`]) a component picks its provider from that rendered field.
 //!

@@ -187,13 +187,13 @@ fn check_triggers(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
         .and_then(|w| w.path.as_deref())
         .map(str::trim)
         .filter(|p| !p.is_empty());
-    if let Some(path) = path {
-        if !webhook_path::is_below_prefix(&webhook_path::served_path("", "", Some(path))) {
-            errors.push(ValidationError::new(
-                "triggers.webhook.path",
-                format!("{path:?} must start with {WEBHOOK_PREFIX:?} and name a path below it"),
-            ));
-        }
+    if let Some(path) = path
+        && !webhook_path::is_below_prefix(&webhook_path::served_path("", "", Some(path)))
+    {
+        errors.push(ValidationError::new(
+            "triggers.webhook.path",
+            format!("{path:?} must start with {WEBHOOK_PREFIX:?} and name a path below it"),
+        ));
     }
 }
 
