@@ -11,199 +11,36 @@ use std::time::Duration;
 
 use flowmason::apiserver::{ServeConfig, Server};
 use flowmason::components::builtin_registry;
-use flowmason::model::crd_yaml::{pipeline_crd, pipelinerun_crd};
-use flowmason::model::{Pipeline, PipelineRun, PipelineRunStatus, RunPhase};
+use flowmason::model::{Pipeline, PipelineRun, RunPhase};
 use flowmason::operator::{Operator, OperatorConfig};
 use flowmason_store::{EventStore, StoreConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/crds.rs"]
+mod crds;
 #[path = "operator/faults.rs"]
 mod faults;
+#[path = "support/serve.rs"]
+mod serve;
+#[path = "support/stages.rs"]
+mod stages;
 #[path = "operator/ui.rs"]
 mod ui;
 #[path = "support/wait.rs"]
 mod wait;
 
+use crds::install_crds;
+use serve::Fm;
+use stages::{
+    create_pipeline, create_run, delay_stages, final_status, pipeline, run_of, terminal, wait_phase,
+};
 use wait::{PATIENCE, eventually};
-
-/// A running `fm serve` (or another `fm` server command), killed on drop.
-struct Fm {
-    child: Child,
-    kubeconfig: PathBuf,
-}
-
-impl Fm {
-    /// Starts `fm <args>` and waits for its `export KUBECONFIG=` line.
-    fn start(args: &[&str]) -> Fm {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fm"))
-            .args(args)
-            .env_remove("FM_DATA_DIR")
-            .env("FM_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("fm starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut kubeconfig = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("read stdout");
-            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
-                kubeconfig = Some(PathBuf::from(path));
-                break;
-            }
-        }
-        Fm {
-            child,
-            kubeconfig: kubeconfig.expect("fm serve prints its kubeconfig"),
-        }
-    }
-
-    fn serve(data: &Path, extra: &[&str]) -> Fm {
-        let dir = data.to_str().expect("path");
-        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--data-dir", dir];
-        args.extend_from_slice(extra);
-        Fm::start(&args)
-    }
-
-    async fn client(&self) -> Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-            .await
-            .expect("config");
-        Client::try_from(config).expect("client")
-    }
-
-    /// The server URL the kubeconfig names (the API server, and next to it the history API and
-    /// /metrics).
-    fn url(&self) -> String {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        kubeconfig.clusters[0]
-            .cluster
-            .as_ref()
-            .and_then(|c| c.server.clone())
-            .expect("server url")
-    }
-
-    /// Stops the process with SIGTERM (a graceful stop) and waits for it.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Fm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn kubectl(fm: &Fm, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", &fm.kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    if let Some(text) = stdin {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("kubectl ends");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn pipeline(name: &str, stages: Value) -> Pipeline {
-    serde_json::from_value(json!({
-        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"stages": stages}
-    }))
-    .expect("pipeline")
-}
-
-fn run_of(name: &str, pipeline: &str, inputs: Value) -> PipelineRun {
-    serde_json::from_value(json!({
-        "apiVersion": "flowmason.io/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"pipelineRef": pipeline, "inputs": inputs}
-    }))
-    .expect("run")
-}
-
-async fn create_pipeline(pipelines: &Api<Pipeline>, name: &str, stages: Value) {
-    pipelines
-        .create(&PostParams::default(), &pipeline(name, stages))
-        .await
-        .expect("create pipeline");
-}
-
-async fn create_run(runs: &Api<PipelineRun>, name: &str, pipeline: &str, inputs: Value) {
-    runs.create(&PostParams::default(), &run_of(name, pipeline, inputs))
-        .await
-        .expect("create run");
-}
-
-fn delay_stages(ms: u64) -> Value {
-    json!([
-        {"id": "wait", "componentType": "delay", "config": {"ms": ms}},
-        {"id": "shape", "componentType": "json_transform", "dependsOn": ["wait"],
-         "config": {"data": {"x": "{{input.x}}"}, "expression": "x"}}
-    ])
-}
-
-async fn wait_phase(api: &Api<PipelineRun>, name: &str, phases: &[RunPhase]) -> PipelineRun {
-    eventually(&format!("{name} in {phases:?}"), || async {
-        let run = api.get_opt(name).await.ok().flatten()?;
-        let phase = run.status.as_ref()?.phase?;
-        phases.contains(&phase).then_some(run)
-    })
-    .await
-}
-
-/// The status of run `name` once it has ended.
-async fn final_status(api: &Api<PipelineRun>, name: &str) -> PipelineRunStatus {
-    wait_phase(api, name, &terminal())
-        .await
-        .status
-        .expect("status")
-}
-
-fn terminal() -> [RunPhase; 4] {
-    [
-        RunPhase::Succeeded,
-        RunPhase::Failed,
-        RunPhase::Cancelled,
-        RunPhase::TimedOut,
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_status() {
@@ -212,7 +49,7 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
     let client = fm.client().await;
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
     let doc = serde_json::to_string(&pipeline("hello", delay_stages(400))).expect("json");
-    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&doc));
+    let (ok, out) = fm.kubectl(&["apply", "-f", "-"], Some(&doc));
     assert!(ok, "{out}");
     // Watch the run from before it exists, collecting every phase it shows.
     let watch = tokio::spawn({
@@ -240,7 +77,7 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
         }
     });
     let run = serde_json::to_string(&run_of("hello-1", "hello", json!({"x": 42}))).expect("json");
-    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&run));
+    let (ok, out) = fm.kubectl(&["apply", "-f", "-"], Some(&run));
     assert!(ok, "{out}");
     let phases = tokio::time::timeout(PATIENCE, watch)
         .await
@@ -289,7 +126,7 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
         status.run_id
     );
     // kubectl shows it too.
-    let (ok, out) = kubectl(&fm, &["get", "pipelineruns"], None);
+    let (ok, out) = fm.kubectl(&["get", "pipelineruns"], None);
     assert!(
         ok && out.contains("hello-1") && out.contains("Succeeded"),
         "{out}"
@@ -1988,8 +1825,7 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     let fm = Fm::serve(data.path(), &[]);
     let crds = root.join("deploy/crds");
     let ns = root.join("deploy/operator/namespace.yaml");
-    let (ok, out) = kubectl(
-        &fm,
+    let (ok, out) = fm.kubectl(
         &[
             "apply",
             "--dry-run=server",
@@ -1999,8 +1835,7 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
         None,
     );
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(
-        &fm,
+    let (ok, out) = fm.kubectl(
         &[
             "apply",
             "-f",
@@ -2011,7 +1846,7 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
         None,
     );
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(&fm, &["get", "namespace", "flowmason-system"], None);
+    let (ok, out) = fm.kubectl(&["get", "namespace", "flowmason-system"], None);
     assert!(ok && out.contains("flowmason-system"), "{out}");
     fm.stop();
 }
@@ -2148,13 +1983,7 @@ fn queue_depth_counts_runs_whose_changes_wait_for_a_reconcile() {
             .expect("server starts");
         let direct =
             Client::try_from(server.client_config().await.expect("kubeconfig")).expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(direct.clone());
-        for crd in [pipeline_crd(), pipelinerun_crd()] {
-            let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd");
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .expect("crd create");
-        }
+        install_crds(&direct).await;
         let gate = PatchGate::closed();
         let metrics = Arc::new(flowmason::metrics::Metrics::new().expect("metrics"));
         let events =
