@@ -32,15 +32,13 @@ mod serve;
 mod stages;
 #[path = "operator/ui.rs"]
 mod ui;
-#[path = "support/wait.rs"]
-mod wait;
 
 use crds::install_crds;
 use serve::Fm;
+use stages::wait::{PATIENCE, eventually};
 use stages::{
     create_pipeline, create_run, delay_stages, final_status, pipeline, run_of, terminal, wait_phase,
 };
-use wait::{PATIENCE, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_status() {

@@ -8,8 +8,10 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 
+/// Waiting for a run's phase is waiting for something to become true: the binaries that include this
+/// file reach [`wait::eventually`] here rather than loading `wait.rs` a second time.
 #[path = "wait.rs"]
-mod wait;
+pub mod wait;
 
 use wait::eventually;
 
