@@ -11,6 +11,8 @@ pub mod env;
 pub mod health;
 pub mod history;
 pub mod http;
+#[cfg(test)]
+mod layering;
 pub mod llm;
 pub mod metrics;
 pub mod model;

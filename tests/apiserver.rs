@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use flowmason::apiserver::{ApiConfig, ServeConfig, Server};
@@ -949,8 +949,11 @@ type BadCase = (
 
 #[path = "apiserver/corpus.rs"]
 mod corpus;
+#[path = "support/kubectl.rs"]
+mod kubectl;
 #[path = "support/pipelines.rs"]
 mod pipelines;
+use kubectl::Kubectl;
 use pipelines::chain_pipeline;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1480,58 +1483,6 @@ async fn the_store_holding_secrets_is_owner_only() {
 // ---------------------------------------------------------------------------------------------------
 // kubectl
 
-/// The kubectl binary: `$KUBECTL`, else the first on PATH (scripts/test.sh installs Debian's
-/// `kubernetes-client` when none is there).
-fn kubectl_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("KUBECTL") {
-        return PathBuf::from(path);
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let candidate = dir.join("kubectl");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("kubectl not found on PATH (scripts/test.sh installs the kubernetes-client package)");
-}
-
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.bin);
-        command
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.kubeconfig.parent().expect("dir"))
-            .env_remove("KUBERNETES_SERVICE_HOST");
-        command
-    }
-
-    /// Runs kubectl to completion on a blocking thread; asserts it exits 0; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args).await;
-        assert_eq!(code, Some(0), "kubectl {args:?} failed: {err}");
-        out
-    }
-
-    async fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let mut command = self.command(args);
-        let out = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .expect("join")
-            .expect("kubectl runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
 async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
@@ -1546,10 +1497,7 @@ fn repo(path: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_validate_refuses_or_warns_about_unknown_fields_and_explain_describes_them() {
     let h = Harness::start().await;
-    let kubectl = Kubectl {
-        bin: kubectl_path(),
-        kubeconfig: h.server.kubeconfig_path().to_path_buf(),
-    };
+    let kubectl = Kubectl::new(h.server.kubeconfig_path());
     let crds = repo("deploy/crds");
     kubectl
         .ok(&["apply", "-f", crds.to_str().expect("path")])
@@ -1630,10 +1578,7 @@ async fn kubectl_validate_refuses_or_warns_about_unknown_fields_and_explain_desc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_works_against_the_embedded_server() {
     let h = Harness::start().await;
-    let kubectl = Kubectl {
-        bin: kubectl_path(),
-        kubeconfig: h.server.kubeconfig_path().to_path_buf(),
-    };
+    let kubectl = Kubectl::new(h.server.kubeconfig_path());
     let crds = repo("deploy/crds");
     let out = kubectl
         .ok(&["apply", "-f", crds.to_str().expect("path")])

@@ -23,8 +23,8 @@ use serde_json::json;
 
 #[path = "cluster/audit.rs"]
 mod audit;
-#[path = "support/fm_serve.rs"]
-mod fm_serve;
+#[path = "support/serve.rs"]
+mod serve;
 #[path = "support/nats.rs"]
 mod nats;
 #[path = "support/replicas.rs"]

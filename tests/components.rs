@@ -28,31 +28,6 @@ use tokio_util::sync::CancellationToken;
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
 
-fn stage(id: &str, component: &str, deps: &[&str], config: Value) -> StagePlan {
-    StagePlan {
-        id: id.into(),
-        component: component.into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        config,
-        input_mapping: BTreeMap::new(),
-        timeout_ms: None,
-        retry: None,
-    }
-}
-
-fn plan(stages: Vec<StagePlan>) -> PlanSpec {
-    PlanSpec {
-        stages,
-        parallelism: 10,
-        timeout_ms: None,
-        retry: RetryPolicy::default(),
-        output_stage: None,
-        env: BTreeMap::new(),
-        env_from: Vec::new(),
-        output_schema: None,
-    }
-}
-
 struct Fixture {
     _dir: tempfile::TempDir,
     store: EventStore,
@@ -68,19 +43,6 @@ fn fixture(registry: Registry) -> Fixture {
         store,
         engine,
     }
-}
-
-async fn run(f: &Fixture, spec: PlanSpec, inputs: Value) -> (RunState, Vec<Event>) {
-    let state = f
-        .engine
-        .start(RunRequest::new("test", spec, inputs))
-        .await
-        .expect("start")
-        .finished()
-        .await
-        .expect("end");
-    let events = f.store.events(state.run_id).expect("events");
-    (state, events)
 }
 
 fn phase(state: &RunState, id: &str) -> StagePhase {
@@ -113,26 +75,32 @@ fn output(state: &RunState, id: &str) -> Value {
 async fn router_and_conditional_skip_the_branches_not_taken_and_the_run_succeeds() {
     let f = fixture(builtin_registry());
     let spec = plan(vec![
-        stage(
+        configured(
             "check",
             "conditional",
             &[],
             json!({"condition": "{{input.score}}", "condition_expression": "value > 0.8",
                    "true_branch_stages": ["approve"], "false_branch_stages": ["reject"]}),
         ),
-        stage("approve", "noop", &["check"], Value::Null),
-        stage("reject", "noop", &["check"], Value::Null),
-        stage("after_reject", "noop", &["reject"], Value::Null),
-        stage(
+        configured("approve", "noop", &["check"], Value::Null),
+        configured("reject", "noop", &["check"], Value::Null),
+        configured("after_reject", "noop", &["reject"], Value::Null),
+        configured(
             "route",
             "router",
             &["check"],
             json!({"value": "{{input.kind}}", "routes": {"a": ["on_a"], "b": ["on_b"]}}),
         ),
-        stage("on_a", "noop", &["route"], Value::Null),
-        stage("on_b", "noop", &["route"], Value::Null),
+        configured("on_a", "noop", &["route"], Value::Null),
+        configured("on_b", "noop", &["route"], Value::Null),
     ]);
-    let (state, events) = run(&f, spec, json!({"score": 0.3, "kind": "b"})).await;
+    let (state, events) = run_to_end(
+        &f.engine,
+        &f.store,
+        spec,
+        json!({"score": 0.3, "kind": "b"}),
+    )
+    .await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     assert_eq!(phase(&state, "reject"), StagePhase::Succeeded);
     assert_eq!(phase(&state, "after_reject"), StagePhase::Succeeded);
@@ -152,27 +120,27 @@ async fn router_and_conditional_skip_the_branches_not_taken_and_the_run_succeeds
 
 fn foreach_plan(parallel: bool) -> PlanSpec {
     plan(vec![
-        stage(
+        configured(
             "loop",
             "foreach",
             &[],
             json!({"items": "{{input.items}}", "loop_stages": ["double", "shape"],
                    "item_variable": "n", "parallel": parallel, "max_parallel": 3}),
         ),
-        stage(
+        configured(
             "double",
             "json_transform",
             &["loop"],
             json!({"data": {"n": "{{upstream.loop.n}}", "i": "{{upstream.loop.current_index}}"},
                    "jq": "{twice: (.n * 2), i}"}),
         ),
-        stage(
+        configured(
             "shape",
             "variable_set",
             &["double"],
             json!({"name": "r", "value": "{{upstream.double.result}}"}),
         ),
-        stage(
+        configured(
             "after",
             "json_transform",
             &["loop"],
@@ -186,7 +154,13 @@ async fn foreach_runs_its_loop_stages_once_per_item_in_order_and_never_as_dag_st
     let f = fixture(builtin_registry());
     for parallel in [false, true] {
         let items: Vec<i64> = (1..=7).collect();
-        let (state, events) = run(&f, foreach_plan(parallel), json!({ "items": items })).await;
+        let (state, events) = run_to_end(
+            &f.engine,
+            &f.store,
+            foreach_plan(parallel),
+            json!({ "items": items }),
+        )
+        .await;
         assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
         let out = output(&state, "loop");
         assert_eq!(out["total_items"], json!(7));
@@ -239,7 +213,7 @@ async fn a_nested_stage_is_retried_by_its_own_policy_with_a_new_key_per_attempt(
     registry.register("every_other_call", flaky.clone());
     let f = fixture(registry);
     let spec = |limit: u32| {
-        let mut call = stage("call", "every_other_call", &["loop"], json!({}));
+        let mut call = configured("call", "every_other_call", &["loop"], json!({}));
         call.retry = Some(RetryPolicy {
             limit,
             initial_ms: 1,
@@ -247,7 +221,7 @@ async fn a_nested_stage_is_retried_by_its_own_policy_with_a_new_key_per_attempt(
             ..RetryPolicy::default()
         });
         plan(vec![
-            stage(
+            configured(
                 "loop",
                 "foreach",
                 &[],
@@ -256,7 +230,7 @@ async fn a_nested_stage_is_retried_by_its_own_policy_with_a_new_key_per_attempt(
             call,
         ])
     };
-    let (state, events) = run(&f, spec(1), json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec(1), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     let results = output(&state, "loop")["results"].clone();
     assert_eq!(
@@ -284,7 +258,7 @@ async fn a_nested_stage_is_retried_by_its_own_policy_with_a_new_key_per_attempt(
     assert_eq!(retries_logged, 3);
 
     // Without retries the first failure ends the loop.
-    let (state, _) = run(&f, spec(0), json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec(0), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert!(
         state
@@ -300,14 +274,14 @@ async fn foreach_break_on_error_fails_and_otherwise_collects_errors() {
     let f = fixture(builtin_registry());
     let spec = |break_on_error: bool| {
         plan(vec![
-            stage(
+            configured(
                 "loop",
                 "foreach",
                 &[],
                 json!({"items": [{"a": 1}, "text", {"a": 3}], "loop_stages": ["pick"],
                        "break_on_error": break_on_error}),
             ),
-            stage(
+            configured(
                 "pick",
                 "json_transform",
                 &["loop"],
@@ -315,14 +289,14 @@ async fn foreach_break_on_error_fails_and_otherwise_collects_errors() {
             ),
         ])
     };
-    let (state, _) = run(&f, spec(true), json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec(true), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     let message = state.error.expect("error").message;
     assert!(
         message.contains("foreach: iteration 1: stage \"pick\" failed"),
         "{message}"
     );
-    let (state, _) = run(&f, spec(false), json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec(false), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     let out = output(&state, "loop");
     assert_eq!(out["results"][0]["result"], json!(1));
@@ -334,13 +308,13 @@ async fn foreach_break_on_error_fails_and_otherwise_collects_errors() {
 async fn cancelling_the_run_stops_a_running_foreach() {
     let f = fixture(builtin_registry());
     let spec = plan(vec![
-        stage(
+        configured(
             "loop",
             "foreach",
             &[],
             json!({"items": [1, 2, 3], "loop_stages": ["wait"]}),
         ),
-        stage("wait", "delay", &["loop"], json!({"seconds": 600})),
+        configured("wait", "delay", &["loop"], json!({"seconds": 600})),
     ]);
     let handle = f
         .engine
@@ -361,8 +335,8 @@ async fn foreach_stops_when_its_token_is_cancelled() {
     // Directly on the component, with a nested delay: the token stops the running iteration.
     let registry = Arc::new(builtin_registry());
     let spec = plan(vec![
-        stage("loop", "foreach", &[], Value::Null),
-        stage("wait", "delay", &["loop"], json!({"seconds": 600})),
+        configured("loop", "foreach", &[], Value::Null),
+        configured("wait", "delay", &["loop"], json!({"seconds": 600})),
     ]);
     let view = flowmason_actors::RunView {
         plan: Arc::new(flowmason_actors::Plan::build(spec).expect("plan")),
@@ -396,28 +370,34 @@ fn trycatch_plan(scope: &str, fail: bool) -> PlanSpec {
         json!({"data": 1, "jq": ". + 1"})
     };
     plan(vec![
-        stage(
+        configured(
             "guard",
             "trycatch",
             &[],
             json!({"try_stages": ["risky"], "catch_stages": ["handle"], "finally_stages": ["cleanup"],
                    "error_scope": scope}),
         ),
-        stage("risky", "json_transform", &["guard"], risky),
-        stage(
+        configured("risky", "json_transform", &["guard"], risky),
+        configured(
             "handle",
             "variable_set",
             &["guard"],
             json!({"name": "e", "value": "{{upstream.guard.error_type}}: {{upstream.guard.error}}"}),
         ),
-        stage("cleanup", "noop", &["guard"], Value::Null),
+        configured("cleanup", "noop", &["guard"], Value::Null),
     ])
 }
 
 #[actix_rt::test]
 async fn trycatch_runs_catch_and_finally_on_failure() {
     let f = fixture(builtin_registry());
-    let (state, events) = run(&f, trycatch_plan("continue", true), json!({})).await;
+    let (state, events) = run_to_end(
+        &f.engine,
+        &f.store,
+        trycatch_plan("continue", true),
+        json!({}),
+    )
+    .await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     let out = output(&state, "guard");
     assert_eq!(out["status"], json!("caught"));
@@ -432,12 +412,24 @@ async fn trycatch_runs_catch_and_finally_on_failure() {
     for inner in ["risky", "handle", "cleanup"] {
         assert_eq!(started(&events, inner), 0);
     }
-    let (state, _) = run(&f, trycatch_plan("continue", false), json!({})).await;
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
+        trycatch_plan("continue", false),
+        json!({}),
+    )
+    .await;
     let out = output(&state, "guard");
     assert_eq!(out["status"], json!("success"));
     assert_eq!(out["try_result"]["result"], json!(2));
     assert_eq!(out["catch_result"], Value::Null);
-    let (state, _) = run(&f, trycatch_plan("propagate", true), json!({})).await;
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
+        trycatch_plan("propagate", true),
+        json!({}),
+    )
+    .await;
     assert_eq!(state.phase, RunPhase::Failed);
     let message = state.error.expect("error").message;
     assert!(
@@ -461,7 +453,7 @@ impl PipelineResolver for Pipelines {
 }
 
 fn calls(target: &str) -> PlanSpec {
-    plan(vec![stage(
+    plan(vec![configured(
         "call",
         "subpipeline",
         &[],
@@ -471,7 +463,7 @@ fn calls(target: &str) -> PlanSpec {
 
 #[actix_rt::test]
 async fn subpipeline_runs_a_pipeline_by_name_and_refuses_cycles() {
-    let double = plan(vec![stage(
+    let double = plan(vec![configured(
         "twice",
         "json_transform",
         &[],
@@ -483,7 +475,7 @@ async fn subpipeline_runs_a_pipeline_by_name_and_refuses_cycles() {
         ("loop_b".to_string(), calls("loop_a")),
     ]));
     let f = fixture(registry_with_resolver(Arc::new(pipelines)));
-    let (state, _) = run(&f, calls("double"), json!({"x": 21})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, calls("double"), json!({"x": 21})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     let out = state.output.expect("output");
     assert_eq!(out["status"], json!("completed"));
@@ -506,7 +498,7 @@ async fn subpipeline_runs_a_pipeline_by_name_and_refuses_cycles() {
         "{message}"
     );
 
-    let (state, _) = run(&f, calls("missing"), json!({"x": 1})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, calls("missing"), json!({"x": 1})).await;
     let message = state.error.expect("error").message;
     assert!(
         message.contains("no pipeline named \"missing\""),
@@ -856,7 +848,7 @@ async fn gone(pid: u32) {
 }
 
 fn runaway_plan(timeout_ms: Option<u64>) -> PlanSpec {
-    let mut spin = stage(
+    let mut spin = configured(
         "spin",
         "json_transform",
         &[],
@@ -878,20 +870,20 @@ async fn a_runaway_jq_stage_times_out_while_other_runs_complete_and_its_worker_i
     let pid = runaway_worker().await;
     // The engine keeps serving: another run, with jq and a Python condition, completes meanwhile.
     let quick = plan(vec![
-        stage(
+        configured(
             "shape",
             "json_transform",
             &[],
             json!({"data": {"n": [1, 2, 3]}, "jq": ".n | add"}),
         ),
-        stage(
+        configured(
             "check",
             "filter",
             &["shape"],
             json!({"data": "{{upstream.shape.result}}", "condition": "data == 6"}),
         ),
     ]);
-    let (state, _) = run(&f, quick, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, quick, json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     assert_eq!(output(&state, "check")["passed"], json!(true));
     let state = tokio::time::timeout(Duration::from_secs(60), handle.finished())
@@ -931,3 +923,7 @@ mod connectors;
 
 #[path = "components/flow.rs"]
 mod flow;
+#[path = "support/plans.rs"]
+mod plans;
+
+use plans::{configured, plan, run_to_end};

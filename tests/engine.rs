@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use flowmason_actors::{
     Component, ComponentError, ComponentOutput, Engine, EngineConfig, EngineError, EnvResolver,
-    PlanSpec, Registry, ResolvedEnv, RetryPolicy, Reuse, ReusedStage, RunRequest, StageContext,
-    StagePlan,
+    Registry, ResolvedEnv, RetryPolicy, Reuse, ReusedStage, RunRequest, StageContext,
 };
 use flowmason_store::{
     Durability, ErrorClass, Event, EventKind, EventStore, RunPhase, RunState, SkipReason,
@@ -20,36 +19,6 @@ use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
-
-fn stage(id: &str, component: &str, deps: &[&str]) -> StagePlan {
-    StagePlan {
-        id: id.into(),
-        component: component.into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        config: Value::Null,
-        input_mapping: BTreeMap::new(),
-        timeout_ms: None,
-        retry: None,
-    }
-}
-
-fn with_config(mut s: StagePlan, config: Value) -> StagePlan {
-    s.config = config;
-    s
-}
-
-fn plan(stages: Vec<StagePlan>) -> PlanSpec {
-    PlanSpec {
-        stages,
-        parallelism: 10,
-        timeout_ms: None,
-        retry: RetryPolicy::default(),
-        output_stage: None,
-        env: BTreeMap::new(),
-        env_from: Vec::new(),
-        output_schema: None,
-    }
-}
 
 /// Echoes its input as its output.
 struct Echo;
@@ -296,19 +265,6 @@ fn registry(sleep: &Sleep, flaky: &Flaky) -> Registry {
     registry
 }
 
-async fn run(f: &Fixture, spec: PlanSpec, inputs: Value) -> (RunState, Vec<Event>) {
-    let state = f
-        .engine
-        .start(RunRequest::new("test", spec, inputs))
-        .await
-        .expect("start")
-        .finished()
-        .await
-        .expect("end");
-    let events = f.store.events(state.run_id).expect("events");
-    (state, events)
-}
-
 /// The `RunAccepted` of a run of `plan` (a recorded plan, readable or not) in `default`, no inputs.
 fn accepted(plan: Value, generation: i64, run_name: Option<&str>) -> EventKind {
     EventKind::RunAccepted {
@@ -374,7 +330,7 @@ async fn stages_run_in_dependency_order_and_the_sink_output_is_the_run_output() 
         ),
         with_config(stage("a", "echo", &[]), json!({ "n": "{{input.n}}" })),
     ]);
-    let (state, events) = run(&f, spec, json!({ "n": 41 })).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({ "n": 41 })).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(state.output, Some(json!({ "b": 41, "c": "n is 41" })));
     let started: Vec<&str> = events
@@ -403,13 +359,13 @@ async fn run_output_is_keyed_by_sink_when_there_are_several_or_taken_from_the_ou
         with_config(stage("b", "echo", &["a"]), json!({ "v": 2 })),
         with_config(stage("c", "echo", &["a"]), json!({ "v": 3 })),
     ]);
-    let (state, _) = run(&f, spec.clone(), json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec.clone(), json!({})).await;
     assert_eq!(
         state.output,
         Some(json!({ "b": { "v": 2 }, "c": { "v": 3 } }))
     );
     spec.output_stage = Some("a".into());
-    let (state, _) = run(&f, spec, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.output, Some(json!({ "v": 1 })));
 }
 
@@ -421,7 +377,7 @@ async fn a_template_that_does_not_resolve_fails_the_stage_without_retry() {
         json!({ "x": "{{input.missing}}" }),
     )]);
     spec.retry.limit = 3;
-    let (state, events) = run(&f, spec, json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     let error = state.stages["a"].error.clone().expect("stage error");
     assert_eq!(error.class, ErrorClass::Template);
@@ -444,7 +400,7 @@ async fn parallelism_cap_is_never_exceeded() {
     }
     let mut spec = plan(stages);
     spec.parallelism = 3;
-    let (state, events) = run(&f, spec, json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(
         max_running(&events),
@@ -483,7 +439,7 @@ async fn retries_are_counted_and_backoff_grows() {
         jitter: 0.0,
         retry_on: vec![],
     });
-    let (state, events) = run(&f, plan(vec![s]), json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, plan(vec![s]), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(state.stages["a"].attempts, 4);
     assert_eq!(f.flaky.calls.load(Ordering::SeqCst), 4);
@@ -530,7 +486,7 @@ async fn a_stage_that_keeps_failing_fails_the_run_after_its_retries() {
         jitter: 0.0,
         retry_on: vec![],
     };
-    let (state, events) = run(&f, spec, json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(state.stages["a"].attempts, 3);
     assert_eq!(count(&events, "StageRetryScheduled"), 2);
@@ -547,7 +503,7 @@ async fn errors_that_cannot_be_helped_by_a_retry_are_not_retried() {
         json!({ "fail_class": "config" }),
     )]);
     spec.retry.limit = 5;
-    let (state, events) = run(&f, spec, json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(state.stages["a"].attempts, 1);
     assert_eq!(count(&events, "StageRetryScheduled"), 0);
@@ -561,8 +517,9 @@ async fn a_stage_timeout_cancels_the_attempt() {
     let f = fixture();
     let mut s = with_config(stage("slow", "sleep", &[]), json!({ "ms": 30_000 }));
     s.timeout_ms = Some(50);
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         plan(vec![s, stage("after", "echo", &["slow"])]),
         json!({}),
     )
@@ -591,7 +548,7 @@ async fn a_run_timeout_ends_the_run_timed_out_and_cancels_running_stages() {
         stage("after", "echo", &["slow"]),
     ]);
     spec.timeout_ms = Some(100);
-    let (state, events) = run(&f, spec, json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::TimedOut);
     assert_eq!(
         state.error.expect("error").message,
@@ -659,7 +616,7 @@ async fn a_failed_stage_skips_its_dependants_and_fails_the_run() {
         stage("d", "echo", &["c"]),
     ]);
     spec.parallelism = 1;
-    let (state, _) = run(&f, spec, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(state.stages["a"].phase, StagePhase::Succeeded);
     assert_eq!(state.stages["b"].phase, StagePhase::Failed);
@@ -687,7 +644,7 @@ async fn no_new_stage_starts_once_a_stage_failed_for_good() {
         stage("independent", "echo", &[]),
     ]);
     spec.parallelism = 1;
-    let (state, _) = run(&f, spec, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(state.stages["independent"].phase, StagePhase::Skipped);
     assert_eq!(
@@ -709,7 +666,7 @@ async fn an_untaken_branch_is_skipped_and_the_join_still_runs() {
             json!({ "from": "{{upstream.yes.took}}" }),
         ),
     ]);
-    let (state, _) = run(&f, spec, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded);
     assert_eq!(
         state.stages["no"].skip_reason,
@@ -726,7 +683,13 @@ async fn an_untaken_branch_is_skipped_and_the_join_still_runs() {
 #[actix_rt::test]
 async fn component_log_lines_become_stage_log_events() {
     let f = fixture();
-    let (state, events) = run(&f, plan(vec![stage("talk", "chatty", &[])]), json!({})).await;
+    let (state, events) = run_to_end(
+        &f.engine,
+        &f.store,
+        plan(vec![stage("talk", "chatty", &[])]),
+        json!({}),
+    )
+    .await;
     let log = events
         .iter()
         .find(|e| e.kind.name() == "StageLog")
@@ -978,12 +941,12 @@ async fn a_run_whose_output_breaks_the_output_schema_fails_naming_each_problem()
         }));
         spec
     };
-    let (state, events) = run(&f, spec(json!(3)), json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec(json!(3)), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     assert_eq!(state.output, Some(json!({ "v": 3 })));
     assert_eq!(count(&events, "RunSucceeded"), 1);
 
-    let (state, events) = run(&f, spec(json!("three")), json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec(json!("three")), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     let error = state.error.expect("error");
     assert!(
@@ -1186,7 +1149,7 @@ async fn each_attempt_records_its_rendered_input_with_secrets_masked() {
         b,
         stage("c", "echo", &["b"]),
     ]);
-    let (state, events) = run(&f, spec, json!({ "name": "Ada" })).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({ "name": "Ada" })).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     let inputs: Vec<(&str, &Value)> = events
         .iter()
@@ -1372,7 +1335,7 @@ async fn context_fields_resolve_in_both_spellings() {
             "pipeline": "{{context.pipeline}}",
         }),
     )]);
-    let (state, _) = run(&f, spec, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     let expected = format!("{}/who/1", state.run_id);
     assert_eq!(
         state.output,
@@ -1607,3 +1570,7 @@ async fn a_run_in_flight_at_graceful_restarts_is_resumed_every_time() {
 
 #[path = "engine/event_log.rs"]
 mod event_log;
+#[path = "support/plans.rs"]
+mod plans;
+
+use plans::{plan, run_to_end, stage, with_config};

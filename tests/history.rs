@@ -1,7 +1,7 @@
 //! History, retention, reruns, metrics and health through their HTTP routers, served on 127.0.0.1:0
 //! in the test, over a real sled event log and real engine.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -14,7 +14,7 @@ use flowmason::http::metrics::MetricsState;
 use flowmason::metrics::Metrics;
 use flowmason_actors::{
     Component, ComponentError, ComponentOutput, Engine, EngineConfig, PlanSpec, Registry,
-    RetryPolicy, RunRequest, StageContext, StagePlan,
+    RunRequest, StageContext, StagePlan,
 };
 use flowmason_store::{
     Durability, Event, EventKind, EventStore, RunError, RunId, RunPhase, StoreConfig, Trigger,
@@ -22,6 +22,11 @@ use flowmason_store::{
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/plans.rs"]
+mod plans;
+
+use plans::{configured, plan};
 
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
@@ -106,34 +111,20 @@ impl Component for Hit {
 }
 
 fn stage(id: &str, deps: &[&str], url: &str) -> StagePlan {
-    StagePlan {
-        id: id.into(),
-        component: "hit".into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        config: json!({ "url": url }),
-        input_mapping: BTreeMap::new(),
-        timeout_ms: None,
-        retry: None,
-    }
+    configured(id, "hit", deps, json!({ "url": url }))
 }
 
 /// a -> b -> c -> d, and a -> e.
 fn diamond_plan(url: &str) -> PlanSpec {
     PlanSpec {
-        stages: vec![
+        parallelism: 4,
+        ..plan(vec![
             stage("a", &[], url),
             stage("b", &["a"], url),
             stage("c", &["b"], url),
             stage("d", &["c"], url),
             stage("e", &["a"], url),
-        ],
-        parallelism: 4,
-        timeout_ms: None,
-        retry: RetryPolicy::default(),
-        output_stage: None,
-        env: BTreeMap::new(),
-        env_from: Vec::new(),
-        output_schema: None,
+        ])
     }
 }
 

@@ -20,6 +20,11 @@ use flowmason_store::{
 };
 use serde_json::{Value, json};
 
+#[path = "support/plans.rs"]
+mod plans;
+
+use plans::run_to_end;
+
 const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789";
 const OPENAI_KEY: &str = "sk-openai-test-9876543210";
 
@@ -221,14 +226,7 @@ async fn run_pipeline(yaml: &str, secrets: &str, inputs: Value) -> Ran {
         ..EngineConfig::default()
     };
     let engine = Engine::new(store.clone(), registry, config);
-    let state = engine
-        .start(RunRequest::new("llm", plan, inputs))
-        .await
-        .expect("start")
-        .finished()
-        .await
-        .expect("end");
-    let events = store.events(state.run_id).expect("events");
+    let (state, events) = run_to_end(&engine, &store, plan, inputs).await;
     Ran {
         state,
         events,

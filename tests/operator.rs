@@ -11,129 +11,40 @@ use std::time::Duration;
 
 use flowmason::apiserver::{ServeConfig, Server};
 use flowmason::components::builtin_registry;
-use flowmason::model::crd_yaml::{pipeline_crd, pipelinerun_crd};
-use flowmason::model::{Pipeline, PipelineRun, PipelineRunStatus, RunPhase};
+use flowmason::model::{Pipeline, PipelineRun, RunPhase};
 use flowmason::operator::{Operator, OperatorConfig};
 use flowmason_store::{EventStore, StoreConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/crds.rs"]
+mod crds;
 #[path = "operator/faults.rs"]
 mod faults;
-#[path = "support/fm_serve.rs"]
-mod fm_serve;
 #[path = "support/nats.rs"]
 mod nats;
+#[path = "support/serve.rs"]
+mod serve;
 #[path = "operator/shards.rs"]
 mod shards;
 #[path = "operator/shards_owning.rs"]
 mod shards_owning;
+#[path = "support/stages.rs"]
+mod stages;
 #[path = "operator/ui.rs"]
 mod ui;
-#[path = "support/wait.rs"]
-mod wait;
 
-use fm_serve::Fm;
-
-use wait::{PATIENCE, eventually};
-
-fn kubectl(fm: &Fm, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", &fm.kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    if let Some(text) = stdin {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("kubectl ends");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn pipeline(name: &str, stages: Value) -> Pipeline {
-    serde_json::from_value(json!({
-        "apiVersion": "flowmason.io/v1", "kind": "Pipeline",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"stages": stages}
-    }))
-    .expect("pipeline")
-}
-
-fn run_of(name: &str, pipeline: &str, inputs: Value) -> PipelineRun {
-    serde_json::from_value(json!({
-        "apiVersion": "flowmason.io/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"pipelineRef": pipeline, "inputs": inputs}
-    }))
-    .expect("run")
-}
-
-async fn create_pipeline(pipelines: &Api<Pipeline>, name: &str, stages: Value) {
-    pipelines
-        .create(&PostParams::default(), &pipeline(name, stages))
-        .await
-        .expect("create pipeline");
-}
-
-async fn create_run(runs: &Api<PipelineRun>, name: &str, pipeline: &str, inputs: Value) {
-    runs.create(&PostParams::default(), &run_of(name, pipeline, inputs))
-        .await
-        .expect("create run");
-}
-
-fn delay_stages(ms: u64) -> Value {
-    json!([
-        {"id": "wait", "componentType": "delay", "config": {"ms": ms}},
-        {"id": "shape", "componentType": "json_transform", "dependsOn": ["wait"],
-         "config": {"data": {"x": "{{input.x}}"}, "expression": "x"}}
-    ])
-}
-
-async fn wait_phase(api: &Api<PipelineRun>, name: &str, phases: &[RunPhase]) -> PipelineRun {
-    eventually(&format!("{name} in {phases:?}"), || async {
-        let run = api.get_opt(name).await.ok().flatten()?;
-        let phase = run.status.as_ref()?.phase?;
-        phases.contains(&phase).then_some(run)
-    })
-    .await
-}
-
-/// The status of run `name` once it has ended.
-async fn final_status(api: &Api<PipelineRun>, name: &str) -> PipelineRunStatus {
-    wait_phase(api, name, &terminal())
-        .await
-        .status
-        .expect("status")
-}
-
-fn terminal() -> [RunPhase; 4] {
-    [
-        RunPhase::Succeeded,
-        RunPhase::Failed,
-        RunPhase::Cancelled,
-        RunPhase::TimedOut,
-    ]
-}
+use crds::install_crds;
+use serve::Fm;
+use stages::wait::{PATIENCE, eventually};
+use stages::{
+    create_pipeline, create_run, delay_stages, final_status, pipeline, run_of, terminal, wait_phase,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_status() {
@@ -142,7 +53,7 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
     let client = fm.client().await;
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");
     let doc = serde_json::to_string(&pipeline("hello", delay_stages(400))).expect("json");
-    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&doc));
+    let (ok, out) = fm.kubectl(&["apply", "-f", "-"], Some(&doc));
     assert!(ok, "{out}");
     // Watch the run from before it exists, collecting every phase it shows.
     let watch = tokio::spawn({
@@ -170,7 +81,7 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
         }
     });
     let run = serde_json::to_string(&run_of("hello-1", "hello", json!({"x": 42}))).expect("json");
-    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&run));
+    let (ok, out) = fm.kubectl(&["apply", "-f", "-"], Some(&run));
     assert!(ok, "{out}");
     let phases = tokio::time::timeout(PATIENCE, watch)
         .await
@@ -219,7 +130,7 @@ async fn kubectl_apply_runs_through_pending_running_succeeded_with_stages_in_sta
         status.run_id
     );
     // kubectl shows it too.
-    let (ok, out) = kubectl(&fm, &["get", "pipelineruns"], None);
+    let (ok, out) = fm.kubectl(&["get", "pipelineruns"], None);
     assert!(
         ok && out.contains("hello-1") && out.contains("Succeeded"),
         "{out}"
@@ -1918,8 +1829,7 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
     let fm = Fm::serve(data.path(), &[]);
     let crds = root.join("deploy/crds");
     let ns = root.join("deploy/operator/namespace.yaml");
-    let (ok, out) = kubectl(
-        &fm,
+    let (ok, out) = fm.kubectl(
         &[
             "apply",
             "--dry-run=server",
@@ -1929,8 +1839,7 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
         None,
     );
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(
-        &fm,
+    let (ok, out) = fm.kubectl(
         &[
             "apply",
             "-f",
@@ -1941,7 +1850,7 @@ async fn deploy_manifests_are_consistent_least_privilege_and_apply_to_fm_serve()
         None,
     );
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(&fm, &["get", "namespace", "flowmason-system"], None);
+    let (ok, out) = fm.kubectl(&["get", "namespace", "flowmason-system"], None);
     assert!(ok && out.contains("flowmason-system"), "{out}");
     fm.stop();
 }
@@ -2270,13 +2179,7 @@ fn queue_depth_counts_runs_whose_changes_wait_for_a_reconcile() {
             .expect("server starts");
         let direct =
             Client::try_from(server.client_config().await.expect("kubeconfig")).expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(direct.clone());
-        for crd in [pipeline_crd(), pipelinerun_crd()] {
-            let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd");
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .expect("crd create");
-        }
+        install_crds(&direct).await;
         let gate = PatchGate::closed();
         let metrics = Arc::new(flowmason::metrics::Metrics::new().expect("metrics"));
         let events =

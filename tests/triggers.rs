@@ -3,14 +3,13 @@
 //! redelivery, dead letters, shared durable consumers and server restarts.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flowmason::apiserver::{ServeConfig, Server};
-use flowmason::model::crd_yaml::{pipeline_crd, pipelinerun_crd};
 use flowmason::model::vocabulary::{
     CANCEL_ANNOTATION, PIPELINE_LABEL, SCHEDULED_TIME_ANNOTATION, TRIGGER_LABEL,
 };
@@ -22,7 +21,6 @@ use flowmason_store::Trigger;
 use futures::StreamExt as _;
 use hmac::{KeyInit as _, Mac as _};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -45,13 +43,7 @@ async fn api() -> Api_ {
         .expect("server starts");
     let client =
         Client::try_from(server.client_config().await.expect("kubeconfig")).expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [pipeline_crd(), pipelinerun_crd()] {
-        let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd");
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("crd create");
-    }
+    install_crds(&client).await;
     Api_ {
         server,
         client,
@@ -470,8 +462,14 @@ fn signed(request: reqwest::RequestBuilder, secret: &[u8], body: &[u8]) -> reqwe
 
 #[path = "triggers/corpus.rs"]
 mod corpus;
+#[path = "support/crds.rs"]
+mod crds;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/wait.rs"]
 mod wait;
+use crds::install_crds;
+use ports::free_port;
 use wait::eventually;
 
 #[tokio::test]
@@ -737,14 +735,6 @@ struct NatsServer {
     port: u16,
     jetstream: bool,
     dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 impl NatsServer {

@@ -11,8 +11,9 @@ use serde_json::Value;
 
 use super::progress::Progress;
 use super::{EXIT_INVALID, EXIT_RUN_FAILED, EnvArgs, StoreArgs, inputs};
-use crate::components::{DirectoryResolver, registry_with_resolver};
+use crate::components::registry_with_resolver;
 use crate::model;
+use crate::model::directory::DirectoryResolver;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {

@@ -83,7 +83,7 @@ pub use rewriter::Rewriter;
 pub use router::Router;
 pub use schema_validate::SchemaValidate;
 pub use selector::Selector;
-pub use subpipeline::{DirectoryResolver, NoPipelines, PipelineResolver, SubPipeline};
+pub use subpipeline::{NoPipelines, PipelineResolver, SubPipeline};
 pub use summarizer::Summarizer;
 pub use switch_router::SwitchRouter;
 pub use synthesizer::Synthesizer;

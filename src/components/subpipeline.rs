@@ -9,8 +9,8 @@
 //! environment); `async_execution: true` is refused (it would outlive this stage's attempt).
 //!
 //! The referenced pipeline is found by a [`PipelineResolver`] given to the component when the registry is
-//! built (for `fm run`, [`DirectoryResolver`]: the pipeline files next to the running one). Its stages
-//! run in-process, inside this stage, in dependency order (`flowmason_actors::nested::run_plan`); its
+//! built (for `fm run`, `model::directory::DirectoryResolver`: the pipeline files next to the running
+//! one). Its stages run in-process, inside this stage, in dependency order (`flowmason_actors::nested::run_plan`); its
 //! output is its run output (`outputStageId`, the single sink, or an object of sinks). A pipeline that
 //! (directly or not) calls itself is refused with the cycle named; nesting is limited to
 //! [`MAX_DEPTH`] levels.
@@ -19,7 +19,6 @@
 //! error}`. Errors (with `on_error: propagate`): the subpipeline's failure (its class), `timeout`; and
 //! always, class `config`: an unknown pipeline, a cycle, an invalid referenced pipeline, bad fields.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,55 +52,6 @@ impl PipelineResolver for NoPipelines {
     fn resolve(&self, _namespace: &str, name: &str) -> Result<PlanSpec, String> {
         Err(format!(
             "no pipeline {name:?}: no pipeline source is configured"
-        ))
-    }
-}
-
-/// Pipelines from the files (`*.yaml`, `*.yml`, `*.json`) of one directory, by name. Read at each
-/// resolution, so an edited file is seen by the next run.
-#[derive(Debug, Clone)]
-pub struct DirectoryResolver {
-    dir: PathBuf,
-}
-
-impl DirectoryResolver {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DirectoryResolver { dir: dir.into() }
-    }
-}
-
-impl PipelineResolver for DirectoryResolver {
-    fn resolve(&self, _namespace: &str, name: &str) -> Result<PlanSpec, String> {
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| format!("cannot list {}: {e}", self.dir.display()))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            // Files that are not pipelines (inputs, other documents) are passed over.
-            let Ok(loaded) = crate::model::load_pipeline_file(&file) else {
-                continue;
-            };
-            if loaded.name == name {
-                return crate::model::to_plan(&loaded.spec).map_err(|problems| {
-                    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                    format!(
-                        "pipeline {name:?} in {} is invalid: {}",
-                        file.display(),
-                        text.join("; ")
-                    )
-                });
-            }
-        }
-        Err(format!(
-            "no pipeline named {name:?} in {}",
-            self.dir.display()
         ))
     }
 }

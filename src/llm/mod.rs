@@ -2,10 +2,11 @@
 //! API and the OpenAI Chat Completions API, over HTTP with streaming off.
 //!
 //! How a stage reaches its provider: `spec.providers` is turned into a `_providers` input field of every
-//! LLM stage when the pipeline is planned ([`providers::plan_providers`]), holding each provider's model
-//! and base URL and, for the API key, only a template `{{env.FM_PROVIDER_<NAME>_API_KEY}}`. The key itself
-//! is resolved from the provider's `secretRef` when the run starts, into the run's environment, so the plan
-//! (which the event log records) never holds it and the run redacts it from everything it records.
+//! LLM stage when the pipeline is planned (`model::providers::plan_providers`), holding each provider's
+//! model and base URL and, for the API key, only a template `{{env.FM_PROVIDER_<NAME>_API_KEY}}`. The
+//! key itself is resolved from the provider's `secretRef` when the run starts, into the run's
+//! environment, so the plan (which the event log records) never holds it and the run redacts it from
+//! everything it records.
 
 use serde_json::{Map, Value, json};
 

@@ -1,9 +1,9 @@
 //! `spec.providers` in the plan and at run time.
 //!
-//! Planning ([`plan_providers`]) turns the pipeline's providers into (a) one `envFrom` reference per API
-//! key (`FM_PROVIDER_ANTHROPIC_API_KEY` from `providers.anthropic.secretRef`, ...), resolved when the run
-//! starts like any `secretKeyRef` (so the key is redacted and a missing one fails the run before any stage
-//! starts), and (b) the `_providers` input field given to every LLM stage: model and base URL as written
+//! Planning (`model::providers::plan_providers`) turns the pipeline's providers into (a) one `envFrom`
+//! reference per API key (`FM_PROVIDER_ANTHROPIC_API_KEY` from `providers.anthropic.secretRef`, ...),
+//! resolved when the run starts like any `secretKeyRef` (so the key is redacted and a missing one fails
+//! the run before any stage starts), and (b) the `_providers` input field given to every LLM stage: model and base URL as written
 //! (templates allowed) and the key as a `{{env.FM_PROVIDER_<NAME>_API_KEY}}` template. At run time
 //! ([`select`]) a component picks its provider from that rendered field.
 //!
@@ -14,9 +14,7 @@
 
 use serde_json::{Map, Value, json};
 
-use flowmason_actors::{ComponentError, EnvRef, EnvRefKind, PlanSpec};
-
-use crate::model::{ProviderSpec, ProvidersSpec};
+use flowmason_actors::{ComponentError, PlanSpec};
 
 /// The stage input field carrying the providers to LLM stages.
 pub const PROVIDERS_FIELD: &str = "_providers";
@@ -98,50 +96,6 @@ impl ProviderKind {
             ProviderKind::OpenAi => "OPENAI_BASE_URL",
         }
     }
-
-    fn spec(self, providers: &ProvidersSpec) -> Option<&ProviderSpec> {
-        match self {
-            ProviderKind::Anthropic => providers.anthropic.as_ref(),
-            ProviderKind::OpenAi => providers.openai.as_ref(),
-        }
-    }
-}
-
-/// The key references and the `_providers` stage field of a pipeline's `spec.providers`.
-pub fn plan_providers(providers: &ProvidersSpec) -> (Vec<EnvRef>, Value) {
-    let mut refs = Vec::new();
-    let mut field = Map::new();
-    if let Some(default) = &providers.default {
-        field.insert("default".into(), Value::String(default.clone()));
-    }
-    for kind in ProviderKind::ALL {
-        let Some(spec) = kind.spec(providers) else {
-            continue;
-        };
-        let mut entry = Map::new();
-        if let Some(model) = &spec.model {
-            entry.insert("model".into(), Value::String(model.clone()));
-        }
-        if let Some(base_url) = &spec.base_url {
-            entry.insert("baseUrl".into(), Value::String(base_url.clone()));
-        }
-        if let Some(secret) = &spec.secret_ref {
-            refs.push(EnvRef {
-                name: kind.api_key_var().into(),
-                kind: EnvRefKind::Secret,
-                source: secret.name.clone(),
-                key: secret.key.clone(),
-                optional: false,
-                field: format!("providers.{}.secretRef", kind.name()),
-            });
-            entry.insert(
-                "apiKey".into(),
-                Value::String(format!("{{{{env.{}}}}}", kind.api_key_var())),
-            );
-        }
-        field.insert(kind.name().into(), Value::Object(entry));
-    }
-    (refs, Value::Object(field))
 }
 
 /// Gives the LLM stages of a plan the keys its environment holds under the conventional names
@@ -315,42 +269,7 @@ pub fn providers_field(kind: ProviderKind, model: &str, base_url: &str, api_key:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SecretKeyRef;
-
-    #[test]
-    fn planning_keeps_keys_out_and_references_their_secrets() {
-        let spec = ProvidersSpec {
-            default: Some("openai".into()),
-            anthropic: Some(ProviderSpec {
-                model: Some("claude-x".into()),
-                secret_ref: Some(SecretKeyRef {
-                    name: "llm-secrets".into(),
-                    key: "anthropic-key".into(),
-                }),
-                base_url: Some("{{env.BASE}}".into()),
-            }),
-            openai: Some(ProviderSpec::default()),
-        };
-        let (refs, field) = plan_providers(&spec);
-        assert_eq!(
-            refs,
-            [EnvRef {
-                name: "FM_PROVIDER_ANTHROPIC_API_KEY".into(),
-                kind: EnvRefKind::Secret,
-                source: "llm-secrets".into(),
-                key: "anthropic-key".into(),
-                optional: false,
-                field: "providers.anthropic.secretRef".into(),
-            }]
-        );
-        assert_eq!(
-            field,
-            json!({"default": "openai",
-                   "anthropic": {"model": "claude-x", "baseUrl": "{{env.BASE}}",
-                                 "apiKey": "{{env.FM_PROVIDER_ANTHROPIC_API_KEY}}"},
-                   "openai": {}})
-        );
-    }
+    use flowmason_actors::{EnvRef, EnvRefKind};
 
     fn llm_plan(providers: Option<Value>, env_from: &[&str]) -> PlanSpec {
         let mut input_mapping = std::collections::BTreeMap::new();

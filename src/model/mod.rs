@@ -4,16 +4,21 @@
 
 pub mod crd;
 pub mod crd_yaml;
+pub mod directory;
 pub mod duration;
 pub mod flowmason_json;
 pub mod input_schema;
 pub mod load;
 pub mod policy;
 pub mod project;
+pub mod providers;
+pub mod resources;
+pub mod schedule;
 pub mod unknown_fields;
 pub mod upstream;
 pub mod validate;
 pub mod vocabulary;
+pub mod webhook_path;
 
 pub use crd::{
     ConcurrencyPolicy, Condition, ConfigMapSource, EnvVarSource, EnvVarSpec, KeySelector, Pipeline,

@@ -19,15 +19,16 @@ use flowmason_actors::plan::{
 };
 use flowmason_actors::template::unrendered_input;
 
-use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env, plan_providers};
-use crate::triggers::TriggerError;
-use crate::triggers::cron::CronSchedule;
-use crate::triggers::webhook::{PREFIX as WEBHOOK_PREFIX, WebhookRoutes};
+use crate::llm::providers::{LLM_COMPONENTS, PROVIDERS_FIELD, keys_from_env};
+
+use super::providers::plan_providers;
 
 use super::crd::{EnvVarSpec, PipelineRunSpec, PipelineSpec, StageSpec};
 use super::duration::DurationSpec;
 use super::policy::{ParallelismSpec, RetrySpec};
+use super::schedule::{CronSchedule, ScheduleError};
 use super::upstream::Upstream;
+use super::webhook_path::{self, PREFIX as WEBHOOK_PREFIX};
 
 /// One problem with a spec: the field path (`stages[1].dependsOn`) and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,7 +109,7 @@ pub fn validate(
     }
     check_owned_stages(spec, &mut errors);
     check_triggers(spec, &mut errors);
-    if let Err(problem) = crate::operator::capacity::demand(spec.resources.as_ref()) {
+    if let Err(problem) = super::resources::demand(spec.resources.as_ref()) {
         errors.push(spec_field_error(&problem));
     }
     for (field, schema) in [
@@ -166,18 +167,17 @@ fn check_triggers(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
         && let Err(e) = CronSchedule::parse(expr, spec.time_zone.as_deref())
     {
         errors.push(match e {
-            TriggerError::TimeZone(zone) => ValidationError::new(
+            ScheduleError::TimeZone(zone) => ValidationError::new(
                 "timeZone",
                 format!("{zone:?} is not an IANA time zone name (e.g. Europe/Berlin)"),
             ),
-            TriggerError::Schedule { expr, reason } => ValidationError::new(
+            ScheduleError::Expression { expr, reason } => ValidationError::new(
                 "schedule",
                 format!(
                     "{expr:?} is not a cron expression ({reason}); expected 5 fields \
                      (minute hour day-of-month month day-of-week) such as \"0 * * * *\", or @hourly, @daily"
                 ),
             ),
-            other => spec_field_error(&other.to_string()),
         });
     }
     let path = spec
@@ -187,14 +187,13 @@ fn check_triggers(spec: &PipelineSpec, errors: &mut Vec<ValidationError>) {
         .and_then(|w| w.path.as_deref())
         .map(str::trim)
         .filter(|p| !p.is_empty());
-    if let Some(path) = path {
-        let served = WebhookRoutes::path_for("", "", Some(path));
-        if !served.starts_with(WEBHOOK_PREFIX) || served.len() == WEBHOOK_PREFIX.len() {
-            errors.push(ValidationError::new(
-                "triggers.webhook.path",
-                format!("{path:?} must start with {WEBHOOK_PREFIX:?} and name a path below it"),
-            ));
-        }
+    if let Some(path) = path
+        && !webhook_path::is_below_prefix(&webhook_path::served_path("", "", Some(path)))
+    {
+        errors.push(ValidationError::new(
+            "triggers.webhook.path",
+            format!("{path:?} must start with {WEBHOOK_PREFIX:?} and name a path below it"),
+        ));
     }
 }
 

@@ -239,7 +239,7 @@ pub fn plan_pipeline(
     if !problems.is_empty() {
         return Err(Problem::invalid("", &problems));
     }
-    super::capacity::demand(spec.resources.as_ref()).map_err(|message| Problem {
+    crate::model::resources::demand(spec.resources.as_ref()).map_err(|message| Problem {
         reason: "InvalidSpec",
         message,
     })?;

@@ -16,12 +16,14 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::cron::{CronSchedule, CronTrigger};
+use super::cron::CronTrigger;
 use super::nats::{NatsConnection, NatsTrigger};
 use super::problems::{ArmingProblems, report};
 use super::webhook::{self, WebhookMount, WebhookRoutes, WebhookTarget};
 use super::{ApiStatus, Clock, StatusSink, SystemClock, TriggerContext, TriggerMetrics};
 use crate::model::Pipeline;
+use crate::model::schedule::CronSchedule;
+use crate::model::webhook_path;
 
 /// Whether this replica arms the schedule of Pipeline `(namespace, name)`.
 pub type ScheduleHere = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
@@ -189,7 +191,7 @@ impl Triggers {
         }
         let mut webhook_path = None;
         if let Some(hook) = triggers.webhook.filter(|w| w.enabled.unwrap_or(true)) {
-            let path = WebhookRoutes::path_for(&namespace, &name, hook.path.as_deref());
+            let path = webhook_path::served_path(&namespace, &name, hook.path.as_deref());
             let open = hook.auth == Some(crate::model::WebhookAuth::None);
             let arming = match (&hook.secret_ref, open) {
                 (None, false) => Err(format!(

@@ -64,10 +64,8 @@ pub const TRIGGER_KINDS: [Trigger; 3] = [Trigger::Cron, Trigger::Webhook, Trigge
 /// Failures of trigger work. Each names the object or value involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
-    #[error("spec.schedule {expr:?}: {reason}")]
-    Schedule { expr: String, reason: String },
-    #[error("spec.timeZone {0:?} is not an IANA time zone name")]
-    TimeZone(String),
+    #[error(transparent)]
+    Schedule(#[from] crate::model::schedule::ScheduleError),
     #[error("{what}: {source}")]
     Kube {
         what: String,

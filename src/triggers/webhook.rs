@@ -34,6 +34,7 @@ use flowmason_store::Trigger;
 
 use super::{NewRun, Outcome, TriggerContext, create_run, key_digest};
 use crate::model::vocabulary::IDEMPOTENCY_KEY_ANNOTATION;
+use crate::model::webhook_path::{PREFIX, is_below_prefix};
 use crate::model::{Pipeline, SecretKeyRef};
 
 /// Header carrying the HMAC-SHA256 of `"{timestamp}.{body}"`: `sha256=<hex>`.
@@ -44,8 +45,6 @@ pub const TIMESTAMP_HEADER: &str = "x-flowmason-timestamp";
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(300);
 /// Header whose value names the run, making retries idempotent.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-/// Every webhook path lives under this prefix (so it never shadows the Kubernetes API).
-pub const PREFIX: &str = "/webhooks/";
 /// Default largest body accepted.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
@@ -75,16 +74,8 @@ pub enum RouteError {
 }
 
 impl WebhookRoutes {
-    /// The path a Pipeline's webhook is served at: its `path`, or `/webhooks/<namespace>/<name>`.
-    pub fn path_for(namespace: &str, name: &str, path: Option<&str>) -> String {
-        match path.map(str::trim).filter(|p| !p.is_empty()) {
-            Some(p) => p.trim_end_matches('/').to_string(),
-            None => format!("{PREFIX}{namespace}/{name}"),
-        }
-    }
-
     pub fn insert(&self, path: &str, target: WebhookTarget) -> Result<(), RouteError> {
-        if !path.starts_with(PREFIX) || path.len() == PREFIX.len() {
+        if !is_below_prefix(path) {
             return Err(RouteError::Prefix(path.into()));
         }
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
@@ -569,6 +560,5 @@ mod tests {
         assert!(routes.get("/webhooks/x").is_some());
         routes.remove("/webhooks/x", "default", "a");
         assert!(routes.get("/webhooks/x").is_none());
-        assert_eq!(WebhookRoutes::path_for("ns", "p", None), "/webhooks/ns/p");
     }
 }

@@ -10,13 +10,10 @@ use std::time::Instant;
 
 use super::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+
+use ports::free_port;
 
 /// Waits (up to a generous 60 s) for something to listen on `port`.
 fn wait_listening(what: &str, port: u16) {
@@ -209,7 +206,7 @@ fn chain(stages: Vec<(&str, &str, Value)>) -> PlanSpec {
     let mut out = Vec::new();
     for (id, component, config) in stages {
         let deps: Vec<&str> = previous.into_iter().collect();
-        out.push(stage(id, component, &deps, config));
+        out.push(configured(id, component, &deps, config));
         previous = Some(id);
     }
     plan(out)
@@ -249,8 +246,9 @@ async fn postgres_query_execute_bulk_insert_and_transaction_give_flowmason_s_out
             "connection_string": format!("postgresql://{PG_USER}:{{{{env.PGPASSWORD}}}}@127.0.0.1:{}/postgres", pg.port),
             "sql": "SELECT customer FROM orders ORDER BY id", "fetch_size": 1})),
     ]);
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         with_env(spec, "PGPASSWORD", PG_PASSWORD),
         json!({"min": 0}),
     )
@@ -296,15 +294,16 @@ async fn postgres_query_execute_bulk_insert_and_transaction_give_flowmason_s_out
 async fn postgres_sql_errors_are_client_errors_and_not_retried() {
     let pg = PgServer::start();
     let f = fixture(builtin_registry());
-    let mut bad = stage(
+    let mut bad = configured(
         "bad",
         "postgres",
         &[],
         pg.config(json!({"operation": "query", "sql": "SELECT * FROM nowhere"})),
     );
     bad.retry = retried(3);
-    let (state, events) = run(
-        &f,
+    let (state, events) = run_to_end(
+        &f.engine,
+        &f.store,
         with_env(plan(vec![bad]), "PGPASSWORD", PG_PASSWORD),
         json!({}),
     )
@@ -322,14 +321,15 @@ async fn postgres_sql_errors_are_client_errors_and_not_retried() {
     );
 
     // A wrong password is refused by the server: a client error too.
-    let denied = stage(
+    let denied = configured(
         "denied",
         "postgres",
         &[],
         pg.config(json!({"operation": "query", "sql": "SELECT 1"})),
     );
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         with_env(plan(vec![denied]), "PGPASSWORD", "wrong-password"),
         json!({}),
     )
@@ -348,15 +348,16 @@ async fn postgres_stopped_server_is_retried_then_fails_with_a_connect_error() {
     let mut pg = PgServer::start();
     pg.stop();
     let f = fixture(builtin_registry());
-    let mut q = stage(
+    let mut q = configured(
         "q",
         "postgres",
         &[],
         pg.config(json!({"operation": "query", "sql": "SELECT 1"})),
     );
     q.retry = retried(2);
-    let (state, events) = run(
-        &f,
+    let (state, events) = run_to_end(
+        &f.engine,
+        &f.store,
         with_env(plan(vec![q]), "PGPASSWORD", PG_PASSWORD),
         json!({}),
     )
@@ -377,14 +378,15 @@ async fn postgres_stopped_server_is_retried_then_fails_with_a_connect_error() {
 
     // Started again, the same stage succeeds.
     pg.spawn();
-    let q = stage(
+    let q = configured(
         "q",
         "postgres",
         &[],
         pg.config(json!({"operation": "query", "sql": "SELECT 1 AS one"})),
     );
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         with_env(plan(vec![q]), "PGPASSWORD", PG_PASSWORD),
         json!({}),
     )
@@ -397,15 +399,16 @@ async fn postgres_stopped_server_is_retried_then_fails_with_a_connect_error() {
 async fn postgres_slow_query_is_cancelled_on_the_server_when_the_stage_times_out() {
     let pg = PgServer::start();
     let f = fixture(builtin_registry());
-    let mut slow = stage(
+    let mut slow = configured(
         "slow",
         "postgres",
         &[],
         pg.config(json!({"operation": "query", "sql": "SELECT pg_sleep(120)"})),
     );
     slow.timeout_ms = Some(1_000);
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         with_env(plan(vec![slow]), "PGPASSWORD", PG_PASSWORD),
         json!({}),
     )
@@ -650,14 +653,14 @@ async fn redis_operations_give_flowmason_s_outputs() {
 async fn redis_unreachable_is_retried_then_fails_and_a_silent_server_times_out() {
     let f = fixture(builtin_registry());
     let port = free_port();
-    let mut get = stage(
+    let mut get = configured(
         "get",
         "redis",
         &[],
         json!({"operation": "get", "key": "k", "host": "127.0.0.1", "port": port}),
     );
     get.retry = retried(2);
-    let (state, events) = run(&f, plan(vec![get]), json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, plan(vec![get]), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(started(&events, "get"), 3);
     let error = state.stages["get"].error.clone().expect("error");
@@ -671,14 +674,14 @@ async fn redis_unreachable_is_retried_then_fails_and_a_silent_server_times_out()
     // A server that accepts and never answers: the stage's timeout ends the attempt.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = silent.local_addr().expect("addr").port();
-    let mut get = stage(
+    let mut get = configured(
         "get",
         "redis",
         &[],
         json!({"operation": "get", "key": "k", "host": "127.0.0.1", "port": port}),
     );
     get.timeout_ms = Some(500);
-    let (state, _) = run(&f, plan(vec![get]), json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, plan(vec![get]), json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(
         state.stages["get"].error.as_ref().expect("error").class,
@@ -1081,20 +1084,20 @@ async fn s3_credentials_from_env_and_a_stopped_server_is_retried_then_fails() {
         "aws_access_key_id": "{{env.AWS_ACCESS_KEY_ID}}", "aws_secret_access_key": "{{env.AWS_SECRET_ACCESS_KEY}}"});
     let spec = with_env(
         with_env(
-            plan(vec![stage("put", "s3", &[], config.clone())]),
+            plan(vec![configured("put", "s3", &[], config.clone())]),
             "AWS_ACCESS_KEY_ID",
             "AKIDTESTING",
         ),
         "AWS_SECRET_ACCESS_KEY",
         "test-secret-key",
     );
-    let (state, _) = run(&f, spec.clone(), json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec.clone(), json!({})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
 
     kill(&mut moto.child);
     let mut spec = spec;
     spec.stages[0].retry = retried(2);
-    let (state, events) = run(&f, spec, json!({})).await;
+    let (state, events) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     assert_eq!(started(&events, "put"), 3);
     let error = state.stages["put"].error.clone().expect("error");

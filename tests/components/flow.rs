@@ -123,40 +123,40 @@ async fn untriggered_signals_and_returns_give_the_originals_outputs() {
 
 fn signals_plan(parallel: bool) -> PlanSpec {
     plan(vec![
-        stage(
+        configured(
             "loop",
             "foreach",
             &[],
             json!({"items": "{{input.items}}", "loop_stages": ["check", "skip_odd", "stop", "shape"],
                    "item_variable": "n", "parallel": parallel, "max_parallel": 3}),
         ),
-        stage(
+        configured(
             "check",
             "json_transform",
             &["loop"],
             json!({"data": {"n": "{{upstream.loop.n}}"},
                    "jq": "{odd: (.n % 2 == 1), big: (.n >= 4)}"}),
         ),
-        stage(
+        configured(
             "skip_odd",
             "continue_loop",
             &["check"],
             json!({"condition": "{{upstream.check.result.odd}}"}),
         ),
-        stage(
+        configured(
             "stop",
             "break_loop",
             &["skip_odd"],
             json!({"condition": "{{upstream.check.result.big}}", "result": "{{upstream.loop.n}}",
                    "message": "big enough"}),
         ),
-        stage(
+        configured(
             "shape",
             "json_transform",
             &["stop"],
             json!({"data": {"n": "{{upstream.loop.n}}"}, "jq": ".n * 10"}),
         ),
-        stage("after", "noop", &["loop"], Value::Null),
+        configured("after", "noop", &["loop"], Value::Null),
     ])
 }
 
@@ -164,8 +164,9 @@ fn signals_plan(parallel: bool) -> PlanSpec {
 async fn break_loop_ends_a_foreach_and_continue_loop_leaves_iterations_out() {
     let f = fixture(builtin_registry());
     for parallel in [false, true] {
-        let (state, events) = run(
-            &f,
+        let (state, events) = run_to_end(
+            &f.engine,
+            &f.store,
             signals_plan(parallel),
             json!({"items": [1, 2, 3, 4, 5, 6]}),
         )
@@ -192,16 +193,16 @@ async fn break_loop_ends_a_foreach_and_continue_loop_leaves_iterations_out() {
 
 fn guard_plan() -> PlanSpec {
     let mut spec = plan(vec![
-        stage("check", "noop", &[], Value::Null),
-        stage(
+        configured("check", "noop", &[], Value::Null),
+        configured(
             "guard",
             "return",
             &["check"],
             json!({"condition": "{{input.stop}}", "return_value": {"found": false},
                    "message": "nothing to do"}),
         ),
-        stage("work", "noop", &["guard"], Value::Null),
-        stage("report", "noop", &["work"], Value::Null),
+        configured("work", "noop", &["guard"], Value::Null),
+        configured("report", "noop", &["work"], Value::Null),
     ]);
     spec.output_stage = Some("guard".into());
     spec
@@ -210,7 +211,8 @@ fn guard_plan() -> PlanSpec {
 #[actix_rt::test]
 async fn return_skips_the_rest_of_the_pipeline_and_the_run_succeeds() {
     let f = fixture(builtin_registry());
-    let (state, events) = run(&f, guard_plan(), json!({"stop": true})).await;
+    let (state, events) =
+        run_to_end(&f.engine, &f.store, guard_plan(), json!({"stop": true})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     let out = state.output.clone().expect("run output");
     assert_eq!(out["return_value"], json!({"found": false}));
@@ -222,7 +224,7 @@ async fn return_skips_the_rest_of_the_pipeline_and_the_run_succeeds() {
         );
         assert_eq!(started(&events, skipped), 0);
     }
-    let (state, _) = run(&f, guard_plan(), json!({"stop": false})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, guard_plan(), json!({"stop": false})).await;
     assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
     assert_eq!(phase(&state, "report"), StagePhase::Succeeded);
 }
@@ -238,13 +240,14 @@ async fn retry_reruns_its_task_with_a_new_key_per_attempt_until_it_succeeds() {
     let f = fixture(registry);
     let spec = |config: Value| {
         plan(vec![
-            stage("again", "retry", &[], config),
-            stage("call", "every_other_call", &["again"], json!({})),
-            stage("after", "noop", &["again"], Value::Null),
+            configured("again", "retry", &[], config),
+            configured("call", "every_other_call", &["again"], json!({})),
+            configured("after", "noop", &["again"], Value::Null),
         ])
     };
-    let (state, events) = run(
-        &f,
+    let (state, events) = run_to_end(
+        &f.engine,
+        &f.store,
         spec(json!({"task": "call", "max_retries": 2, "initial_delay": 0})),
         json!({}),
     )
@@ -281,7 +284,7 @@ async fn retry_reruns_its_task_with_a_new_key_per_attempt_until_it_succeeds() {
         let mut registry = builtin_registry();
         registry.register("every_other_call", EveryOtherCall::default());
         let f = fixture(registry);
-        let (state, _) = run(&f, spec(config), json!({})).await;
+        let (state, _) = run_to_end(&f.engine, &f.store, spec(config), json!({})).await;
         assert_eq!(state.phase, RunPhase::Succeeded, "{:?}", state.error);
         let out = output(&state, "again");
         assert_eq!(out["attempts"], json!(1));
@@ -295,27 +298,27 @@ async fn retry_reruns_its_task_with_a_new_key_per_attempt_until_it_succeeds() {
 /// Stages a task can name: slow (10 minutes), quick, fallback, first -> second, broken (fails).
 fn task_stage(id: &str, owner: &str) -> StagePlan {
     match id {
-        "slow" => stage(id, "delay", &[owner], json!({"seconds": 600})),
-        "quick" => stage(
+        "slow" => configured(id, "delay", &[owner], json!({"seconds": 600})),
+        "quick" => configured(
             id,
             "json_transform",
             &[owner],
             json!({"data": {"ok": 1}, "jq": ".ok"}),
         ),
-        "fallback" => stage(id, "json_transform", &[owner], json!({"data": "cached"})),
-        "first" => stage(
+        "fallback" => configured(id, "json_transform", &[owner], json!({"data": "cached"})),
+        "first" => configured(
             id,
             "json_transform",
             &[owner],
             json!({"data": 2, "jq": ". * 10"}),
         ),
-        "second" => stage(
+        "second" => configured(
             id,
             "json_transform",
             &["first"],
             json!({"data": "{{upstream.first.result}}", "jq": ". + 1"}),
         ),
-        _ => stage(
+        _ => configured(
             id,
             "json_transform",
             &[owner],
@@ -327,7 +330,7 @@ fn task_stage(id: &str, owner: &str) -> StagePlan {
 /// `owner` of type `component` with `config`, plus the task stages it names (and no others, which would
 /// run as ordinary stages).
 fn owner_plan(owner: &str, component: &str, config: Value, stages: &[&str]) -> PlanSpec {
-    let mut all = vec![stage(owner, component, &[], config)];
+    let mut all = vec![configured(owner, component, &[], config)];
     all.extend(stages.iter().map(|id| task_stage(id, owner)));
     plan(all)
 }
@@ -343,8 +346,9 @@ fn parallel_plan(config: Value, stages: &[&str]) -> PlanSpec {
 #[actix_rt::test]
 async fn timeout_cancels_a_slow_task_and_runs_its_fallback() {
     let f = fixture(builtin_registry());
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         timeout_plan(
             json!({"task": "slow", "timeout": 0.2, "fallback_task": "fallback"}),
             &["slow", "fallback"],
@@ -366,8 +370,9 @@ async fn timeout_cancels_a_slow_task_and_runs_its_fallback() {
         );
     }
 
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         timeout_plan(json!({"task": "quick", "timeout": 60}), &["quick"]),
         json!({}),
     )
@@ -390,7 +395,7 @@ async fn a_timeout_without_fallback_fails_with_class_timeout_and_is_retried_by_t
         jitter: 0.0,
         ..RetryPolicy::default()
     });
-    let (state, _) = run(&f, spec, json!({})).await;
+    let (state, _) = run_to_end(&f.engine, &f.store, spec, json!({})).await;
     assert_eq!(state.phase, RunPhase::Failed);
     let stage = &state.stages["limit"];
     assert_eq!(stage.attempts, 2, "the timeout class is retried");
@@ -428,9 +433,7 @@ async fn cancelling_the_run_stops_a_timeout_and_a_parallel_stage_at_once() {
 #[actix_rt::test]
 async fn parallel_runs_its_tasks_together_and_keeps_their_order() {
     let f = fixture(builtin_registry());
-    let (state, events) = run(
-        &f,
-        parallel_plan(
+    let (state, events) = run_to_end(&f.engine, &f.store, parallel_plan(
             json!({"tasks": [["first", "second"], "quick", "broken"], "on_error": "collect_errors"}),
             &["first", "second", "quick", "broken"],
         ),
@@ -452,8 +455,9 @@ async fn parallel_runs_its_tasks_together_and_keeps_their_order() {
     }
 
     // fail_fast: the failure fails the stage at once; the slow task is cancelled, not waited for.
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         parallel_plan(json!({"tasks": ["slow", "broken"]}), &["slow", "broken"]),
         json!({}),
     )
@@ -467,8 +471,9 @@ async fn parallel_runs_its_tasks_together_and_keeps_their_order() {
     );
 
     // wait_for_all false: the first task to finish is the result.
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         parallel_plan(
             json!({"tasks": ["slow", "quick"], "wait_for_all": false}),
             &["slow", "quick"],
@@ -482,8 +487,9 @@ async fn parallel_runs_its_tasks_together_and_keeps_their_order() {
     assert_eq!(results[0]["result"], json!(1));
 
     // A time limit for all tasks fails the stage with class timeout.
-    let (state, _) = run(
-        &f,
+    let (state, _) = run_to_end(
+        &f.engine,
+        &f.store,
         parallel_plan(
             json!({"tasks": ["slow", "quick"], "timeout": 0.2}),
             &["slow", "quick"],

@@ -6,7 +6,6 @@
 //! the seed is printed, and `FM_FAULTS_SEED=<seed>` replays a failing sequence.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::Mutex;
 
 use kube::runtime::reflector;
@@ -14,6 +13,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+
+#[path = "../support/ports.rs"]
+mod ports;
+
+use ports::free_port;
 
 /// SIGKILL rounds: enough kills to land in every phase of a run (accepted, stage started, stage
 /// succeeded, run ending, resume after the previous kill), few enough for CI's 2 cores.
@@ -193,7 +197,7 @@ async fn sigkill_at_random_points_loses_no_acknowledged_run_and_runs_none_twice(
         );
     }
     // The process serves: kubectl lists the runs, and the server says it is ready.
-    let (listed, text) = kubectl(&fm, &["get", "pipelineruns", "-o", "name"], None);
+    let (listed, text) = fm.kubectl(&["get", "pipelineruns", "-o", "name"], None);
     assert!(listed, "{text}");
     assert_eq!(text.lines().count(), existing.len(), "{text}");
     let ready = http
@@ -217,15 +221,6 @@ async fn sigkill_at_random_points_loses_no_acknowledged_run_and_runs_none_twice(
         acknowledged.len(),
         existing.len()
     );
-}
-
-/// A loopback port free at the time of the call, so that a restarted `fm serve` listens where its
-/// clients connected before.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn serve_on(data: &Path, port: u16) -> Fm {
@@ -327,7 +322,7 @@ async fn a_watch_open_across_a_sigkill_and_restart_sees_every_later_change() {
     })
     .await;
     watch.abort();
-    let (listed, text) = kubectl(&fm, &["get", "pipelineruns", "-o", "name"], None);
+    let (listed, text) = fm.kubectl(&["get", "pipelineruns", "-o", "name"], None);
     assert!(listed, "{text}");
     fm.stop();
 }

@@ -7,10 +7,15 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "ports.rs"]
+mod ports;
+
+use ports::free_port;
 
 /// The nats-server binary the tests run.
 pub fn nats_server_bin() -> PathBuf {
@@ -26,14 +31,6 @@ pub fn nats_server_bin() -> PathBuf {
         }
     }
     PathBuf::from("nats-server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 struct Node {

@@ -2,7 +2,7 @@
 //! (`fm serve --no-controllers --no-triggers`), a 3-node NATS cluster and any number of replicas, each
 //! started, SIGKILLed, SIGSTOPped and continued, stopped with SIGTERM and restarted under its identity;
 //! their shard Leases and `/metrics` read as a test checks them. Everything is killed on drop.
-//! (`#[path = "support/replicas.rs"] mod replicas;`, next to `fm_serve.rs`, `nats.rs` and `wait.rs`.)
+//! (`#[path = "support/replicas.rs"] mod replicas;`, next to `serve.rs`, `nats.rs` and `wait.rs`.)
 
 #![allow(dead_code)]
 
@@ -17,7 +17,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::fm_serve::Fm;
+use crate::serve::Fm;
 use crate::nats::NatsCluster;
 
 /// The line on which `fm operator` prints the address of its HTTP port.

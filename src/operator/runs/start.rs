@@ -16,9 +16,10 @@ use super::ownership::own;
 use super::status_writer::spawn_writer;
 use super::{CAPACITY_RECHECK, RunContext, WAITING_FOR_RESOURCES, object_name, write_status};
 use crate::history::rerun::RerunOptions;
+use crate::model::resources::{self, Demand};
 use crate::model::vocabulary::TRIGGER_LABEL;
 use crate::model::{Pipeline, PipelineRun, PipelineSpec};
-use crate::operator::capacity::{self, Admission, Demand};
+use crate::operator::capacity::Admission;
 use crate::operator::error::{Error, Result};
 use crate::operator::planning::{self, ClusterObjects, Problem};
 use crate::operator::status;
@@ -77,7 +78,7 @@ async fn prepare(
                 request,
                 pipeline: pipeline.clone(),
                 // Checked by `plan_pipeline` above.
-                demand: capacity::demand(spec.resources.as_ref()).unwrap_or_default(),
+                demand: resources::demand(spec.resources.as_ref()).unwrap_or_default(),
             })
         });
     Ok(prepared)
@@ -135,7 +136,7 @@ async fn demand_of(run: &PipelineRun, ctx: &RunContext) -> Result<Option<Demand>
     let Ok((spec, _)) = spec_of(&pipeline, run, ctx).await? else {
         return Ok(None);
     };
-    Ok(capacity::demand(spec.resources.as_ref()).ok())
+    Ok(resources::demand(spec.resources.as_ref()).ok())
 }
 
 /// The uid of the Pipeline that owns a run (its ownerReference), so that the end of a run of a deleted

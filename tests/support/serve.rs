@@ -1,6 +1,6 @@
-//! A running `fm serve` (or another `fm` server command printing `export KUBECONFIG=`) as a child
-//! process, killed on drop: the API server the operator and cluster test binaries drive
-//! (`#[path = "support/fm_serve.rs"] mod fm_serve;`).
+//! `fm serve` (API server + controllers + engine) started as a child process on 127.0.0.1:0 for a test,
+//! reached with a kube-rs client or kubectl through the kubeconfig it prints, and stopped with SIGTERM or
+//! killed (`#[path = "support/serve.rs"] mod serve;`).
 
 #![allow(dead_code)]
 
@@ -10,10 +10,14 @@ use std::process::{Child, Command, Stdio};
 
 use kube::Client;
 
+#[path = "kubectl.rs"]
+mod kubectl;
+
+use kubectl::Kubectl;
+
 /// A running `fm serve` (or another `fm` server command), killed on drop.
 pub struct Fm {
-    child: Child,
-    /// The kubeconfig `fm` wrote for its API server.
+    pub child: Child,
     pub kubeconfig: PathBuf,
 }
 
@@ -43,6 +47,7 @@ impl Fm {
         }
     }
 
+    /// `fm serve` on `data`, with `extra` arguments.
     pub fn serve(data: &Path, extra: &[&str]) -> Fm {
         let dir = data.to_str().expect("path");
         let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--data-dir", dir];
@@ -76,6 +81,11 @@ impl Fm {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+
+    /// kubectl against this server: whether it exited 0, and its stdout followed by its stderr.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        Kubectl::new(&self.kubeconfig).output(args, stdin)
     }
 
     pub fn kill(mut self) {
