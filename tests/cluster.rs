@@ -23,12 +23,12 @@ use serde_json::json;
 
 #[path = "cluster/audit.rs"]
 mod audit;
-#[path = "support/serve.rs"]
-mod serve;
 #[path = "support/nats.rs"]
 mod nats;
 #[path = "support/replicas.rs"]
 mod replicas;
+#[path = "support/serve.rs"]
+mod serve;
 #[path = "support/wait.rs"]
 mod wait;
 

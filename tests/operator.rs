@@ -2032,17 +2032,13 @@ async fn replicated_deploy_manifests_are_consistent_least_privilege_and_apply_to
     let served = json!({"apiVersion": "v1", "kind": "List", "items": served}).to_string();
     let data = tempfile::tempdir().expect("tempdir");
     let fm = Fm::serve(data.path(), &[]);
-    let (ok, out) = kubectl(
-        &fm,
-        &["apply", "--dry-run=server", "-f", "-"],
-        Some(&served),
-    );
+    let (ok, out) = fm.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&served));
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(&fm, &["apply", "-f", "-"], Some(&served));
+    let (ok, out) = fm.kubectl(&["apply", "-f", "-"], Some(&served));
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(&fm, &["get", "namespace", &ns], None);
+    let (ok, out) = fm.kubectl(&["get", "namespace", &ns], None);
     assert!(ok && out.contains(&ns), "{out}");
-    let (ok, out) = kubectl(&fm, &["get", "crd", "pipelineruns.flowmason.io"], None);
+    let (ok, out) = fm.kubectl(&["get", "crd", "pipelineruns.flowmason.io"], None);
     assert!(ok, "{out}");
     fm.stop();
 }

@@ -18,7 +18,9 @@ use flowmason_store::{
 };
 
 use crate::component::{Component, Registry};
-use crate::journal::{DurabilityObserver, EngineError, EventObserver, Followers, Journal};
+use crate::journal::{
+    AppendGuard, DurabilityObserver, EngineError, EventObserver, Followers, Journal,
+};
 use crate::plan::{Plan, PlanSpec};
 use crate::redact::Redactor;
 use crate::run_actor::{CancelRun, Relinquish, RunActor, RunSetup};
@@ -271,6 +273,8 @@ struct Inner {
     resumed_any: AtomicBool,
     /// The folded state of each run observed live (see [`Engine::watch`]).
     states: RunStates,
+    /// Asked before every append (see [`Engine::guard_appends`]).
+    guard: std::sync::OnceLock<AppendGuard>,
 }
 
 /// A run whose actor runs in this engine.
@@ -329,6 +333,7 @@ impl Engine {
                 session,
                 resumed_any: AtomicBool::new(false),
                 states: RunStates::default(),
+                guard: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -372,6 +377,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .contains_key(&run)
+    }
+
+    /// Makes every later append of this engine ask `guard` first (see [`AppendGuard`]): set once,
+    /// before the first run starts; a second guard is refused (returned).
+    pub fn guard_appends(&self, guard: AppendGuard) -> Result<(), AppendGuard> {
+        self.inner.guard.set(guard)
     }
 
     pub fn store(&self) -> &EventStore {
@@ -495,6 +506,7 @@ impl Engine {
             observer: self.inner.on_event.clone(),
             stream,
             waits: self.inner.on_wait.clone(),
+            guard: self.inner.guard.get().cloned(),
         };
         (followers, events)
     }

@@ -71,7 +71,16 @@ pub(crate) struct Followers {
     pub stream: Option<mpsc::UnboundedSender<Event>>,
     /// The engine's durability-wait observer.
     pub waits: Option<DurabilityObserver>,
+    /// The engine's append guard (see [`AppendGuard`]).
+    pub guard: Option<AppendGuard>,
 }
+
+/// Whether this engine may still append to a run, asked before every append: false makes the append
+/// fail [`StoreError::LostOwnership`] before anything reaches the log. An operator replica sharing the log
+/// with others answers from its shard Leases' renew deadlines, so that a process that was stopped
+/// (SIGSTOP, a long pause) appends nothing once its Leases may have been taken, even before its lease
+/// manager has noticed.
+pub type AppendGuard = Arc<dyn Fn(RunId) -> bool + Send + Sync>;
 
 /// One run's events and their fold: masks, appends, folds, shows (see the module doc).
 pub(crate) struct Journal {
@@ -201,6 +210,13 @@ impl Journal {
             .relinquished
             .as_ref()
             .is_some_and(|r| r.load(Ordering::Acquire))
+        {
+            return Err(StoreError::LostOwnership {
+                run: self.state.run_id,
+            });
+        }
+        if let Some(guard) = &self.followers.guard
+            && !guard(self.state.run_id)
         {
             return Err(StoreError::LostOwnership {
                 run: self.state.run_id,

@@ -25,7 +25,7 @@ pub use engine::{
     Engine, EngineConfig, EnvResolver, Rejection, ResolvedEnv, Reuse, ReusedStage, RunHandle,
     RunRequest, TakeUp,
 };
-pub use journal::{DurabilityObserver, EngineError, EventObserver, Observation};
+pub use journal::{AppendGuard, DurabilityObserver, EngineError, EventObserver, Observation};
 pub use plan::{EnvRef, EnvRefKind, Plan, PlanError, PlanSpec, RetryPolicy, StagePlan};
 pub use redact::Redactor;
 pub use run_states::StateReceiver;

@@ -148,13 +148,15 @@ impl RunActor {
     /// go on here, and nothing not yet in the log is acted on. It stays unfinished in the log and resumes
     /// on restart (or goes on with the engine that owns it now).
     fn abandon(&mut self, error: StoreError, ctx: &mut Context<Self>) {
-        tracing::error!(run = %self.journal.state().run_id, %error, "event log append failed; run abandoned until restart");
+        let run = self.journal.state().run_id;
+        if matches!(error, StoreError::LostOwnership { .. }) {
+            tracing::warn!(%run, %error, "this engine no longer owns the run; stopped here");
+        } else {
+            tracing::error!(%run, %error, "event log append failed; run abandoned until it is resumed");
+        }
         self.stop_all_stages();
         if let Some(outcome) = self.outcome.take() {
-            let _ = outcome.send(Err(EngineError::Store {
-                run: self.journal.state().run_id,
-                source: error,
-            }));
+            let _ = outcome.send(Err(EngineError::Store { run, source: error }));
         }
         ctx.stop();
     }

@@ -140,6 +140,14 @@ impl Operator {
             .ownership
             .clone()
             .unwrap_or_else(|| Ownership::everything(identity(&config)));
+        if ownership.is_sharded() {
+            // A replica sharing the log appends only while its shard's Lease is surely still its own.
+            let guard = ownership.clone();
+            let guard: flowmason_actors::AppendGuard =
+                Arc::new(move |run| guard.may_act_on_run(run));
+            // A new engine has no guard yet: this cannot be refused.
+            let _ = engine.guard_appends(guard);
+        }
         Operator {
             registry: PipelineRegistry::new(
                 client.clone(),

@@ -44,13 +44,7 @@ async fn replica(with_triggers: bool) -> Replica {
         .expect("server starts");
     let client =
         Client::try_from(server.client_config().await.expect("kubeconfig")).expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [pipeline_crd(), pipelinerun_crd()] {
-        let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("crd");
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("crd create");
-    }
+    install_crds(&client).await;
     let events =
         EventStore::open(dir.path().join("events"), StoreConfig::default()).expect("events");
     let (ownership, sender) = Ownership::manual(IDENTITY, SHARDS);

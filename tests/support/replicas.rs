@@ -17,8 +17,8 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::serve::Fm;
 use crate::nats::NatsCluster;
+use crate::serve::Fm;
 
 /// The line on which `fm operator` prints the address of its HTTP port.
 const HTTP_LINE: &str = "history API, web UI (/ui/), /metrics, /healthz and /readyz on ";

@@ -351,6 +351,13 @@ impl Manager {
             .unwrap_or(renewed)
     }
 
+    /// Until when a shard renewed with `deadline` may be acted on: a fifth of the lease duration
+    /// before it, for the clocks of the replicas and an append already on its way to the log.
+    fn act_until(&self, deadline: Timestamp) -> Timestamp {
+        let margin = SignedDuration::from_millis(i64::from(self.config.duration_secs) * 200);
+        deadline.checked_sub(margin).unwrap_or(deadline)
+    }
+
     async fn renew(&mut self, shards: &[u32], leases: &BTreeMap<u32, Lease>) {
         let now = Timestamp::now();
         let written = self.write_all(shards, leases, now).await;
@@ -361,6 +368,7 @@ impl Manager {
                     if let Some(held) = self.held.get_mut(shard) {
                         held.deadline = deadline;
                         held.lease = lease;
+                        self.sender.renewed(*shard, self.act_until(deadline));
                     }
                 }
                 Ok(None) => {
@@ -390,6 +398,7 @@ impl Manager {
                     if let Some(m) = &self.metrics {
                         m.shard_taken(takeover.after_crash);
                     }
+                    self.sender.renewed(shard, self.act_until(deadline));
                     self.held.insert(
                         shard,
                         Held {

@@ -3,7 +3,7 @@
 //! over (a shard gained) or drop them at once (a shard lost).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
@@ -39,17 +39,34 @@ pub struct Ownership {
     identity: Arc<str>,
     /// `None`: this replica owns every shard, always (a single replica).
     owned: Option<watch::Receiver<Owned>>,
+    /// Until when each held shard may be acted on (see [`OwnershipSender::renewed`]).
+    act_until: Arc<Mutex<BTreeMap<u32, Timestamp>>>,
 }
 
 /// Publishes the changes of an [`Ownership`] (the lease manager, or a test).
 pub struct OwnershipSender {
     tx: watch::Sender<Owned>,
+    act_until: Arc<Mutex<BTreeMap<u32, Timestamp>>>,
 }
 
 impl OwnershipSender {
     /// Replaces the set of shards held.
     pub fn set(&self, owned: Owned) {
+        self.act_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|shard, _| owned.shards.contains_key(shard));
         self.tx.send_replace(owned);
+    }
+
+    /// Records that `shard` may be acted on until `until` (its Lease's renew deadline less a margin):
+    /// past it, [`Ownership::may_act_on_run`] answers false at once, whether or not the lease manager
+    /// has run since (a stopped or starved process must not act on a shard another replica may hold).
+    pub fn renewed(&self, shard: u32, until: Timestamp) {
+        self.act_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(shard, until);
     }
 
     /// The shards held now.
@@ -75,18 +92,21 @@ impl Ownership {
             count: 1,
             identity: Arc::from(identity.into()),
             owned: None,
+            act_until: Arc::default(),
         }
     }
 
     /// Owns the shards the returned sender sets (none at first), out of `count`.
     pub fn manual(identity: impl Into<String>, count: u32) -> (Ownership, OwnershipSender) {
         let (tx, rx) = watch::channel(Owned::default());
+        let act_until = Arc::<Mutex<BTreeMap<u32, Timestamp>>>::default();
         let ownership = Ownership {
             count: count.max(1),
             identity: Arc::from(identity.into()),
             owned: Some(rx),
+            act_until: act_until.clone(),
         };
-        (ownership, OwnershipSender { tx })
+        (ownership, OwnershipSender { tx, act_until })
     }
 
     /// How many shards the runs are split over.
@@ -113,6 +133,23 @@ impl Ownership {
 
     pub fn owns_run(&self, run: RunId) -> bool {
         self.owns_shard(shard_of_run(run, self.count))
+    }
+
+    /// Whether this replica may still act on `run` now: it owns the run's shard and the shard's
+    /// deadline (when one was recorded, see [`OwnershipSender::renewed`]) has not passed. The engine asks
+    /// this before every append of a sharded replica.
+    pub fn may_act_on_run(&self, run: RunId) -> bool {
+        let shard = self.shard_of_run(run);
+        if !self.owns_shard(shard) {
+            return false;
+        }
+        let until = self
+            .act_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&shard)
+            .copied();
+        until.is_none_or(|until| Timestamp::now() < until)
     }
 
     pub fn owns_pipeline(&self, namespace: &str, name: &str) -> bool {
