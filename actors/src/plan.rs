@@ -395,7 +395,7 @@ fn stable_topological_order(dependencies: &[Vec<usize>], dependants: &[Vec<usize
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn stage(id: &str, deps: &[&str]) -> StagePlan {

@@ -817,19 +817,8 @@ mod tests {
     use flowmason_store::{Event, RunId, Trigger};
 
     use super::*;
+    use crate::plan::tests::stage;
     use crate::plan::{PlanSpec, RetryPolicy, StagePlan};
-
-    fn stage(id: &str, deps: &[&str]) -> StagePlan {
-        StagePlan {
-            id: id.into(),
-            component: "noop".into(),
-            depends_on: deps.iter().map(|d| d.to_string()).collect(),
-            config: Value::Null,
-            input_mapping: BTreeMap::new(),
-            timeout_ms: None,
-            retry: None,
-        }
-    }
 
     fn spec(stages: Vec<StagePlan>) -> PlanSpec {
         PlanSpec {

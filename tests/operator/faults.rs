@@ -14,10 +14,8 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-#[path = "../support/ports.rs"]
-mod ports;
-
-use ports::free_port;
+// The binary loads support/ports.rs once, through support/nats.rs.
+use super::nats::ports::free_port;
 
 /// SIGKILL rounds: enough kills to land in every phase of a run (accepted, stage started, stage
 /// succeeded, run ending, resume after the previous kill), few enough for CI's 2 cores.

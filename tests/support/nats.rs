@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "ports.rs"]
-mod ports;
+pub mod ports;
 
 use ports::free_port;
 
