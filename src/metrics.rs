@@ -63,7 +63,7 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     reconcile_errors: IntCounterVec,
     leader: IntGauge,
-    shards_total: IntGauge,
+    shard_count: IntGauge,
     shards_owned: IntGauge,
     shard_takeovers: IntCounterVec,
     shard_failover: Histogram,
@@ -224,9 +224,9 @@ impl Metrics {
                 "flowmason_leader",
                 "1 while this process holds the operator lease (or runs without one); sharded: while it holds at least one shard",
             )?,
-            shards_total: gauge(
+            shard_count: gauge(
                 &r,
-                "flowmason_shards_total",
+                "flowmason_shards",
                 "Shards the runs are split over (the configured count; 1 when not sharded)",
             )?,
             shards_owned: gauge(
@@ -404,8 +404,8 @@ impl Metrics {
     }
 
     /// The configured shard count.
-    pub fn set_shards_total(&self, count: u32) {
-        self.shards_total.set(i64::from(count));
+    pub fn set_shard_count(&self, count: u32) {
+        self.shard_count.set(i64::from(count));
     }
 
     /// How many shards this replica holds now.
@@ -459,7 +459,7 @@ pub const FAMILY_NAMES: &[&str] = &[
     "flowmason_controller_queue_depth",
     "flowmason_reconcile_errors_total",
     "flowmason_leader",
-    "flowmason_shards_total",
+    "flowmason_shards",
     "flowmason_shards_owned",
     "flowmason_shard_takeovers_total",
     "flowmason_shard_failover_seconds",

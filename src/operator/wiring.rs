@@ -195,7 +195,7 @@ impl Operator {
             && !sharded
         {
             m.set_leader(true);
-            m.set_shards_total(1);
+            m.set_shard_count(1);
             m.set_shards_owned(1);
         }
         if let Some(l) = &leadership {

@@ -219,7 +219,7 @@ async fn a_sharded_operator_alone_holds_every_shard_and_another_shard_count_is_r
         .await
         .expect("text");
     for line in [
-        "flowmason_shards_total 4",
+        "flowmason_shards 4",
         "flowmason_shards_owned 4",
         "flowmason_leader 1",
     ] {

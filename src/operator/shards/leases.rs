@@ -89,7 +89,7 @@ impl ShardLeases {
         metrics: Option<Arc<Metrics>>,
     ) -> ShardLeases {
         if let Some(m) = &metrics {
-            m.set_shards_total(config.count);
+            m.set_shard_count(config.count);
             m.set_shards_owned(0);
             m.set_leader(false);
         }
