@@ -1006,17 +1006,7 @@ async fn fm_operator_serves_metrics_health_history_and_the_web_ui_on_its_http_po
         .stderr(Stdio::piped())
         .spawn()
         .expect("fm operator");
-    let stderr = operator.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("history API, web UI (/ui/), /metrics, /healthz and /readyz on ")
-                .map(String::from)
-        })
-        .expect("the operator prints its HTTP address");
-    std::thread::spawn(move || lines.for_each(drop));
+    let base = serve::operator_http_address(&mut operator);
 
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), "default");
     let runs: Api<PipelineRun> = Api::namespaced(client.clone(), "default");

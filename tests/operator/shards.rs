@@ -178,17 +178,7 @@ async fn a_sharded_operator_alone_holds_every_shard_and_another_shard_count_is_r
         .stderr(Stdio::piped())
         .spawn()
         .expect("fm operator");
-    let stderr = a.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("history API, web UI (/ui/), /metrics, /healthz and /readyz on ")
-                .map(String::from)
-        })
-        .expect("the operator prints its HTTP address");
-    std::thread::spawn(move || lines.for_each(drop));
+    let base = serve::operator_http_address(&mut a);
 
     eventually(
         "a holds the 4 shard Leases and its member Lease",

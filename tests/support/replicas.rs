@@ -18,10 +18,8 @@ use kube::{Api, Client};
 use rustix::process::{Pid, Signal, kill_process};
 
 use crate::nats::NatsCluster;
-use crate::serve::Fm;
+use crate::serve::{Fm, OPERATOR_HTTP_LINE as HTTP_LINE};
 
-/// The line on which `fm operator` prints the address of its HTTP port.
-const HTTP_LINE: &str = "history API, web UI (/ui/), /metrics, /healthz and /readyz on ";
 /// The namespace of the Leases (the operator's default `--lease-namespace`).
 pub const LEASE_NAMESPACE: &str = "default";
 

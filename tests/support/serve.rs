@@ -15,6 +15,24 @@ mod kubectl;
 
 use kubectl::Kubectl;
 
+/// The line on which `fm operator` prints the address of its HTTP port (history API, UI, metrics).
+pub const OPERATOR_HTTP_LINE: &str =
+    "history API, web UI (/ui/), /metrics, /healthz and /readyz on ";
+
+/// The address an `fm operator` child started with a piped stderr prints for its HTTP port; the rest of
+/// its stderr is read (and dropped) on a thread so that the child never blocks on a full pipe.
+pub fn operator_http_address(child: &mut Child) -> String {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix(OPERATOR_HTTP_LINE).map(String::from))
+        .expect("the operator prints its HTTP address");
+    std::thread::spawn(move || lines.for_each(drop));
+    address
+}
+
 /// A running `fm serve` (or another `fm` server command), killed on drop.
 pub struct Fm {
     pub child: Child,
