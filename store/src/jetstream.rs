@@ -676,16 +676,31 @@ impl JetStream {
             let stream = stream.clone();
             let all = format!("flowmason.{}.>", config.stream);
             let name = config.stream.clone();
+            let deadline = Instant::now() + config.publish_timeout;
             async move {
-                match stream.get_last_raw_message_by_subject(&all).await {
-                    Ok(message) => Ok(message.sequence),
-                    Err(e)
-                        if e.kind()
-                            == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                    {
-                        Ok(0)
+                use async_nats::jetstream::stream::LastRawMessageErrorKind;
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    match stream.get_last_raw_message_by_subject(&all).await {
+                        Ok(message) => return Ok(message.sequence),
+                        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                            return Ok(0);
+                        }
+                        // A stream just created by another replica answers once its replicas have
+                        // elected a leader (until then: timeouts or JetStream errors): retried as a
+                        // publish is, until `publish_timeout`.
+                        Err(e)
+                            if e.kind() != LastRawMessageErrorKind::InvalidSubject
+                                && Instant::now() + backoff < deadline =>
+                        {
+                            tracing::debug!(stream = %name, error = %e, "reading the stream; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                        Err(e) => {
+                            return Err(StoreError::jetstream(format!("reading stream {name}"), e));
+                        }
                     }
-                    Err(e) => Err(StoreError::jetstream(format!("reading stream {name}"), e)),
                 }
             }
         })??;
