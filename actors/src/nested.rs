@@ -216,22 +216,20 @@ async fn run_indexes(
                     .map_err(|e| fail(ComponentError::from(e), &outcome.outputs))?
             };
             let result = run_one(&inner, component.execute(input, inner.clone()), timeout).await;
-            let error = match &result {
-                Err(error)
-                    if policy.allows_retry(
+            let retry = result.as_ref().err().and_then(|error| {
+                policy
+                    .retry_delay(
                         attempt,
                         error.class,
                         error.class.retryable_by_default(),
-                    ) =>
-                {
-                    error
-                }
-                _ => break (inner, result),
+                        error.retry_after,
+                        rand::random::<f64>(),
+                    )
+                    .map(|delay| (error, delay))
+            });
+            let Some((error, delay)) = retry else {
+                break (inner, result);
             };
-            // As for DAG stages: the policy's backoff, with `retry-after` as a floor.
-            let delay = policy
-                .delay(attempt, rand::random::<f64>())
-                .max(error.retry_after.unwrap_or_default());
             inner.log(
                 "warn",
                 format!(

@@ -172,6 +172,23 @@ impl RetryPolicy {
         let base = self.base_delay(attempt);
         base + base.mul_f64(self.jitter.clamp(0.0, 1.0) * jitter.clamp(0.0, 1.0))
     }
+
+    /// Whether a failure of `attempt` gets another attempt and after how long: the policy's backoff, with
+    /// the remote side's `retry_after` (e.g. an HTTP `Retry-After`) as a floor under it. One rule for DAG
+    /// stages (the scheduler) and nested stages (`nested.rs`).
+    pub fn retry_delay(
+        &self,
+        attempt: u32,
+        class: ErrorClass,
+        retryable: bool,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Option<Duration> {
+        self.allows_retry(attempt, class, retryable).then(|| {
+            self.delay(attempt, jitter)
+                .max(retry_after.unwrap_or_default())
+        })
+    }
 }
 
 /// A problem that makes a plan impossible to run.
@@ -510,5 +527,34 @@ pub(crate) mod tests {
         assert!(p.allows_retry(5, ErrorClass::Transient, true));
         assert!(!p.allows_retry(6, ErrorClass::Transient, true));
         assert!(!p.allows_retry(1, ErrorClass::Config, false));
+    }
+
+    #[test]
+    fn a_retry_waits_for_the_backoff_or_the_remote_retry_after_whichever_is_longer() {
+        let p = RetryPolicy {
+            limit: 2,
+            initial_ms: 100,
+            factor: 2.0,
+            max_ms: 1_000,
+            jitter: 0.0,
+            retry_on: vec![],
+        };
+        let transient =
+            |attempt, after| p.retry_delay(attempt, ErrorClass::Transient, true, after, 0.5);
+        assert_eq!(transient(1, None), Some(Duration::from_millis(100)));
+        assert_eq!(
+            transient(2, Some(Duration::from_millis(50))),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            transient(1, Some(Duration::from_secs(3))),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            transient(3, None),
+            None,
+            "attempt 3 is past the limit of 2 retries"
+        );
+        assert_eq!(p.retry_delay(1, ErrorClass::Config, false, None, 0.5), None);
     }
 }

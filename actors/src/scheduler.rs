@@ -506,19 +506,22 @@ impl Scheduler {
             Err(error) => {
                 let retry_after = error.retry_after;
                 let error = error.into_stage_error();
-                let policy = self.plan.retry_policy(index);
-                let retry = self.frontier.ending.is_none()
-                    && policy.allows_retry(attempt, error.class, error.retryable);
+                let retry = match self.frontier.ending {
+                    None => self.plan.retry_policy(index).retry_delay(
+                        attempt,
+                        error.class,
+                        error.retryable,
+                        retry_after,
+                        jitter,
+                    ),
+                    Some(_) => None,
+                };
                 turn.events.push(EventKind::StageFailed {
                     stage: id.clone(),
                     attempt,
                     error: error.clone(),
                 });
-                if retry {
-                    // The remote side's `retry-after` is a floor under the policy's backoff.
-                    let delay = policy
-                        .delay(attempt, jitter)
-                        .max(retry_after.unwrap_or_default());
+                if let Some(delay) = retry {
                     turn.events.push(EventKind::StageRetryScheduled {
                         stage: id,
                         attempt: attempt + 1,
