@@ -134,6 +134,9 @@ struct Frontier {
     retrying: usize,
     /// By plan index: a branch decision of a stage that succeeded left this stage out.
     excluded: Vec<bool>,
+    /// By plan index: how many of the stage's dependencies have not finished. A stage is looked at
+    /// only once this reaches zero, so a join of `n` branches costs `n`, not `n` squared.
+    unfinished: Vec<usize>,
     ending: Option<Ending>,
 }
 
@@ -146,6 +149,7 @@ impl Frontier {
             running: 0,
             retrying: 0,
             excluded: vec![false; plan.len()],
+            unfinished: vec![0; plan.len()],
             ending: None,
         };
         let mut first_failure: Option<(i64, usize)> = None;
@@ -177,6 +181,13 @@ impl Frontier {
         });
         let turn = Turn::new(state);
         for &index in plan.order() {
+            frontier.unfinished[index] = plan
+                .dependencies(index)
+                .iter()
+                .filter(|&&d| !turn.phase(plan, d).is_terminal())
+                .count();
+        }
+        for &index in plan.order() {
             if turn.phase(plan, index) == StagePhase::Pending
                 && frontier.verdict(plan, &turn, index) == Some(Verdict::Ready)
             {
@@ -188,6 +199,9 @@ impl Frontier {
 
     /// What becomes of a pending stage: `None` while a dependency has not finished.
     fn verdict(&self, plan: &Plan, turn: &Turn<'_>, index: usize) -> Option<Verdict> {
+        if self.unfinished[index] > 0 {
+            return None;
+        }
         let deps = plan.dependencies(index);
         let mut upstream_failed = false;
         let mut all_branch_not_taken = !deps.is_empty();
@@ -596,9 +610,12 @@ impl Scheduler {
         }
     }
 
+    /// A stage has just finished (succeeded, failed for good or skipped): its dependants have one
+    /// unfinished dependency less, and those with none left are decided.
     fn decide_dependants(&mut self, turn: &mut Turn<'_>, index: usize) {
         let plan = self.plan.clone();
         for &d in plan.dependants(index) {
+            self.frontier.unfinished[d] -= 1;
             self.decide_stage(turn, d);
         }
     }
@@ -911,8 +928,18 @@ mod tests {
                 let rebuilt = Frontier::of(&scheduler.plan, &scheduler.position, &state);
                 let frontier = &scheduler.frontier;
                 assert_eq!(
-                    (frontier.running, frontier.retrying, &frontier.excluded),
-                    (rebuilt.running, rebuilt.retrying, &rebuilt.excluded)
+                    (
+                        frontier.running,
+                        frontier.retrying,
+                        &frontier.excluded,
+                        &frontier.unfinished
+                    ),
+                    (
+                        rebuilt.running,
+                        rebuilt.retrying,
+                        &rebuilt.excluded,
+                        &rebuilt.unfinished
+                    )
                 );
                 assert_eq!(frontier.ending, rebuilt.ending);
                 // Beyond the state's ready stages, only retries that came due.
