@@ -149,7 +149,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Whether a failure of `attempt` (1-based) with this class and retryability gets another attempt.
-    pub fn allows_retry(&self, attempt: u32, class: ErrorClass, retryable: bool) -> bool {
+    fn allows_retry(&self, attempt: u32, class: ErrorClass, retryable: bool) -> bool {
         if attempt > self.limit {
             return false;
         }
@@ -161,14 +161,14 @@ impl RetryPolicy {
     }
 
     /// The delay before attempt `attempt + 1`, without jitter.
-    pub fn base_delay(&self, attempt: u32) -> Duration {
+    fn base_delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(63) as i32;
         let ms = (self.initial_ms as f64) * self.factor.max(1.0).powi(exp);
         Duration::from_millis(ms.min(self.max_ms as f64) as u64)
     }
 
     /// The delay before attempt `attempt + 1`, with `jitter` drawn from `0..=1`.
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+    fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         let base = self.base_delay(attempt);
         base + base.mul_f64(self.jitter.clamp(0.0, 1.0) * jitter.clamp(0.0, 1.0))
     }

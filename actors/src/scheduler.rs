@@ -186,8 +186,6 @@ impl Frontier {
                 .iter()
                 .filter(|&&d| !turn.phase(plan, d).is_terminal())
                 .count();
-        }
-        for &index in plan.order() {
             if turn.phase(plan, index) == StagePhase::Pending
                 && frontier.verdict(plan, &turn, index) == Some(Verdict::Ready)
             {
