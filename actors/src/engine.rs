@@ -341,15 +341,20 @@ impl Engine {
     /// Records that this engine stops gracefully (SIGTERM, end of `fm run`): the runs it leaves unfinished
     /// are then resumed normally by the next engine, however often that happens. Not calling it makes
     /// the stop count as a crash. An engine that began after a crash and resumed nothing leaves the
-    /// crash on record, so that the runs in flight at it are still resumed as after a crash.
+    /// crash on record, so that the runs in flight at it are still resumed as after a crash. The log is
+    /// flushed afterwards (even when recording failed), so a graceful stop leaves nothing buffered.
     pub fn shutdown(&self) -> Result<(), EngineError> {
-        let Some(session) = self.inner.session else {
-            return Ok(());
+        let ended = match self.inner.session {
+            Some(session)
+                if !session.after_crash || self.inner.resumed_any.load(Ordering::Acquire) =>
+            {
+                self.inner.store.end_engine_session(session.id)
+            }
+            _ => Ok(()),
         };
-        if session.after_crash && !self.inner.resumed_any.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.inner.store.end_engine_session(session.id)?;
+        let flushed = self.inner.store.flush();
+        ended?;
+        flushed?;
         Ok(())
     }
 

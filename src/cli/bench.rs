@@ -406,7 +406,7 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
             let elapsed = started.elapsed();
             engine
                 .shutdown()
-                .context("cannot record the engine's shutdown in the event log")?;
+                .context("cannot record the engine's shutdown in the event log and flush it")?;
             let mut latencies = Vec::with_capacity(runs);
             let mut failed = 0;
             for result in results {
@@ -419,7 +419,6 @@ fn engine(args: EngineBench) -> anyhow::Result<i32> {
             anyhow::Ok((elapsed, latencies, failed))
         }
     })??;
-    store.flush().context("cannot flush the event log")?;
 
     latencies.sort_unstable();
     let pct = |q: f64| percentile(&latencies, q);

@@ -85,11 +85,10 @@ pub fn resume(args: ResumeBench) -> anyhow::Result<i32> {
             }
             engine
                 .shutdown()
-                .context("cannot record the engine's shutdown in the event log")?;
+                .context("cannot record the engine's shutdown in the event log and flush it")?;
             anyhow::Ok((resumed, resumed_runs, restart.elapsed(), phases))
         }
     })??;
-    store.flush().context("cannot flush the event log")?;
     let audit = audit(&store)?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -595,9 +595,8 @@ fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         let handle = engine.start(request).await?;
         let state = handle.finished().await;
         if let Err(error) = engine.shutdown() {
-            tracing::error!(%error, "cannot record the engine's shutdown in the event log");
+            tracing::error!(%error, "cannot record the engine's shutdown in the event log and flush it");
         }
-        let _ = store.flush();
         state
     })??;
     match args.output {
@@ -673,8 +672,7 @@ fn serve(args: ServeHistoryArgs) -> anyhow::Result<i32> {
         }
         engine
             .shutdown()
-            .context("cannot record the engine's shutdown in the event log")?;
-        store.flush().context("cannot flush the event log")?;
+            .context("cannot record the engine's shutdown in the event log and flush it")?;
         anyhow::Ok(0)
     })?
 }

@@ -43,8 +43,7 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
         }
         engine
             .shutdown()
-            .context("cannot record the engine's shutdown in the event log")?;
-        store.flush().context("cannot flush the event log")?;
+            .context("cannot record the engine's shutdown in the event log and flush it")?;
         Ok(if lost == 0 { 0 } else { super::EXIT_RUN_FAILED })
     })?
 }

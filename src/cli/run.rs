@@ -144,8 +144,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         engine
             .shutdown()
-            .context("cannot record the engine's shutdown in the event log")?;
-        store.flush().context("cannot flush the event log")?;
+            .context("cannot record the engine's shutdown in the event log and flush it")?;
         let output = match state.phase {
             RunPhase::Succeeded => state.output.clone().unwrap_or(Value::Null),
             _ => serde_json::json!({

@@ -255,9 +255,8 @@ impl Operator {
         }
         // A graceful stop: the runs left in flight resume normally, not as after a crash.
         if let Err(error) = self.engine.shutdown() {
-            tracing::error!(%error, "cannot record the engine's shutdown in the event log");
+            tracing::error!(%error, "cannot record the engine's shutdown in the event log and flush it");
         }
-        let _ = self.engine.store().flush();
         if let Some(l) = leadership {
             l.release().await;
         }
